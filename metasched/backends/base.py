@@ -1,0 +1,137 @@
+"""The contract every scheduler backend implements.
+
+A backend never does I/O itself: it builds argv lists (run on the scheduler's master node through a
+transport, as one shell command line built with ``shlex.join``) and parses what they printed. That keeps
+every backend testable against captured real output, and keeps quoting in one place.
+
+Identity: ``run_as`` is the job owner. When it is not None the command must be prefixed with
+``sudo -n -u <owner> --`` (see :func:`as_user`); the service never runs a job as root.
+
+Our id travels with the native job (in its name or comment, see :func:`tag`), so that after a crash
+the batched status lets the next poller adopt a job it may have submitted instead of submitting again.
+"""
+from __future__ import annotations
+
+import enum
+import re
+import shlex
+from dataclasses import dataclass
+
+from ..model import Job
+
+TAG_PREFIX = "ms"          # native job name: ms<id>_<name>
+
+
+class NativeState(str, enum.Enum):
+    PENDING = "PENDING"    # waiting in the native queue (includes held by the scheduler)
+    RUNNING = "RUNNING"
+    FINISHED = "FINISHED"  # the scheduler still lists it but it is over: ask final_command for how it ended
+    ERROR = "ERROR"        # stuck in an error state (Grid Engine Eqw): the job will not run
+
+
+@dataclass(frozen=True)
+class NativeJob:
+    """One line of the batched status output: every job the scheduler lists, ours or not."""
+    native_id: str
+    our_id: int | None          # parsed from the tag, None for jobs not submitted by us
+    owner: str
+    name: str
+    state: NativeState
+    queue: str = ""
+    start_time: str | None = None   # ISO 8601 UTC when known
+    reason: str | None = None       # e.g. the Eqw error text
+
+
+@dataclass(frozen=True)
+class FinalState:
+    """How a finished job ended. status is one of COMPLETED, ERROR, CANCELLED (JobStatus values)."""
+    status: str
+    exit_code: int | None
+    reason: str
+
+
+class SubmitRefused(Exception):
+    """The scheduler refused the submission; the message is the scheduler's own reason."""
+
+
+@dataclass(frozen=True)
+class ProcessMatcher:
+    """How enforcement recognises a job's process trees on a node.
+
+    roots_by_comm: processes whose *children* are job trees, by command name (e.g. sge_shepherd,
+    slurmstepd); exclude_comm: command names never touched (daemons); pgid_file_glob: for the local
+    backend, job trees are process groups recorded in files.
+    """
+    roots_by_comm: tuple[str, ...] = ()
+    exclude_comm: tuple[str, ...] = ()
+    pgid_file_glob: str | None = None
+
+
+class Backend:
+    """Base class; each scheduler type subclasses it. Instances are cheap and stateless."""
+
+    type: str = ""
+
+    def __init__(self, options: dict | None = None):
+        self.options = dict(options or {})
+
+    # -- submit -------------------------------------------------------------------------------
+    def submit_argv(self, job: Job, run_as: str | None) -> list[str]:
+        raise NotImplementedError
+
+    def parse_submit(self, job: Job, rc: int, stdout: str, stderr: str) -> str:
+        """Return the native id, or raise SubmitRefused with the scheduler's reason."""
+        raise NotImplementedError
+
+    # -- observe ------------------------------------------------------------------------------
+    def status_argv(self) -> list[str]:
+        """ONE command listing every job of every user in the scheduler."""
+        raise NotImplementedError
+
+    def parse_status(self, rc: int, stdout: str, stderr: str) -> list[NativeJob]:
+        """Raise RuntimeError when the output cannot be trusted (the scheduler is unreachable)."""
+        raise NotImplementedError
+
+    # -- end state ----------------------------------------------------------------------------
+    def final_argv(self, job: Job) -> list[str]:
+        raise NotImplementedError
+
+    def parse_final(self, job: Job, rc: int, stdout: str, stderr: str) -> FinalState | None:
+        """How the job ended, or None while the scheduler's accounting does not know yet."""
+        raise NotImplementedError
+
+    # -- cancel -------------------------------------------------------------------------------
+    def cancel_argv(self, job: Job, run_as: str | None) -> list[str]:
+        raise NotImplementedError
+
+    # -- enforcement --------------------------------------------------------------------------
+    def process_matcher(self) -> ProcessMatcher:
+        return ProcessMatcher()
+
+
+# -- helpers shared by the backends -----------------------------------------------------------
+
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def tag(job: Job, max_len: int = 64) -> str:
+    """Native job name carrying our id: ms<id>_<sanitised name>. Safe for every scheduler."""
+    name = _UNSAFE_NAME.sub("_", job.name)[: max(0, max_len - len(f"{TAG_PREFIX}{job.id}_"))]
+    return f"{TAG_PREFIX}{job.id}_{name}"
+
+
+_TAG_RE = re.compile(rf"^{TAG_PREFIX}(\d+)_")
+
+
+def untag(native_name: str) -> int | None:
+    m = _TAG_RE.match(native_name or "")
+    return int(m.group(1)) if m else None
+
+
+def as_user(argv: list[str], run_as: str | None) -> list[str]:
+    return (["sudo", "-n", "-u", run_as, "--"] + argv) if run_as else argv
+
+
+def command_line(argv: list[str]) -> str:
+    """The one place an argv becomes a shell command line: every element quoted."""
+    return shlex.join(argv)
