@@ -1,0 +1,339 @@
+"""Configuration: one YAML file (JSON is YAML, so the original project's JSON configs load too).
+
+Every error is a ConfigError whose message starts with the key path and says what was expected,
+e.g. ``schedulers[1].master: 3 is not a node index (0..1)``.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+from .model import Policy, SchedulerType
+
+_NAME_TYPES = [
+    (re.compile(r"grid\s*engine|\bsge\b|\bsoge\b|\buge\b", re.I), SchedulerType.SGE),
+    (re.compile(r"slurm", re.I), SchedulerType.SLURM),
+    (re.compile(r"hadoop|yarn", re.I), SchedulerType.YARN),
+    (re.compile(r"^local$", re.I), SchedulerType.LOCAL),
+]
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    ip: str
+    port: int = 22
+    transport: str = "ssh"          # ssh | local (run commands on this machine without SSH)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    name: str
+    master: int
+    weight: int
+    type: SchedulerType
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PollerConfig:
+    enabled: bool = True
+    interval: float = 5.0           # seconds between full cycles
+    wakeup: float = 0.5             # how often the lease holder checks for new work between cycles
+    max_dispatch_per_cycle: int = 500
+    dynamic_half_life: float = 600.0
+
+
+@dataclass(frozen=True)
+class SshConfig:
+    known_hosts: str = "~/.ssh/known_hosts"
+    key_file: str | None = None     # None: the service user's default keys
+    user: str | None = None         # None: the service user
+    connect_timeout: float = 5.0
+    command_timeout: float = 30.0
+    max_parallel: int = 8
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    admins: tuple[str, ...] = ()
+    admin_group: str | None = None
+    proxy_user: str | None = None   # the peer (nginx) allowed to name the user in proxy_header
+    proxy_header: str = "X-Remote-User"
+    token_lifetime_days: float = 30.0
+    min_uid: int = 1000             # job owners must be ordinary users (Grid Engine's min_uid)
+
+
+@dataclass(frozen=True)
+class EnforcementConfig:
+    method: str = "auto"            # auto | cgroup | nice | none
+    parent_group: str = "metasched"
+    helper: str | None = None       # installed node helper run with sudo -n; None: sent inline
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "0.0.0.0"
+    port: int = 8000
+    socket: str | None = "/run/metasched/api.sock"
+    database: str = "/db/db.sqlite3"
+    workers: int = 2
+    max_body_bytes: int = 64 * 1024
+    page_limit: int = 100
+
+
+@dataclass(frozen=True)
+class Config:
+    policy: Policy
+    high_priority: int | None
+    nodes: tuple[NodeConfig, ...]
+    schedulers: tuple[SchedulerConfig, ...]
+    poller: PollerConfig = PollerConfig()
+    ssh: SshConfig = SshConfig()
+    auth: AuthConfig = AuthConfig()
+    enforcement: EnforcementConfig = EnforcementConfig()
+    server: ServerConfig = ServerConfig()
+    source: str = "<memory>"
+
+
+# -- validation helpers: each takes the key path for its message --------------------------------
+
+def _is_int_like(v: Any) -> bool:
+    return (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, str) and re.fullmatch(r"\s*-?\d+\s*", v) is not None)
+
+
+def _int(v: Any, path: str, lo: int | None = None, hi: int | None = None) -> int:
+    if not _is_int_like(v):
+        raise ConfigError(f"{path}: expected an integer, got {v!r}")
+    n = int(v)
+    if (lo is not None and n < lo) or (hi is not None and n > hi):
+        rng = f"{lo if lo is not None else '-inf'}..{hi if hi is not None else 'inf'}"
+        raise ConfigError(f"{path}: {n} is out of range ({rng})")
+    return n
+
+
+def _num(v: Any, path: str) -> float:
+    """A positive number (ints, floats, or numeric strings as in the original JSON configs)."""
+    if isinstance(v, bool):
+        raise ConfigError(f"{path}: expected a number, got {v!r}")
+    try:
+        n = float(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{path}: expected a number, got {v!r}") from None
+    if not n > 0 or n == float("inf"):
+        raise ConfigError(f"{path}: expected a positive number, got {v!r}")
+    return n
+
+
+def _str(v: Any, path: str, allow_none: bool = False) -> str | None:
+    if v is None and allow_none:
+        return None
+    if not isinstance(v, str) or not v.strip():
+        raise ConfigError(f"{path}: expected a non-empty string, got {v!r}")
+    return v.strip()
+
+
+def _bool(v: Any, path: str) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.lower() in ("true", "false", "yes", "no"):
+        return v.lower() in ("true", "yes")
+    raise ConfigError(f"{path}: expected true or false, got {v!r}")
+
+
+def _mapping(v: Any, path: str) -> dict:
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise ConfigError(f"{path}: expected a mapping, got {type(v).__name__}")
+    return v
+
+
+def _no_unknown(d: dict, allowed: set[str], path: str) -> None:
+    unknown = sorted(set(map(str, d)) - allowed)
+    if unknown:
+        where = f"{path}." if path else ""
+        raise ConfigError(f"{where}{unknown[0]}: unknown key (expected one of: {', '.join(sorted(allowed))})")
+
+
+def _choice(v: Any, path: str, choices: list[str]) -> str:
+    if not isinstance(v, str) or v not in choices:
+        raise ConfigError(f"{path}: expected one of {', '.join(choices)}, got {v!r}")
+    return v
+
+
+def _section(raw: dict, name: str, cls, spec: dict) -> Any:
+    """Build an optional section dataclass from raw[name] with per-key converters."""
+    d = _mapping(raw.get(name), name)
+    _no_unknown(d, set(spec), name)
+    kwargs = {}
+    for key, conv in spec.items():
+        if key in d:
+            kwargs[key] = conv(d[key], f"{name}.{key}")
+    return cls(**kwargs)
+
+
+# -- public API ---------------------------------------------------------------------------------
+
+def load(path: str, overrides: dict | None = None) -> Config:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML or JSON{where}: {getattr(exc, 'problem', exc)}") from None
+    return parse(raw, source=path, overrides=overrides)
+
+
+def parse(raw: Any, source: str = "<memory>", overrides: dict | None = None) -> Config:
+    if not isinstance(raw, dict):
+        raise ConfigError("(top level): expected a mapping with policy, nodes and schedulers")
+    if set(raw) == {"cluster"}:           # the original project's JSON layout
+        raw = _mapping(raw["cluster"], "cluster")
+    _no_unknown(raw, {"policy", "nodes", "schedulers", "poller", "ssh", "auth", "enforcement", "server"}, "")
+
+    # nodes
+    nodes_raw = raw.get("nodes")
+    if not isinstance(nodes_raw, list) or not nodes_raw:
+        raise ConfigError("nodes: expected a non-empty list of {ip, port}")
+    nodes = []
+    seen = set()
+    for i, n in enumerate(nodes_raw):
+        p = f"nodes[{i}]"
+        n = _mapping(n, p)
+        _no_unknown(n, {"ip", "port", "transport"}, p)
+        if "ip" not in n:
+            raise ConfigError(f"{p}.ip: required (the node's address)")
+        node = NodeConfig(
+            ip=_str(n["ip"], f"{p}.ip"),
+            port=_int(n.get("port", 22), f"{p}.port", 1, 65535),
+            transport=_choice(n.get("transport", "ssh"), f"{p}.transport", ["ssh", "local"]),
+        )
+        if (node.ip, node.port) in seen:
+            raise ConfigError(f"{p}: duplicate node {node.ip}:{node.port}")
+        seen.add((node.ip, node.port))
+        nodes.append(node)
+
+    # schedulers
+    sch_raw = raw.get("schedulers")
+    if not isinstance(sch_raw, list) or not sch_raw:
+        raise ConfigError("schedulers: expected a non-empty list of {name, master, weight}")
+    schedulers = []
+    names = set()
+    for i, s in enumerate(sch_raw):
+        p = f"schedulers[{i}]"
+        s = _mapping(s, p)
+        _no_unknown(s, {"name", "master", "weight", "type", "options"}, p)
+        for key in ("name", "master"):
+            if key not in s:
+                raise ConfigError(f"{p}.{key}: required")
+        name = _str(s["name"], f"{p}.name")
+        if name.lower() in names:
+            raise ConfigError(f"{p}.name: duplicate scheduler name {name!r}")
+        names.add(name.lower())
+        if not _is_int_like(s["master"]):
+            raise ConfigError(f"{p}.master: expected a node index, got {s['master']!r}")
+        master = int(s["master"])
+        if not 0 <= master < len(nodes):
+            raise ConfigError(f"{p}.master: {master} is not a node index (0..{len(nodes) - 1})")
+        weight = _int(s.get("weight", 0), f"{p}.weight", 0, 100)
+        if "type" in s:
+            stype = SchedulerType(_choice(s["type"], f"{p}.type", [t.value for t in SchedulerType]))
+        else:
+            stype = next((t for rx, t in _NAME_TYPES if rx.search(name)), None)
+            if stype is None:
+                raise ConfigError(f"{p}.type: required, cannot infer it from name {name!r} "
+                                  f"(expected one of {', '.join(t.value for t in SchedulerType)})")
+        options = _mapping(s.get("options"), f"{p}.options")
+        schedulers.append(SchedulerConfig(name, master, weight, stype, dict(options)))
+
+    # policy
+    pol = _mapping(raw.get("policy"), "policy")
+    _no_unknown(pol, {"name", "high_priority", "highest_priority"}, "policy")
+    if "name" not in pol:
+        raise ConfigError(f"policy.name: required (one of {', '.join(p.value for p in Policy)})")
+    policy = Policy(_choice(pol["name"], "policy.name", [p.value for p in Policy]))
+    hp_key = "high_priority" if "high_priority" in pol else "highest_priority"
+    high_priority = None
+    if hp_key in pol and pol[hp_key] is not None:
+        if not _is_int_like(pol[hp_key]):
+            raise ConfigError(f"policy.{hp_key}: expected a scheduler index, got {pol[hp_key]!r}")
+        high_priority = int(pol[hp_key])
+        if not 0 <= high_priority < len(schedulers):
+            raise ConfigError(f"policy.{hp_key}: {high_priority} is not a scheduler index (0..{len(schedulers) - 1})")
+    if policy is Policy.BEST_EFFORT and high_priority is None:
+        raise ConfigError("policy.high_priority: required for best_effort (index into schedulers)")
+
+    poller = _section(raw, "poller", PollerConfig, {
+        "enabled": _bool,
+        "interval": _num,
+        "wakeup": _num,
+        "max_dispatch_per_cycle": lambda v, p: _int(v, p, 1, 100000),
+        "dynamic_half_life": _num,
+    })
+    ssh = _section(raw, "ssh", SshConfig, {
+        "known_hosts": _str,
+        "key_file": lambda v, p: _str(v, p, allow_none=True),
+        "user": lambda v, p: _str(v, p, allow_none=True),
+        "connect_timeout": _num,
+        "command_timeout": _num,
+        "max_parallel": lambda v, p: _int(v, p, 1, 256),
+    })
+
+    def _names(v, p):
+        if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
+            raise ConfigError(f"{p}: expected a list of user names, got {v!r}")
+        return tuple(v)
+
+    auth = _section(raw, "auth", AuthConfig, {
+        "admins": _names,
+        "admin_group": lambda v, p: _str(v, p, allow_none=True),
+        "proxy_user": lambda v, p: _str(v, p, allow_none=True),
+        "proxy_header": _str,
+        "token_lifetime_days": _num,
+        "min_uid": lambda v, p: _int(v, p, 1, 2**31),
+    })
+    enforcement = _section(raw, "enforcement", EnforcementConfig, {
+        "method": lambda v, p: _choice(v, p, ["auto", "cgroup", "nice", "none"]),
+        "parent_group": lambda v, p: _validate_group(_str(v, p), p),
+        "helper": lambda v, p: _str(v, p, allow_none=True),
+    })
+    server = _section(raw, "server", ServerConfig, {
+        "host": _str,
+        "port": lambda v, p: _int(v, p, 0, 65535),
+        "socket": lambda v, p: _str(v, p, allow_none=True),
+        "database": _str,
+        "workers": lambda v, p: _int(v, p, 1, 64),
+        "max_body_bytes": lambda v, p: _int(v, p, 1024, 64 * 1024 * 1024),
+        "page_limit": lambda v, p: _int(v, p, 1, 10000),
+    })
+    if overrides:
+        server = _replace(server, **{k: v for k, v in overrides.get("server", {}).items() if v is not None})
+        ssh = _replace(ssh, **{k: v for k, v in overrides.get("ssh", {}).items() if v is not None})
+        poller = _replace(poller, **{k: v for k, v in overrides.get("poller", {}).items() if v is not None})
+    return Config(policy, high_priority, tuple(nodes), tuple(schedulers), poller, ssh, auth, enforcement,
+                  server, source)
+
+
+def _validate_group(name: str, path: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ConfigError(f"{path}: expected a plain name (letters, digits, _ . -), got {name!r}")
+    return name
+
+
+def _replace(obj, **kw):
+    from dataclasses import replace
+    return replace(obj, **kw) if kw else obj
+
+
+def expand(path: str) -> str:
+    return os.path.expanduser(path)

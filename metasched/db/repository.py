@@ -1,0 +1,218 @@
+"""The repository: one method per named query (same name), a few lines each, never committing.
+
+Callers own the transaction (``with db.write():`` / ``with db.read():``); methods run on the calling
+thread's connection, which is the one the transaction was opened on.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from ..model import Job, JobStatus, Node, Queue, SchedulerType
+from .core import Database
+
+
+def row_to_job(r: sqlite3.Row) -> Job:
+    return Job(
+        id=r["id"], name=r["name"], queue_id=r["queue_id"], owner=r["owner"], status=JobStatus(r["status"]),
+        path=r["path"], options=tuple(json.loads(r["options"])), pwd=r["pwd"],
+        scheduler_job_id=r["scheduler_job_id"], exit_code=r["exit_code"], reason=r["reason"],
+        cancel_requested=bool(r["cancel_requested"]), created_at=r["created_at"],
+        submitted_at=r["submitted_at"], started_at=r["started_at"], finished_at=r["finished_at"],
+        updated_at=r["updated_at"], version=r["version"],
+    )
+
+
+def row_to_queue(r: sqlite3.Row) -> Queue:
+    return Queue(id=r["id"], name=r["name"], type=SchedulerType(r["type"]), master_node_id=r["master_node_id"],
+                 weight=r["weight"], position=r["position"])
+
+
+def row_to_node(r: sqlite3.Row, master_id: int | None = None) -> Node:
+    load = (r["load1"], r["load5"], r["load15"]) if r["load1"] is not None else None
+    return Node(id=r["id"], address=r["address"], port=r["port"], position=r["position"],
+                is_master=(r["position"] == 0), reachable=None if r["reachable"] is None else bool(r["reachable"]),
+                last_seen=r["last_seen"], last_error=r["last_error"], load=load, ncpus=r["ncpus"],
+                enforcement=json.loads(r["enforcement"]) if r["enforcement"] else {})
+
+
+class Repository:
+    def __init__(self, db: Database):
+        self.db = db
+        self.q = db.q
+
+    def _one(self, sql: str, **params):
+        return self.db.conn.execute(sql, params).fetchone()
+
+    def _all(self, sql: str, **params):
+        return self.db.conn.execute(sql, params).fetchall()
+
+    # -- jobs ---------------------------------------------------------------------------------
+    def insert_job(self, *, name, queue_id, owner, status, path, options, pwd, now) -> Job:
+        return row_to_job(self._one(self.q.insert_job, name=name, queue_id=queue_id, owner=owner,
+                                    status=status.value, path=path, options=json.dumps(list(options)),
+                                    pwd=pwd, now=now))
+
+    def get_job(self, job_id: int) -> Job | None:
+        r = self._one(self.q.get_job, id=job_id)
+        return row_to_job(r) if r else None
+
+    def list_jobs(self, *, after: int, limit: int, owner=None, queue_id=None, statuses=None) -> list[Job]:
+        return [row_to_job(r) for r in self._all(
+            self.q.list_jobs, after=after, limit=limit, owner=owner, queue_id=queue_id,
+            statuses=json.dumps([s.value for s in statuses]) if statuses else None)]
+
+    def update_job_fields(self, *, id, name, queue_id, path, options, pwd, now) -> Job | None:
+        r = self._one(self.q.update_job_fields, id=id, name=name, queue_id=queue_id, path=path,
+                      options=json.dumps(list(options)), pwd=pwd, now=now)
+        return row_to_job(r) if r else None
+
+    def set_job_status(self, *, id, old_status, status, reason, now, exit_code=None, started_at=None) -> Job | None:
+        r = self._one(self.q.set_job_status, id=id, old_status=old_status.value, status=status.value,
+                      reason=reason, now=now, exit_code=exit_code, started_at=started_at)
+        return row_to_job(r) if r else None
+
+    def set_scheduler_job_id(self, *, id, scheduler_job_id, now) -> Job | None:
+        r = self._one(self.q.set_scheduler_job_id, id=id, scheduler_job_id=scheduler_job_id, now=now)
+        return row_to_job(r) if r else None
+
+    def request_cancel(self, *, id, now) -> Job | None:
+        r = self._one(self.q.request_cancel, id=id, now=now)
+        return row_to_job(r) if r else None
+
+    def count_final_check(self, job_id: int) -> int:
+        return self._one(self.q.count_final_check, id=job_id)["final_checks"]
+
+    def insert_job_event(self, *, job_id, old_status, new_status, actor, reason, now) -> None:
+        self.db.conn.execute(self.q.insert_job_event, dict(
+            job_id=job_id, old_status=old_status.value if old_status else None, new_status=new_status.value,
+            actor=actor, reason=reason, now=now))
+
+    def list_job_events(self, job_id: int) -> list[dict]:
+        return [dict(r) for r in self._all(self.q.list_job_events, job_id=job_id)]
+
+    def count_jobs_by_queue_status(self) -> dict[int, dict[str, int]]:
+        out: dict[int, dict[str, int]] = {}
+        for r in self._all(self.q.count_jobs_by_queue_status):
+            out.setdefault(r["queue_id"], {})[r["status"]] = r["n"]
+        return out
+
+    def list_jobs_in_states(self, statuses) -> list[Job]:
+        return [row_to_job(r) for r in self._all(self.q.list_jobs_in_states,
+                                                 statuses=json.dumps([s.value for s in statuses]))]
+
+    def latest_job_change(self) -> tuple[str, int]:
+        r = self._one(self.q.latest_job_change)
+        return r["at"], r["n"]
+
+    # -- queues and nodes ---------------------------------------------------------------------
+    def get_queue_by_name(self, name: str):
+        return self._one(self.q.get_queue_by_name, name=name)
+
+    def insert_queue(self, **kw):
+        return self._one(self.q.insert_queue, **kw)
+
+    def update_queue_config(self, **kw) -> None:
+        self.db.conn.execute(self.q.update_queue_config, kw)
+
+    def unlist_queues(self, keep: list[int]) -> None:
+        self.db.conn.execute(self.q.unlist_queues, dict(keep=json.dumps(keep)))
+
+    def list_queues(self) -> list[sqlite3.Row]:
+        return self._all(self.q.list_queues)
+
+    def get_queue(self, queue_id: int):
+        return self._one(self.q.get_queue, id=queue_id)
+
+    def set_queue_health(self, *, id, reachable, last_error, now) -> None:
+        self.db.conn.execute(self.q.set_queue_health, dict(id=id, reachable=reachable, last_error=last_error, now=now))
+
+    def set_queue_usage(self, *, id, usage) -> None:
+        self.db.conn.execute(self.q.set_queue_usage, dict(id=id, usage=usage))
+
+    def get_node_by_address(self, address: str, port: int):
+        return self._one(self.q.get_node_by_address, address=address, port=port)
+
+    def insert_node(self, **kw):
+        return self._one(self.q.insert_node, **kw)
+
+    def update_node_config(self, **kw) -> None:
+        self.db.conn.execute(self.q.update_node_config, kw)
+
+    def unlist_nodes(self, keep: list[int]) -> None:
+        self.db.conn.execute(self.q.unlist_nodes, dict(keep=json.dumps(keep)))
+
+    def list_nodes(self) -> list[sqlite3.Row]:
+        return self._all(self.q.list_nodes)
+
+    def get_node(self, node_id: int):
+        return self._one(self.q.get_node, id=node_id)
+
+    def set_node_health(self, *, id, reachable, last_seen, last_error, now, load=None, ncpus=None,
+                        enforcement=None) -> None:
+        load = load or (None, None, None)
+        self.db.conn.execute(self.q.set_node_health, dict(
+            id=id, reachable=reachable, last_seen=last_seen, last_error=last_error, now=now,
+            load1=load[0], load5=load[1], load15=load[2], ncpus=ncpus,
+            enforcement=json.dumps(enforcement) if enforcement is not None else None))
+
+    # -- settings and cluster events ----------------------------------------------------------
+    def get_setting(self, key: str):
+        r = self._one(self.q.get_setting, key=key)
+        return (json.loads(r["value"]), r["updated_at"], r["updated_by"]) if r else None
+
+    def put_setting(self, *, key, value, actor, now) -> None:
+        self.db.conn.execute(self.q.put_setting, dict(key=key, value=json.dumps(value), actor=actor, now=now))
+
+    def insert_cluster_event(self, *, kind, detail, actor, now) -> None:
+        self.db.conn.execute(self.q.insert_cluster_event, dict(kind=kind, detail=json.dumps(detail),
+                                                               actor=actor, now=now))
+
+    def list_cluster_events(self, kind: str, limit: int = 20) -> list[dict]:
+        return [dict(r, detail=json.loads(r["detail"])) for r in self._all(self.q.list_cluster_events,
+                                                                           kind=kind, limit=limit)]
+
+    # -- tokens -------------------------------------------------------------------------------
+    def insert_token(self, **kw) -> dict:
+        return dict(self._one(self.q.insert_token, **kw))
+
+    def find_token(self, *, secret_hash, now):
+        return self._one(self.q.find_token, secret_hash=secret_hash, now=now)
+
+    def touch_token(self, *, id, now, stale) -> None:
+        self.db.conn.execute(self.q.touch_token, dict(id=id, now=now, stale=stale))
+
+    def list_tokens(self, user: str | None) -> list[dict]:
+        return [dict(r) for r in self._all(self.q.list_tokens, user=user)]
+
+    def get_token(self, token_id: int):
+        r = self._one(self.q.get_token, id=token_id)
+        return dict(r) if r else None
+
+    def revoke_token(self, *, id, now) -> bool:
+        return self.db.conn.execute(self.q.revoke_token, dict(id=id, now=now)).rowcount == 1
+
+    # -- poller -------------------------------------------------------------------------------
+    def acquire_lease(self, *, holder, now, expires_at):
+        return self._one(self.q.acquire_lease, holder=holder, now=now, expires_at=expires_at)
+
+    def release_lease(self, holder: str) -> None:
+        self.db.conn.execute(self.q.release_lease, dict(holder=holder))
+
+    def get_lease(self):
+        r = self._one(self.q.get_lease)
+        return dict(r) if r else None
+
+    def insert_poll_cycle(self, *, holder, started_at, duration_ms, summary, errors) -> None:
+        self.db.conn.execute(self.q.insert_poll_cycle, dict(holder=holder, started_at=started_at,
+                                                            duration_ms=duration_ms, summary=json.dumps(summary),
+                                                            errors=json.dumps(errors)))
+
+    def prune_poll_cycles(self, keep: int) -> None:
+        self.db.conn.execute(self.q.prune_poll_cycles, dict(keep=keep))
+
+    def last_poll_cycle(self) -> dict | None:
+        r = self._one(self.q.last_poll_cycle)
+        if not r:
+            return None
+        return dict(r, summary=json.loads(r["summary"]), errors=json.loads(r["errors"]))

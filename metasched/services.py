@@ -1,0 +1,438 @@
+"""Use cases: one method per thing a caller can do, one transaction each.
+
+Authorization lives here (not in the resources): a user sees and touches only their own jobs
+(another user's job is reported as not found), only admins change the cluster mode or act for others.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import posixpath
+
+from . import __version__
+from .config import Config
+from .db.core import Database, format_time, parse_time, utcnow
+from .db.repository import Repository, row_to_node, row_to_queue
+from .errors import Conflict, Forbidden, Invalid, JobStateConflict, NotFound, Unauthenticated
+from .identity import Authority, Caller, hash_secret, new_secret
+from .model import FINAL_STATES, UNDISPATCHED_STATES, Job, JobStatus, Policy, can_transition
+
+MAX_PAGE = 1000
+MODE_KEY = "mode"
+
+
+def _backend_name_problem(queue_type: str, name: str) -> str | None:
+    """Ask the queue's backend whether the scheduler would accept this job name."""
+    try:
+        from .backends import get_backend
+        backend = get_backend(queue_type)
+    except Exception:   # backend registry not available: fall back to our own rules only
+        return None
+    check = getattr(backend, "validate_name", None)
+    return check(name) if check else None
+
+
+class Services:
+    def __init__(self, db: Database, config: Config, authority: Authority, clock=utcnow):
+        self.db = db
+        self.repo = Repository(db)
+        self.config = config
+        self.authority = authority
+        self.now = clock
+        self.on_new_work = None   # set by the poller host: called after a commit that adds work
+
+    # -- startup ------------------------------------------------------------------------------
+    def sync_config(self) -> None:
+        """Record the configured nodes and schedulers; ids stay stable across restarts and reordering
+        (nodes are keyed by address:port, queues by scheduler name)."""
+        now = self.now()
+        with self.db.write():
+            node_ids = []
+            for pos, n in enumerate(self.config.nodes):
+                row = self.repo.get_node_by_address(n.ip, n.port)
+                if row is None:
+                    row = self.repo.insert_node(address=n.ip, port=n.port, transport=n.transport, position=pos)
+                else:
+                    self.repo.update_node_config(id=row["id"], transport=n.transport, position=pos)
+                node_ids.append(row["id"])
+            self.repo.unlist_nodes(node_ids)
+            queue_ids = []
+            for pos, s in enumerate(self.config.schedulers):
+                row = self.repo.get_queue_by_name(s.name)
+                fields = dict(type=s.type.value, master_node_id=node_ids[s.master], weight=s.weight, position=pos)
+                if row is None:
+                    row = self.repo.insert_queue(name=s.name, now=now, **fields)
+                else:
+                    self.repo.update_queue_config(id=row["id"], **fields)
+                queue_ids.append(row["id"])
+            self.repo.unlist_queues(queue_ids)
+            self._sync_mode(queue_ids, now)
+
+    def _config_mode(self, queue_ids: list[int]) -> dict:
+        hp = self.config.high_priority
+        return {
+            "policy": self.config.policy.value,
+            "high_priority": queue_ids[hp] if hp is not None else None,
+            "weights": {str(qid): s.weight for qid, s in zip(queue_ids, self.config.schedulers)},
+        }
+
+    def _sync_mode(self, queue_ids: list[int], now: str) -> None:
+        """The mode set through the API survives restarts, unless the admin edited the config file's mode
+        since (then the file wins, and that is recorded as an event too)."""
+        from_config = self._config_mode(queue_ids)
+        stored = self.repo.get_setting(MODE_KEY)
+        if stored is not None and stored[0].get("config") == from_config:
+            return
+        mode = dict(from_config, config=from_config)
+        self.repo.put_setting(key=MODE_KEY, value=mode, actor="config", now=now)
+        self.repo.insert_cluster_event(kind="mode", actor="config", now=now,
+                                       detail={"source": self.config.source, **from_config})
+
+    # -- identity -----------------------------------------------------------------------------
+    def token_caller(self, secret: str) -> Caller:
+        now = self.now()
+        row = self.repo.find_token(secret_hash=hash_secret(secret), now=now)
+        if row is None:
+            raise Unauthenticated("invalid, expired or revoked token")
+        stale = format_time(parse_time(now) - _dt.timedelta(minutes=1))
+        if row["last_used_at"] is None or row["last_used_at"] < stale:
+            # last_used_at is advisory: refresh it at most once a minute, so reads stay reads
+            with self.db.write():
+                self.repo.touch_token(id=row["id"], now=now, stale=stale)
+        return self.authority.caller(row["user"], "token")
+
+    @staticmethod
+    def require(caller: Caller) -> None:
+        if not caller.authenticated:
+            raise Unauthenticated("no identity: connect over the unix socket or send Authorization: Bearer <token>")
+
+    @staticmethod
+    def require_admin(caller: Caller, what: str) -> None:
+        Services.require(caller)
+        if not caller.is_admin:
+            raise Forbidden(f"only admins can {what}")
+
+    # -- service ------------------------------------------------------------------------------
+    def status(self, caller: Caller) -> dict:
+        with self.db.read():
+            lease = self.repo.get_lease()
+            cycle = self.repo.last_poll_cycle()
+        return {
+            "service": "metasched",
+            "version": __version__,
+            "user": caller.user,
+            "admin": caller.is_admin,
+            "authenticated_by": caller.via,
+            "poller": {"lease": lease, "last_cycle": cycle},
+        }
+
+    # -- mode ---------------------------------------------------------------------------------
+    def get_mode(self, caller: Caller) -> dict:
+        self.require(caller)
+        with self.db.read():
+            mode, updated_at, updated_by = self.repo.get_setting(MODE_KEY)
+            queues = [row_to_queue(r) for r in self.repo.list_queues()]
+        return self._mode_view(mode, updated_at, updated_by, queues)
+
+    def current_mode(self) -> dict:
+        """The stored mode, for the poller."""
+        return self.repo.get_setting(MODE_KEY)[0]
+
+    @staticmethod
+    def _mode_view(mode, updated_at, updated_by, queues) -> dict:
+        weights = mode.get("weights", {})
+        hp = mode.get("high_priority")
+        return {
+            "policy": mode["policy"],
+            "high_priority": next(({"queue_id": q.id, "name": q.name} for q in queues if q.id == hp), None),
+            "schedulers": [{"queue_id": q.id, "name": q.name, "type": q.type.value,
+                            "weight": weights.get(str(q.id), q.weight)} for q in queues],
+            "updated_at": updated_at,
+            "updated_by": updated_by,
+        }
+
+    def set_mode(self, caller: Caller, body: dict) -> dict:
+        self.require_admin(caller, "change the cluster mode")
+        now = self.now()
+        with self.db.write():
+            mode, *_ = self.repo.get_setting(MODE_KEY)
+            queues = [row_to_queue(r) for r in self.repo.list_queues()]
+            new = dict(mode)
+            if "policy" in body:
+                new["policy"] = Policy(body["policy"]).value
+            if "high_priority" in body:
+                new["high_priority"] = (None if body["high_priority"] is None
+                                        else self._resolve_queue(body["high_priority"], queues, "high_priority").id)
+            if "weights" in body:
+                weights = dict(new.get("weights", {}))
+                for key, w in body["weights"].items():
+                    q = self._resolve_queue(key, queues, f"weights.{key}")
+                    weights[str(q.id)] = w
+                new["weights"] = weights
+            if new["policy"] == Policy.BEST_EFFORT.value and new.get("high_priority") is None:
+                raise Invalid("high_priority: required for best_effort (a queue id or name)", field="high_priority")
+            changed = {k: new[k] for k in ("policy", "high_priority", "weights") if new.get(k) != mode.get(k)}
+            if changed:
+                self.repo.put_setting(key=MODE_KEY, value=new, actor=caller.user, now=now)
+                self.repo.insert_cluster_event(kind="mode", actor=caller.user, now=now,
+                                               detail={"changed": changed, "previous": {
+                                                   k: mode.get(k) for k in changed}})
+            stored = self.repo.get_setting(MODE_KEY)
+        self._notify()
+        return self._mode_view(stored[0], stored[1], stored[2], queues)
+
+    def mode_history(self, caller: Caller, limit: int = 20) -> list[dict]:
+        self.require(caller)
+        with self.db.read():
+            return self.repo.list_cluster_events("mode", limit)
+
+    @staticmethod
+    def _resolve_queue(ref, queues, field: str):
+        for q in queues:
+            if (isinstance(ref, int) and not isinstance(ref, bool) and q.id == ref) or \
+               (isinstance(ref, str) and (q.name.lower() == ref.lower() or (ref.isdigit() and q.id == int(ref)))):
+                return q
+        raise Invalid(f"{field}: no queue {ref!r} (known: {', '.join(f'{q.id}={q.name}' for q in queues)})",
+                      field=field)
+
+    # -- nodes --------------------------------------------------------------------------------
+    def list_nodes(self, caller: Caller) -> list[dict]:
+        self.require(caller)
+        with self.db.read():
+            return [self._node_view(row_to_node(r)) for r in self.repo.list_nodes()]
+
+    def get_node(self, caller: Caller, node_id: int) -> dict:
+        self.require(caller)
+        with self.db.read():
+            r = self.repo.get_node(node_id)
+        if r is None:
+            raise NotFound("node", node_id)
+        return self._node_view(row_to_node(r))
+
+    def get_master_node(self, caller: Caller) -> dict:
+        self.require(caller)
+        with self.db.read():
+            rows = self.repo.list_nodes()
+        return self._node_view(row_to_node(rows[0]))
+
+    @staticmethod
+    def _node_view(n) -> dict:
+        return {
+            "id": n.id, "ip": n.address, "port": n.port, "master": n.is_master,
+            "reachable": n.reachable, "last_seen": n.last_seen, "last_error": n.last_error,
+            "load": list(n.load) if n.load else None, "ncpus": n.ncpus, "enforcement": n.enforcement or None,
+        }
+
+    # -- queues -------------------------------------------------------------------------------
+    def list_queues(self, caller: Caller) -> list[dict]:
+        self.require(caller)
+        with self.db.read():
+            queues = self.repo.list_queues()
+            counts = self.repo.count_jobs_by_queue_status()
+        return [self._queue_view(r, counts.get(r["id"], {})) for r in queues]
+
+    def get_queue(self, caller: Caller, queue_id: int) -> dict:
+        self.require(caller)
+        with self.db.read():
+            r = self.repo.get_queue(queue_id)
+            counts = self.repo.count_jobs_by_queue_status()
+        if r is None or r["position"] is None:
+            raise NotFound("queue", queue_id)
+        return self._queue_view(r, counts.get(r["id"], {}))
+
+    @staticmethod
+    def _queue_view(r, counts: dict) -> dict:
+        return {
+            "id": r["id"], "name": r["name"], "type": r["type"], "master_node_id": r["master_node_id"],
+            "weight": r["weight"], "reachable": None if r["reachable"] is None else bool(r["reachable"]),
+            "last_error": r["last_error"],
+            "jobs": {s.value: counts.get(s.value, 0) for s in JobStatus},
+        }
+
+    # -- jobs ---------------------------------------------------------------------------------
+    def submit_job(self, caller: Caller, body: dict) -> Job:
+        self.require(caller)
+        owner = body.get("owner") or caller.user
+        if owner != caller.user and not caller.is_admin:
+            raise Forbidden("only admins can submit jobs for another user")
+        self.authority.check_owner(owner)
+        path = self._check_path(body["path"], "path")
+        pwd = self._check_path(body.get("pwd") or posixpath.dirname(path) or "/", "pwd")
+        name = body.get("name") or posixpath.basename(path)
+        now = self.now()
+        with self.db.write():
+            queues = [row_to_queue(r) for r in self.repo.list_queues()]
+            queue = self._resolve_queue(body["queue"], queues, "queue")
+            self._check_name(queue, name)
+            status = JobStatus.HELD if body.get("hold") else JobStatus.TO_BE_QUEUED
+            job = self.repo.insert_job(name=name, queue_id=queue.id, owner=owner, status=status, path=path,
+                                       options=body.get("options", []), pwd=pwd, now=now)
+            self.repo.insert_job_event(job_id=job.id, old_status=None, new_status=status, actor=caller.user,
+                                       reason="submitted held" if status is JobStatus.HELD else "submitted",
+                                       now=now)
+        self._notify()
+        return job
+
+    @staticmethod
+    def _check_path(p: str, field: str) -> str:
+        if not p.startswith("/"):
+            raise Invalid(f"{field}: must be an absolute path, got {p!r}", field=field)
+        if "\0" in p or "\n" in p:
+            raise Invalid(f"{field}: must not contain NUL or newline characters", field=field)
+        return posixpath.normpath(p)
+
+    @staticmethod
+    def _check_name(queue, name: str) -> None:
+        if "\n" in name or "\r" in name or "\0" in name:
+            raise Invalid("name: must not contain newlines or NUL", field="name")
+        problem = _backend_name_problem(queue.type.value, name)
+        if problem:
+            raise Invalid(f"name: {queue.name} would refuse {name!r}: {problem}", field="name")
+
+    def _visible_job(self, caller: Caller, job_id: int) -> Job:
+        job = self.repo.get_job(job_id)
+        if job is None or (job.owner != caller.user and not caller.is_admin):
+            raise NotFound("job", job_id)
+        return job
+
+    def get_job(self, caller: Caller, job_id: int) -> Job:
+        self.require(caller)
+        with self.db.read():
+            return self._visible_job(caller, job_id)
+
+    def list_jobs(self, caller: Caller, *, statuses=None, queue=None, owner=None, after: int = 0,
+                  limit: int = 100) -> list[Job]:
+        self.require(caller)
+        if owner is not None and owner != caller.user and not caller.is_admin:
+            raise Forbidden("only admins can list other users' jobs")
+        if not caller.is_admin:
+            owner = caller.user
+        limit = max(1, min(limit, MAX_PAGE))
+        with self.db.read():
+            queue_id = None
+            if queue is not None:
+                queue_id = self._resolve_queue(queue, [row_to_queue(r) for r in self.repo.list_queues()], "queue").id
+            return self.repo.list_jobs(after=after, limit=limit, owner=owner, queue_id=queue_id, statuses=statuses)
+
+    def job_events(self, caller: Caller, job_id: int) -> list[dict]:
+        self.require(caller)
+        with self.db.read():
+            self._visible_job(caller, job_id)
+            return self.repo.list_job_events(job_id)
+
+    def edit_job(self, caller: Caller, job_id: int, body: dict) -> Job:
+        self.require(caller)
+        now = self.now()
+        with self.db.write():
+            job = self._visible_job(caller, job_id)
+            if job.status not in UNDISPATCHED_STATES:
+                raise JobStateConflict(job.id, job.status.value, "edit after dispatch")
+            queues = [row_to_queue(r) for r in self.repo.list_queues()]
+            queue_id = self._resolve_queue(body["queue"], queues, "queue").id if "queue" in body else job.queue_id
+            queue = next(q for q in queues if q.id == queue_id) if any(q.id == queue_id for q in queues) else None
+            name = body.get("name", job.name)
+            if queue is not None:
+                self._check_name(queue, name)
+            path = self._check_path(body["path"], "path") if "path" in body else job.path
+            pwd = self._check_path(body["pwd"], "pwd") if "pwd" in body else job.pwd
+            updated = self.repo.update_job_fields(id=job.id, name=name, queue_id=queue_id, path=path,
+                                                  options=body.get("options", job.options), pwd=pwd, now=now)
+            changed = sorted(k for k in body)
+            self.repo.insert_job_event(job_id=job.id, old_status=job.status, new_status=job.status,
+                                       actor=caller.user, reason=f"edited: {', '.join(changed)}", now=now)
+        self._notify()
+        return updated
+
+    def _transition(self, job: Job, new: JobStatus, actor: str, reason: str, now: str, **extra) -> Job:
+        if not can_transition(job.status, new):
+            raise JobStateConflict(job.id, job.status.value, f"move to {new.value}")
+        updated = self.repo.set_job_status(id=job.id, old_status=job.status, status=new, reason=reason, now=now,
+                                           **extra)
+        if updated is None:  # changed under us between read and write: impossible inside BEGIN IMMEDIATE
+            raise Conflict(f"job {job.id} changed concurrently; retry")
+        self.repo.insert_job_event(job_id=job.id, old_status=job.status, new_status=new, actor=actor,
+                                   reason=reason, now=now)
+        return updated
+
+    def hold_job(self, caller: Caller, job_id: int) -> Job:
+        self.require(caller)
+        now = self.now()
+        with self.db.write():
+            job = self._visible_job(caller, job_id)
+            if job.status is JobStatus.HELD:
+                return job
+            if job.status is not JobStatus.TO_BE_QUEUED:
+                raise JobStateConflict(job.id, job.status.value, "hold (only jobs not yet dispatched)")
+            return self._transition(job, JobStatus.HELD, caller.user, f"held by {caller.user}", now)
+
+    def release_job(self, caller: Caller, job_id: int) -> Job:
+        self.require(caller)
+        now = self.now()
+        with self.db.write():
+            job = self._visible_job(caller, job_id)
+            if job.status is JobStatus.TO_BE_QUEUED:
+                return job
+            if job.status is not JobStatus.HELD:
+                raise JobStateConflict(job.id, job.status.value, "release (only held jobs)")
+            job = self._transition(job, JobStatus.TO_BE_QUEUED, caller.user, f"released by {caller.user}", now)
+        self._notify()
+        return job
+
+    def cancel_job(self, caller: Caller, job_id: int) -> Job:
+        """Before dispatch: cancelled at once. After: a cancel request the poller carries out."""
+        self.require(caller)
+        now = self.now()
+        with self.db.write():
+            job = self._visible_job(caller, job_id)
+            if job.status in FINAL_STATES:
+                raise JobStateConflict(job.id, job.status.value, "cancel a finished job")
+            if job.status in UNDISPATCHED_STATES:
+                return self._transition(job, JobStatus.CANCELLED, caller.user, f"cancelled by {caller.user}", now)
+            if job.cancel_requested:
+                return job
+            updated = self.repo.request_cancel(id=job.id, now=now)
+            self.repo.insert_job_event(job_id=job.id, old_status=job.status, new_status=job.status,
+                                       actor=caller.user, reason=f"cancel requested by {caller.user}", now=now)
+        self._notify()
+        return updated
+
+    # -- tokens -------------------------------------------------------------------------------
+    def create_token(self, caller: Caller, body: dict) -> dict:
+        self.require(caller)
+        user = body.get("user") or caller.user
+        if user != caller.user and not caller.is_admin:
+            raise Forbidden("only admins can create tokens for another user")
+        if user != caller.user:
+            self.authority.check_owner(user, "user")
+        days = body.get("expires_in_days", self.config.auth.token_lifetime_days)
+        if days > self.config.auth.token_lifetime_days and not caller.is_admin:
+            raise Invalid(f"expires_in_days: at most {self.config.auth.token_lifetime_days:g} days",
+                          field="expires_in_days")
+        now = self.now()
+        expires = format_time(parse_time(now) + _dt.timedelta(days=days))
+        secret = new_secret()
+        with self.db.write():
+            row = self.repo.insert_token(user=user, secret_hash=hash_secret(secret),
+                                         description=body.get("description", ""), created_by=caller.user,
+                                         now=now, expires_at=expires)
+        return dict(row, token=secret)
+
+    def list_tokens(self, caller: Caller) -> list[dict]:
+        self.require(caller)
+        with self.db.read():
+            return self.repo.list_tokens(None if caller.is_admin else caller.user)
+
+    def revoke_token(self, caller: Caller, token_id: int) -> dict:
+        self.require(caller)
+        now = self.now()
+        with self.db.write():
+            tok = self.repo.get_token(token_id)
+            if tok is None or (tok["user"] != caller.user and not caller.is_admin):
+                raise NotFound("token", token_id)
+            self.repo.revoke_token(id=token_id, now=now)
+            return self.repo.get_token(token_id)
+
+    # -- hooks --------------------------------------------------------------------------------
+    def _notify(self) -> None:
+        if self.on_new_work is not None:
+            self.on_new_work()
+

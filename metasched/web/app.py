@@ -1,0 +1,330 @@
+"""The Falcon app: factory, identity middleware, resources, error mapping.
+
+Resources are thin: parse input, call one Services method, set resp.media/status/location. Domain
+errors are mapped to HTTP once, in ``_handle_domain_error``; resources never catch exceptions.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import urllib.parse
+
+import falcon
+
+from .. import errors as E
+from ..identity import ANONYMOUS, peer_uid
+from ..model import JobStatus
+from ..services import Services
+from . import schemas as S
+from .validation import validate
+
+log = logging.getLogger("metasched.web")
+
+STATUS_OF = [
+    (E.Invalid, falcon.HTTP_400), (E.Unauthenticated, falcon.HTTP_401), (E.Forbidden, falcon.HTTP_403),
+    (E.NotFound, falcon.HTTP_404), (E.Conflict, falcon.HTTP_409), (E.Unavailable, falcon.HTTP_503),
+]
+ID = "int(min=1, max=9223372036854775807)"   # anything else in an id position is a 404, never a 500
+
+
+# -- error mapping ------------------------------------------------------------------------------
+
+def _error_body(status: str, title: str, description: str, **details) -> dict:
+    return {"title": title, "description": description, "status": int(status.split()[0]), **details}
+
+
+def _handle_domain_error(req, resp, ex: E.MetaschedError, params):
+    status = next((s for cls, s in STATUS_OF if isinstance(ex, cls)), falcon.HTTP_500)
+    resp.status = status
+    resp.media = _error_body(status, ex.title, ex.message, **ex.details)
+    if isinstance(ex, E.Unauthenticated):
+        resp.set_header("WWW-Authenticate", 'Bearer realm="metasched"')
+
+
+def _handle_unexpected(req, resp, ex, params):
+    if isinstance(ex, falcon.HTTPError):
+        raise ex
+    log.exception("unexpected error on %s %s", req.method, req.path)
+    resp.status = falcon.HTTP_500
+    resp.media = _error_body(falcon.HTTP_500, "internal error", "the service failed; see its log")
+
+
+def _serialize_http_error(req, resp, ex: falcon.HTTPError):
+    resp.content_type = falcon.MEDIA_JSON
+    resp.text = json.dumps(_error_body(ex.status, ex.title or "error", ex.description or ex.title or ""))
+
+
+# -- middleware ---------------------------------------------------------------------------------
+
+class IdentityMiddleware:
+    """Sets req.context.caller from the transport (see metasched.identity)."""
+
+    def __init__(self, services: Services):
+        self.services = services
+        self.authority = services.authority
+        self.header = services.config.auth.proxy_header
+
+    def process_request(self, req, resp):
+        req.context.caller = ANONYMOUS
+        auth = req.get_header("Authorization")
+        if auth:
+            scheme, _, secret = auth.partition(" ")
+            if scheme.lower() != "bearer" or not secret.strip():
+                raise E.Unauthenticated("Authorization header must be 'Bearer <token>'")
+            req.context.caller = self.services.token_caller(secret.strip())
+            return
+        sock = req.env.get("gunicorn.socket")
+        uid = peer_uid(sock) if sock is not None else req.env.get("metasched.test_peer_uid")
+        if uid is None:
+            return
+        if self.authority.proxy_uid is not None and uid == self.authority.proxy_uid:
+            user = req.get_header(self.header)
+            if user:
+                if not self.authority.is_known_user(user):
+                    raise E.Unauthenticated(f"{self.header}: unknown user {user!r}")
+                req.context.caller = self.authority.caller(user, "proxy")
+            return
+        caller = self.authority.socket_caller(uid)
+        if caller is not None:
+            req.context.caller = caller
+
+
+class BodyLimitMiddleware:
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+
+    def process_request(self, req, resp):
+        if req.method in ("POST", "PUT", "PATCH") and req.content_length:
+            if req.content_length > self.max_bytes:
+                raise falcon.HTTPContentTooLarge(
+                    title="body too large",
+                    description=f"request body is {req.content_length} bytes; the limit is {self.max_bytes}")
+
+
+def read_body(req, schema: dict, optional: bool = False) -> dict:
+    """Parse and validate the JSON body against its published schema."""
+    if not req.content_length:
+        if req.get_header("Transfer-Encoding"):
+            raise falcon.HTTPLengthRequired(title="length required",
+                                            description="send the body with a Content-Length")
+        if optional:
+            return {}
+        raise E.Invalid("request body required: a JSON object")
+    if req.content_type is None or req.content_type.split(";")[0].strip().lower() != "application/json":
+        raise falcon.HTTPUnsupportedMediaType(title="unsupported media type",
+                                              description="send the body as Content-Type: application/json")
+    raw = req.bounded_stream.read()
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise E.Invalid(f"body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise E.Invalid("body: expected a JSON object")
+    validate(body, schema)
+    return body
+
+
+# -- serialization ------------------------------------------------------------------------------
+
+def job_view(job) -> dict:
+    return {
+        "id": job.id, "name": job.name, "queue": job.queue_id, "owner": job.owner, "status": job.status.value,
+        "path": job.path, "options": list(job.options), "pwd": job.pwd, "scheduler_job_id": job.scheduler_job_id,
+        "exit_code": job.exit_code, "reason": job.reason, "cancel_requested": job.cancel_requested,
+        "created_at": job.created_at, "submitted_at": job.submitted_at, "started_at": job.started_at,
+        "finished_at": job.finished_at, "updated_at": job.updated_at,
+        "links": {"self": f"/jobs/{job.id}", "events": f"/jobs/{job.id}/events"},
+    }
+
+
+# -- resources ----------------------------------------------------------------------------------
+
+class Base:
+    def __init__(self, services: Services):
+        self.svc = services
+
+
+class RootResource(Base):
+    def on_get(self, req, resp):
+        resp.media = self.svc.status(req.context.caller)
+
+
+class ModeResource(Base):
+    def on_get(self, req, resp):
+        resp.media = self.svc.get_mode(req.context.caller)
+
+    def on_put(self, req, resp):
+        resp.media = self.svc.set_mode(req.context.caller, read_body(req, S.MODE_PUT))
+
+
+class NodesResource(Base):
+    def on_get(self, req, resp):
+        resp.media = {"items": self.svc.list_nodes(req.context.caller)}
+
+
+class MasterNodeResource(Base):
+    def on_get(self, req, resp):
+        resp.media = self.svc.get_master_node(req.context.caller)
+
+
+class NodeResource(Base):
+    def on_get(self, req, resp, node_id):
+        resp.media = self.svc.get_node(req.context.caller, node_id)
+
+
+class QueuesResource(Base):
+    def on_get(self, req, resp):
+        resp.media = {"items": self.svc.list_queues(req.context.caller)}
+
+
+class QueueResource(Base):
+    def on_get(self, req, resp, queue_id):
+        resp.media = self.svc.get_queue(req.context.caller, queue_id)
+
+
+class JobsResource(Base):
+    def __init__(self, services: Services, page_limit: int):
+        super().__init__(services)
+        self.page_limit = page_limit
+
+    def on_post(self, req, resp):
+        job = self.svc.submit_job(req.context.caller, read_body(req, S.JOB_SUBMIT))
+        resp.status = falcon.HTTP_201
+        resp.location = f"/jobs/{job.id}"
+        resp.media = job_view(job)
+
+    def on_get(self, req, resp):
+        params = _query(req, {"status", "queue", "owner", "after", "limit"})
+        statuses = None
+        if params.get("status"):
+            statuses = []
+            for s in params["status"].split(","):
+                try:
+                    statuses.append(JobStatus(s.strip().upper()))
+                except ValueError:
+                    raise E.Invalid(f"status: {s!r} is not one of {', '.join(S.STATUSES)}", field="status") from None
+        after = _int_param(params, "after", 0, 0)
+        limit = _int_param(params, "limit", self.page_limit, 1, 1000)
+        queue = params.get("queue")
+        jobs = self.svc.list_jobs(req.context.caller, statuses=statuses, queue=queue, owner=params.get("owner"),
+                                  after=after, limit=limit)
+        nxt = None
+        if len(jobs) == limit:
+            q = {k: v for k, v in params.items() if k not in ("after",)}
+            q.update(after=str(jobs[-1].id), limit=str(limit))
+            nxt = "/jobs?" + urllib.parse.urlencode(q)
+        resp.media = {"items": [job_view(j) for j in jobs], "next": nxt}
+
+
+class JobResource(Base):
+    def on_get(self, req, resp, job_id):
+        resp.media = job_view(self.svc.get_job(req.context.caller, job_id))
+
+    def on_patch(self, req, resp, job_id):
+        resp.media = job_view(self.svc.edit_job(req.context.caller, job_id, read_body(req, S.JOB_PATCH)))
+
+    def on_delete(self, req, resp, job_id):
+        job = self.svc.cancel_job(req.context.caller, job_id)
+        resp.status = falcon.HTTP_200 if job.status is JobStatus.CANCELLED else falcon.HTTP_202
+        resp.media = job_view(job)
+
+
+class JobHoldResource(Base):
+    def on_post(self, req, resp, job_id):
+        resp.media = job_view(self.svc.hold_job(req.context.caller, job_id))
+
+
+class JobReleaseResource(Base):
+    def on_post(self, req, resp, job_id):
+        resp.media = job_view(self.svc.release_job(req.context.caller, job_id))
+
+
+class JobEventsResource(Base):
+    def on_get(self, req, resp, job_id):
+        resp.media = {"items": self.svc.job_events(req.context.caller, job_id)}
+
+
+class TokensResource(Base):
+    def on_post(self, req, resp):
+        tok = self.svc.create_token(req.context.caller, read_body(req, S.TOKEN_CREATE, optional=True))
+        resp.status = falcon.HTTP_201
+        resp.location = f"/tokens/{tok['id']}"
+        resp.media = tok
+
+    def on_get(self, req, resp):
+        resp.media = {"items": self.svc.list_tokens(req.context.caller)}
+
+
+class TokenResource(Base):
+    def on_delete(self, req, resp, token_id):
+        resp.media = self.svc.revoke_token(req.context.caller, token_id)
+
+
+class OpenApiResource:
+    def __init__(self, document: dict):
+        self.text = json.dumps(document, indent=1)
+
+    def on_get(self, req, resp):
+        resp.content_type = falcon.MEDIA_JSON
+        resp.text = self.text
+
+
+def _query(req, allowed: set[str]) -> dict:
+    unknown = sorted(set(req.params) - allowed)
+    if unknown:
+        raise E.Invalid(f"unknown query parameter{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)} "
+                        f"(allowed: {', '.join(sorted(allowed))})", fields=unknown)
+    out = {}
+    for k, v in req.params.items():
+        if isinstance(v, list):
+            raise E.Invalid(f"{k}: give it once", field=k)
+        out[k] = v
+    return out
+
+
+def _int_param(params: dict, name: str, default: int, lo: int, hi: int | None = None) -> int:
+    if name not in params:
+        return default
+    v = params[name]
+    if not v.isdigit() or int(v) < lo or (hi is not None and int(v) > hi) or len(v) > 18:
+        raise E.Invalid(f"{name}: expected an integer {lo}..{hi if hi is not None else ''}, got {v!r}", field=name)
+    return int(v)
+
+
+# -- factory ------------------------------------------------------------------------------------
+
+def routes(services: Services) -> list[tuple[str, object]]:
+    page = services.config.server.page_limit
+    return [
+        ("/", RootResource(services)),
+        ("/status", RootResource(services)),
+        ("/cluster/mode", ModeResource(services)),
+        ("/cluster/nodes", NodesResource(services)),
+        ("/cluster/nodes/master", MasterNodeResource(services)),
+        (f"/cluster/nodes/{{node_id:{ID}}}", NodeResource(services)),
+        ("/queues", QueuesResource(services)),
+        (f"/queues/{{queue_id:{ID}}}", QueueResource(services)),
+        ("/jobs", JobsResource(services, page)),
+        (f"/jobs/{{job_id:{ID}}}", JobResource(services)),
+        (f"/jobs/{{job_id:{ID}}}/hold", JobHoldResource(services)),
+        (f"/jobs/{{job_id:{ID}}}/release", JobReleaseResource(services)),
+        (f"/jobs/{{job_id:{ID}}}/events", JobEventsResource(services)),
+        ("/tokens", TokensResource(services)),
+        (f"/tokens/{{token_id:{ID}}}", TokenResource(services)),
+    ]
+
+
+def create_app(services: Services, extra_routes: list[tuple[str, object]] | None = None) -> falcon.App:
+    from .openapi import build_document
+    app = falcon.App(middleware=[BodyLimitMiddleware(services.config.server.max_body_bytes),
+                                 IdentityMiddleware(services)])
+    app.req_options.strip_url_path_trailing_slash = True
+    app.req_options.auto_parse_qs_csv = False
+    app.resp_options.secure_cookies_by_default = True
+    for template, resource in routes(services) + list(extra_routes or []):
+        app.add_route(template, resource)
+    app.add_route("/openapi.json", OpenApiResource(build_document()))
+    app.add_error_handler(Exception, _handle_unexpected)
+    app.add_error_handler(E.MetaschedError, _handle_domain_error)
+    app.set_error_serializer(_serialize_http_error)
+    return app

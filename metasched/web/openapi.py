@@ -1,0 +1,116 @@
+"""The OpenAPI 3.1 document of every route. Its request schemas are the ones the API enforces (schemas.py);
+a test fails when a route of the app is missing here, and the web tests validate real responses against it."""
+from __future__ import annotations
+
+from .. import __version__
+from . import schemas as S
+
+_ERR = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _resp(schema_name: str | None, description: str = "ok") -> dict:
+    if schema_name is None:
+        return {"description": description}
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema_name}"}}}}
+
+
+def _op(summary: str, ok: dict, errors=(401,), body: str | None = None, params=None, body_required=True):
+    op = {"summary": summary, "responses": {**ok, **{str(e): _ERR for e in errors}}}
+    if body:
+        op["requestBody"] = {"required": body_required, "content": {"application/json": {
+            "schema": {"$ref": f"#/components/schemas/{body}"}}}}
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def _path_param(name: str) -> dict:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
+
+
+def _query(name: str, schema: dict, description: str) -> dict:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+JOB_ID = [_path_param("job_id")]
+WRITE_ERRORS = (400, 401, 404, 409, 413, 415)
+
+PATHS = {
+    "/": {"get": _op("Service, version, who you are", {"200": _resp("Status")}, errors=())},
+    "/status": {"get": _op("Service, version, who you are, the poller's last cycle", {"200": _resp("Status")},
+                           errors=(401,))},
+    "/cluster/mode": {
+        "get": _op("The cluster policy and weights", {"200": _resp("Mode")}),
+        "put": _op("Change the policy (admins); recorded as an event, survives restarts",
+                   {"200": _resp("Mode")}, errors=(400, 401, 403, 413, 415), body="ModePut"),
+    },
+    "/cluster/nodes": {"get": _op("Nodes and their liveness", {"200": _resp("NodeList")})},
+    "/cluster/nodes/master": {"get": _op("The master (frontend) node", {"200": _resp("Node")})},
+    "/cluster/nodes/{node_id}": {"get": _op("One node", {"200": _resp("Node")}, errors=(401, 404),
+                                            params=[_path_param("node_id")])},
+    "/queues": {"get": _op("One queue per scheduler, with job counts per state", {"200": _resp("QueueList")})},
+    "/queues/{queue_id}": {"get": _op("One queue", {"200": _resp("Queue")}, errors=(401, 404),
+                                      params=[_path_param("queue_id")])},
+    "/jobs": {
+        "post": _op("Submit a job", {"201": _resp("Job", "created; Location names it")},
+                    errors=(400, 401, 403, 413, 415), body="JobSubmit"),
+        "get": _op("List jobs (yours; admins: everyone's), oldest first, a page at a time",
+                   {"200": _resp("JobList")}, errors=(400, 401, 403), params=[
+                       _query("status", {"type": "string"}, "comma-separated states"),
+                       _query("queue", {"type": "string"}, "queue id or name"),
+                       _query("owner", {"type": "string"}, "admins only"),
+                       _query("after", {"type": "integer", "minimum": 0}, "cursor: list ids greater than this"),
+                       _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size")]),
+    },
+    "/jobs/{job_id}": {
+        "get": _op("One job", {"200": _resp("Job")}, errors=(401, 404), params=JOB_ID),
+        "patch": _op("Edit a job before it is dispatched", {"200": _resp("Job")}, errors=WRITE_ERRORS,
+                     body="JobPatch", params=JOB_ID),
+        "delete": _op("Cancel: at once before dispatch (200), else a request the poller carries out (202)",
+                      {"200": _resp("Job", "cancelled"), "202": _resp("Job", "cancel requested")},
+                      errors=(401, 404, 409), params=JOB_ID),
+    },
+    "/jobs/{job_id}/hold": {"post": _op("Hold a job not yet dispatched", {"200": _resp("Job")},
+                                        errors=(401, 404, 409), params=JOB_ID)},
+    "/jobs/{job_id}/release": {"post": _op("Release a held job", {"200": _resp("Job")},
+                                           errors=(401, 404, 409), params=JOB_ID)},
+    "/jobs/{job_id}/events": {"get": _op("Every state change of a job", {"200": _resp("EventList")},
+                                         errors=(401, 404), params=JOB_ID)},
+    "/tokens": {
+        "post": _op("Create a bearer token (for yourself; admins for anyone)",
+                    {"201": _resp("TokenCreated")}, errors=(400, 401, 403, 413, 415), body="TokenCreate",
+                    body_required=False),
+        "get": _op("Your tokens (admins: all)", {"200": _resp("TokenList")}),
+    },
+    "/tokens/{token_id}": {"delete": _op("Revoke a token", {"200": _resp("Token")}, errors=(401, 404),
+                                         params=[_path_param("token_id")])},
+    "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+}
+
+COMPONENTS = {
+    "Error": S.ERROR, "Status": S.STATUS, "Mode": S.MODE, "ModePut": S.MODE_PUT, "Node": S.NODE,
+    "NodeList": S.NODE_LIST, "Queue": S.QUEUE, "QueueList": S.QUEUE_LIST, "Job": S.JOB, "JobList": S.JOB_LIST,
+    "JobSubmit": S.JOB_SUBMIT, "JobPatch": S.JOB_PATCH, "EventList": S.EVENT_LIST, "Token": S.TOKEN,
+    "TokenCreated": S.TOKEN_CREATED, "TokenCreate": S.TOKEN_CREATE, "TokenList": S.TOKEN_LIST,
+}
+
+
+def register(path: str, operations: dict, components: dict | None = None) -> None:
+    """Other modules (e.g. metrics) add their routes to the document."""
+    PATHS[path] = operations
+    COMPONENTS.update(components or {})
+
+
+def build_document() -> dict:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "metasched", "version": __version__,
+                 "description": "One queue in front of the schedulers of a hybrid cluster. Identity: the unix "
+                                "socket's peer credentials, or Authorization: Bearer <token>."},
+        "paths": PATHS,
+        "components": {
+            "schemas": COMPONENTS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }

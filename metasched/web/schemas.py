@@ -1,0 +1,133 @@
+"""JSON schemas of every request and response body: enforced on requests, published in /openapi.json,
+checked against real responses by the web tests."""
+from __future__ import annotations
+
+from ..model import JobStatus, Policy
+
+STATUSES = [s.value for s in JobStatus]
+QUEUE_REF = {"oneOf": [{"type": "integer", "minimum": 1}, {"type": "string", "minLength": 1, "maxLength": 255}],
+             "description": "queue id, or the scheduler's name"}
+ABS_PATH = {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": "^/",
+            "description": "absolute path on the scheduler's nodes"}
+NAME = {"type": "string", "minLength": 1, "maxLength": 200}
+ARGS = {"type": "array", "maxItems": 256, "items": {"type": "string", "maxLength": 4096},
+        "description": "arguments passed to the script, each one verbatim"}
+TIME = {"type": ["string", "null"], "description": "UTC, ISO 8601"}
+
+JOB_SUBMIT = {
+    "type": "object", "additionalProperties": False, "required": ["queue", "path"],
+    "properties": {
+        "queue": QUEUE_REF, "path": ABS_PATH, "name": NAME, "options": ARGS,
+        "pwd": ABS_PATH | {"description": "working directory (default: the script's directory)"},
+        "hold": {"type": "boolean", "description": "submit it held: not dispatched until released"},
+        "owner": {"type": "string", "minLength": 1, "maxLength": 32,
+                  "description": "admins only: submit on behalf of this user (default: the caller)"},
+    },
+}
+JOB_PATCH = {
+    "type": "object", "additionalProperties": False, "minProperties": 1,
+    "properties": {"queue": QUEUE_REF, "path": ABS_PATH, "name": NAME, "options": ARGS, "pwd": ABS_PATH},
+}
+MODE_PUT = {
+    "type": "object", "additionalProperties": False, "minProperties": 1,
+    "properties": {
+        "policy": {"type": "string", "enum": [p.value for p in Policy]},
+        "high_priority": {"oneOf": [QUEUE_REF["oneOf"][0], QUEUE_REF["oneOf"][1], {"type": "null"}]},
+        "weights": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0, "maximum": 100},
+                    "description": "queue id or name -> weight 0..100 (shared, dynamic)"},
+    },
+}
+TOKEN_CREATE = {
+    "type": "object", "additionalProperties": False,
+    "properties": {
+        "description": {"type": "string", "maxLength": 200},
+        "expires_in_days": {"type": "number", "exclusiveMinimum": 0, "maximum": 3650},
+        "user": {"type": "string", "minLength": 1, "maxLength": 32, "description": "admins only"},
+    },
+}
+
+ERROR = {
+    "type": "object", "required": ["title", "description", "status"],
+    "properties": {"title": {"type": "string"}, "description": {"type": "string"}, "status": {"type": "integer"}},
+}
+JOB = {
+    "type": "object",
+    "required": ["id", "name", "queue", "owner", "status", "path", "options", "pwd", "scheduler_job_id",
+                 "exit_code", "reason", "cancel_requested", "created_at", "submitted_at", "started_at",
+                 "finished_at", "updated_at", "links"],
+    "properties": {
+        "id": {"type": "integer"}, "name": {"type": "string"}, "queue": {"type": "integer"},
+        "owner": {"type": "string"}, "status": {"type": "string", "enum": STATUSES},
+        "path": {"type": "string"}, "options": {"type": "array", "items": {"type": "string"}},
+        "pwd": {"type": "string"}, "scheduler_job_id": {"type": ["string", "null"]},
+        "exit_code": {"type": ["integer", "null"]}, "reason": {"type": ["string", "null"]},
+        "cancel_requested": {"type": "boolean"},
+        "created_at": {"type": "string"}, "submitted_at": TIME, "started_at": TIME, "finished_at": TIME,
+        "updated_at": {"type": "string"},
+        "links": {"type": "object", "properties": {"self": {"type": "string"}, "events": {"type": "string"}}},
+    },
+}
+JOB_LIST = {
+    "type": "object", "required": ["items", "next"],
+    "properties": {"items": {"type": "array", "items": JOB}, "next": {"type": ["string", "null"]}},
+}
+EVENT = {
+    "type": "object", "required": ["id", "at", "old_status", "new_status", "actor", "reason"],
+    "properties": {"id": {"type": "integer"}, "at": {"type": "string"},
+                   "old_status": {"type": ["string", "null"]}, "new_status": {"type": "string"},
+                   "actor": {"type": "string"}, "reason": {"type": ["string", "null"]}},
+}
+EVENT_LIST = {"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": EVENT}}}
+QUEUE = {
+    "type": "object", "required": ["id", "name", "type", "master_node_id", "weight", "reachable", "jobs"],
+    "properties": {
+        "id": {"type": "integer"}, "name": {"type": "string"},
+        "type": {"type": "string", "enum": ["sge", "slurm", "yarn", "local"]},
+        "master_node_id": {"type": "integer"}, "weight": {"type": "integer"},
+        "reachable": {"type": ["boolean", "null"]}, "last_error": {"type": ["string", "null"]},
+        "jobs": {"type": "object", "properties": {s: {"type": "integer"} for s in STATUSES},
+                 "required": STATUSES},
+    },
+}
+QUEUE_LIST = {"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": QUEUE}}}
+NODE = {
+    "type": "object", "required": ["id", "ip", "port", "master", "reachable", "last_seen", "last_error", "load"],
+    "properties": {
+        "id": {"type": "integer"}, "ip": {"type": "string"}, "port": {"type": "integer"},
+        "master": {"type": "boolean"}, "reachable": {"type": ["boolean", "null"]}, "last_seen": TIME,
+        "last_error": {"type": ["string", "null"]},
+        "load": {"type": ["array", "null"], "items": {"type": "number"}},
+        "ncpus": {"type": ["integer", "null"]},
+        "enforcement": {"type": ["object", "null"]},
+    },
+}
+NODE_LIST = {"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": NODE}}}
+MODE = {
+    "type": "object", "required": ["policy", "high_priority", "schedulers", "updated_at", "updated_by"],
+    "properties": {
+        "policy": {"type": "string", "enum": [p.value for p in Policy]},
+        "high_priority": {"type": ["object", "null"]},
+        "schedulers": {"type": "array", "items": {
+            "type": "object", "required": ["queue_id", "name", "weight"],
+            "properties": {"queue_id": {"type": "integer"}, "name": {"type": "string"},
+                           "type": {"type": "string"}, "weight": {"type": "integer"}}}},
+        "updated_at": {"type": "string"}, "updated_by": {"type": "string"},
+    },
+}
+STATUS = {
+    "type": "object", "required": ["service", "version", "user", "admin"],
+    "properties": {"service": {"type": "string"}, "version": {"type": "string"},
+                   "user": {"type": ["string", "null"]}, "admin": {"type": "boolean"},
+                   "authenticated_by": {"type": "string"}, "poller": {"type": "object"}},
+}
+TOKEN = {
+    "type": "object", "required": ["id", "user", "description", "created_by", "created_at", "expires_at",
+                                   "revoked_at"],
+    "properties": {"id": {"type": "integer"}, "user": {"type": "string"}, "description": {"type": "string"},
+                   "created_by": {"type": "string"}, "created_at": {"type": "string"},
+                   "expires_at": {"type": "string"}, "revoked_at": TIME, "last_used_at": TIME},
+}
+TOKEN_CREATED = {**TOKEN, "required": TOKEN["required"] + ["token"],
+                 "properties": {**TOKEN["properties"], "token": {
+                     "type": "string", "description": "the secret: shown once, stored only as a hash"}}}
+TOKEN_LIST = {"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": TOKEN}}}
