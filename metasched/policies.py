@@ -81,8 +81,6 @@ class Decision:
     node_shares: dict[int, dict[int, float]] = field(default_factory=dict)  # node_id -> queue_id -> percent
 
 
-
-
 # --------------------------------------------------------------------------------------------------
 # Entry point
 
@@ -105,6 +103,7 @@ def decide(snapshot: Snapshot, now: float) -> Decision:
             waiting[job.id] = reason
 
     policy = Policy(snapshot.policy)
+    in_flight: list[int] = []
     if policy is Policy.EXCLUSIVE:
         candidates, exclusive_waiting, in_flight = _exclusive_walk(jobs, views)
         waiting.update(exclusive_waiting)
@@ -349,8 +348,8 @@ def effective_weights(
             continue
         target = w / total_weight
         fraction = used[q] / total_used
-        factor = max_boost if fraction == 0.0 else min(max((target / fraction) ** 2, 1.0 / max_boost), max_boost)
-        result[q] = w * factor
+        factor = max_boost if fraction == 0.0 else (target / fraction) ** 2
+        result[q] = w * min(max(factor, 1.0 / max_boost), max_boost)
     return result
 
 
