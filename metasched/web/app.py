@@ -50,8 +50,11 @@ def _handle_unexpected(req, resp, ex, params):
 
 
 def _serialize_http_error(req, resp, ex: falcon.HTTPError):
+    code = int(str(ex.status).split()[0])
+    default = {404: f"no resource at {req.path}", 405: f"{req.method} is not allowed on {req.path}"}
     resp.content_type = falcon.MEDIA_JSON
-    resp.text = json.dumps(_error_body(ex.status, ex.title or "error", ex.description or ex.title or ""))
+    resp.text = json.dumps(_error_body(str(ex.status), ex.title or "error",
+                                       ex.description or default.get(code, ex.title or "")))
 
 
 # -- middleware ---------------------------------------------------------------------------------
