@@ -68,3 +68,12 @@ SELECT coalesce(max(id), 0) AS id FROM jobs;
 -- Cheap "is there new work?" probe for the poller between cycles.
 SELECT coalesce(max(updated_at), '') AS at, count(*) AS n FROM jobs
 WHERE status IN ('TO_BE_QUEUED', 'DISPATCHING') OR cancel_requested = 1 AND status NOT IN ('COMPLETED', 'ERROR', 'CANCELLED');
+
+-- name: set_waiting_reason
+-- Why a job still waits in our queue; written only when it changed (no event: not a transition).
+UPDATE jobs SET reason = :reason
+WHERE id = :id AND status = 'TO_BE_QUEUED' AND reason IS NOT :reason;
+
+-- name: set_job_reason
+-- A note on an active job without a state change (e.g. waiting for accounting, dispatch outcome unknown).
+UPDATE jobs SET reason = :reason WHERE id = :id;

@@ -80,6 +80,12 @@ class Repository:
         r = self._one(self.q.request_cancel, id=id, now=now)
         return row_to_job(r) if r else None
 
+    def set_waiting_reason(self, *, id, reason) -> None:
+        self.db.conn.execute(self.q.set_waiting_reason, dict(id=id, reason=reason))
+
+    def set_job_reason(self, *, id, reason) -> None:
+        self.db.conn.execute(self.q.set_job_reason, dict(id=id, reason=reason))
+
     def count_final_check(self, job_id: int) -> int:
         return self._one(self.q.count_final_check, id=job_id)["final_checks"]
 

@@ -1,0 +1,471 @@
+"""The poller cycle: observe → reconcile → decide → act → record. One cycle is :meth:`Engine.run_once`.
+
+Only the holder of the lease row acts. No SSH or other slow I/O ever happens inside a database
+transaction: the cycle reads a snapshot, talks to the nodes, then writes what it learned in short
+BEGIN IMMEDIATE transactions.
+
+Exactly-once dispatch: a job is committed as DISPATCHING before its native submit, and the native job
+carries our id in its name. A DISPATCHING job found at the start of a cycle was left by an interrupted
+dispatch: if the scheduler lists it (or its accounting knows it) it is adopted, otherwise it goes back to
+our queue and is submitted again.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import socket
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from . import policies
+from .backends import get_backend
+from .backends.base import Backend, FinalState, NativeJob, NativeState, SubmitRefused, command_line
+from .config import Config
+from .db.core import Database, epoch_to_time, utcnow
+from .db.repository import Repository, row_to_node, row_to_queue
+from .model import ACTIVE_STATES, Job, JobStatus, Policy, Queue, can_transition
+from .transport import LocalTransport, Result, SshTransport, fan_out
+
+log = logging.getLogger("metasched.engine")
+
+NODE_PROBE = "cat /proc/loadavg; getconf _NPROCESSORS_ONLN"
+KEEP_CYCLES = 1000
+
+
+@dataclass
+class QueueStatus:
+    ok: bool
+    error: str | None = None
+    by_native: dict[str, NativeJob] = field(default_factory=dict)
+    by_our_id: dict[int, NativeJob] = field(default_factory=dict)
+    foreign: list[NativeJob] = field(default_factory=list)
+
+
+@dataclass
+class Change:
+    """One state change decided by the cycle, written later in one transaction."""
+    job: Job
+    new: JobStatus | None                # None: no transition (only fields / an event)
+    reason: str
+    exit_code: int | None = None
+    started_at: str | None = None
+    scheduler_job_id: str | None = None
+    event_only: bool = False
+
+
+@dataclass
+class CycleReport:
+    started_at: str
+    duration_ms: float = 0.0
+    summary: dict = field(default_factory=lambda: defaultdict(int))
+    errors: dict = field(default_factory=dict)
+    shares: dict = field(default_factory=dict)
+
+
+def holder_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+
+class Engine:
+    def __init__(self, db: Database, config: Config, *, transports: dict[int, object],
+                 backends: dict[int, Backend] | None = None, holder: str | None = None,
+                 lease_seconds: float | None = None):
+        self.db = db
+        self.repo = Repository(db)
+        self.config = config
+        self.transports = transports            # node id -> transport
+        self._backends = dict(backends or {})   # queue id -> backend (built lazily from the config)
+        self.holder = holder or holder_id()
+        self.lease_seconds = lease_seconds or 2.5 * config.poller.interval
+        self.last_change_probe: tuple[str, int] | None = None
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: Config, db: Database, **kw) -> "Engine":
+        repo = Repository(db)
+        with db.read():
+            nodes = [row_to_node(r) for r in repo.list_nodes()]
+            transports_cfg = {r["id"]: r["transport"] for r in repo.list_nodes()}
+        transports = {}
+        for n in nodes:
+            if transports_cfg[n.id] == "local":
+                transports[n.id] = LocalTransport(config.ssh.command_timeout)
+            else:
+                transports[n.id] = SshTransport(
+                    n.address, n.port, user=config.ssh.user, key_file=config.ssh.key_file,
+                    known_hosts=config.ssh.known_hosts, connect_timeout=config.ssh.connect_timeout,
+                    command_timeout=config.ssh.command_timeout)
+        return cls(db, config, transports=transports, **kw)
+
+    def backend(self, queue: Queue) -> Backend:
+        b = self._backends.get(queue.id)
+        if b is None:
+            opts = next((s.options for s in self.config.schedulers if s.name.lower() == queue.name.lower()), {})
+            b = self._backends[queue.id] = get_backend(queue.type.value, opts)
+        return b
+
+    def transport_user(self, node_id: int) -> str:
+        t = self.transports[node_id]
+        if isinstance(t, SshTransport) and t.user:
+            return t.user
+        return pwd.getpwuid(os.geteuid()).pw_name
+
+    def run_as(self, job: Job, node_id: int) -> str | None:
+        """sudo -n -u <owner> unless the commands already run as the owner. Never root."""
+        if job.owner == "root":
+            raise SubmitRefused("jobs never run as root")
+        return None if job.owner == self.transport_user(node_id) else job.owner
+
+    def close(self) -> None:
+        for t in self.transports.values():
+            t.close()
+
+    # -- lease --------------------------------------------------------------------------------
+    def hold_lease(self, now: float) -> bool:
+        with self.db.write():
+            row = self.repo.acquire_lease(holder=self.holder, now=epoch_to_time(now),
+                                          expires_at=epoch_to_time(now + self.lease_seconds))
+        return row is not None
+
+    def release_lease(self) -> None:
+        with self.db.write():
+            self.repo.release_lease(self.holder)
+
+    def has_new_work(self) -> bool:
+        """Cheap probe between cycles: did a submission, release, edit or cancel happen?"""
+        with self.db.read():
+            probe = self.repo.latest_job_change()
+        changed = probe != self.last_change_probe
+        self.last_change_probe = probe
+        return changed
+
+    # -- the cycle ----------------------------------------------------------------------------
+    def run_once(self, now: float) -> CycleReport | None:
+        if not self.hold_lease(now):
+            return None
+        t0 = time.monotonic()
+        report = CycleReport(started_at=epoch_to_time(now))
+        with self.db.read():
+            queues = [row_to_queue(r) for r in self.repo.list_queues()]
+            nodes = [row_to_node(r) for r in self.repo.list_nodes()]
+            jobs = self.repo.list_jobs_in_states(list(ACTIVE_STATES) + [JobStatus.TO_BE_QUEUED])
+            mode = self.repo.get_setting("mode")[0]
+            self.last_change_probe = self.repo.latest_job_change()
+        qmap = {q.id: q for q in queues}
+
+        statuses = self.observe(queues, nodes, report, now)
+        changes, finals, cancels = self.reconcile(jobs, qmap, statuses)
+        changes += self.finish(finals, qmap, statuses, report)
+        self.cancel(cancels, qmap, report)
+        updated = self.apply(changes, report)
+        jobs = [updated.get(j.id, j) for j in jobs]
+
+        decision = policies.decide(self.snapshot(jobs, queues, nodes, statuses, mode), now)
+        report.shares = decision.shares
+        self.dispatch([j for j in jobs if j.id in set(decision.dispatch)], decision.dispatch, qmap, report)
+        self.record_waiting(decision.waiting)
+
+        report.duration_ms = (time.monotonic() - t0) * 1000
+        with self.db.write():
+            self.repo.insert_poll_cycle(holder=self.holder, started_at=report.started_at,
+                                        duration_ms=report.duration_ms,
+                                        summary=dict(report.summary, shares=report.shares), errors=report.errors)
+            self.repo.prune_poll_cycles(KEEP_CYCLES)
+        return report
+
+    # -- observe ------------------------------------------------------------------------------
+    def observe(self, queues, nodes, report: CycleReport, now: float) -> dict[int, QueueStatus]:
+        """One batched status call per scheduler and one probe per node, all in parallel."""
+        calls, kinds = [], []
+        for q in queues:
+            calls.append((self.transports[q.master_node_id], command_line(self.backend(q).status_argv()), None))
+            kinds.append(("queue", q))
+        for n in nodes:
+            calls.append((self.transports[n.id], NODE_PROBE, self.config.ssh.command_timeout))
+            kinds.append(("node", n))
+        results = fan_out(calls, self.config.ssh.max_parallel)
+        statuses: dict[int, QueueStatus] = {}
+        node_rows, queue_rows = [], []
+        for (kind, obj), res in zip(kinds, results):
+            if kind == "queue":
+                st = self._parse_status(obj, res)
+                statuses[obj.id] = st
+                queue_rows.append((obj.id, st.ok, st.error))
+                if not st.ok:
+                    report.errors[f"queue {obj.name}"] = st.error
+            else:
+                node_rows.append((obj, res))
+                if res.error or res.rc != 0:
+                    report.errors[f"node {obj.address}:{obj.port}"] = res.error or res.stderr.strip()[:300]
+        stamp = utcnow()
+        with self.db.write():
+            for qid, ok, err in queue_rows:
+                self.repo.set_queue_health(id=qid, reachable=int(ok), last_error=err, now=stamp)
+            for n, res in node_rows:
+                load, ncpus = _parse_probe(res.stdout) if res.ok else (None, None)
+                self.repo.set_node_health(id=n.id, reachable=int(res.ok), last_seen=stamp if res.ok else None,
+                                          last_error=None if res.ok else (res.error or res.stderr.strip()[:300]),
+                                          now=stamp, load=load, ncpus=ncpus)
+        return statuses
+
+    def _parse_status(self, q: Queue, res: Result) -> QueueStatus:
+        if res.error:
+            return QueueStatus(False, res.error)
+        try:
+            native = self.backend(q).parse_status(res.rc, res.stdout, res.stderr)
+        except Exception as exc:  # the scheduler's answer cannot be trusted this cycle
+            return QueueStatus(False, f"{q.name} status: {exc}")
+        st = QueueStatus(True)
+        for nj in native:
+            st.by_native[nj.native_id] = nj
+            if nj.our_id is not None:
+                st.by_our_id[nj.our_id] = nj
+            elif nj.state in (NativeState.PENDING, NativeState.RUNNING):
+                st.foreign.append(nj)
+        return st
+
+    # -- reconcile ----------------------------------------------------------------------------
+    def reconcile(self, jobs, qmap, statuses):
+        changes: list[Change] = []
+        finals: list[Job] = []
+        cancels: list[Job] = []
+        for job in jobs:
+            if job.status not in ACTIVE_STATES:
+                continue
+            st = statuses.get(job.queue_id)
+            if st is None or not st.ok:
+                continue                       # cannot tell this cycle; never guess
+            q = qmap[job.queue_id]
+            if job.status is JobStatus.DISPATCHING:
+                nj = st.by_our_id.get(job.id)
+                if nj is None:
+                    finals.append(job)         # maybe it already ran and ended: ask accounting by our tag
+                    continue
+                new = JobStatus.RUNNING if nj.state is NativeState.RUNNING else JobStatus.QUEUED
+                changes.append(Change(job, new, f"adopted {q.name} job {nj.native_id} after an interrupted dispatch",
+                                      scheduler_job_id=nj.native_id, started_at=nj.start_time))
+                if nj.state in (NativeState.FINISHED, NativeState.ERROR):
+                    finals.append(job)
+                continue
+            nj = st.by_native.get(job.scheduler_job_id or "")
+            if nj is None or nj.state is NativeState.FINISHED:
+                finals.append(job)
+            elif nj.state is NativeState.ERROR:
+                changes.append(Change(job, JobStatus.ERROR, f"{q.name} error state: {nj.reason or 'unknown'}"))
+                cancels.append(job)            # do not leave it stuck in the scheduler
+            elif nj.state is NativeState.RUNNING and job.status is JobStatus.QUEUED:
+                changes.append(Change(job, JobStatus.RUNNING, f"running in {q.name}", started_at=nj.start_time))
+            if job.cancel_requested and nj is not None and nj.state in (NativeState.PENDING, NativeState.RUNNING):
+                cancels.append(job)
+        return changes, finals, cancels
+
+    def finish(self, finals: list[Job], qmap, statuses, report: CycleReport) -> list[Change]:
+        """Ask each finished job's scheduler how it ended; a job is final only when it says so."""
+        calls = [(self.transports[qmap[j.queue_id].master_node_id],
+                  command_line(self.backend(qmap[j.queue_id]).final_argv(j)), None) for j in finals]
+        changes = []
+        for job, res in zip(finals, fan_out(calls, self.config.ssh.max_parallel)):
+            q = qmap[job.queue_id]
+            if res.error:
+                report.errors[f"final {q.name} job {job.id}"] = res.error
+                continue
+            try:
+                fs: FinalState | None = self.backend(q).parse_final(job, res.rc, res.stdout, res.stderr)
+            except Exception as exc:
+                report.errors[f"final {q.name} job {job.id}"] = str(exc)
+                continue
+            if fs is not None:
+                status = JobStatus(fs.status)
+                if status is JobStatus.CANCELLED and job.cancel_requested:
+                    reason = self._cancel_reason(job)
+                else:
+                    reason = fs.reason
+                changes.append(Change(job, status, reason, exit_code=fs.exit_code))
+            elif job.status is JobStatus.DISPATCHING:
+                changes.append(Change(job, JobStatus.TO_BE_QUEUED,
+                                      f"dispatch was interrupted before {q.name} got the job; submitting again"))
+            elif job.cancel_requested:
+                changes.append(Change(job, JobStatus.CANCELLED, self._cancel_reason(job)))
+            else:
+                changes.append(Change(job, None, f"left {q.name}; waiting for its accounting to say how it ended",
+                                      event_only=True))
+        return changes
+
+    def _cancel_reason(self, job: Job) -> str:
+        with self.db.read():
+            events = self.repo.list_job_events(job.id)
+        who = next((e["actor"] for e in reversed(events) if (e["reason"] or "").startswith("cancel requested")),
+                   None)
+        return f"cancelled by {who}" if who else "cancelled"
+
+    def cancel(self, cancels: list[Job], qmap, report: CycleReport) -> None:
+        calls = []
+        for job in cancels:
+            q = qmap[job.queue_id]
+            calls.append((self.transports[q.master_node_id],
+                          command_line(self.backend(q).cancel_argv(job, self.run_as(job, q.master_node_id))), None))
+        for job, res in zip(cancels, fan_out(calls, self.config.ssh.max_parallel)):
+            report.summary["cancel_sent"] += 1
+            if not res.ok:
+                report.errors[f"cancel job {job.id}"] = res.error or res.stderr.strip()[:300]
+
+    # -- write back ---------------------------------------------------------------------------
+    def apply(self, changes: list[Change], report: CycleReport) -> dict[int, Job]:
+        updated: dict[int, Job] = {}
+        if not changes:
+            return updated
+        now = utcnow()
+        with self.db.write():
+            for c in changes:
+                job = updated.get(c.job.id, c.job)
+                if c.event_only:
+                    if job.reason != c.reason:
+                        self.repo.insert_job_event(job_id=job.id, old_status=job.status, new_status=job.status,
+                                                   actor="poller", reason=c.reason, now=now)
+                        self.repo.set_job_reason(id=job.id, reason=c.reason)
+                    self.repo.count_final_check(job.id)
+                    continue
+                if c.scheduler_job_id is not None:
+                    job = self.repo.set_scheduler_job_id(id=job.id, scheduler_job_id=c.scheduler_job_id, now=now)
+                if c.new is None or c.new is job.status:
+                    updated[job.id] = job
+                    continue
+                if not can_transition(job.status, c.new):
+                    log.warning("job %s: refusing %s -> %s (%s)", job.id, job.status.value, c.new.value, c.reason)
+                    continue
+                new = self.repo.set_job_status(id=job.id, old_status=job.status, status=c.new, reason=c.reason,
+                                               now=now, exit_code=c.exit_code, started_at=c.started_at)
+                if new is None:      # changed meanwhile (e.g. cancelled through the API): next cycle sees it
+                    continue
+                self.repo.insert_job_event(job_id=job.id, old_status=job.status, new_status=c.new,
+                                           actor="poller", reason=c.reason, now=now)
+                updated[job.id] = new
+                report.summary[c.new.value.lower()] += 1
+        return updated
+
+    # -- decide -------------------------------------------------------------------------------
+    def snapshot(self, jobs, queues, nodes, statuses, mode) -> policies.Snapshot:
+        weights = mode.get("weights", {})
+        views = []
+        for q in queues:
+            mine = [j for j in jobs if j.queue_id == q.id and j.status in ACTIVE_STATES]
+            st = statuses.get(q.id)
+            views.append(policies.SchedulerView(
+                queue_id=q.id, name=q.name, weight=int(weights.get(str(q.id), q.weight)),
+                reachable=bool(st and st.ok), in_flight=len(mine),
+                running=sum(1 for j in mine if j.status is JobStatus.RUNNING),
+                foreign_active=len(st.foreign) if st and st.ok else 0))
+        pending = tuple(policies.PendingJob(j.id, j.queue_id, j.id) for j in jobs
+                        if j.status is JobStatus.TO_BE_QUEUED and j.queue_id in {q.id for q in queues})
+        return policies.Snapshot(
+            policy=Policy(mode["policy"]), schedulers=tuple(views), pending=pending,
+            node_ids=tuple(n.id for n in nodes), high_priority=mode.get("high_priority"),
+            usage={q.id: 0.0 for q in queues}, max_dispatch=self.config.poller.max_dispatch_per_cycle)
+
+    # -- act ----------------------------------------------------------------------------------
+    def dispatch(self, jobs: list[Job], order: list[int], qmap, report: CycleReport) -> None:
+        if not jobs:
+            return
+        by_id = {j.id: j for j in jobs}
+        now = utcnow()
+        marked: list[Job] = []
+        with self.db.write():
+            # the lease is checked in the same transaction that marks the jobs: a worker that lost the
+            # lease can never mark (and so never submit) anything
+            if self.repo.acquire_lease(holder=self.holder, now=now,
+                                       expires_at=epoch_to_time(time.time() + self.lease_seconds)) is None:
+                return
+            for jid in order:
+                job = by_id[jid]
+                q = qmap[job.queue_id]
+                new = self.repo.set_job_status(id=job.id, old_status=JobStatus.TO_BE_QUEUED,
+                                               status=JobStatus.DISPATCHING, reason=f"dispatching to {q.name}",
+                                               now=now)
+                if new is not None:
+                    self.repo.insert_job_event(job_id=job.id, old_status=JobStatus.TO_BE_QUEUED,
+                                               new_status=JobStatus.DISPATCHING, actor="poller",
+                                               reason=f"dispatching to {q.name}", now=now)
+                    marked.append(new)
+        # native submits, outside any transaction: sequential per scheduler, schedulers in parallel
+        per_queue: dict[int, list[Job]] = defaultdict(list)
+        for job in marked:
+            per_queue[job.queue_id].append(job)
+        outcomes: list[tuple[Job, str | None, str | None, bool]] = []   # job, native id, refusal, unknown
+        lock = threading.Lock()
+
+        def submit_all(qid: int) -> None:
+            q = qmap[qid]
+            backend = self.backend(q)
+            transport = self.transports[q.master_node_id]
+            for job in per_queue[qid]:
+                try:
+                    cmd = command_line(backend.submit_argv(job, self.run_as(job, q.master_node_id)))
+                except SubmitRefused as exc:
+                    with lock:
+                        outcomes.append((job, None, str(exc), False))
+                    continue
+                res = transport.run(cmd)
+                if res.error:
+                    with lock:
+                        outcomes.append((job, None, res.error, True))
+                    continue
+                try:
+                    native = backend.parse_submit(job, res.rc, res.stdout, res.stderr)
+                    item = (job, native, None, False)
+                except SubmitRefused as exc:
+                    item = (job, None, str(exc) or res.stderr.strip(), False)
+                with lock:
+                    outcomes.append(item)
+
+        threads = [threading.Thread(target=submit_all, args=(qid,)) for qid in per_queue]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        now = utcnow()
+        with self.db.write():
+            for job, native, problem, unknown in outcomes:
+                q = qmap[job.queue_id]
+                if native is not None:
+                    self.repo.set_scheduler_job_id(id=job.id, scheduler_job_id=native, now=now)
+                    self._write(job, JobStatus.QUEUED, f"queued in {q.name} as {native}", now)
+                    report.summary["dispatched"] += 1
+                elif unknown:
+                    # the submit may or may not have reached the scheduler: the next cycle finds out
+                    self.repo.set_job_reason(id=job.id,
+                                             reason=f"dispatch outcome unknown ({problem}); checking next cycle")
+                    report.errors[f"dispatch job {job.id}"] = problem
+                else:
+                    self._write(job, JobStatus.ERROR, f"scheduler refused: {problem}", now)
+                    report.summary["refused"] += 1
+
+    def _write(self, job: Job, new: JobStatus, reason: str, now: str) -> None:
+        row = self.repo.set_job_status(id=job.id, old_status=job.status, status=new, reason=reason, now=now)
+        if row is not None:
+            self.repo.insert_job_event(job_id=job.id, old_status=job.status, new_status=new, actor="poller",
+                                       reason=reason, now=now)
+
+    def record_waiting(self, waiting: dict[int, str]) -> None:
+        if not waiting:
+            return
+        with self.db.write():
+            for jid, reason in waiting.items():
+                self.repo.set_waiting_reason(id=jid, reason=reason)
+
+
+def _parse_probe(out: str) -> tuple[tuple[float, float, float] | None, int | None]:
+    lines = out.split("\n")
+    try:
+        parts = lines[0].split()
+        load = (float(parts[0]), float(parts[1]), float(parts[2]))
+    except (IndexError, ValueError):
+        load = None
+    try:
+        ncpus = int(lines[1].strip())
+    except (IndexError, ValueError):
+        ncpus = None
+    return load, ncpus
+

@@ -1,0 +1,116 @@
+"""The poller thread hosted by every gunicorn worker; the lease row lets exactly one of them act.
+
+The loop only paces :meth:`Engine.run_once` on the monotonic clock: a full cycle every ``interval``
+seconds, and sooner when the lease holder sees new work (a cheap query every ``wakeup`` seconds, or a
+wake-up from a submission handled by this very worker). A heartbeat thread renews the lease while the
+process lives, so a slow cycle (SSH timeouts) never lets a second worker act at the same time; when the
+process dies, the lease expires and another worker takes over within three intervals.
+Errors are logged once per cycle; the thread never dies of them.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+
+from .config import Config
+from .db.core import Database, epoch_to_time
+from .db.repository import Repository
+
+log = logging.getLogger("metasched.poller")
+
+
+class PollerThread:
+    def __init__(self, config: Config, db: Database | None = None, engine_factory=None):
+        self.config = config
+        self.db = db or Database(config.server.database)
+        self.interval = config.poller.interval
+        self.wakeup = min(config.poller.wakeup, self.interval)
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:poller"
+        self._engine_factory = engine_factory
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._heartbeat: threading.Thread | None = None
+        self.is_holder = False
+        self.cycles = 0
+        self.engine = None
+
+    @classmethod
+    def for_config(cls, config: Config) -> "PollerThread":
+        return cls(config)
+
+    # -- control ------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="metasched-poller", daemon=True)
+        self._thread.start()
+        self._heartbeat = threading.Thread(target=self._beat, name="metasched-lease", daemon=True)
+        self._heartbeat.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        for t in (self._thread, self._heartbeat):
+            if t is not None and t is not threading.current_thread():
+                t.join(timeout)
+        if self.engine is not None:
+            try:
+                if self.is_holder:
+                    self.engine.release_lease()
+            except Exception:
+                log.exception("could not release the poller lease")
+            self.engine.close()
+
+    # -- loops --------------------------------------------------------------------------------
+    def _make_engine(self):
+        if self._engine_factory is not None:
+            return self._engine_factory(self.config, self.db, self.holder)
+        from .engine import Engine
+        return Engine.from_config(self.config, self.db, holder=self.holder)
+
+    def _loop(self) -> None:
+        next_full = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                if self.engine is None:
+                    self.engine = self._make_engine()
+                now_m = time.monotonic()
+                due = now_m >= next_full or self._wake.is_set()
+                if not due and self.is_holder:
+                    due = self.engine.has_new_work()
+                if due:
+                    self._wake.clear()
+                    report = self.engine.run_once(time.time())
+                    self.is_holder = report is not None
+                    if report is not None:
+                        self.cycles += 1
+                    next_full = time.monotonic() + self.interval
+            except Exception:
+                log.exception("poll cycle failed; retrying next interval")
+                next_full = time.monotonic() + self.interval
+            wait = max(0.0, min(self.wakeup if self.is_holder else self.interval, next_full - time.monotonic()))
+            self._wake.wait(wait)
+        self.db.close()
+
+    def _beat(self) -> None:
+        """Renew the lease while this process lives and holds it."""
+        repo = Repository(self.db)
+        lease = (self.engine.lease_seconds if self.engine else 2.5 * self.interval)
+        while not self._stop.wait(min(self.interval / 2, 1.0)):
+            if not self.is_holder:
+                continue
+            try:
+                now = time.time()
+                with self.db.write():
+                    row = repo.acquire_lease(holder=self.holder, now=epoch_to_time(now),
+                                             expires_at=epoch_to_time(now + lease))
+                if row is None:
+                    self.is_holder = False
+            except Exception:
+                log.exception("lease heartbeat failed")
+        self.db.close()
