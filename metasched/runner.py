@@ -17,6 +17,8 @@ from .errors import MetaschedError
 
 log = logging.getLogger("metasched")
 
+_worker_poller = None   # this worker process's poller thread (see make_app), stopped in worker_exit
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="metasched-api",
@@ -98,9 +100,9 @@ def make_app(cfg: Config, start_poller: bool = True):
         extra = metrics_routes(services)
     except ImportError:
         pass
-    app = create_app(services, extra)
-    app.poller = poller
-    return app
+    global _worker_poller
+    _worker_poller = poller   # falcon.App has __slots__: the worker's poller is kept here, one per process
+    return create_app(services, extra)
 
 
 def binds(cfg: Config) -> list[str]:
@@ -124,14 +126,9 @@ def run_gunicorn(cfg: Config, access_log: bool, log_level: str) -> None:
         except OSError as exc:
             raise MetaschedError(f"--socket: cannot create {sock_dir}: {exc.strerror}") from None
 
-    def post_worker_init(worker):
-        worker.wsgi.poller_worker = True
-
     def worker_exit(server, worker):
-        app = getattr(worker, "wsgi", None)
-        poller = getattr(app, "poller", None)
-        if poller is not None:
-            poller.stop()
+        if _worker_poller is not None:
+            _worker_poller.stop()
 
     class App(BaseApplication):
         def load_config(self):
@@ -146,9 +143,12 @@ def run_gunicorn(cfg: Config, access_log: bool, log_level: str) -> None:
             self.cfg.set("errorlog", "-")
             if access_log:
                 self.cfg.set("accesslog", "-")
-            self.cfg.set("post_worker_init", post_worker_init)
             self.cfg.set("worker_exit", worker_exit)
             self.cfg.set("limit_request_line", 8190)
+            if "control_socket_disable" in self.cfg.settings:
+                # gunicorn >= 25 opens ~/.gunicorn/gunicorn.ctl by default: shared by every instance of the
+                # user, and we never use it
+                self.cfg.set("control_socket_disable", True)
 
         def load(self):
             return make_app(cfg)
