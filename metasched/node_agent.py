@@ -303,8 +303,9 @@ def enforce_cgroup(kind, cpu_root, acct_root, parent, groups, members, procs, dr
 
 
 def enable_cpu(d: str) -> None:
+    """Let the children of d compete by cpu.weight (needed on the root and on our parent group)."""
     path = os.path.join(d, "cgroup.subtree_control")
-    if "cpu" not in read_text(path).split():
+    if not os.path.exists(path) or "cpu" not in read_text(path).split():
         write_value(path, "+cpu")
 
 
@@ -354,13 +355,15 @@ def enforce_nice(groups, members, procs, proc_root, setpriority, dry_run, errors
             except OSError:
                 tids = [pid]
             try:
+                done = 0
                 for tid in tids:
                     try:
                         setpriority(os.PRIO_PROCESS, tid, nice)
+                        done = 1
                     except OSError as e:
-                        if e.errno != errno.ESRCH:
+                        if e.errno != errno.ESRCH:  # a pid that exited meanwhile is not an error
                             raise
-                moved += 1
+                moved += done
             except OSError as e:
                 failed.append("%d (%s)" % (pid, e.strerror))
         if failed:
