@@ -31,6 +31,8 @@ MECHANISMS = ("auto", "cgroup", "nice", "none")
 SETUP_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.ENOSPC)
 NICE_NOTE = ("renice fallback: nice only competes inside one task group (sched(7)), so it cannot shift CPU "
              "between processes in different cgroups or autogroups and is weaker than cgroups")
+AUTOGROUP_NOTE = ("; autogroups are on here: the autogroup nice of sessions led by job processes is set too "
+                  "(jobs sharing a session with other processes are only reniced)")
 
 
 class RequestError(ValueError):
@@ -43,21 +45,21 @@ class Unavailable(Exception):
 
 class Proc(object):
     """The fields of /proc/<pid>/stat that the agent needs."""
-    __slots__ = ("pid", "comm", "state", "ppid", "pgrp", "flags", "ticks", "nice")
+    __slots__ = ("pid", "comm", "state", "ppid", "pgrp", "sid", "flags", "ticks", "nice")
 
-    def __init__(self, pid, comm, state, ppid, pgrp, flags, ticks, nice):
-        # type: (int, str, str, int, int, int, int, int) -> None
-        self.pid, self.comm, self.state, self.ppid = pid, comm, state, ppid
-        self.pgrp, self.flags, self.ticks, self.nice = pgrp, flags, ticks, nice
+    def __init__(self, pid, comm, state, ppid, pgrp, sid, flags, ticks, nice):
+        # type: (int, str, str, int, int, int, int, int, int) -> None
+        self.pid, self.comm, self.state, self.ppid, self.pgrp = pid, comm, state, ppid, pgrp
+        self.sid, self.flags, self.ticks, self.nice = sid, flags, ticks, nice
 
 
 def parse_stat(text: str) -> Proc:
     """Parse one stat line; comm may hold spaces and ')' so the fields start after the LAST ')'."""
     lp, rp = text.index("("), text.rindex(")")
     f = text[rp + 2:].split()
-    # f[0]=state f[1]=ppid f[2]=pgrp f[6]=flags f[11..14]=utime stime cutime cstime f[16]=nice
+    # f[0]=state f[1]=ppid f[2]=pgrp f[3]=session f[6]=flags f[11..14]=utime stime cutime cstime f[16]=nice
     ticks = int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
-    return Proc(int(text[:lp]), text[lp + 1:rp], f[0], int(f[1]), int(f[2]), int(f[6]), ticks, int(f[16]))
+    return Proc(int(text[:lp]), text[lp + 1:rp], f[0], int(f[1]), int(f[2]), int(f[3]), int(f[6]), ticks, int(f[16]))
 
 
 def read_text(path: str) -> str:
@@ -368,9 +370,35 @@ def enforce_nice(groups, members, procs, proc_root, setpriority, dry_run, errors
                 failed.append("%d (%s)" % (pid, e.strerror))
         if failed:
             errors.append("renice %s to %d failed for %d pids: %s" % (name, nice, len(failed), ", ".join(failed[:5])))
-        out[name] = {"weight": nice, "pids": len(members[name]), "moved": moved,
+        out[name] = {"weight": nice, "pids": len(members[name]), "moved": moved, "autogroups": 0,
                      "usage_usec": usage_from_procs(members[name], procs), "usage_source": "procs"}
+        if autogroups_enabled(proc_root):  # a session led by a job process holds only that job's processes
+            for leader in sorted({procs[p].sid for p in members[name]} & members[name]):
+                out[name]["autogroups"] += set_autogroup_nice(proc_root, leader, nice, dry_run, errors)
     return out
+
+
+def autogroups_enabled(proc_root: str) -> bool:
+    try:
+        return read_text(os.path.join(proc_root, "sys", "kernel", "sched_autogroup_enabled")).strip() == "1"
+    except OSError:
+        return False
+
+
+def set_autogroup_nice(proc_root: str, leader: int, nice: int, dry_run: bool, errors: List[str]) -> int:
+    """Each session is its own autogroup, and autogroups compete by their own nice (sched(7)): without
+    this, renicing jobs that run in sessions of their own (batch jobs do) changes nothing."""
+    path = os.path.join(proc_root, str(leader), "autogroup")
+    try:
+        if int(read_text(path).split()[-1]) == nice:  # "/autogroup-25 nice 0"
+            return 0
+        if not dry_run:
+            write_value(path, "%d" % nice)
+        return 1
+    except (OSError, ValueError, IndexError) as e:
+        if not isinstance(e, OSError) or e.errno not in (errno.ENOENT, errno.ESRCH):
+            errors.append("autogroup nice of session %d: %s" % (leader, e))
+        return 0
 
 
 def validate(req: Any, allow_overrides: bool) -> Dict[str, Any]:
@@ -398,6 +426,9 @@ def validate(req: Any, allow_overrides: bool) -> Dict[str, Any]:
         m = g.get("match") or {}
         if not isinstance(m, dict) or not all(isinstance(p, int) and p > 1 for p in m.get("pgids") or ()):
             raise RequestError("groups[%d].match: pgids must be integers > 1" % i)
+        for key in ("roots_by_comm", "exclude_comm"):
+            if not isinstance(m.get(key) or [], list) or not all(isinstance(c, str) for c in m.get(key) or ()):
+                raise RequestError("groups[%d].match.%s: expected a list of command names" % (i, key))
     return req
 
 
@@ -433,7 +464,7 @@ def run(request: Any, dry_run: bool = False, allow_overrides: bool = True,
     if result is None and mech in ("auto", "nice"):
         result = enforce_nice(groups, members, procs, proc_root, setpriority or os.setpriority, dry_run, errors)
         used = "nice"
-        notes.append(NICE_NOTE)
+        notes.append(NICE_NOTE + (AUTOGROUP_NOTE if autogroups_enabled(proc_root) else ""))
     if result is None:
         result = {g["name"]: {"weight": None, "pids": len(members[g["name"]]), "moved": 0, "usage_source": "procs",
                               "usage_usec": usage_from_procs(members[g["name"]], procs)} for g in groups}

@@ -148,6 +148,7 @@ class NiceRecorder:
         stat = self.proc / str(tid) / "stat"
         if stat.exists():
             p = node_agent.parse_stat(stat.read_text())
+            assert p.sid == p.pgrp  # stat_line writes the process group as the session too
             stat.write_text(stat_line(p.pid, p.comm, p.ppid, p.pgrp, p.flags, p.state, nice=nice))
 
 
@@ -293,6 +294,21 @@ def test_nice_goes_back_to_zero_and_never_below(proc, tmp_path):
     assert {n for _, _, n in rec.calls} == {0}
 
 
+def test_autogroup_nice_is_set_for_sessions_led_by_job_processes_only(proc, tmp_path):
+    (proc / "sys" / "kernel").mkdir(parents=True)
+    (proc / "sys" / "kernel" / "sched_autogroup_enabled").write_text("1\n")
+    for leader in (202, 302, 500):
+        (proc / str(leader) / "autogroup").write_text("/autogroup-%d nice 0\n" % leader)
+    req = request(proc, None, "nice", sge=20.0, slurm=80.0)
+    resp = node_agent.run(req, setpriority=NiceRecorder(proc), self_pid=SELF)
+    assert "autogroup nice of sessions led by job processes" in resp["mechanism_note"]
+    assert (resp["groups"]["sge"]["autogroups"], resp["groups"]["slurm"]["autogroups"]) == (1, 0)
+    assert (proc / "202" / "autogroup").read_text() == "6"
+    assert (proc / "500" / "autogroup").read_text() == "/autogroup-500 nice 0\n"   # not a job's session
+    resp = node_agent.run(req, setpriority=NiceRecorder(proc), self_pid=SELF)
+    assert resp["groups"]["sge"]["autogroups"] == 0 and resp["errors"] == []
+
+
 def test_no_cpu_controller_with_mechanism_cgroup_reports_an_error_and_touches_nothing(proc, tmp_path):
     cg = make_v2(tmp_path, controllers="memory pids")
     rec = NiceRecorder(proc)
@@ -318,6 +334,8 @@ def test_mechanism_none_only_observes(proc, tmp_path):
     (lambda r: r["groups"][1].update(name="sge"), "groups[1].name"),
     (lambda r: r["groups"][1].update(weight_percent="30"), "groups[1].weight_percent"),
     (lambda r: r["groups"][0]["match"].update(pgids=[1]), "pgids"),
+    (lambda r: r["groups"][0]["match"].update(roots_by_comm="sge_shepherd"), "groups[0].match.roots_by_comm"),
+    (lambda r: r.update(groups={"sge": 1}), "groups: expected a list"),
 ])
 def test_bad_requests_are_refused_before_anything_happens(proc, tmp_path, mutate, message):
     cg = make_v2(tmp_path)
