@@ -1,8 +1,9 @@
 """Live tests of the node agent on this machine's real kernel: root, real /proc, real cpu cgroups.
 
 Two CPU-bound job trees (two busy loops each, under a shell) run below fake scheduler roots whose comm
-we control (a symlink to /bin/sh named sge_shepherd / slurmstepd), all pinned to ONE core so that they
-compete. The agent is run the way the engine runs it (`python3 -c <program> <request json>`), and the
+we control (a symlink to /bin/sh), all pinned to ONE core so that they compete. The roots get names unique
+to this run rather than sge_shepherd / slurmstepd: other labs' real daemons may run on this machine, and
+the agent must not move or renice their jobs on behalf of a test. The agent is run the way the engine runs it (`python3 -c <program> <request json>`), and the
 CPU time each tree gets over a few seconds is read from /proc by this test, independently of the agent.
 """
 import json
@@ -20,6 +21,8 @@ from metasched import node_agent
 AGENT = Path(node_agent.__file__)
 WINDOW = 4.0
 PY36 = os.environ.get("METASCHED_PY36", "/root/.pyenv/versions/3.6.15/bin/python3")
+SGE_ROOT_COMM = "mst-sge-%d" % (os.getpid() % 100000)       # stands in for sge_shepherd (<= 15 chars)
+SLURM_ROOT_COMM = "mst-slurm-%d" % (os.getpid() % 100000)   # stands in for slurmstepd
 pytestmark = pytest.mark.lab
 
 
@@ -72,7 +75,7 @@ def measure(a, b, seconds=WINDOW):
 
 @pytest.fixture
 def start_trees(tmp_path):
-    """Start one job tree under a fake sge_shepherd and one under a fake slurmstepd, pinned to CPU 0.
+    """Start one job tree under a fake shepherd and one under a fake slurmstepd, pinned to CPU 0.
 
     With own_session the job's shell calls setsid, as Grid Engine's and Slurm's job shells do; then each
     job is its own autogroup. Otherwise both trees share the test's session (one autogroup).
@@ -83,7 +86,7 @@ def start_trees(tmp_path):
     def start(own_session):
         burn = "%s -c 'while 1: pass'" % sys.executable
         script = "{1}/bin/sh -c \"{0} & {0} & wait\"; exit 0".format(burn, "setsid " if own_session else "")
-        for comm in ("sge_shepherd", "slurmstepd"):
+        for comm in (SGE_ROOT_COMM, SLURM_ROOT_COMM):
             exe = tmp_path / comm
             exe.symlink_to("/bin/sh")
             roots[comm] = subprocess.Popen([str(exe), "-c", script], preexec_fn=lambda: os.sched_setaffinity(0, {0}))
@@ -91,8 +94,8 @@ def start_trees(tmp_path):
         while any(len(descendants(p.pid)) < 3 for p in roots.values()):
             assert time.time() < deadline, "job trees did not start"
             time.sleep(0.05)
-        assert Path("/proc/%d/comm" % roots["sge_shepherd"].pid).read_text().strip() == "sge_shepherd"
-        return roots["sge_shepherd"].pid, roots["slurmstepd"].pid
+        assert Path("/proc/%d/comm" % roots[SGE_ROOT_COMM].pid).read_text().strip() == SGE_ROOT_COMM
+        return roots[SGE_ROOT_COMM].pid, roots[SLURM_ROOT_COMM].pid
 
     try:
         yield start
@@ -136,8 +139,8 @@ def agent(req, python=sys.executable):
 
 def request(parent, sge, slurm, mechanism):
     return {"version": 1, "parent": parent, "mechanism": mechanism, "groups": [
-        {"name": "sge", "weight_percent": sge, "match": {"roots_by_comm": ["sge_shepherd"], "exclude_comm": ["sge_execd"]}},
-        {"name": "slurm", "weight_percent": slurm, "match": {"roots_by_comm": ["slurmstepd"], "exclude_comm": ["slurmd"]}},
+        {"name": "sge", "weight_percent": sge, "match": {"roots_by_comm": [SGE_ROOT_COMM], "exclude_comm": ["sge_execd"]}},
+        {"name": "slurm", "weight_percent": slurm, "match": {"roots_by_comm": [SLURM_ROOT_COMM], "exclude_comm": ["slurmd"]}},
     ]}
 
 
