@@ -1,0 +1,505 @@
+#!/usr/bin/env python3
+"""metasched node agent: run once per poll cycle on every node, in ONE SSH round trip.
+
+It reports liveness facts (hostname, time, load, uptime) and enforces the CPU split between the
+schedulers: every job process tree is placed in its scheduler's control group (cgroup v2
+``cpu.weight`` or v1 ``cpu.shares``) and the groups' weights follow the policy. Where cgroups cannot
+be written it falls back to renicing every pid of the trees, which is weaker (see NICE_NOTE).
+
+Why one self-contained stdlib file that runs on python3.6+: the engine ships it as
+``python3 -c <this text> <request json>`` or runs an installed copy as
+``sudo -n /usr/local/libexec/metasched-node-agent <request json>``; nodes have whatever Python the
+distribution ships. The request may also come on stdin. The answer is one JSON line on stdout.
+Only the ``run()`` function takes test seams (fake /proc and cgroup roots, a setpriority recorder).
+"""
+import errno
+import json
+import math
+import os
+import re
+import socket
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+
+PF_KTHREAD = 0x00200000  # /proc/<pid>/stat flags bit of kernel threads
+NEVER_COMM = {"sshd", "sshd-session", "sshd-auth"}  # never moved, whatever the request says
+NODEMANAGER = "org.apache.hadoop.yarn.server.nodemanager.NodeManager"
+CONTAINER_EXECUTOR = "container-executor"
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")  # a single safe path component
+MECHANISMS = ("auto", "cgroup", "nice", "none")
+SETUP_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.ENOSPC)
+NICE_NOTE = ("renice fallback: nice only competes inside one task group (sched(7)), so it cannot shift CPU "
+             "between processes in different cgroups or autogroups and is weaker than cgroups")
+AUTOGROUP_NOTE = ("; autogroups are on here: the autogroup nice of sessions led by job processes is set too "
+                  "(jobs sharing a session with other processes are only reniced)")
+
+
+class RequestError(ValueError):
+    """The request is malformed; nothing was done."""
+
+
+class Unavailable(Exception):
+    """cgroups cannot be used on this node (no cpu controller, read-only, no permission)."""
+
+
+class Proc(object):
+    """The fields of /proc/<pid>/stat that the agent needs."""
+    __slots__ = ("pid", "comm", "state", "ppid", "pgrp", "sid", "flags", "ticks", "nice")
+
+    def __init__(self, pid, comm, state, ppid, pgrp, sid, flags, ticks, nice):
+        # type: (int, str, str, int, int, int, int, int, int) -> None
+        self.pid, self.comm, self.state, self.ppid, self.pgrp = pid, comm, state, ppid, pgrp
+        self.sid, self.flags, self.ticks, self.nice = sid, flags, ticks, nice
+
+
+def parse_stat(text: str) -> Proc:
+    """Parse one stat line; comm may hold spaces and ')' so the fields start after the LAST ')'."""
+    lp, rp = text.index("("), text.rindex(")")
+    f = text[rp + 2:].split()
+    # f[0]=state f[1]=ppid f[2]=pgrp f[3]=session f[6]=flags f[11..14]=utime stime cutime cstime f[16]=nice
+    ticks = int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
+    return Proc(int(text[:lp]), text[lp + 1:rp], f[0], int(f[1]), int(f[2]), int(f[3]), int(f[6]), ticks, int(f[16]))
+
+
+def read_text(path: str) -> str:
+    with open(path, "rb") as fh:
+        return fh.read().decode("utf-8", "replace")
+
+
+def scan_proc(proc_root: str) -> Dict[int, Proc]:
+    """The one pass over /proc. A process that vanishes while we read it is simply absent."""
+    procs = {}  # type: Dict[int, Proc]
+    for name in os.listdir(proc_root):
+        if name.isdigit():
+            try:
+                p = parse_stat(read_text(os.path.join(proc_root, name, "stat")))
+            except (OSError, ValueError, IndexError):
+                continue
+            if p.state not in ("Z", "X"):
+                procs[p.pid] = p
+    return procs
+
+
+def comm_of(name: str) -> str:
+    return name[:15]  # the kernel truncates comm to 15 bytes (container-executor -> container-execu)
+
+
+class Tree(object):
+    """Parent/child index over one /proc snapshot, and the set of pids that are never touched."""
+
+    def __init__(self, procs: Dict[int, Proc], self_pid: int, exclude: Set[str], proc_root: str) -> None:
+        self.procs, self.proc_root = procs, proc_root
+        self.children = {}  # type: Dict[int, List[int]]
+        self.by_pgrp = {}  # type: Dict[int, List[int]]
+        for p in procs.values():
+            self.children.setdefault(p.ppid, []).append(p.pid)
+            self.by_pgrp.setdefault(p.pgrp, []).append(p.pid)
+        never = NEVER_COMM | {comm_of(c) for c in exclude}
+        self.protected = {1, 2, self_pid}
+        for p in procs.values():
+            if p.flags & PF_KTHREAD or p.ppid == 2 or p.comm in never:
+                self.protected.add(p.pid)
+        pid = self_pid
+        while pid in procs and pid > 1 and pid not in self.protected - {self_pid}:
+            self.protected.add(pid)  # the agent's own ancestors: sudo, the shell, sshd
+            pid = procs[pid].ppid
+
+    def descendants(self, pid: int) -> Set[int]:
+        out, todo = set(), list(self.children.get(pid, ()))
+        while todo:
+            c = todo.pop()
+            if c not in out:
+                out.add(c)
+                todo.extend(self.children.get(c, ()))
+        return out
+
+    def cmdline(self, pid: int) -> str:
+        try:
+            return read_text(os.path.join(self.proc_root, str(pid), "cmdline")).replace("\0", " ")
+        except OSError:
+            return ""
+
+    def select(self, match: Dict[str, Any]) -> Tuple[Set[int], int]:
+        """Pids of the job trees that `match` describes, and how many trees. Roots are not members."""
+        members, roots, trees = set(), set(), 0
+        names = {comm_of(c) for c in match.get("roots_by_comm") or ()}
+        for p in self.procs.values():
+            if p.comm in names:
+                roots.add(p.pid)
+                d = self.descendants(p.pid)
+                trees += bool(d - self.protected)
+                members |= d
+        for pgid in set(match.get("pgids") or ()):
+            found = self.by_pgrp.get(pgid, [])
+            trees += bool(set(found) - self.protected)
+            for pid in found:
+                members |= {pid} | self.descendants(pid)
+        if match.get("yarn_containers"):
+            yroots = {p.pid for p in self.procs.values() if p.comm == comm_of(CONTAINER_EXECUTOR)
+                      or (p.comm == "java" and NODEMANAGER in self.cmdline(p.pid))}
+            roots |= yroots
+            for r in yroots:
+                for c in self.children.get(r, ()):
+                    if c not in yroots and c not in self.protected:
+                        trees += 1
+                        members |= {c} | self.descendants(c)
+        return members - roots - self.protected, trees
+
+
+# -- cgroup files ------------------------------------------------------------------------------
+def read_pids(path: str) -> Set[int]:
+    try:
+        return {int(x) for x in read_text(path).split()}
+    except OSError:
+        return set()
+
+
+def write_value(path: str, value: str) -> None:
+    with open(path, "w") as fh:
+        fh.write(value)
+
+
+def ensure_dir(path: str) -> None:
+    try:
+        os.mkdir(path)
+    except OSError as e:
+        if e.errno != errno.EEXIST:
+            raise
+
+
+def place(procs_file: str, pids: Set[int], errors: List[str]) -> int:
+    """Write each pid not yet in the group, one write() per pid as cgroupfs wants. Returns how many.
+
+    O_CREAT is a no-op on cgroupfs (the file exists) and lets the agent run on a plain-directory fake.
+    A pid that exited meanwhile (ESRCH) is not an error; no permission means cgroups are unusable.
+    """
+    new = sorted(pids - read_pids(procs_file))
+    if not new:
+        return 0
+    placed = 0
+    fd = os.open(procs_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        for pid in new:
+            try:
+                os.write(fd, ("%d\n" % pid).encode())
+                placed += 1
+            except OSError as e:
+                if e.errno == errno.ESRCH:
+                    continue
+                if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and not placed:
+                    raise Unavailable("cannot write %s: %s" % (procs_file, e.strerror))
+                errors.append("place %d in %s: %s" % (pid, procs_file, e.strerror))
+    finally:
+        os.close(fd)
+    return placed
+
+
+def parse_mountinfo(text: str) -> Tuple[Optional[str], Optional[str], List[str]]:
+    """(v1 cpu mount, v1 cpuacct mount, cgroup2 mounts). A controller lives in one hierarchy only."""
+    cpu = acct = None
+    v2 = []  # type: List[str]
+    for line in text.splitlines():
+        left, _, right = line.partition(" - ")
+        fields, rf = left.split(), right.split()
+        if len(fields) < 5 or len(rf) < 3:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        opts = rf[2].split(",")
+        if rf[0] == "cgroup2":
+            v2.append(point)
+        elif rf[0] == "cgroup":
+            cpu = point if "cpu" in opts and cpu is None else cpu
+            acct = point if "cpuacct" in opts and acct is None else acct
+    return cpu, acct, v2
+
+
+def has_cpu_v2(d: str) -> bool:
+    try:
+        return "cpu" in read_text(os.path.join(d, "cgroup.controllers")).split()
+    except OSError:
+        return False
+
+
+def detect(cgroup_root: Optional[str]) -> Tuple[str, str, Optional[str]]:
+    """(kind, cpu hierarchy dir, cpuacct hierarchy dir or None). v1 cpu wins over a cgroup2 mount
+    without controllers (these machines: tmpfs /sys/fs/cgroup with v1 controllers + /unified)."""
+    if cgroup_root is None:
+        try:
+            cpu, acct, v2 = parse_mountinfo(read_text("/proc/self/mountinfo"))
+        except OSError:
+            cpu, acct, v2 = None, None, []
+        if cpu:
+            return "cgroup_v1", cpu, acct
+        for point in v2:
+            if has_cpu_v2(point):
+                return "cgroup_v2", point, None
+        cgroup_root = "/sys/fs/cgroup"
+    if has_cpu_v2(cgroup_root):
+        return "cgroup_v2", cgroup_root, None
+    for sub in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
+        d = os.path.join(cgroup_root, sub)
+        if os.path.exists(os.path.join(d, "cpu.shares")):
+            if os.path.exists(os.path.join(d, "cpuacct.usage")):
+                return "cgroup_v1", d, d
+            a = os.path.join(cgroup_root, "cpuacct")
+            return "cgroup_v1", d, a if os.path.exists(os.path.join(a, "cpuacct.usage")) else None
+    raise Unavailable("no cpu controller under %s (neither cgroup v2 cpu nor a v1 cpu mount)" % cgroup_root)
+
+
+def v2_weight(percent: float) -> int:
+    """cpu.weight 1..10000: percent*100, so the ratio of weights is the ratio of percentages."""
+    return max(1, min(10000, int(round(percent * 100))))
+
+
+def v1_shares(percent: float, n: int) -> int:
+    """cpu.shares: an equal split gives every group the default 1024 (percent*1024/(100/n)), min 2."""
+    return max(2, min(262144, int(round(percent * 1024 * n / 100.0))))
+
+
+def nice_value(percent: float, top: float) -> int:
+    """Highest share -> nice 0; CFS weights fall by ~1.25x per nice step, so a share ratio r maps to
+    log_1.25(r) steps (80/20 -> 6, weights 1024/272). Never below 0: we never raise priority."""
+    if percent <= 0:
+        return 19
+    return max(0, min(19, int(round(math.log(top / percent, 1.25)))))
+
+
+def usage_from_procs(pids: Set[int], procs: Dict[int, Proc]) -> int:
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    return int(sum(procs[p].ticks for p in pids if p in procs) * 1000000 // hz)
+
+
+def enforce_cgroup(kind, cpu_root, acct_root, parent, groups, members, procs, dry_run, errors):
+    # type: (str, str, Optional[str], str, List[Dict[str, Any]], Dict[str, Set[int]], Dict[int, Proc], bool, List[str]) -> Dict[str, Dict[str, Any]]
+    """Create <root>/<parent>/<group>, write the weights, place the new pids; raises Unavailable."""
+    out = {}  # type: Dict[str, Dict[str, Any]]
+    pdir = os.path.join(cpu_root, parent)
+    procs_name = "cgroup.procs"
+    if kind == "cgroup_v1" and not os.path.exists(os.path.join(cpu_root, "cgroup.procs")):
+        procs_name = "tasks"
+    try:
+        if not dry_run:
+            if kind == "cgroup_v2":
+                enable_cpu(cpu_root)
+            ensure_dir(pdir)
+            if kind == "cgroup_v2":
+                enable_cpu(pdir)
+        for g in groups:
+            name, pct = g["name"], float(g["weight_percent"])
+            gdir = os.path.join(pdir, name)
+            weight = v2_weight(pct) if kind == "cgroup_v2" else v1_shares(pct, len(groups))
+            moved = len(members[name] - read_pids(os.path.join(gdir, procs_name)))
+            if not dry_run:
+                ensure_dir(gdir)
+                write_value(os.path.join(gdir, "cpu.weight" if kind == "cgroup_v2" else "cpu.shares"), str(weight))
+                moved = place(os.path.join(gdir, procs_name), members[name], errors)
+            now_in = read_pids(os.path.join(gdir, procs_name)) & set(procs) | (members[name] if dry_run else set())
+            out[name] = {"weight": weight, "pids": len(now_in), "moved": moved}
+            out[name].update(cgroup_usage(kind, gdir, acct_root, parent, name, now_in, procs, dry_run, errors))
+    except OSError as e:
+        if e.errno in SETUP_ERRNOS:
+            raise Unavailable("cannot write %s: %s" % (e.filename or pdir, e.strerror))
+        raise
+    return out
+
+
+def enable_cpu(d: str) -> None:
+    """Let the children of d compete by cpu.weight (needed on the root and on our parent group)."""
+    path = os.path.join(d, "cgroup.subtree_control")
+    if not os.path.exists(path) or "cpu" not in read_text(path).split():
+        write_value(path, "+cpu")
+
+
+def cgroup_usage(kind, gdir, acct_root, parent, name, pids, procs, dry_run, errors):
+    # type: (str, str, Optional[str], str, str, Set[int], Dict[int, Proc], bool, List[str]) -> Dict[str, Any]
+    """Cumulative CPU of the group: v2 cpu.stat usage_usec; v1 cpuacct.usage (mirroring the group into
+    a separately mounted cpuacct hierarchy); else the sum over its live pids (not cumulative)."""
+    try:
+        if kind == "cgroup_v2":
+            for line in read_text(os.path.join(gdir, "cpu.stat")).splitlines():
+                if line.startswith("usage_usec "):
+                    return {"usage_usec": int(line.split()[1]), "usage_source": "cgroup"}
+        elif acct_root:
+            adir = gdir
+            if not os.path.exists(os.path.join(gdir, "cpuacct.usage")):
+                adir = os.path.join(acct_root, parent, name)
+                if not dry_run:
+                    ensure_dir(os.path.join(acct_root, parent))
+                    ensure_dir(adir)
+                    f = "cgroup.procs" if os.path.exists(os.path.join(acct_root, "cgroup.procs")) else "tasks"
+                    place(os.path.join(adir, f), pids, errors)
+            usage = read_text(os.path.join(adir, "cpuacct.usage")).strip()
+            return {"usage_usec": int(usage) // 1000, "usage_source": "cgroup"}
+    except (OSError, ValueError, Unavailable) as e:
+        if not isinstance(e, OSError) or e.errno != errno.ENOENT:
+            errors.append("usage of %s: %s" % (name, e))
+    return {"usage_usec": usage_from_procs(pids, procs), "usage_source": "procs"}
+
+
+def enforce_nice(groups, members, procs, proc_root, setpriority, dry_run, errors):
+    # type: (List[Dict[str, Any]], Dict[str, Set[int]], Dict[int, Proc], str, Callable[[int, int, int], None], bool, List[str]) -> Dict[str, Dict[str, Any]]
+    """Renice every pid (and each of its threads: nice is per thread on Linux) whose nice differs."""
+    top = max([float(g["weight_percent"]) for g in groups] + [0.0])
+    out = {}  # type: Dict[str, Dict[str, Any]]
+    for g in groups:
+        name = g["name"]
+        nice = nice_value(float(g["weight_percent"]), top)
+        moved, failed = 0, []
+        for pid in sorted(members[name]):
+            if procs[pid].nice == nice:
+                continue
+            if dry_run:
+                moved += 1
+                continue
+            try:
+                tids = [int(t) for t in os.listdir(os.path.join(proc_root, str(pid), "task"))]
+            except OSError:
+                tids = [pid]
+            try:
+                done = 0
+                for tid in tids:
+                    try:
+                        setpriority(os.PRIO_PROCESS, tid, nice)
+                        done = 1
+                    except OSError as e:
+                        if e.errno != errno.ESRCH:  # a pid that exited meanwhile is not an error
+                            raise
+                moved += done
+            except OSError as e:
+                failed.append("%d (%s)" % (pid, e.strerror))
+        if failed:
+            errors.append("renice %s to %d failed for %d pids: %s" % (name, nice, len(failed), ", ".join(failed[:5])))
+        out[name] = {"weight": nice, "pids": len(members[name]), "moved": moved, "autogroups": 0,
+                     "usage_usec": usage_from_procs(members[name], procs), "usage_source": "procs"}
+        if autogroups_enabled(proc_root):  # a session led by a job process holds only that job's processes
+            for leader in sorted({procs[p].sid for p in members[name]} & members[name]):
+                out[name]["autogroups"] += set_autogroup_nice(proc_root, leader, nice, dry_run, errors)
+    return out
+
+
+def autogroups_enabled(proc_root: str) -> bool:
+    try:
+        return read_text(os.path.join(proc_root, "sys", "kernel", "sched_autogroup_enabled")).strip() == "1"
+    except OSError:
+        return False
+
+
+def set_autogroup_nice(proc_root: str, leader: int, nice: int, dry_run: bool, errors: List[str]) -> int:
+    """Each session is its own autogroup, and autogroups compete by their own nice (sched(7)): without
+    this, renicing jobs that run in sessions of their own (batch jobs do) changes nothing."""
+    path = os.path.join(proc_root, str(leader), "autogroup")
+    try:
+        if int(read_text(path).split()[-1]) == nice:  # "/autogroup-25 nice 0"
+            return 0
+        if not dry_run:
+            write_value(path, "%d" % nice)
+        return 1
+    except (OSError, ValueError, IndexError) as e:
+        if not isinstance(e, OSError) or e.errno not in (errno.ENOENT, errno.ESRCH):
+            errors.append("autogroup nice of session %d: %s" % (leader, e))
+        return 0
+
+
+def validate(req: Any, allow_overrides: bool) -> Dict[str, Any]:
+    """Check the request. Names become path components, so they are restricted; root overrides are
+    refused under sudo (an unprivileged caller must not point a root agent at arbitrary paths)."""
+    if not isinstance(req, dict) or req.get("version") != 1:
+        raise RequestError("request must be a JSON object with version 1")
+    if not NAME_RE.match(str(req.get("parent", ""))):
+        raise RequestError("parent: %r is not a simple name" % req.get("parent"))
+    if req.get("mechanism", "auto") not in MECHANISMS:
+        raise RequestError("mechanism: %r is not one of %s" % (req.get("mechanism"), ", ".join(MECHANISMS)))
+    for key in ("cgroup_root", "proc_root"):
+        if req.get(key) is not None and (not allow_overrides or not os.path.isdir(str(req[key]))):
+            raise RequestError("%s: override refused (under sudo) or not a directory" % key)
+    groups, seen = req.get("groups"), set()
+    if not isinstance(groups, list):
+        raise RequestError("groups: expected a list")
+    for i, g in enumerate(groups):
+        if not isinstance(g, dict) or not NAME_RE.match(str(g.get("name", ""))) or g["name"] in seen:
+            raise RequestError("groups[%d].name: expected a unique simple name" % i)
+        seen.add(g["name"])
+        w = g.get("weight_percent")
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 100:
+            raise RequestError("groups[%d].weight_percent: expected a number 0..100" % i)
+        m = g.get("match") or {}
+        if not isinstance(m, dict) or not all(isinstance(p, int) and p > 1 for p in m.get("pgids") or ()):
+            raise RequestError("groups[%d].match: pgids must be integers > 1" % i)
+        for key in ("roots_by_comm", "exclude_comm"):
+            if not isinstance(m.get(key) or [], list) or not all(isinstance(c, str) for c in m.get(key) or ()):
+                raise RequestError("groups[%d].match.%s: expected a list of command names" % (i, key))
+    return req
+
+
+def run(request: Any, dry_run: bool = False, allow_overrides: bool = True,
+        setpriority: Optional[Callable[[int, int, int], None]] = None, self_pid: Optional[int] = None) -> Dict[str, Any]:
+    """One agent call: validate, scan /proc once, select trees, enforce, report."""
+    t0 = time.time()
+    req = validate(request, allow_overrides)
+    proc_root = req.get("proc_root") or "/proc"
+    groups = req["groups"]
+    procs = scan_proc(proc_root)
+    exclude = set()  # type: Set[str]
+    for g in groups:
+        exclude.update((g.get("match") or {}).get("exclude_comm") or ())
+    tree = Tree(procs, os.getpid() if self_pid is None else self_pid, exclude, proc_root)
+    members, trees, taken = {}, {}, set()  # type: Dict[str, Set[int]], Dict[str, int], Set[int]
+    for g in groups:  # a pid matched by two groups belongs to the first
+        pids, trees[g["name"]] = tree.select(g.get("match") or {})
+        members[g["name"]] = pids - taken
+        taken |= pids
+    errors, notes = [], []  # type: List[str], List[str]
+    mech, result = req.get("mechanism", "auto"), None
+    used = "none"
+    if mech in ("auto", "cgroup"):
+        try:
+            kind, cpu_root, acct_root = detect(req.get("cgroup_root"))
+            result = enforce_cgroup(kind, cpu_root, acct_root, req["parent"], groups, members, procs, dry_run, errors)
+            used = kind
+        except Unavailable as e:
+            notes.append("cgroups unavailable: %s" % e)
+            if mech == "cgroup":
+                errors.append(notes[-1])
+    if result is None and mech in ("auto", "nice"):
+        result = enforce_nice(groups, members, procs, proc_root, setpriority or os.setpriority, dry_run, errors)
+        used = "nice"
+        notes.append(NICE_NOTE + (AUTOGROUP_NOTE if autogroups_enabled(proc_root) else ""))
+    if result is None:
+        result = {g["name"]: {"weight": None, "pids": len(members[g["name"]]), "moved": 0, "usage_source": "procs",
+                              "usage_usec": usage_from_procs(members[g["name"]], procs)} for g in groups}
+    for name, entry in result.items():
+        entry["trees"] = trees[name]
+    try:
+        uptime = float(read_text(os.path.join(proc_root, "uptime")).split()[0])
+    except (OSError, ValueError, IndexError):
+        uptime = None
+    return {"ok": True, "version": 1, "hostname": socket.gethostname(), "time": time.time(),
+            "ncpus": os.cpu_count(), "load": list(os.getloadavg()), "uptime": uptime, "mechanism": used,
+            "mechanism_note": "; ".join(notes), "groups": result, "errors": errors, "dry_run": dry_run,
+            "elapsed_ms": round((time.time() - t0) * 1000.0, 3)}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Request as the first non-flag argument, else on stdin. Always prints one JSON line."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    dry_run = "--dry-run" in args
+    args = [a for a in args if a != "--dry-run"]
+    try:
+        text = args[0] if args else sys.stdin.buffer.read().decode("utf-8")
+        try:
+            request = json.loads(text)
+        except ValueError as e:
+            raise RequestError("request is not JSON: %s" % e)
+        response = run(request, dry_run=dry_run, allow_overrides="SUDO_UID" not in os.environ)
+    except RequestError as e:
+        response = {"ok": False, "version": 1, "errors": [str(e)]}
+    except Exception as e:  # the engine must always get an answer it can parse
+        response = {"ok": False, "version": 1, "errors": ["internal error: %s: %s" % (type(e).__name__, e)]}
+    sys.stdout.write(json.dumps(response, sort_keys=True) + "\n")
+    sys.stdout.flush()
+    return 0 if response["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
