@@ -491,6 +491,7 @@ class GridEngine:
         self.slots = slots
         self.qmaster: subprocess.Popen | None = None
         self.execd: subprocess.Popen | None = None
+        self._stopping = False
         self.qmaster_log = self.dir / "qmaster.out"
         self.execd_log = self.dir / "execd.out"
         self.spool_messages = Path("/var/spool/gridengine/qmaster/messages")
@@ -575,22 +576,33 @@ class GridEngine:
         if self.qmaster is not None and self.qmaster.poll() is None:
             self.cmd("qdel", "-f", "-u", "*", check=False, timeout=15)
 
-    def stop(self) -> None:
-        """Delete jobs, stop execd (and the job trees under it), then the qmaster.
-
-        The qmaster takes up to ~10 s to shut down after TERM; we give it 3 s and then KILL it.
-        Its Berkeley DB spool is transactional and recovered on the next start (checked: hosts,
-        queue and configuration survive a KILL), and we delete all jobs first, so nothing stale
-        is left in it.
-        """
+    def begin_stop(self) -> None:
+        """Delete jobs, stop execd (and the job trees under it), and send TERM to the qmaster
+        without waiting: its clean shutdown takes 4-10 s, which the lab overlaps with the rest."""
+        if self._stopping:
+            return
+        self._stopping = True
         try:
             self.delete_all_jobs()
         except Exception:
             pass
         stop_process(self.execd, grace=5, kill_tree=True)
         self.execd = None
-        stop_process(self.qmaster, grace=3, kill_tree=True)
+        if self.qmaster is not None and self.qmaster.poll() is None:
+            signal_pid(self.qmaster.pid, signal.SIGTERM)
+
+    def stop(self) -> None:
+        """Stop both daemons; wait for the qmaster's clean shutdown (KILL only after 20 s).
+
+        Why wait: the qmaster writes ``jobseqnum`` only on a clean shutdown. After a KILL, the next
+        qmaster guesses job ids from the (empty) spool and starts again at 1, so ``qacct -j N``
+        would find a previous session's job N in the accounting file. Real clusters keep ids
+        increasing; the lab must too.
+        """
+        self.begin_stop()
+        stop_process(self.qmaster, grace=20, kill_tree=True)
         self.qmaster = None
+        self._stopping = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -833,6 +845,8 @@ class Lab:
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> "Lab":
         check_prerequisites()
+        # Fail before starting anything when a daemon (a previous lab?) holds the schedulers' ports.
+        require_ports_free([SGE_QMASTER_PORT, SGE_EXECD_PORT, SLURMCTLD_PORT, SLURMD_PORT], "metasched lab")
         t0 = time.monotonic()
         self.workdir = Path(tempfile.mkdtemp(prefix="metasched-lab-"))
         self.workdir.chmod(0o755)
@@ -876,6 +890,11 @@ class Lab:
             except BaseException as e:
                 errors.append(e)
         self._extra_sshds.clear()
+        if self.sge is not None and self.sge in self._started:
+            try:
+                self.sge.begin_stop()   # the qmaster shuts down while we stop the rest
+            except BaseException as e:
+                errors.append(e)
         while self._started:
             part = self._started.pop()
             try:
