@@ -126,7 +126,8 @@ def test_grid_engine_runs_a_job_as_its_owner_and_accounts_its_exit_status(lab, m
     assert fields["owner"].strip() == "alice"
     assert fields["exit_status"].strip() == "3"
     assert fields["failed"].strip() == "0"
-    owner, content = run_ok(master, f"stat -c %U {out_file} && sudo -n -u alice cat {out_file}").split("\n", 1)
+    owner, content = run_ok(master, f"stat -c %U {out_file} && sudo -n -u alice cat {out_file} && "
+                                    f"sudo -n -u alice rm {out_file}").split("\n", 1)
     assert owner == "alice"
     assert content.splitlines() == ["alice", "hello from sge"]
 
@@ -145,7 +146,8 @@ def test_slurm_runs_a_job_as_its_owner_and_records_its_exit_code(lab, master):
     line = poll("the jobcomp line", lambda: next(
         (l for l in lab.jobcomp_path.read_text().splitlines() if l.startswith(f"JobId={job_id} ")), ""))
     assert "UserId=bob(" in line and "JobState=FAILED" in line and "ExitCode=3:0" in line
-    owner, content = run_ok(master, f"stat -c %U {out_file} && sudo -n -u bob cat {out_file}").split("\n", 1)
+    owner, content = run_ok(master, f"stat -c %U {out_file} && sudo -n -u bob cat {out_file} && "
+                                    f"sudo -n -u bob rm {out_file}").split("\n", 1)
     assert owner == "bob"
     assert content.splitlines() == ["bob", "hello from slurm"]
 
