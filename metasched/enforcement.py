@@ -1,0 +1,120 @@
+"""Enforcement of the policy's CPU shares on the nodes, through the node agent (metasched/node_agent.py).
+
+This module is pure: it builds the agent's request for one node, parses its answer, and turns the
+cumulative CPU usage the agent reports into measured shares over the last minute. The engine runs the
+agent in the same single round trip per node that also serves as the liveness probe.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from collections import deque
+from dataclasses import dataclass, field
+from importlib import resources
+
+from .backends.base import ProcessMatcher
+from .model import Queue
+
+WINDOW_SECONDS = 60.0
+
+
+def agent_program() -> str:
+    return resources.files("metasched").joinpath("node_agent.py").read_text(encoding="utf-8")
+
+
+def group_name(queue: Queue) -> str:
+    """A cgroup name for the scheduler: stable (its id) and readable (its type and name)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"q{queue.id}-{queue.type.value}-{queue.name}")[:64]
+
+
+def match_for(matcher: ProcessMatcher, pgids: list[int]) -> dict:
+    m: dict = {"roots_by_comm": list(matcher.roots_by_comm), "exclude_comm": list(matcher.exclude_comm)}
+    if pgids:
+        m["pgids"] = sorted({p for p in pgids if p > 1})
+    if getattr(matcher, "yarn_containers", False):
+        m["yarn_containers"] = True
+    return m
+
+
+def build_request(groups: list[tuple[Queue, float, ProcessMatcher, list[int]]], *, method: str,
+                  parent: str) -> dict:
+    """groups: (queue, target percent, its backend's matcher, process groups of its local jobs)."""
+    return {
+        "version": 1, "parent": parent, "mechanism": method,
+        "groups": [] if method == "none" else [
+            {"name": group_name(q), "weight_percent": round(max(share, 0.0), 3), "match": match_for(m, pgids)}
+            for q, share, m, pgids in groups],
+    }
+
+
+def command(request: dict, helper: str | None) -> str:
+    """The one command line run on the node: the installed helper through sudo, or the agent inline."""
+    payload = json.dumps(request, separators=(",", ":"))
+    if helper:
+        return shlex.join(["sudo", "-n", helper, payload])
+    return shlex.join(["python3", "-I", "-S", "-c", agent_program(), payload])
+
+
+@dataclass
+class AgentReport:
+    ok: bool
+    error: str | None = None
+    load: tuple[float, float, float] | None = None
+    ncpus: int | None = None
+    mechanism: str | None = None
+    note: str | None = None
+    usage_usec: dict[str, int] = field(default_factory=dict)   # group name -> cumulative CPU usage
+    errors: list[str] = field(default_factory=list)
+    time: float | None = None
+
+
+def parse_answer(rc: int | None, stdout: str, stderr: str) -> AgentReport:
+    line = next((ln for ln in reversed(stdout.strip().splitlines()) if ln.startswith("{")), "")
+    try:
+        d = json.loads(line)
+    except json.JSONDecodeError:
+        msg = (stderr.strip().splitlines() or [f"exit status {rc}, no answer"])[-1]
+        return AgentReport(False, f"node agent: {msg[:300]}")
+    if not d.get("ok"):
+        return AgentReport(False, "node agent: " + "; ".join(d.get("errors") or ["failed"])[:300])
+    load = d.get("load")
+    return AgentReport(
+        True, load=tuple(load) if load and len(load) == 3 else None, ncpus=d.get("ncpus"),
+        mechanism=d.get("mechanism"), note=d.get("mechanism_note") or None,
+        usage_usec={name: int(g.get("usage_usec") or 0) for name, g in (d.get("groups") or {}).items()},
+        errors=list(d.get("errors") or []), time=d.get("time"))
+
+
+class UsageWindow:
+    """Cumulative usage samples per node; measured shares over the last WINDOW_SECONDS."""
+
+    def __init__(self, window: float = WINDOW_SECONDS):
+        self.window = window
+        self.samples: dict[int, deque] = {}
+
+    def add(self, node_id: int, t: float, usage: dict[str, int]) -> None:
+        q = self.samples.setdefault(node_id, deque())
+        q.append((t, dict(usage)))
+        while len(q) > 2 and q[1][0] <= t - self.window:
+            q.popleft()
+
+    def deltas(self, node_id: int) -> tuple[float, dict[str, int]]:
+        """CPU microseconds used per group over the window (a group whose counter went down restarted)."""
+        q = self.samples.get(node_id)
+        if not q or len(q) < 2:
+            return 0.0, {}
+        (t0, u0), (t1, u1) = q[0], q[-1]
+        return t1 - t0, {g: max(0, u1.get(g, 0) - u0.get(g, 0)) for g in u1}
+
+    def last_step(self, node_id: int) -> dict[str, int]:
+        q = self.samples.get(node_id)
+        if not q or len(q) < 2:
+            return {}
+        u0, u1 = q[-2][1], q[-1][1]
+        return {g: max(0, u1.get(g, 0) - u0.get(g, 0)) for g in u1}
+
+    def measured_shares(self, node_id: int) -> dict[str, float]:
+        _, d = self.deltas(node_id)
+        total = sum(d.values())
+        return {g: 100.0 * v / total for g, v in d.items()} if total else {}
