@@ -43,8 +43,11 @@ JOB_MARK = "metasched-job-"
 # The session leader. $0 = metasched-job-<id>, $1 = exit file, $2... = the script and its arguments.
 # One line, no tabs: ps prints it verbatim, and it is the prefix that identifies our jobs.
 WRAP = ('x=$1; shift; trap : TERM; "$@"; rc=$?; '
-        'printf "%s\\n" "$rc" > "$x.tmp" && mv -f "$x.tmp" "$x"')
+        'echo "$rc" > "$x.tmp" && mv -f "$x.tmp" "$x"')
 ARGS_PREFIX = f"sh -c {WRAP} {JOB_MARK}"
+# The prefix is matched with a quoted ``case "$a" in "$3"*)`` pattern: dash mishandles backslashes in
+# quoted pattern expansions, and ps would rewrite tabs or newlines. Keep it to plain characters.
+assert not set(ARGS_PREFIX) & set("\\\t\n"), "WRAP must stay a plain one-line text"
 
 # $1 = WRAP, $2 = setsid, $3 = pwd, $4 = stdout file, $5 = stderr file, $6 = exit file, $7 = our id,
 # $8 = script, $9... = its arguments.
@@ -54,22 +57,26 @@ LAUNCH = (
     'printf "%s\\n" "metasched: not an executable file: $1" >&2; exit 1; fi; '
     'rm -f "$x" "$x.tmp"; '
     '"$s" sh -c "$w" "metasched-job-$n" "$x" "$@" > "$o" 2> "$e" < /dev/null & '
-    'echo "$!"'
+    # Report the pid only once setsid has made it a group leader (a cancel right after the submit
+    # must find the group); give up waiting after about 2 s (the job is running anyway).
+    'p=$!; i=0; while [ "$i" -lt 100 ]; do g=$(ps -o pgid= -p "$p" 2>/dev/null); '
+    '[ -z "$g" ] && break; [ "$g" -eq "$p" ] && break; sleep 0.02; i=$((i+1)); done; '
+    'echo "$p"'
 )
 
 # $1 = exit file, $2 = pgid, $3 = expected command-line prefix of the leader.
 FINAL = (
-    'a=$(ps -o args= -p "$2" 2>/dev/null); '
+    'a=$(ps -ww -o args= -p "$2" 2>/dev/null); '
     'if [ -f "$1" ] && [ ! -h "$1" ] && [ -O "$1" ]; then printf "exit %s\\n" "$(cat "$1")"; exit 0; fi; '
     'case "$a" in "$3"*) echo running;; *) echo gone;; esac'
 )
 
 # $1 = pgid, $2 = grace seconds, $3 = expected command-line prefix of the leader.
 CANCEL = (
-    'p=$1; g=$2; a=$(ps -o args= -p "$p" 2>/dev/null); '
+    'p=$1; g=$2; a=$(ps -ww -o args= -p "$p" 2>/dev/null); '
     'case "$a" in "$3"*) ;; *) echo "not running"; exit 0;; esac; '
     'kill -s TERM -- "-$p" 2>/dev/null || exit 0; '
-    '( sleep "$g"; a=$(ps -o args= -p "$p" 2>/dev/null); '
+    '( sleep "$g"; a=$(ps -ww -o args= -p "$p" 2>/dev/null); '
     'case "$a" in "$3"*) kill -s KILL -- "-$p";; esac ) > /dev/null 2>&1 < /dev/null & '
     'echo "terminating"'
 )
@@ -117,7 +124,7 @@ class LocalBackend(Backend):
         return pid
 
     def status_argv(self) -> list[str]:
-        return ["ps", "-e", "-o", "pid=,pgid=,user:64=,lstart=,args="]
+        return ["ps", "-ww", "-e", "-o", "pid=,pgid=,user:64=,lstart=,args="]
 
     def parse_status(self, rc: int, stdout: str, stderr: str) -> list[NativeJob]:
         if rc != 0 or not stdout.strip():
