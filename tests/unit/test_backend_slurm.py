@@ -1,7 +1,6 @@
 """Slurm backend: argv shapes and parsers against Slurm 22.05.8 captures."""
 from __future__ import annotations
 
-import os
 import stat
 import subprocess
 from pathlib import Path
