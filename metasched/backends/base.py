@@ -65,6 +65,15 @@ class ProcessMatcher:
     roots_by_comm: tuple[str, ...] = ()
     exclude_comm: tuple[str, ...] = ()
     pgid_file_glob: str | None = None
+    # Added for the YARN and local backends. trees_by_args_regex: a process whose full command line
+    # (``ps -o args``) matches this regex (re.search) is itself the root of a job tree (it and its
+    # descendants belong to the job). exclude_args_regex: processes whose command line matches are never
+    # touched, nor is anything matched only through them (the YARN NodeManager's own JVM).
+    # include_process_group: every process sharing a matched root's process group belongs to the job too
+    # (a local job's double-forked children leave the tree but stay in the group).
+    trees_by_args_regex: str | None = None
+    exclude_args_regex: str | None = None
+    include_process_group: bool = False
 
 
 class Backend:
@@ -135,3 +144,91 @@ def as_user(argv: list[str], run_as: str | None) -> list[str]:
 def command_line(argv: list[str]) -> str:
     """The one place an argv becomes a shell command line: every element quoted."""
     return shlex.join(argv)
+
+
+# -- helpers added with the scheduler backends (append only) ----------------------------------
+
+import posixpath as _posixpath
+from datetime import datetime as _datetime, timezone as _timezone
+from zoneinfo import ZoneInfo as _ZoneInfo
+
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def scheduler_command(options: dict, name: str) -> list[str]:
+    """argv prefix that runs scheduler client ``name``, honouring the ``bin_dir`` and ``env`` options.
+
+    ``env`` ({"SGE_ROOT": "/var/lib/gridengine"}) becomes an ``env K=V ...`` prefix: it must come after
+    ``sudo`` (which resets the environment), so it is part of the command, not of the transport.
+    """
+    env = options.get("env") or {}
+    prefix: list[str] = []
+    if env:
+        for key in env:
+            if not _ENV_KEY.match(str(key)):
+                raise ValueError(f"env: {key!r} is not a valid environment variable name")
+        prefix = ["env"] + [f"{k}={v}" for k, v in env.items()]
+    bin_dir = options.get("bin_dir")
+    if bin_dir:
+        if "=" in bin_dir and env:
+            raise ValueError("bin_dir: must not contain '=' when env is set (env would read it as a variable)")
+        return prefix + [_posixpath.join(bin_dir, name)]
+    return prefix + [name]
+
+
+def first_line(*texts: str) -> str:
+    """The first non-blank line of the first text that has one: the scheduler's own reason."""
+    for text in texts:
+        for line in (text or "").splitlines():
+            if line.strip():
+                return line.strip()
+    return ""
+
+
+def local_to_utc_iso(value: str | None, fmt: str, tz_name: str = "UTC") -> str | None:
+    """Parse a scheduler's naive local time (``fmt``) in zone ``tz_name`` and render it as ISO 8601 UTC.
+
+    Schedulers print the time of the host that runs the client, without a zone: the zone is a
+    per-backend option (``tz``). Unparseable values (N/A, Unknown) give None.
+    """
+    if not value:
+        return None
+    try:
+        naive = _datetime.strptime(" ".join(value.split()), fmt)
+    except ValueError:
+        return None
+    aware = naive.replace(tzinfo=_ZoneInfo(tz_name))
+    return aware.astimezone(_timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def epoch_ms_to_utc_iso(value: str | None) -> str | None:
+    try:
+        ms = int(value or "")
+    except ValueError:
+        return None
+    if ms <= 0:
+        return None
+    return _datetime.fromtimestamp(ms / 1000, _timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def control_character_reason(name: str) -> str | None:
+    """Why a name is unusable in any line-oriented scheduler output: control characters (newline, tab)."""
+    if not name:
+        return "the job name must not be empty"
+    if _CONTROL.search(name):
+        return "the job name must not contain control characters (newline, tab, ...)"
+    return None
+
+
+def path_reason(job: Job) -> str | None:
+    """Paths must be absolute: a relative path or one starting with '-' would be read as an option."""
+    if not job.path or not job.path.startswith("/"):
+        return f"path must be an absolute path, got {job.path!r}"
+    if not job.pwd or not job.pwd.startswith("/"):
+        return f"pwd must be an absolute path, got {job.pwd!r}"
+    if "\x00" in job.path or "\x00" in job.pwd or any("\x00" in o for o in job.options):
+        return "path, pwd and options must not contain NUL characters"
+    return None

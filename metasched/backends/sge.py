@@ -1,0 +1,219 @@
+"""Grid Engine backend (Son of Grid Engine 8.1.9): qsub / qstat -xml / qacct / qdel argv and parsers.
+
+Options (all optional):
+  bin_dir    directory of the client binaries (e.g. "/usr/lib/gridengine"); default: names on PATH
+             (on Debian, /usr/bin/q* are wrappers that set SGE_ROOT themselves, ~45 ms per call).
+  env        {"SGE_ROOT": "/var/lib/gridengine", "SGE_CELL": "default"}: rendered as an ``env K=V``
+             prefix after sudo (needed with bin_dir=/usr/lib/gridengine).
+  qsub_args  list of extra qsub arguments from the site config (e.g. ["-q", "all.q"]), inserted
+             before the script path.
+  binary     False (default): ``-b n``: qsub reads and spools the script and honours ``#$`` directives;
+             the interpreter is the queue's (shell_start_mode posix_compliant ignores the shebang) or
+             ``shell``. True: ``-b y -shell no``: the path is exec'd on the execution host (the kernel
+             honours the shebang, arguments are passed exactly, no shell) but must be executable there.
+  shell      interpreter for script jobs (``-S``), e.g. "/bin/bash"; default: the queue's setting.
+  tz         IANA zone of the qmaster's clock for the naive times in qstat -xml (default "UTC").
+
+Output files: qsub gets no -o/-e, so Grid Engine's default naming applies in the ``-wd`` directory:
+``<pwd>/<native name>.o<native id>`` and ``.e<native id>``, the native name being ``tag(job)``.
+(An explicit -o would need escaping of ':' (host prefix) and '$' (pseudo variables) in pwd.)
+"""
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+
+from ..model import Job
+from .base import (Backend, FinalState, NativeJob, NativeState, ProcessMatcher, SubmitRefused,
+                   as_user, first_line, local_to_utc_iso, path_reason, scheduler_command, tag, untag)
+
+_SGE_FORBIDDEN = set("\n\t\r/:@\\*?")
+_TERSE_ID = re.compile(r"^(\d+)(?:\.\d+-\d+:\d+)?$")
+_NUMERIC_ID = re.compile(r"^\d+$")
+_LEADING_INT = re.compile(r"^\s*(-?\d+)")
+
+
+def validate_name(name: str) -> str | None:
+    """Why Grid Engine would reject ``name`` as a job name (sge_types(5) "job_name"), or None.
+
+    A name is printable ASCII without / : @ \\ * ? (nor newline, tab, CR), and does not start with a digit
+    (it would be ambiguous with a job number). Spaces are allowed. The native name is always ``tag(job)``,
+    which is valid by construction; this check keeps the user's name meaningful for the scheduler too.
+    """
+    if not name:
+        return "the job name must not be empty"
+    if name[0].isdigit():
+        return "Grid Engine job names must not start with a digit"
+    bad = sorted(set(name) & _SGE_FORBIDDEN)
+    if bad:
+        return "Grid Engine job names must not contain " + " ".join(repr(c) for c in bad)
+    if any(not (0x20 <= ord(c) < 0x7F) for c in name):
+        return "Grid Engine job names must be printable ASCII"
+    if len(name) > 512:
+        return "Grid Engine job names are limited to 512 characters"
+    return None
+
+
+def _state(letters: str) -> NativeState:
+    """Map a qstat state code (r, t, Rr, qw, hqw, Eqw, dr, s, z ...) to a NativeState.
+
+    E (error) wins: the job will not run. z (zombie, only with -s z) is over. r/t (running, transferring,
+    including suspended variants s/S/T and deletion in progress d) are RUNNING; the rest waits (PENDING).
+    """
+    if "E" in letters:
+        return NativeState.ERROR
+    if "z" in letters:
+        return NativeState.FINISHED
+    if "r" in letters or "t" in letters:
+        return NativeState.RUNNING
+    return NativeState.PENDING
+
+
+_PRIORITY = {NativeState.RUNNING: 3, NativeState.PENDING: 2, NativeState.ERROR: 1, NativeState.FINISHED: 0}
+
+
+class GridEngineBackend(Backend):
+    type = "sge"
+
+    def _cmd(self, name: str) -> list[str]:
+        return scheduler_command(self.options, name)
+
+    def validate_name(self, name: str) -> str | None:
+        return validate_name(name)
+
+    def validate_job(self, job: Job) -> str | None:
+        return validate_name(job.name) or path_reason(job)
+
+    # -- submit -------------------------------------------------------------------------------
+    def submit_argv(self, job: Job, run_as: str | None) -> list[str]:
+        reason = path_reason(job)
+        if reason:
+            raise ValueError(reason)
+        argv = self._cmd("qsub") + ["-terse", "-N", tag(job), "-wd", job.pwd,
+                                    "-ac", f"metasched_id={job.id}"]
+        if self.options.get("binary"):
+            argv += ["-b", "y", "-shell", "no"]
+        else:
+            argv += ["-b", "n"]
+            if self.options.get("shell"):
+                argv += ["-S", str(self.options["shell"])]
+        argv += [str(a) for a in self.options.get("qsub_args", ())]
+        argv += [job.path, *job.options]
+        return as_user(argv, run_as)
+
+    def parse_submit(self, job: Job, rc: int, stdout: str, stderr: str) -> str:
+        if rc != 0:
+            raise SubmitRefused(first_line(stderr, stdout) or f"qsub exited with status {rc}")
+        m = _TERSE_ID.match(first_line(stdout))
+        if not m:
+            # rc 0 without an id: the job may exist. Not a refusal: adoption by tag must decide.
+            raise RuntimeError(f"qsub succeeded but printed no job id: {first_line(stdout, stderr)!r}")
+        return m.group(1)
+
+    # -- observe ------------------------------------------------------------------------------
+    def status_argv(self) -> list[str]:
+        return self._cmd("qstat") + ["-u", "*", "-xml"]
+
+    def parse_status(self, rc: int, stdout: str, stderr: str) -> list[NativeJob]:
+        if rc != 0:
+            raise RuntimeError(f"qstat failed ({rc}): {first_line(stderr, stdout)}")
+        if not stdout.strip():
+            raise RuntimeError("qstat -xml printed nothing (it always prints <job_info> when it works)")
+        try:
+            root = ET.fromstring(stdout)
+        except ET.ParseError as exc:
+            raise RuntimeError(f"qstat -xml output is not XML: {exc}") from None
+        if root.tag != "job_info":
+            raise RuntimeError(f"unexpected qstat -xml root element <{root.tag}>")
+        tz = self.options.get("tz", "UTC")
+        jobs: dict[str, NativeJob] = {}
+        for el in root.iter("job_list"):
+            native_id = (el.findtext("JB_job_number") or "").strip()
+            if not native_id:
+                continue
+            name = el.findtext("JB_name") or ""
+            letters = (el.findtext("state") or "").strip()
+            state = _state(letters)
+            start = el.findtext("JAT_start_time")
+            job = NativeJob(
+                native_id=native_id,
+                our_id=untag(name),
+                owner=(el.findtext("JB_owner") or "").strip(),
+                name=name,
+                state=state,
+                queue=(el.findtext("queue_name") or "").strip(),
+                start_time=local_to_utc_iso(start, "%Y-%m-%dT%H:%M:%S", tz) if start else None,
+                reason=f"{letters}: job in error state (see qstat -j {native_id})"
+                if state is NativeState.ERROR else None,
+            )
+            # Array jobs appear once per running task plus once for the pending range: keep one entry
+            # per job id, the most active one.
+            prev = jobs.get(native_id)
+            if prev is None or _PRIORITY[state] > _PRIORITY[prev.state]:
+                jobs[native_id] = job
+        return list(jobs.values())
+
+    # -- end state ----------------------------------------------------------------------------
+    def final_argv(self, job: Job) -> list[str]:
+        return self._cmd("qacct") + ["-j", _native_id(job)]
+
+    def parse_final(self, job: Job, rc: int, stdout: str, stderr: str) -> FinalState | None:
+        text = f"{stdout}\n{stderr}"
+        records = [r for r in _qacct_records(stdout) if r.get("jobnumber") == job.scheduler_job_id]
+        # Ids repeat after a spool reset: only records whose name carries our id are ours.
+        ours = [r for r in records if untag(r.get("jobname", "")) == job.id]
+        if not ours:
+            if job.cancel_requested and "not found" in text:
+                # qdel'ed before it ran: Grid Engine never writes an accounting record for it.
+                return FinalState("CANCELLED", None, "cancelled before it started")
+            return None   # accounting has not caught up (or this is another job's record)
+        rec = ours[-1]
+        failed_text = rec.get("failed", "0").strip()
+        failed = _int(failed_text) or 0
+        exit_code = _int(rec.get("exit_status", ""))
+        if failed == 0 and exit_code == 0:
+            return FinalState("COMPLETED", 0, "")
+        if job.cancel_requested:
+            return FinalState("CANCELLED", exit_code, "cancelled")
+        if failed == 100 and exit_code is not None and exit_code > 128:
+            return FinalState("ERROR", exit_code, f"killed (signal {exit_code - 128})")
+        if failed != 0:
+            return FinalState("ERROR", exit_code, f"failed {failed_text}")
+        return FinalState("ERROR", exit_code, f"exit code {exit_code}")
+
+    # -- cancel -------------------------------------------------------------------------------
+    def cancel_argv(self, job: Job, run_as: str | None) -> list[str]:
+        return as_user(self._cmd("qdel") + [_native_id(job)], run_as)
+
+    def process_matcher(self) -> ProcessMatcher:
+        return ProcessMatcher(roots_by_comm=("sge_shepherd",), exclude_comm=("sge_execd", "sge_qmaster"))
+
+
+def _native_id(job: Job) -> str:
+    nid = job.scheduler_job_id or ""
+    if not _NUMERIC_ID.match(nid):
+        raise ValueError(f"job {job.id}: {nid!r} is not a Grid Engine job number")
+    return nid
+
+
+def _int(text: str) -> int | None:
+    m = _LEADING_INT.match(text or "")
+    return int(m.group(1)) if m else None
+
+
+def _qacct_records(text: str) -> list[dict[str, str]]:
+    """qacct -j prints one block per record, separated by lines of '='; each line is ``key  value``."""
+    records: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("=="):
+            if current:
+                records.append(current)
+            current = {}
+            continue
+        parts = line.split(None, 1)
+        if parts:
+            current[parts[0]] = parts[1].strip() if len(parts) > 1 else ""
+    if current:
+        records.append(current)
+    return records

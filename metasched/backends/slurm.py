@@ -1,0 +1,211 @@
+"""Slurm backend (22.05): sbatch / squeue -o / scontrol + jobcomp file / scancel argv and parsers.
+
+Options (all optional):
+  bin_dir       directory of the client binaries; default: names on PATH.
+  env           {"SLURM_CONF": "/etc/slurm/slurm.conf"}: rendered as an ``env K=V`` prefix after sudo.
+  sbatch_args   list of extra sbatch arguments from the site config (e.g. ["-p", "debug"]).
+  jobcomp_file  path of the jobcomp/filetxt log (slurm.conf JobCompLoc): the fallback for how a job
+                ended once slurmctld forgot it (MinJobAge). Must be readable by the service user.
+  tz            IANA zone of the clock squeue prints start times in (default "UTC").
+
+Output files: ``-o <tag>.o%j -e <tag>.e%j`` relative names, which Slurm resolves against the job's
+working directory (``-D pwd``): no escaping of '%' or '\\' in pwd is needed, and tag() never contains them.
+"""
+from __future__ import annotations
+
+import re
+
+from ..model import Job
+from .base import (Backend, FinalState, NativeJob, NativeState, ProcessMatcher, SubmitRefused,
+                   as_user, control_character_reason, first_line, local_to_utc_iso, path_reason,
+                   scheduler_command, tag, untag)
+
+# squeue fields: id | user | state | partition | start time | reason | name (LAST: it may contain '|').
+SQUEUE_FORMAT = "%i|%u|%T|%P|%S|%r|%j"
+_FIELDS = 7
+_ID = re.compile(r"^\d+(?:_(?:\d+|\[[^\]]*\]))?(?:\+\d+)?$")   # 12, 12_3, 12_[1-5], 12+1 (het job)
+_NUMERIC_ID = re.compile(r"^\d+$")
+
+PENDING_STATES = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD",
+                  "SPECIAL_EXIT"}
+# SUSPENDED/STOPPED keep their allocation and will resume: the job is not over, so RUNNING (as Grid
+# Engine's suspended 's' states). COMPLETING: processes may still be alive on the nodes.
+RUNNING_STATES = {"RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESIZING"}
+FINISHED_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
+                   "BOOT_FAIL", "DEADLINE", "PREEMPTED", "REVOKED"}
+
+_ERROR_REASONS = {"TIMEOUT": "timeout", "OUT_OF_MEMORY": "out of memory", "NODE_FAIL": "node failure",
+                  "BOOT_FAIL": "node boot failure", "DEADLINE": "deadline reached", "PREEMPTED": "preempted",
+                  "REVOKED": "revoked"}
+
+# final_argv: scontrol while slurmctld remembers the job, else the job's last jobcomp line.
+# $1 = job id (digits, checked), $2 = jobcomp file ('' = none), $3... = the scontrol command.
+FINAL_SCRIPT = (
+    'id=$1; f=$2; shift 2; '
+    '"$@" show job "$id" 2>&1 && exit 0; '
+    '[ -n "$f" ] || exit 0; '
+    'grep -e "^JobId=$id " "$f" | tail -n 1; exit 0'
+)
+
+
+def validate_name(name: str) -> str | None:
+    """Why a job name is unusable with Slurm here, or None.
+
+    Slurm stores any string, but squeue prints one line per job: a newline in a name would make a
+    job's line ambiguous. The native name is tag(job) anyway; this keeps the user's name sane.
+    """
+    return control_character_reason(name)
+
+
+def _native_state(state: str) -> NativeState:
+    word = state.split()[0] if state.split() else ""
+    if word in RUNNING_STATES:
+        return NativeState.RUNNING
+    if word in FINISHED_STATES:
+        return NativeState.FINISHED
+    return NativeState.PENDING   # PENDING_STATES and anything new: not over
+
+
+class SlurmBackend(Backend):
+    type = "slurm"
+
+    def _cmd(self, name: str) -> list[str]:
+        return scheduler_command(self.options, name)
+
+    def validate_name(self, name: str) -> str | None:
+        return validate_name(name)
+
+    def validate_job(self, job: Job) -> str | None:
+        return validate_name(job.name) or path_reason(job)
+
+    # -- submit -------------------------------------------------------------------------------
+    def submit_argv(self, job: Job, run_as: str | None) -> list[str]:
+        reason = path_reason(job)
+        if reason:
+            raise ValueError(reason)
+        name = tag(job)
+        argv = self._cmd("sbatch") + ["--parsable", "-J", name, "-D", job.pwd,
+                                      "-o", f"{name}.o%j", "-e", f"{name}.e%j"]
+        argv += [str(a) for a in self.options.get("sbatch_args", ())]
+        argv += [job.path, *job.options]
+        return as_user(argv, run_as)
+
+    def parse_submit(self, job: Job, rc: int, stdout: str, stderr: str) -> str:
+        if rc != 0:
+            raise SubmitRefused(first_line(stderr, stdout) or f"sbatch exited with status {rc}")
+        nid = first_line(stdout).split(";", 1)[0].strip()
+        if not _NUMERIC_ID.match(nid):
+            raise RuntimeError(f"sbatch succeeded but printed no job id: {first_line(stdout, stderr)!r}")
+        return nid
+
+    # -- observe ------------------------------------------------------------------------------
+    def status_argv(self) -> list[str]:
+        return self._cmd("squeue") + ["-h", "-a", "-t", "all", "-o", SQUEUE_FORMAT]
+
+    def parse_status(self, rc: int, stdout: str, stderr: str) -> list[NativeJob]:
+        if rc != 0:
+            raise RuntimeError(f"squeue failed ({rc}): {first_line(stderr, stdout)}")
+        tz = self.options.get("tz", "UTC")
+        seen: dict[str, NativeJob] = {}
+        dupes: set[str] = set()
+        for line in stdout.splitlines():
+            if not line.strip():
+                continue
+            parts = line.split("|", _FIELDS - 1)
+            if len(parts) != _FIELDS or not _ID.match(parts[0]):
+                continue   # not a job line (cannot happen with -h unless a name carried a newline)
+            nid, user, state, partition, start, reason, name = parts
+            nstate = _native_state(state)
+            if nid in seen:
+                dupes.add(nid)
+            seen[nid] = NativeJob(
+                native_id=nid, our_id=untag(name), owner=user, name=name, state=nstate, queue=partition,
+                start_time=local_to_utc_iso(start, "%Y-%m-%dT%H:%M:%S", tz)
+                if nstate is not NativeState.PENDING else None,
+                reason=None if reason in ("", "None") else reason,
+            )
+        # A job id listed twice means some line was forged (a name with a newline): trust neither.
+        return [j for nid, j in seen.items() if nid not in dupes]
+
+    # -- end state ----------------------------------------------------------------------------
+    def final_argv(self, job: Job) -> list[str]:
+        return ["sh", "-c", FINAL_SCRIPT, "sh", _native_id(job),
+                str(self.options.get("jobcomp_file") or ""), *self._cmd("scontrol")]
+
+    def parse_final(self, job: Job, rc: int, stdout: str, stderr: str) -> FinalState | None:
+        nid = job.scheduler_job_id or ""
+        fields = _parse_scontrol(stdout, nid) or _parse_jobcomp(stdout, nid)
+        if not fields:
+            return None   # neither slurmctld nor the jobcomp log knows how it ended (yet)
+        state = fields["JobState"].split()[0]
+        if state not in FINISHED_STATES:
+            return None   # still pending or running
+        exit_code, signal = _exit_code(fields.get("ExitCode", ""))
+        code = (128 + signal) if signal else exit_code
+        if state == "COMPLETED" and exit_code == 0 and not signal:
+            return FinalState("COMPLETED", 0, "")
+        if state == "CANCELLED":
+            return FinalState("CANCELLED", code, "cancelled")
+        if state in _ERROR_REASONS:
+            return FinalState("ERROR", code, _ERROR_REASONS[state])
+        if signal:
+            return FinalState("ERROR", code, f"signal {signal}")
+        return FinalState("ERROR", code, f"exit code {exit_code}")
+
+    # -- cancel -------------------------------------------------------------------------------
+    def cancel_argv(self, job: Job, run_as: str | None) -> list[str]:
+        return as_user(self._cmd("scancel") + [_native_id(job)], run_as)
+
+    def process_matcher(self) -> ProcessMatcher:
+        return ProcessMatcher(roots_by_comm=("slurmstepd",), exclude_comm=("slurmd", "slurmctld"))
+
+
+def _native_id(job: Job) -> str:
+    nid = job.scheduler_job_id or ""
+    if not _NUMERIC_ID.match(nid):
+        raise ValueError(f"job {job.id}: {nid!r} is not a Slurm job id")
+    return nid
+
+
+_SC_STATE = re.compile(r"(?m)^\s+JobState=(\S+)")
+_SC_EXIT = re.compile(r"(?m)^\s+Requeue=.*?\bExitCode=(\d+:\d+)")
+
+
+def _parse_scontrol(text: str, nid: str) -> dict[str, str] | None:
+    """``scontrol show job N``: a block starting ``JobId=N JobName=...``, fields on indented lines.
+
+    JobState and ExitCode are read from their own indented lines, so a job name containing
+    ``JobState=...`` (on the first line) cannot stand in for the real value.
+    """
+    lines = text.splitlines()
+    start = next((i for i, l in enumerate(lines) if l.startswith(f"JobId={nid} JobName=")), None)
+    if start is None:
+        return None
+    block = "\n".join(lines[start:])
+    st, ex = _SC_STATE.search(block), _SC_EXIT.search(block)
+    if not st:
+        return None
+    return {"JobState": st.group(1), "ExitCode": ex.group(1) if ex else ""}
+
+
+def _parse_jobcomp(text: str, nid: str) -> dict[str, str] | None:
+    """A jobcomp/filetxt line: ``JobId=N UserId=... Name=... JobState=X ... ExitCode=E:S``.
+
+    Name comes before JobState, and our names (tag) have no spaces: the first JobState= after the
+    line's own JobId is the real one. ExitCode is the line's last field.
+    """
+    line = next((l for l in reversed(text.splitlines()) if l.startswith(f"JobId={nid} UserId=")), None)
+    if line is None:
+        return None
+    st = re.search(r" JobState=(\S+)", line)
+    ex = re.search(r" ExitCode=(\d+:\d+)\s*$", line)
+    if not st:
+        return None
+    return {"JobState": st.group(1), "ExitCode": ex.group(1) if ex else ""}
+
+
+def _exit_code(text: str) -> tuple[int | None, int]:
+    m = re.match(r"^(\d+):(\d+)$", text or "")
+    if not m:
+        return None, 0
+    return int(m.group(1)), int(m.group(2))

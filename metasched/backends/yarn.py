@@ -1,0 +1,246 @@
+"""Hadoop YARN backend (3.x): ``yarn jar`` detached, ``yarn application -list/-status/-kill``.
+
+Formats (see tests/data/yarn/README.md for the sources): ``-list`` prints a ``Total number of
+applications (...)`` line, then a tab-separated table (each cell right-aligned with printf padding)
+with the columns Application-Id, Application-Name, Application-Type, User, Queue, State, Final-State,
+Progress, Tracking-URL. ``-status`` prints ``Application Report :`` then ``\\tKey : value`` lines
+(State, Final-State: SUCCEEDED/FAILED/KILLED/UNDEFINED, Diagnostics ...).
+
+Submission design (why): ``yarn jar`` is a client that usually lives as long as the application, and
+the application id exists only once the client has talked to the ResourceManager. So submit_argv
+starts the client detached (``setsid``, output to ``<pwd>/<tag>.o<our id>`` / ``.e<our id>``) and
+returns at once with the client's pid: the native id is ``client:<pid>``. The client logs
+``Submitted application application_<ts>_<n>`` (YarnClientImpl, log4j console = stderr). final_argv
+and cancel_argv for a ``client:`` id first read that line from the job's stderr file, then ask YARN
+about that application; before the line exists they report on the client process itself. A small
+wrapper appends ``metasched-client-exit: <status>`` to the stderr file when the client exits, so a
+client that fails before submitting (bad jar, RM down) ends the job as ERROR with its exit status.
+Consequence for the engine: a ``client:`` job is never found in the batched status by native id; its
+progress comes from final_argv each cycle (None while running). When the application name carries
+our tag (option ``name_conf``, e.g. "mapreduce.job.name", passed as ``-D name_conf=<tag>`` right after
+the jar: works for jars whose main class uses ToolRunner), the batched status also reports our id,
+and the engine may adopt the real ``application_...`` id, which every method here accepts as well.
+
+Options: ``bin_dir``, ``env`` (e.g. {"HADOOP_CONF_DIR": ...}), ``name_conf``, ``setsid`` (path),
+``final_as_owner`` (default True: the stderr file lives in the owner's pwd).
+"""
+from __future__ import annotations
+
+import posixpath
+import re
+
+from ..model import Job
+from .base import (Backend, FinalState, NativeJob, NativeState, ProcessMatcher, SubmitRefused,
+                   as_user, control_character_reason, epoch_ms_to_utc_iso, first_line, path_reason,
+                   scheduler_command, tag, untag)
+
+CLIENT_PREFIX = "client:"
+_APP_ID = re.compile(r"^application_\d+_\d+$")
+
+PENDING_STATES = {"NEW", "NEW_SAVING", "SUBMITTED", "ACCEPTED"}
+RUNNING_STATES = {"RUNNING"}
+FINISHED_STATES = {"FINISHED", "FAILED", "KILLED"}
+
+# Session leader of the detached client: runs it, then records its exit status in its own stderr.
+CLIENT_WRAP = '"$@"; printf "\\nmetasched-client-exit: %s\\n" "$?" >&2'
+
+# $1 = CLIENT_WRAP, $2 = setsid, $3 = pwd, $4 = stdout file, $5 = stderr file, $6... = yarn jar ...
+SUBMIT = (
+    'w=$1; s=$2; cd -- "$3" || exit 1; o=$4; e=$5; shift 5; '
+    '"$s" sh -c "$w" metasched-yarn-client "$@" > "$o" 2> "$e" < /dev/null & '
+    'echo "$!"'
+)
+
+# Resolve the application id from the client's stderr file "$e" (the first one it logged). Sets $app.
+_FIND_APP = (
+    "app=$(sed -n 's/.*Submitted application \\(application_[0-9][0-9]*_[0-9][0-9]*\\).*/\\1/p' "
+    '< "$e" 2>/dev/null | head -n 1); '
+)
+
+# $1 = stderr file, $2 = client pid ('' if the id is already an application id), $3 = app id or '',
+# $4... = the yarn command.
+FINAL = (
+    'e=$1; p=$2; app=$3; shift 3; '
+    'if [ -z "$app" ]; then ' + _FIND_APP + 'fi; '
+    'if [ -n "$app" ]; then printf "metasched-application: %s\\n" "$app"; '
+    '"$@" application -status "$app" 2>&1; exit 0; fi; '
+    "x=$(sed -n 's/^metasched-client-exit: \\([0-9][0-9]*\\)$/\\1/p' < \"$e\" 2>/dev/null | tail -n 1); "
+    'if [ -n "$x" ]; then printf "metasched-client-exit: %s\\n" "$x"; '
+    'elif ps -p "$p" > /dev/null 2>&1; then echo "metasched-client: running"; '
+    'else echo "metasched-client: gone"; fi'
+)
+
+# Same arguments as FINAL: kill the application if known; otherwise stop the client's process group.
+CANCEL = (
+    'e=$1; p=$2; app=$3; shift 3; '
+    'if [ -z "$app" ]; then ' + _FIND_APP + 'fi; '
+    'if [ -n "$app" ]; then "$@" application -kill "$app"; exit $?; fi; '
+    'if [ -n "$p" ]; then kill -s TERM -- "-$p" 2>/dev/null; fi; exit 0'
+)
+
+_REPORT_LINE = re.compile(r"^\t([A-Za-z][A-Za-z -]*?) : ?(.*)$")
+
+
+def validate_name(name: str) -> str | None:
+    """YARN accepts any application name, but -list prints one tab-separated line per application."""
+    return control_character_reason(name)
+
+
+def _native_state(state: str) -> NativeState:
+    if state in RUNNING_STATES:
+        return NativeState.RUNNING
+    if state in FINISHED_STATES:
+        return NativeState.FINISHED
+    return NativeState.PENDING
+
+
+def output_files(job: Job) -> tuple[str, str]:
+    base = posixpath.join(job.pwd, tag(job))
+    return f"{base}.o{job.id}", f"{base}.e{job.id}"
+
+
+class YarnBackend(Backend):
+    type = "yarn"
+
+    def _cmd(self, name: str) -> list[str]:
+        return scheduler_command(self.options, name)
+
+    def validate_name(self, name: str) -> str | None:
+        return validate_name(name)
+
+    def validate_job(self, job: Job) -> str | None:
+        return validate_name(job.name) or path_reason(job)
+
+    # -- submit -------------------------------------------------------------------------------
+    def submit_argv(self, job: Job, run_as: str | None) -> list[str]:
+        reason = path_reason(job)
+        if reason:
+            raise ValueError(reason)
+        out, err = output_files(job)
+        client = self._cmd("yarn") + ["jar", job.path]
+        if self.options.get("name_conf"):
+            client += ["-D", f"{self.options['name_conf']}={tag(job)}"]
+        client += list(job.options)
+        argv = ["sh", "-c", SUBMIT, "sh", CLIENT_WRAP, str(self.options.get("setsid", "setsid")),
+                job.pwd, out, err, *client]
+        return as_user(argv, run_as)
+
+    def parse_submit(self, job: Job, rc: int, stdout: str, stderr: str) -> str:
+        if rc != 0:
+            raise SubmitRefused(first_line(stderr, stdout) or f"launcher exited with status {rc}")
+        pid = first_line(stdout)
+        if not pid.isdigit():
+            raise RuntimeError(f"launcher printed no process id: {first_line(stdout, stderr)!r}")
+        return f"{CLIENT_PREFIX}{pid}"
+
+    # -- observe ------------------------------------------------------------------------------
+    def status_argv(self) -> list[str]:
+        return self._cmd("yarn") + ["application", "-list", "-appStates", "ALL"]
+
+    def parse_status(self, rc: int, stdout: str, stderr: str) -> list[NativeJob]:
+        if rc != 0:
+            raise RuntimeError(f"yarn application -list failed ({rc}): {first_line(stderr, stdout)}")
+        lines = stdout.splitlines()
+        if not any(l.startswith("Total number of applications") for l in lines):
+            raise RuntimeError("yarn application -list printed no 'Total number of applications' line")
+        jobs: dict[str, NativeJob] = {}
+        dupes: set[str] = set()
+        for line in lines:
+            cells = line.split("\t")
+            if len(cells) < 9:
+                continue
+            app_id = cells[0].strip()
+            if not _APP_ID.match(app_id):
+                continue   # the header, or a log line
+            name = "\t".join(cells[1:-7]).strip()   # a name may itself contain tabs
+            app_type, user, queue, state, final, progress, url = (c.strip() for c in cells[-7:])
+            if app_id in jobs:
+                dupes.add(app_id)
+            jobs[app_id] = NativeJob(native_id=app_id, our_id=untag(name), owner=user, name=name,
+                                     state=_native_state(state), queue=queue)
+        return [j for a, j in jobs.items() if a not in dupes]
+
+    # -- end state ----------------------------------------------------------------------------
+    def _ids(self, job: Job) -> tuple[str, str]:
+        """(client pid or '', application id or '') for the job's native id."""
+        nid = job.scheduler_job_id or ""
+        if nid.startswith(CLIENT_PREFIX) and nid[len(CLIENT_PREFIX):].isdigit():
+            return nid[len(CLIENT_PREFIX):], ""
+        if _APP_ID.match(nid):
+            return "", nid
+        raise ValueError(f"job {job.id}: {nid!r} is neither client:<pid> nor an application id")
+
+    def final_argv(self, job: Job) -> list[str]:
+        pid, app = self._ids(job)
+        argv = ["sh", "-c", FINAL, "sh", output_files(job)[1], pid, app, *self._cmd("yarn")]
+        return as_user(argv, job.owner) if self.options.get("final_as_owner", True) else argv
+
+    def parse_final(self, job: Job, rc: int, stdout: str, stderr: str) -> FinalState | None:
+        text = stdout or ""
+        first = first_line(text)
+        if first.startswith("metasched-application:"):
+            report = parse_application_report(text)
+            state, final = report.get("State", ""), report.get("Final-State", "")
+            if state not in FINISHED_STATES:
+                return None
+            diag = first_line(report.get("Diagnostics", ""))
+            if final == "SUCCEEDED":
+                return FinalState("COMPLETED", 0, "")
+            if final == "KILLED" or state == "KILLED":
+                return FinalState("CANCELLED", None, diag or "killed")
+            if job.cancel_requested:
+                return FinalState("CANCELLED", None, diag or "cancelled")
+            return FinalState("ERROR", None, diag or f"application {state.lower()}, final state {final}")
+        m = re.match(r"^metasched-client-exit: (\d+)$", first)
+        if m:
+            code = int(m.group(1))
+            if job.cancel_requested:
+                return FinalState("CANCELLED", code, "cancelled before the application was submitted")
+            return FinalState("ERROR", code, f"the yarn client exited with status {code} "
+                                             "before submitting an application")
+        if first == "metasched-client: gone":
+            if job.cancel_requested:
+                return FinalState("CANCELLED", None, "cancelled before the application was submitted")
+            return FinalState("ERROR", None, "the yarn client disappeared before submitting an application")
+        return None   # client still running without an application yet, or the command failed
+
+    # -- cancel -------------------------------------------------------------------------------
+    def cancel_argv(self, job: Job, run_as: str | None) -> list[str]:
+        pid, app = self._ids(job)
+        return as_user(["sh", "-c", CANCEL, "sh", output_files(job)[1], pid, app, *self._cmd("yarn")],
+                       run_as)
+
+    def process_matcher(self) -> ProcessMatcher:
+        # Containers are started by the NodeManager through its launch scripts (DefaultContainerExecutor:
+        # default_container_executor.sh -> default_container_executor_session.sh -> launch_container.sh;
+        # LinuxContainerExecutor: the setuid container-executor, whose arguments name launch_container.sh).
+        # The first matching process and its descendants are the container. The NodeManager JVM itself
+        # (their parent) is excluded explicitly, whatever its command line contains.
+        return ProcessMatcher(
+            trees_by_args_regex=r"(?:^|[\s/])(?:default_container_executor(?:_session)?\.sh|launch_container\.sh)(?:\s|$)",
+            exclude_args_regex=r"org\.apache\.hadoop\.yarn\.server\.nodemanager\.NodeManager",
+        )
+
+
+def parse_application_report(text: str) -> dict[str, str]:
+    """``yarn application -status``: ``\\tKey : value`` lines; Diagnostics may span several lines."""
+    fields: dict[str, str] = {}
+    key = None
+    in_report = False
+    for line in text.splitlines():
+        if line.startswith("Application Report"):
+            in_report = True
+            continue
+        if not in_report:
+            continue
+        m = _REPORT_LINE.match(line)
+        if m:
+            key = m.group(1).strip()
+            fields[key] = m.group(2).rstrip()
+        elif key == "Diagnostics":
+            fields[key] += "\n" + line
+    return fields
+
+
+def parse_start_time(report: dict[str, str]) -> str | None:
+    return epoch_ms_to_utc_iso(report.get("Start-Time"))

@@ -1,0 +1,227 @@
+"""Grid Engine backend: argv shapes and parsers against real Son of Grid Engine 8.1.9 captures."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from metasched.backends import get_backend
+from metasched.backends.base import NativeState, SubmitRefused
+from metasched.backends.sge import GridEngineBackend, validate_name
+from metasched.model import Job, JobStatus
+
+DATA = Path(__file__).resolve().parent.parent / "data" / "sge"
+
+
+def job(**kw) -> Job:
+    base = dict(id=7, name="hello", queue_id=1, owner="alice", status=JobStatus.QUEUED,
+                path="/home/alice/job.sh", options=("a", "b c"), pwd="/home/alice", scheduler_job_id="1")
+    base.update(kw)
+    return Job(**base)
+
+
+def test_registry_returns_sge_backend_with_options():
+    b = get_backend("sge", {"bin_dir": "/usr/lib/gridengine"})
+    assert isinstance(b, GridEngineBackend)
+    assert b.status_argv()[0] == "/usr/lib/gridengine/qstat"
+    with pytest.raises(ValueError, match="unknown scheduler type"):
+        get_backend("pbs", None)
+
+
+def test_submit_argv_plain_names_and_sudo():
+    argv = GridEngineBackend().submit_argv(job(), "alice")
+    assert argv == ["sudo", "-n", "-u", "alice", "--", "qsub", "-terse", "-N", "ms7_hello",
+                    "-wd", "/home/alice", "-ac", "metasched_id=7", "-b", "n",
+                    "/home/alice/job.sh", "a", "b c"]
+
+
+def test_submit_argv_env_prefix_comes_after_sudo_and_options_apply():
+    b = GridEngineBackend({"bin_dir": "/usr/lib/gridengine",
+                           "env": {"SGE_ROOT": "/var/lib/gridengine", "SGE_CELL": "default"},
+                           "qsub_args": ["-q", "all.q"], "shell": "/bin/bash"})
+    argv = b.submit_argv(job(), "alice")
+    assert argv[:8] == ["sudo", "-n", "-u", "alice", "--", "env", "SGE_ROOT=/var/lib/gridengine",
+                        "SGE_CELL=default"]
+    assert argv[8] == "/usr/lib/gridengine/qsub"
+    assert argv[-5:] == ["-q", "all.q", "/home/alice/job.sh", "a", "b c"]
+    assert ["-S", "/bin/bash"] == argv[argv.index("-S"):argv.index("-S") + 2]
+
+
+def test_binary_mode_uses_no_shell():
+    argv = GridEngineBackend({"binary": True}).submit_argv(job(), None)
+    i = argv.index("-b")
+    assert argv[i:i + 4] == ["-b", "y", "-shell", "no"]
+
+
+def test_bad_env_key_and_relative_path_are_refused():
+    with pytest.raises(ValueError):
+        GridEngineBackend({"env": {"A=B": "x"}}).status_argv()
+    with pytest.raises(ValueError, match="absolute"):
+        GridEngineBackend().submit_argv(job(path="-@ evil"), None)
+
+
+@pytest.mark.parametrize("name,ok", [
+    ("hello", True), ("with space", True), ("a.b-c_d", True),
+    ("1abc", False), ("a/b", False), ("a:b", False), ("a@b", False), ("a\\b", False),
+    ("a*b", False), ("a?b", False), ("a\nb", False), ("a\tb", False), ("", False), ("é", False),
+])
+def test_validate_name(name, ok):
+    assert (validate_name(name) is None) is ok
+    assert (GridEngineBackend().validate_job(job(name=name)) is None) is ok
+
+
+# -- submit output ----------------------------------------------------------------------------
+
+def test_parse_submit_terse_misc_sample():
+    # misc.txt: "qsub -terse -h -N terse" printed "1020"
+    out = [l for l in (DATA / "misc.txt").read_text().splitlines() if l.strip() == "1020"]
+    assert GridEngineBackend().parse_submit(job(), 0, out[0] + "\n", "") == "1020"
+
+
+def test_parse_submit_array_and_refusal():
+    b = GridEngineBackend()
+    assert b.parse_submit(job(), 0, "1021.1-10:1\n", "") == "1021"
+    with pytest.raises(SubmitRefused, match="job rejected"):
+        b.parse_submit(job(), 1, "", "\nUnable to run job: job rejected: no suitable queues.\nExiting.\n")
+    with pytest.raises(RuntimeError):
+        # the non-terse form would mean someone dropped -terse: not a refusal, the job exists
+        b.parse_submit(job(), 0, (DATA / "qsub.txt").read_text(), "")
+
+
+# -- status -----------------------------------------------------------------------------------
+
+def test_parse_status_running_sample():
+    jobs = {j.native_id: j for j in GridEngineBackend().parse_status(0, (DATA / "qstat-running.xml").read_text(), "")}
+    assert sorted(jobs, key=int) == ["4", "5", "6", "7", "8", "9"]
+    assert jobs["4"].state is NativeState.RUNNING and jobs["4"].queue == "all.q@vm"
+    assert jobs["4"].start_time == "2026-11-28T00:03:51Z" and jobs["4"].owner == "alice"
+    assert jobs["8"].state is NativeState.PENDING and jobs["8"].start_time is None
+    assert all(j.our_id is None for j in jobs.values())   # submitted by hand: not ours
+
+
+def test_parse_status_pending_and_held_sample():
+    jobs = {j.native_id: j for j in GridEngineBackend().parse_status(0, (DATA / "qstat-pending.xml").read_text(), "")}
+    assert jobs["2"].state is NativeState.PENDING and jobs["2"].name == "pend"
+    assert jobs["3"].state is NativeState.PENDING   # hqw
+
+
+def test_parse_status_zombie_sample_is_finished():
+    jobs = GridEngineBackend().parse_status(0, (DATA / "qstat-zombie.xml").read_text(), "")
+    assert len(jobs) == 9 and {j.state for j in jobs} == {NativeState.FINISHED}
+
+
+def test_parse_status_timezone_option():
+    jobs = GridEngineBackend({"tz": "Europe/Paris"}).parse_status(0, (DATA / "qstat-running.xml").read_text(), "")
+    assert {j.start_time for j in jobs if j.start_time} == {"2026-11-27T23:03:51Z"}
+
+
+_CONSTRUCTED = """<?xml version='1.0'?>
+<job_info  xmlns:xsd="http://arc.liv.ac.uk/repos/darcs/sge/source/dist/util/resources/schemas/qstat/qstat.xsd">
+  <queue_info>
+    <job_list state="running">
+      <JB_job_number>30</JB_job_number><JAT_prio>0.5</JAT_prio><JB_name>arr</JB_name><JB_owner>bob</JB_owner>
+      <state>r</state><JAT_start_time>2026-11-28T00:10:00</JAT_start_time><queue_name>all.q@vm</queue_name>
+      <slots>1</slots><tasks>1</tasks>
+    </job_list>
+    <job_list state="running">
+      <JB_job_number>31</JB_job_number><JAT_prio>0.5</JAT_prio><JB_name>ms12_with space &amp; more</JB_name>
+      <JB_owner>alice</JB_owner><state>dr</state><JAT_start_time>2026-11-28T00:10:00</JAT_start_time>
+      <queue_name>all.q@vm</queue_name><slots>1</slots>
+    </job_list>
+  </queue_info>
+  <job_info>
+    <job_list state="pending">
+      <JB_job_number>30</JB_job_number><JAT_prio>0.5</JAT_prio><JB_name>arr</JB_name><JB_owner>bob</JB_owner>
+      <state>qw</state><JB_submission_time>2026-11-28T00:09:00</JB_submission_time><queue_name></queue_name>
+      <slots>1</slots><tasks>2-10:1</tasks>
+    </job_list>
+    <job_list state="pending">
+      <JB_job_number>32</JB_job_number><JAT_prio>0.5</JAT_prio><JB_name>ms13_broken</JB_name><JB_owner>alice</JB_owner>
+      <state>Eqw</state><JB_submission_time>2026-11-28T00:09:00</JB_submission_time><queue_name></queue_name>
+      <slots>1</slots>
+    </job_list>
+  </job_info>
+</job_info>
+"""
+
+
+def test_parse_status_constructed_array_eqw_tagged_and_deleting():
+    """Constructed (same schema as the real captures): array tasks, Eqw, a tagged name with spaces, dr."""
+    jobs = {j.native_id: j for j in GridEngineBackend().parse_status(0, _CONSTRUCTED, "")}
+    assert sorted(jobs) == ["30", "31", "32"]
+    assert jobs["30"].state is NativeState.RUNNING                      # one entry, the most active
+    assert jobs["31"].our_id == 12 and jobs["31"].name == "ms12_with space & more"
+    assert jobs["31"].state is NativeState.RUNNING                      # dr: being deleted, still running
+    assert jobs["32"].state is NativeState.ERROR and jobs["32"].our_id == 13
+    assert jobs["32"].reason.startswith("Eqw: job in error state")
+
+
+def test_parse_status_empty_and_broken_outputs():
+    b = GridEngineBackend()
+    empty = "<?xml version='1.0'?>\n<job_info>\n  <queue_info>\n  </queue_info>\n  <job_info>\n  </job_info>\n</job_info>\n"
+    assert b.parse_status(0, empty, "") == []
+    for rc, out, err in [(0, "", ""), (1, "", "error: commlib error: can't connect to service (qmaster)"),
+                         (0, "<job_info><job_list>", ""), (0, (DATA / "qstat-j-running.xml").read_text(), "")]:
+        with pytest.raises(RuntimeError):
+            b.parse_status(rc, out, err)
+
+
+# -- final ------------------------------------------------------------------------------------
+
+_KILLED = (DATA / "qacct.txt").read_text().replace("jobname      hello", "jobname      ms7_hello") \
+    .replace("jobnumber    1 ", "jobnumber    44 ").replace("failed       0    ", "failed       100 : assumedly after job") \
+    .replace("exit_status  0 ", "exit_status  137 ")
+
+
+def test_final_argv():
+    assert GridEngineBackend().final_argv(job(scheduler_job_id="44")) == ["qacct", "-j", "44"]
+    with pytest.raises(ValueError):
+        GridEngineBackend().final_argv(job(scheduler_job_id="44; rm -rf /"))
+
+
+def test_parse_final_real_sample_completed_only_when_it_is_ours():
+    text = (DATA / "qacct.txt").read_text()   # jobnumber 1, jobname hello, failed 0, exit 0
+    b = GridEngineBackend()
+    assert b.parse_final(job(scheduler_job_id="1"), 0, text, "") is None   # name is not our tag
+    ours = text.replace("jobname      hello", "jobname      ms7_hello")
+    fs = b.parse_final(job(scheduler_job_id="1"), 0, ours, "")
+    assert (fs.status, fs.exit_code) == ("COMPLETED", 0)
+
+
+def test_parse_final_killed_cancelled_and_error():
+    b = GridEngineBackend()
+    fs = b.parse_final(job(scheduler_job_id="44"), 0, _KILLED, "")
+    assert (fs.status, fs.exit_code, fs.reason) == ("ERROR", 137, "killed (signal 9)")
+    fs = b.parse_final(job(scheduler_job_id="44", cancel_requested=True), 0, _KILLED, "")
+    assert fs.status == "CANCELLED"
+    exit3 = _KILLED.replace("failed       100 : assumedly after job", "failed       0").replace("exit_status  137", "exit_status  3")
+    fs = b.parse_final(job(scheduler_job_id="44"), 0, exit3, "")
+    assert (fs.status, fs.exit_code, fs.reason) == ("ERROR", 3, "exit code 3")
+    failed26 = _KILLED.replace("failed       100 : assumedly after job", "failed       26 : opening input/output file") \
+        .replace("exit_status  137", "exit_status  0")
+    fs = b.parse_final(job(scheduler_job_id="44"), 0, failed26, "")
+    assert fs.status == "ERROR" and fs.reason == "failed 26 : opening input/output file"
+
+
+def test_parse_final_takes_the_last_of_several_records():
+    old = (DATA / "qacct.txt").read_text().replace("jobname      hello", "jobname      ms7_hello") \
+        .replace("jobnumber    1 ", "jobnumber    44 ")
+    fs = GridEngineBackend().parse_final(job(scheduler_job_id="44"), 0, old + _KILLED, "")
+    assert fs.exit_code == 137
+    fs = GridEngineBackend().parse_final(job(scheduler_job_id="44"), 0, _KILLED + old, "")
+    assert fs.status == "COMPLETED"
+
+
+def test_parse_final_not_found():
+    b = GridEngineBackend()
+    err = "error: job id 1018 not found\n"
+    assert b.parse_final(job(scheduler_job_id="1018"), 1, "", err) is None
+    fs = b.parse_final(job(scheduler_job_id="1018", cancel_requested=True), 1, "", err)
+    assert fs.status == "CANCELLED" and fs.exit_code is None
+
+
+def test_cancel_and_matcher():
+    b = GridEngineBackend()
+    assert b.cancel_argv(job(scheduler_job_id="1021"), "alice") == ["sudo", "-n", "-u", "alice", "--", "qdel", "1021"]
+    m = b.process_matcher()
+    assert m.roots_by_comm == ("sge_shepherd",) and "sge_execd" in m.exclude_comm

@@ -1,0 +1,143 @@
+"""Every backend's commands survive hostile job data when run through a REAL shell.
+
+Each command is turned into one line by ``command_line`` (as the transport sends it over SSH) and run
+with ``sh -c``. The scheduler clients are replaced by recorders (a ``bin_dir`` of scripts that write
+their argv, NUL-separated, to a file): the recorder must receive exactly the original strings, and
+the canary file that every hostile string tries to create must never appear.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from metasched.backends import get_backend
+from metasched.backends.base import command_line
+from metasched.model import Job, JobStatus
+
+
+@pytest.fixture
+def lab():
+    d = Path(tempfile.mkdtemp(prefix="ms-shell-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def hostile(canary: Path) -> list[str]:
+    c = str(canary)
+    return [
+        "plain", "two words", "it's", 'say "hi"', f"x; touch {c}", f"$(touch {c})", f"`touch {c}`",
+        f"a\ntouch {c}\n", "-N", "--", "*", "~", "$HOME", "back\\slash", "%j %x", "tab\there",
+        f"'; touch {c}; '", f"\"; touch {c}; \"", f"$(printf x)|touch {c}&", "", "-", "a=b", "\\'",
+    ]
+
+
+def recorder_dir(lab: Path, names: list[str]) -> Path:
+    d = lab / "bin dir $(touch nothing)"
+    d.mkdir()
+    for n in names:
+        f = d / n
+        f.write_text(f"#!/bin/sh\nprintf '%s\\0' \"$@\" > '{lab}/rec.{n}'\n"
+                     f"printf '%s' \"$MS_ENV\" > '{lab}/env.{n}'\n"
+                     + {"qsub": "echo 77\n", "sbatch": "echo '88;lab'\n"}.get(n, ""))
+        f.chmod(0o755)
+    return d
+
+
+def recorded(lab: Path, name: str) -> list[str]:
+    return (lab / f"rec.{name}").read_bytes().decode().split("\0")[:-1]
+
+
+def sh(argv: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", "-c", command_line(argv)], capture_output=True, text=True, timeout=20)
+
+
+def hostile_job(lab: Path, jid: int, native: str | None) -> Job:
+    canary = lab / "CANARY"
+    evil_dir = lab / "p w'd $(touch CANARY) `x`;"
+    evil_dir.mkdir(exist_ok=True)
+    name = f"n'a\"me $(touch {canary}) ;`x`"
+    return Job(id=jid, name=name, queue_id=1, owner="alice", status=JobStatus.QUEUED,
+               path=str(lab / "s'cript $(touch CANARY).sh"), options=tuple(hostile(canary)),
+               pwd=str(evil_dir), scheduler_job_id=native)
+
+
+@pytest.mark.parametrize("kind,clients", [
+    ("sge", ["qsub", "qstat", "qacct", "qdel"]),
+    ("slurm", ["sbatch", "squeue", "scancel"]),
+])
+def test_scheduler_clients_receive_exact_arguments(lab, kind, clients):
+    bindir = recorder_dir(lab, clients)
+    env_value = f"v a'l\"ue $(touch {lab / 'CANARY'})"
+    b = get_backend(kind, {"bin_dir": str(bindir), "env": {"MS_ENV": env_value}})
+    j = hostile_job(lab, 5, "77" if kind == "sge" else "88")
+    submit = b.submit_argv(j, None)
+    r = sh(submit)
+    assert r.returncode == 0, r.stderr
+    assert b.parse_submit(j, r.returncode, r.stdout, r.stderr) == ("77" if kind == "sge" else "88")
+    client = clients[0]
+    # everything after the client's own path is what the client must receive, byte for byte
+    assert recorded(lab, client) == submit[submit.index(str(bindir / client)) + 1:]
+    assert recorded(lab, client)[-len(j.options):] == list(j.options)
+    assert (lab / f"env.{client}").read_text() == env_value
+    for argv, name in [(b.status_argv(), clients[1]), (b.cancel_argv(j, None), clients[-1])]:
+        assert sh(argv).returncode == 0
+        assert recorded(lab, name) == argv[argv.index(str(bindir / name)) + 1:]
+    if kind == "sge":
+        argv = b.final_argv(j)
+        sh(argv)
+        assert recorded(lab, "qacct") == ["-j", "77"]
+    assert not (lab / "CANARY").exists()
+    assert not list(lab.rglob("CANARY")) and not list(Path.cwd().glob("CANARY"))
+
+
+def test_sudo_prefix_is_separate_arguments():
+    j = Job(id=1, name="x", queue_id=1, owner="alice", status=JobStatus.QUEUED, path="/a", pwd="/b")
+    for kind in ("sge", "slurm", "yarn", "local"):
+        argv = get_backend(kind, {}).submit_argv(j, "alice")
+        assert argv[:5] == ["sudo", "-n", "-u", "alice", "--"]
+        assert command_line(argv).startswith("sudo -n -u alice -- ")
+
+
+def test_local_job_receives_exact_arguments_and_runs_in_hostile_pwd(lab):
+    j = hostile_job(lab, 9, None)
+    script = Path(j.path)
+    script.write_text(f"#!/bin/sh\nprintf '%s\\0' \"$@\" > '{lab}/rec.job'\npwd > '{lab}/pwd.job'\n")
+    script.chmod(0o755)
+    b = get_backend("local", {"final_as_owner": False})
+    r = sh(b.submit_argv(j, None))
+    nid = b.parse_submit(j, r.returncode, r.stdout, r.stderr)
+    j = Job(**{**j.__dict__, "scheduler_job_id": nid})
+    for _ in range(100):
+        r = sh(b.final_argv(j))
+        fs = b.parse_final(j, r.returncode, r.stdout, r.stderr)
+        if fs:
+            break
+        time.sleep(0.05)
+    assert fs.status == "COMPLETED"
+    assert recorded(lab, "job") == list(j.options)
+    assert (lab / "pwd.job").read_text() == j.pwd + "\n"
+    assert sh(b.cancel_argv(j, None)).returncode == 0
+    assert not list(lab.rglob("CANARY"))
+
+
+def test_yarn_client_receives_exact_arguments(lab):
+    bindir = recorder_dir(lab, ["yarn"])
+    j = hostile_job(lab, 11, None)
+    b = get_backend("yarn", {"bin_dir": str(bindir), "final_as_owner": False})
+    r = sh(b.submit_argv(j, None))
+    nid = b.parse_submit(j, r.returncode, r.stdout, r.stderr)
+    for _ in range(100):
+        if (lab / "rec.yarn").exists() and (lab / "rec.yarn").stat().st_size:
+            break
+        time.sleep(0.05)
+    time.sleep(0.1)
+    assert recorded(lab, "yarn") == ["jar", j.path, *j.options]
+    j = Job(**{**j.__dict__, "scheduler_job_id": nid})
+    sh(b.final_argv(j))
+    sh(b.cancel_argv(j, None))
+    assert not list(lab.rglob("CANARY"))

@@ -1,0 +1,180 @@
+"""Slurm backend: argv shapes and parsers against Slurm 22.05.8 captures."""
+from __future__ import annotations
+
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from metasched.backends import get_backend
+from metasched.backends.base import NativeState, SubmitRefused, command_line
+from metasched.backends.slurm import SQUEUE_FORMAT, SlurmBackend, validate_name
+from metasched.model import Job, JobStatus
+
+DATA = Path(__file__).resolve().parent.parent / "data" / "slurm"
+
+
+def job(**kw) -> Job:
+    base = dict(id=7, name="hello", queue_id=2, owner="alice", status=JobStatus.QUEUED,
+                path="/home/alice/job.sh", options=("x",), pwd="/home/alice", scheduler_job_id="1")
+    base.update(kw)
+    return Job(**base)
+
+
+def test_submit_argv():
+    argv = get_backend("slurm", {"sbatch_args": ["-p", "debug"]}).submit_argv(job(), "alice")
+    assert argv == ["sudo", "-n", "-u", "alice", "--", "sbatch", "--parsable", "-J", "ms7_hello",
+                    "-D", "/home/alice", "-o", "ms7_hello.o%j", "-e", "ms7_hello.e%j",
+                    "-p", "debug", "/home/alice/job.sh", "x"]
+
+
+def test_parse_submit_real_and_cluster_suffix_and_refusal():
+    b = SlurmBackend()
+    lines = (DATA / "sbatch.txt").read_text().splitlines()   # "Submitted batch job 1" then --parsable "2"
+    assert b.parse_submit(job(), 0, lines[1] + "\n", "") == "2"
+    assert b.parse_submit(job(), 0, "612;lab\n", "") == "612"
+    with pytest.raises(RuntimeError):
+        b.parse_submit(job(), 0, lines[0], "")
+    with pytest.raises(SubmitRefused, match="Invalid partition"):
+        b.parse_submit(job(), 1, "", "sbatch: error: Batch job submission failed: Invalid partition name specified\n")
+
+
+def test_status_argv_is_one_fixed_format_call():
+    assert SlurmBackend().status_argv() == ["squeue", "-h", "-a", "-t", "all", "-o", "%i|%u|%T|%P|%S|%r|%j"]
+    assert SQUEUE_FORMAT.endswith("%j")   # the name last: it may contain the separator
+
+
+@pytest.mark.parametrize("fname,expected", [
+    ("squeue-o-running.txt", {"1": NativeState.RUNNING, "2": NativeState.RUNNING}),
+    ("squeue-o-pending.txt", {"3": NativeState.PENDING, "4": NativeState.PENDING,
+                              "1": NativeState.RUNNING, "2": NativeState.RUNNING}),
+    ("squeue-o-all.txt", {"1": NativeState.FINISHED, "2": NativeState.FINISHED, "3": NativeState.FINISHED,
+                          "4": NativeState.PENDING}),
+])
+def test_states_of_the_real_captures(fname, expected):
+    """The real captures used another field order after the state; ids, users and states line up."""
+    jobs = SlurmBackend().parse_status(0, (DATA / fname).read_text(), "")
+    assert {j.native_id: j.state for j in jobs} == expected      # the header line is skipped
+    assert {j.owner for j in jobs} == {"alice"}
+
+
+def test_parse_status_our_format():
+    jobs = {j.native_id: j for j in SlurmBackend().parse_status(0, (DATA / "squeue-ours-pending.txt").read_text(), "")}
+    assert jobs["3"].reason == "PartitionDown" and jobs["3"].start_time is None and jobs["3"].queue == "debug"
+    assert jobs["4"].reason == "JobHeldUser"
+    assert jobs["1"].start_time == "2026-11-28T00:04:27Z" and jobs["1"].reason is None
+    assert jobs["1"].name == "hello" and jobs["1"].our_id is None
+
+
+def test_parse_status_tagged_names_with_separator_and_spaces():
+    out = ("15|alice|RUNNING|debug|2026-11-28T00:04:27|None|ms12_a|b c\n"
+           "16|bob|SUSPENDED|debug|2026-11-28T00:04:27|None|x\n"
+           "17|bob|CONFIGURING|debug|N/A|None|y\n"
+           "18|bob|TIMEOUT|debug|2026-11-28T00:04:27|TimeLimit|z\n"
+           "19_[1-5]|bob|PENDING|debug|N/A|Resources|arr\n")
+    jobs = {j.native_id: j for j in SlurmBackend().parse_status(0, out, "")}
+    assert jobs["15"].name == "ms12_a|b c" and jobs["15"].our_id == 12
+    assert jobs["16"].state is NativeState.RUNNING       # SUSPENDED keeps its allocation
+    assert jobs["17"].state is NativeState.PENDING
+    assert jobs["18"].state is NativeState.FINISHED
+    assert jobs["19_[1-5]"].state is NativeState.PENDING
+
+
+def test_parse_status_empty_error_and_forged_duplicate():
+    b = SlurmBackend()
+    assert b.parse_status(0, "", "") == []
+    with pytest.raises(RuntimeError):
+        b.parse_status(1, "", "slurm_load_jobs error: Unable to contact slurm controller (connect failure)")
+    forged = "20|bob|RUNNING|debug|N/A|None|x\n20|alice|COMPLETED|debug|N/A|None|ms5_fake\n21|bob|RUNNING|debug|N/A|None|y\n"
+    assert [j.native_id for j in b.parse_status(0, forged, "")] == ["21"]
+
+
+# -- final ------------------------------------------------------------------------------------
+
+def test_parse_final_scontrol_real_sample():
+    fs = SlurmBackend().parse_final(job(scheduler_job_id="1"), 0, (DATA / "scontrol-show-job-completed.txt").read_text(), "")
+    assert (fs.status, fs.exit_code) == ("COMPLETED", 0)
+
+
+def test_parse_final_jobcomp_fallback_real_lines():
+    b = SlurmBackend()
+    fs = b.parse_final(job(scheduler_job_id="610"), 0, (DATA / "final-fallback-610.txt").read_text(), "")
+    assert fs.status == "COMPLETED"
+    line609 = (DATA / "jobcomp-sample.txt").read_text().splitlines()[0]
+    fs = b.parse_final(job(scheduler_job_id="609"), 0, "slurm_load_jobs error: Invalid job id specified\n" + line609, "")
+    assert fs.status == "CANCELLED"
+    assert b.parse_final(job(scheduler_job_id="608"), 0, (DATA / "scontrol-invalid-id.txt").read_text(), "") is None
+
+
+def _scontrol(state: str, code: str) -> str:
+    return (DATA / "scontrol-show-job-completed.txt").read_text() \
+        .replace("JobState=COMPLETED Reason=None", f"JobState={state} Reason=X") \
+        .replace("ExitCode=0:0", f"ExitCode={code}")
+
+
+@pytest.mark.parametrize("state,code,expected", [
+    ("FAILED", "3:0", ("ERROR", 3, "exit code 3")),
+    ("FAILED", "0:9", ("ERROR", 137, "signal 9")),
+    ("TIMEOUT", "0:15", ("ERROR", 143, "timeout")),
+    ("OUT_OF_MEMORY", "0:125", ("ERROR", 253, "out of memory")),
+    ("NODE_FAIL", "0:0", ("ERROR", 0, "node failure")),
+    ("CANCELLED", "0:15", ("CANCELLED", 143, "cancelled")),
+])
+def test_parse_final_exit_mapping(state, code, expected):
+    fs = SlurmBackend().parse_final(job(scheduler_job_id="1"), 0, _scontrol(state, code), "")
+    assert (fs.status, fs.exit_code, fs.reason) == expected
+
+
+def test_parse_final_still_running_and_name_injection():
+    b = SlurmBackend()
+    assert b.parse_final(job(scheduler_job_id="1"), 0, _scontrol("RUNNING", "0:0"), "") is None
+    # A job name cannot stand in for the real JobState line.
+    forged = _scontrol("RUNNING", "0:0").replace("JobName=hello", "JobName=x JobState=COMPLETED")
+    assert b.parse_final(job(scheduler_job_id="1"), 0, forged, "") is None
+
+
+def _fake_scontrol(tmp: Path, known: str) -> Path:
+    d = tmp / "bin"
+    d.mkdir()
+    f = d / "scontrol"
+    f.write_text("#!/bin/sh\n"
+                 f"if [ \"$3\" = {known} ]; then cat {DATA / 'scontrol-show-job-completed.txt'}; exit 0; fi\n"
+                 "echo 'slurm_load_jobs error: Invalid job id specified' >&2; exit 1\n")
+    f.chmod(f.stat().st_mode | stat.S_IXUSR)
+    return d
+
+
+def test_final_command_runs_for_real_with_both_sources(tmp_path):
+    """The one-command final: scontrol while known, else the job's LAST jobcomp line, through real sh."""
+    bindir = _fake_scontrol(tmp_path, "1")
+    jobcomp = tmp_path / "job comp's $(x).txt"
+    lines = (DATA / "jobcomp-sample.txt").read_text().splitlines()
+    # 6100 must not match 610's line, and a later record for 610 wins.
+    jobcomp.write_text("\n".join([lines[1], lines[1].replace("JobId=610 ", "JobId=6100 "),
+                                  lines[1].replace("JobState=COMPLETED", "JobState=FAILED").replace("ExitCode=0:0", "ExitCode=2:0")]) + "\n")
+    b = SlurmBackend({"bin_dir": str(bindir), "jobcomp_file": str(jobcomp)})
+
+    def run(nid):
+        j = job(scheduler_job_id=nid)
+        p = subprocess.run(["sh", "-c", command_line(b.final_argv(j))], capture_output=True, text=True, timeout=10)
+        return b.parse_final(j, p.returncode, p.stdout, p.stderr)
+
+    assert run("1").status == "COMPLETED"                                   # from scontrol
+    fs = run("610")
+    assert (fs.status, fs.exit_code) == ("ERROR", 2)                        # last jobcomp line for 610
+    assert run("611") is None                                               # nowhere yet
+    no_file = SlurmBackend({"bin_dir": str(bindir)})
+    j = job(scheduler_job_id="610")
+    p = subprocess.run(["sh", "-c", command_line(no_file.final_argv(j))], capture_output=True, text=True, timeout=10)
+    assert no_file.parse_final(j, p.returncode, p.stdout, p.stderr) is None
+
+
+def test_cancel_matcher_and_name_validation():
+    b = SlurmBackend()
+    assert b.cancel_argv(job(scheduler_job_id="5"), "bob") == ["sudo", "-n", "-u", "bob", "--", "scancel", "5"]
+    with pytest.raises(ValueError):
+        b.cancel_argv(job(scheduler_job_id="5 6"), "bob")
+    assert b.process_matcher().roots_by_comm == ("slurmstepd",)
+    assert set(b.process_matcher().exclude_comm) == {"slurmd", "slurmctld"}
+    assert validate_name("a b|c") is None and validate_name("a\nb") and validate_name("")
