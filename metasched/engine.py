@@ -20,7 +20,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from . import policies
+from . import enforcement, policies
 from .backends import get_backend
 from .backends.base import Backend, FinalState, NativeJob, NativeState, SubmitRefused, command_line
 from .config import Config
@@ -31,7 +31,6 @@ from .transport import LocalTransport, Result, SshTransport, fan_out
 
 log = logging.getLogger("metasched.engine")
 
-NODE_PROBE = "cat /proc/loadavg; getconf _NPROCESSORS_ONLN"
 KEEP_CYCLES = 1000
 
 
@@ -81,6 +80,10 @@ class Engine:
         self.holder = holder or holder_id()
         self.lease_seconds = lease_seconds or 2.5 * config.poller.interval
         self.last_change_probe: tuple[str, int] | None = None
+        self.shares: dict[int, float] = {}          # the last decision's CPU shares, applied by the agents
+        self.usage = enforcement.UsageWindow()
+        self.last_usage_time: float | None = None
+        self.queue_usage: dict[int, float] = {}    # decayed CPU seconds per scheduler (dynamic policy)
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -156,7 +159,7 @@ class Engine:
             self.last_change_probe = self.repo.latest_job_change()
         qmap = {q.id: q for q in queues}
 
-        statuses = self.observe(queues, nodes, report, now)
+        statuses = self.observe(queues, nodes, jobs, report, now)
         changes, finals, cancels = self.reconcile(jobs, qmap, statuses)
         changes += self.finish(finals, qmap, statuses, report)
         self.cancel(cancels, qmap, report)
@@ -165,6 +168,7 @@ class Engine:
 
         decision = policies.decide(self.snapshot(jobs, queues, nodes, statuses, mode), now)
         report.shares = decision.shares
+        self.shares = dict(decision.shares)
         self.dispatch([j for j in jobs if j.id in set(decision.dispatch)], decision.dispatch, qmap, report)
         self.record_waiting(decision.waiting)
 
@@ -177,18 +181,20 @@ class Engine:
         return report
 
     # -- observe ------------------------------------------------------------------------------
-    def observe(self, queues, nodes, report: CycleReport, now: float) -> dict[int, QueueStatus]:
-        """One batched status call per scheduler and one probe per node, all in parallel."""
+    def observe(self, queues, nodes, jobs, report: CycleReport, now: float) -> dict[int, QueueStatus]:
+        """One batched status call per scheduler and one node-agent call per node (liveness, load, and the
+        enforcement of the last decided shares), all in parallel."""
         calls, kinds = [], []
         for q in queues:
             calls.append((self.transports[q.master_node_id], command_line(self.backend(q).status_argv()), None))
             kinds.append(("queue", q))
         for n in nodes:
-            calls.append((self.transports[n.id], NODE_PROBE, self.config.ssh.command_timeout))
+            calls.append((self.transports[n.id], self.agent_command(n, queues, jobs),
+                          self.config.ssh.command_timeout))
             kinds.append(("node", n))
         results = fan_out(calls, self.config.ssh.max_parallel)
         statuses: dict[int, QueueStatus] = {}
-        node_rows, queue_rows = [], []
+        queue_rows, node_rows = [], []
         for (kind, obj), res in zip(kinds, results):
             if kind == "queue":
                 st = self._parse_status(obj, res)
@@ -196,20 +202,68 @@ class Engine:
                 queue_rows.append((obj.id, st.ok, st.error))
                 if not st.ok:
                     report.errors[f"queue {obj.name}"] = st.error
+                continue
+            agent = (enforcement.parse_answer(res.rc, res.stdout, res.stderr) if res.error is None
+                     else enforcement.AgentReport(False, res.error))
+            if agent.ok:
+                self.usage.add(obj.id, agent.time or now, agent.usage_usec)
+                if agent.errors:
+                    report.errors[f"enforce {obj.address}:{obj.port}"] = "; ".join(agent.errors)[:300]
             else:
-                node_rows.append((obj, res))
-                if res.error or res.rc != 0:
-                    report.errors[f"node {obj.address}:{obj.port}"] = res.error or res.stderr.strip()[:300]
+                report.errors[f"node {obj.address}:{obj.port}"] = agent.error
+            node_rows.append((obj, agent))
+        usage = self._decayed_usage(queues, [n for n, a in node_rows if a.ok], now)
         stamp = utcnow()
         with self.db.write():
             for qid, ok, err in queue_rows:
                 self.repo.set_queue_health(id=qid, reachable=int(ok), last_error=err, now=stamp)
-            for n, res in node_rows:
-                load, ncpus = _parse_probe(res.stdout) if res.ok else (None, None)
-                self.repo.set_node_health(id=n.id, reachable=int(res.ok), last_seen=stamp if res.ok else None,
-                                          last_error=None if res.ok else (res.error or res.stderr.strip()[:300]),
-                                          now=stamp, load=load, ncpus=ncpus)
+            for qid, value in usage.items():
+                self.repo.set_queue_usage(id=qid, usage=value)
+            for n, agent in node_rows:
+                self.repo.set_node_health(
+                    id=n.id, reachable=int(agent.ok), last_seen=stamp if agent.ok else None,
+                    last_error=agent.error, now=stamp, load=agent.load, ncpus=agent.ncpus,
+                    enforcement=self._enforcement_view(n, queues, agent) if agent.ok else None)
+        self.queue_usage = usage
         return statuses
+
+    def agent_command(self, node, queues, jobs) -> str:
+        method = self.config.enforcement.method
+        groups = []
+        for q in queues:
+            pgids = [int(j.scheduler_job_id) for j in jobs
+                     if j.queue_id == q.id and q.master_node_id == node.id and q.type.value == "local"
+                     and j.status in (JobStatus.QUEUED, JobStatus.RUNNING)
+                     and (j.scheduler_job_id or "").isdigit()]
+            share = self.shares.get(q.id, 100.0 / max(1, len(queues)))
+            groups.append((q, share, self.backend(q).process_matcher(), pgids))
+        request = enforcement.build_request(groups, method=method, parent=self.config.enforcement.parent_group)
+        return enforcement.command(request, self.config.enforcement.helper)
+
+    def _decayed_usage(self, queues, nodes_ok, now: float) -> dict[int, float]:
+        """CPU seconds each scheduler used since the last cycle (all nodes), decayed for the dynamic policy."""
+        names = {enforcement.group_name(q): q.id for q in queues}
+        measured: dict[int, float] = {q.id: 0.0 for q in queues}
+        for n in nodes_ok:
+            for g, usec in self.usage.last_step(n.id).items():
+                if g in names:
+                    measured[names[g]] += usec / 1e6
+        prev = self.queue_usage
+        dt = 0.0 if self.last_usage_time is None else max(0.0, now - self.last_usage_time)
+        self.last_usage_time = now
+        return policies.decay_usage(prev, measured, dt, self.config.poller.dynamic_half_life)
+
+    def _enforcement_view(self, node, queues, agent) -> dict:
+        measured = self.usage.measured_shares(node.id)
+        return {
+            "mechanism": agent.mechanism, "note": agent.note,
+            "schedulers": [{"queue_id": q.id, "name": q.name, "group": enforcement.group_name(q),
+                            "target_share": round(self.shares.get(q.id, 100.0 / max(1, len(queues))), 2),
+                            "measured_share": (round(measured[enforcement.group_name(q)], 2)
+                                               if enforcement.group_name(q) in measured else None)}
+                           for q in queues],
+            "errors": agent.errors or [],
+        }
 
     def _parse_status(self, q: Queue, res: Result) -> QueueStatus:
         if res.error:
@@ -241,6 +295,8 @@ class Engine:
             q = qmap[job.queue_id]
             if job.status is JobStatus.DISPATCHING:
                 nj = st.by_our_id.get(job.id)
+                if nj is not None and nj.owner != job.owner:
+                    nj = None                  # anyone can name a job like ours: only the owner's counts
                 if nj is None:
                     finals.append(job)         # maybe it already ran and ended: ask accounting by our tag
                     continue
@@ -262,22 +318,47 @@ class Engine:
                 cancels.append(job)
         return changes, finals, cancels
 
+    def _final_call(self, job: Job, q: Queue):
+        backend = self.backend(q)
+        if job.scheduler_job_id is None:
+            if backend.final_by_tag_argv is None:
+                return None
+            return command_line(backend.final_by_tag_argv(job))
+        return command_line(backend.final_argv(job))
+
     def finish(self, finals: list[Job], qmap, statuses, report: CycleReport) -> list[Change]:
         """Ask each finished job's scheduler how it ended; a job is final only when it says so."""
-        calls = [(self.transports[qmap[j.queue_id].master_node_id],
-                  command_line(self.backend(qmap[j.queue_id]).final_argv(j)), None) for j in finals]
-        changes = []
-        for job, res in zip(finals, fan_out(calls, self.config.ssh.max_parallel)):
+        calls, asked = [], []
+        changes: list[Change] = []
+        for j in finals:
+            q = qmap[j.queue_id]
+            cmd = self._final_call(j, q)
+            if cmd is None:   # an interrupted dispatch the scheduler does not list and cannot look up
+                changes.append(Change(j, JobStatus.TO_BE_QUEUED,
+                                      f"dispatch was interrupted before {q.name} got the job; submitting again"))
+                continue
+            calls.append((self.transports[q.master_node_id], cmd, None))
+            asked.append(j)
+        for job, res in zip(asked, fan_out(calls, self.config.ssh.max_parallel)):
             q = qmap[job.queue_id]
             if res.error:
                 report.errors[f"final {q.name} job {job.id}"] = res.error
                 continue
+            backend = self.backend(q)
+            native = None
             try:
-                fs: FinalState | None = self.backend(q).parse_final(job, res.rc, res.stdout, res.stderr)
+                if job.scheduler_job_id is None:
+                    found = backend.parse_final_by_tag(job, res.rc, res.stdout, res.stderr)
+                    native, fs = found if found else (None, None)
+                else:
+                    fs: FinalState | None = backend.parse_final(job, res.rc, res.stdout, res.stderr)
             except Exception as exc:
                 report.errors[f"final {q.name} job {job.id}"] = str(exc)
                 continue
-            if fs is not None:
+            if fs is not None and job.status is JobStatus.DISPATCHING:
+                changes.append(Change(job, JobStatus(fs.status), f"{fs.reason or 'ended'} (adopted after an "
+                                      f"interrupted dispatch)", exit_code=fs.exit_code, scheduler_job_id=native))
+            elif fs is not None:
                 status = JobStatus(fs.status)
                 if status is JobStatus.CANCELLED and job.cancel_requested:
                     reason = self._cancel_reason(job)
@@ -290,8 +371,8 @@ class Engine:
             elif job.cancel_requested:
                 changes.append(Change(job, JobStatus.CANCELLED, self._cancel_reason(job)))
             else:
-                changes.append(Change(job, None, f"left {q.name}; waiting for its accounting to say how it ended",
-                                      event_only=True))
+                changes.append(Change(job, None, f"not listed by {q.name}; waiting for it to report how the "
+                                      f"job ended", event_only=True))
         return changes
 
     def _cancel_reason(self, job: Job) -> str:
@@ -363,7 +444,7 @@ class Engine:
         return policies.Snapshot(
             policy=Policy(mode["policy"]), schedulers=tuple(views), pending=pending,
             node_ids=tuple(n.id for n in nodes), high_priority=mode.get("high_priority"),
-            usage={q.id: 0.0 for q in queues}, max_dispatch=self.config.poller.max_dispatch_per_cycle)
+            usage=dict(self.queue_usage), max_dispatch=self.config.poller.max_dispatch_per_cycle)
 
     # -- act ----------------------------------------------------------------------------------
     def dispatch(self, jobs: list[Job], order: list[int], qmap, report: CycleReport) -> None:
@@ -454,18 +535,3 @@ class Engine:
         with self.db.write():
             for jid, reason in waiting.items():
                 self.repo.set_waiting_reason(id=jid, reason=reason)
-
-
-def _parse_probe(out: str) -> tuple[tuple[float, float, float] | None, int | None]:
-    lines = out.split("\n")
-    try:
-        parts = lines[0].split()
-        load = (float(parts[0]), float(parts[1]), float(parts[2]))
-    except (IndexError, ValueError):
-        load = None
-    try:
-        ncpus = int(lines[1].strip())
-    except (IndexError, ValueError):
-        ncpus = None
-    return load, ncpus
-

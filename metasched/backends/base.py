@@ -109,6 +109,13 @@ class Backend:
         """How the job ended, or None while the scheduler's accounting does not know yet."""
         raise NotImplementedError
 
+    # -- recovery of an interrupted dispatch (optional) -----------------------------------------
+    # A job left DISPATCHING by a crash has no native id. If the scheduler no longer lists it, these ask
+    # its accounting by our tag whether it already ran: parse_final_by_tag returns (native id or None,
+    # FinalState) when it did, None when the scheduler never got the job (then it is submitted again).
+    final_by_tag_argv = None
+    parse_final_by_tag = None
+
     # -- cancel -------------------------------------------------------------------------------
     def cancel_argv(self, job: Job, run_as: str | None) -> list[str]:
         raise NotImplementedError

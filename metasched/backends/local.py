@@ -71,6 +71,10 @@ FINAL = (
     'case "$a" in "$3"*) echo running;; *) echo gone;; esac'
 )
 
+# $1 = exit file.
+FINAL_BY_TAG = ('if [ -f "$1" ] && [ ! -h "$1" ] && [ -O "$1" ]; then printf "exit %s\\n" "$(cat "$1")"; '
+                'else echo gone; fi')
+
 # $1 = pgid, $2 = grace seconds, $3 = expected command-line prefix of the leader.
 CANCEL = (
     'p=$1; g=$2; a=$(ps -ww -o args= -p "$p" 2>/dev/null); '
@@ -172,6 +176,15 @@ class LocalBackend(Backend):
             return FinalState("ERROR", None, "the job ended without recording an exit status "
                                              "(killed, or the node restarted)")
         return None   # sudo or ps failed: ask again next cycle
+
+    def final_by_tag_argv(self, job: Job) -> list[str]:
+        """An interrupted dispatch: did the job run (its exit file exists)? It is not running (not in ps)."""
+        argv = ["sh", "-c", FINAL_BY_TAG, "sh", exit_file(job)]
+        return as_user(argv, job.owner) if self.options.get("final_as_owner", True) else argv
+
+    def parse_final_by_tag(self, job: Job, rc: int, stdout: str, stderr: str):
+        fs = self.parse_final(job, rc, stdout, stderr)
+        return (None, fs) if fs is not None and first_line(stdout).startswith("exit ") else None
 
     def cancel_argv(self, job: Job, run_as: str | None) -> list[str]:
         grace = str(int(self.options.get("grace", 10)))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 
 from ..model import Job
 from .base import (Backend, FinalState, NativeJob, NativeState, ProcessMatcher, SubmitRefused,
@@ -156,6 +157,18 @@ class GridEngineBackend(Backend):
     # -- end state ----------------------------------------------------------------------------
     def final_argv(self, job: Job) -> list[str]:
         return self._cmd("qacct") + ["-j", _native_id(job)]
+
+    def final_by_tag_argv(self, job: Job) -> list[str]:
+        """qacct -j also takes a job name: find a job that ran before our dispatch was recorded."""
+        return self._cmd("qacct") + ["-j", tag(job)]
+
+    def parse_final_by_tag(self, job: Job, rc: int, stdout: str, stderr: str):
+        ours = [r for r in _qacct_records(stdout) if untag(r.get("jobname", "")) == job.id]
+        if not ours or not ours[-1].get("jobnumber"):
+            return None
+        native = ours[-1]["jobnumber"]
+        fs = self.parse_final(replace(job, scheduler_job_id=native), rc, stdout, stderr)
+        return (native, fs) if fs is not None else None
 
     def parse_final(self, job: Job, rc: int, stdout: str, stderr: str) -> FinalState | None:
         text = f"{stdout}\n{stderr}"
