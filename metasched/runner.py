@@ -116,7 +116,9 @@ def binds(cfg: Config) -> list[str]:
     return out
 
 
-def run_gunicorn(cfg: Config, access_log: bool, log_level: str) -> None:
+def run_gunicorn(cfg: Config, access_log: bool, log_level: str, app_factory=None) -> None:
+    """Serve ``app_factory(cfg)`` (default: :func:`make_app`) in gunicorn workers. bench/api_bench.py passes
+    a trivial app here, so that the stack's ceiling is measured with exactly the service's settings."""
     from gunicorn.app.base import BaseApplication
 
     sock_dir = os.path.dirname(cfg.server.socket) if cfg.server.socket else None
@@ -151,7 +153,7 @@ def run_gunicorn(cfg: Config, access_log: bool, log_level: str) -> None:
                 self.cfg.set("control_socket_disable", True)
 
         def load(self):
-            return make_app(cfg)
+            return (app_factory or make_app)(cfg)
 
     App().run()
 
