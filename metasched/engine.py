@@ -363,7 +363,7 @@ class Engine:
                 if status is JobStatus.CANCELLED and job.cancel_requested:
                     reason = self._cancel_reason(job)
                 else:
-                    reason = fs.reason
+                    reason = fs.reason or (f"exit code {fs.exit_code}" if fs.exit_code is not None else "ended")
                 changes.append(Change(job, status, reason, exit_code=fs.exit_code))
             elif job.status is JobStatus.DISPATCHING:
                 changes.append(Change(job, JobStatus.TO_BE_QUEUED,

@@ -215,7 +215,8 @@ class Server:
                 self.proc.wait()
 
 
-def start_server(users: dict, *, workers: int = 2, config: dict | None = None) -> Server:
+def start_server(users: dict, *, workers: int = 2, config: dict | None = None, poller: bool = False,
+                 extra_args: tuple = ()) -> Server:
     # The socket's directory must be traversable by alice and bob (pytest's tmp_path is 0700).
     workdir = tempfile.mkdtemp(prefix="metasched-srv-")
     os.chmod(workdir, 0o755)
@@ -230,7 +231,8 @@ def start_server(users: dict, *, workers: int = 2, config: dict | None = None) -
     with open(stderr_path, "wb") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "metasched", cfg_path, "--socket", sock, "--host", "127.0.0.1",
-             "--port", str(port), "--database-file", db, "--workers", str(workers), "--no-poller"],
+             "--port", str(port), "--database-file", db, "--workers", str(workers),
+             *([] if poller else ["--no-poller"]), *extra_args],
             cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
     server = Server(workdir, sock, port, db, stderr_path, proc, users)
     server.wait_ready()

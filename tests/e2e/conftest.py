@@ -1,0 +1,1 @@
+from tests.server.conftest import pytest_runtest_makereport, server_factory, users  # noqa: F401
