@@ -138,20 +138,27 @@ def start_nginx(socket_path: str, sso_variable: str | None = None) -> Nginx:
     nginx = require_binary("nginx", "nginx")
     if os.geteuid() != 0:
         pytest.fail("the nginx tests run its master as root with `user www-data;`, as in production")
+    https_port, http_port = free_port(), free_port()
     d = tempfile.mkdtemp(prefix="metasched-nginx-")
     os.chmod(d, 0o755)
-    cert, key = make_cert(d)
-    https_port, http_port = free_port(), free_port()
-    with open(SITE, encoding="utf-8") as f:
-        site = adapt_site(f.read(), socket_path=socket_path, https_port=https_port, http_port=http_port,
-                          cert=cert, key=key, sso_variable=sso_variable)
+    cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+    try:
+        with open(SITE, encoding="utf-8") as f:
+            site = adapt_site(f.read(), socket_path=socket_path, https_port=https_port, http_port=http_port,
+                              cert=cert, key=key, sso_variable=sso_variable)
+        make_cert(d)
+    except BaseException:
+        shutil.rmtree(d, ignore_errors=True)
+        raise
     with open(os.path.join(d, "metasched.conf"), "w", encoding="utf-8") as f:
         f.write(site)
     conf = os.path.join(d, "nginx.conf")
     with open(conf, "w", encoding="utf-8") as f:
         f.write(MAIN_CONF.format(user=NGINX_USER, d=d))
     t = subprocess.run([nginx, "-t", "-c", conf], capture_output=True, text=True)
-    assert t.returncode == 0, f"nginx -t refused the site from deploy/:\n{t.stderr}"
+    if t.returncode != 0:
+        shutil.rmtree(d, ignore_errors=True)
+        raise AssertionError(f"nginx -t refused the site from deploy/:\n{t.stderr}")
     with open(os.path.join(d, "stderr"), "wb") as err:
         proc = subprocess.Popen([nginx, "-c", conf, "-g", "daemon off;"], stdin=subprocess.DEVNULL,
                                 stdout=err, stderr=err)

@@ -5,7 +5,6 @@ a poll cycle, dispatch outcomes) is written with the repository methods the engi
 the running server's database; the metrics and the API then read the same rows."""
 from __future__ import annotations
 
-import json
 import math
 import re
 import time

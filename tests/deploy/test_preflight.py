@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import sys
@@ -39,7 +40,6 @@ def run_check(tmp_path, raw: dict, *extra: str) -> subprocess.CompletedProcess:
 
 def rows_of(stdout: str) -> list[list[str]]:
     """The table's rows split on runs of 2+ spaces: node, check, result, detail."""
-    import re
     lines = stdout.split("\n\n")[0].splitlines()
     assert lines[0].split() == ["NODE", "CHECK", "RESULT", "DETAIL"], stdout
     return [re.split(r"\s{2,}", ln, maxsplit=3) for ln in lines[1:]]
