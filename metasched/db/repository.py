@@ -222,3 +222,12 @@ class Repository:
         if not r:
             return None
         return dict(r, summary=json.loads(r["summary"]), errors=json.loads(r["errors"]))
+
+    # -- metrics (sql/metrics.sql) --------------------------------------------------------------
+    def metrics_dispatch_counts(self) -> dict[int, tuple[int, int]]:
+        """queue id -> (dispatched, refused)."""
+        return {r["queue_id"]: (r["dispatched"] or 0, r["refused"] or 0)
+                for r in self._all(self.q.metrics_dispatch_counts)}
+
+    def metrics_poll_cycle_stats(self) -> dict:
+        return dict(self._one(self.q.metrics_poll_cycle_stats))

@@ -1,0 +1,164 @@
+"""``GET /metrics``: the service's state in the Prometheus text exposition format (version 0.0.4).
+
+Who may read it: anyone who can reach it, without identity. Prometheus scrapers usually carry no
+credentials, and the page holds counts only: jobs per queue and state, dispatches, node and queue
+liveness, the poll cycle and the lease holder (host:pid). No user names, job names or paths. Node
+addresses do appear (as ``GET /cluster/nodes`` shows them to every local user); the nginx site limits
+``/metrics`` to the scraper's address (deploy/nginx/metasched.conf).
+
+Every number is read in one read transaction, so the page is one consistent snapshot; each figure
+is the same one the REST API shows (``GET /queues`` counts, ``GET /cluster/nodes`` reachability,
+``GET /status`` lease and last cycle).
+"""
+from __future__ import annotations
+
+import math
+
+from . import __version__
+from .db.core import parse_time
+from .model import JobStatus
+from .services import Services
+from .web import openapi
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+# -- exposition format ----------------------------------------------------------------------------
+
+def _escape(value: str) -> str:
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(v: float) -> str:
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, int):
+        return str(v)
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    return repr(float(v))
+
+
+class Family:
+    """One metric: name, type, help, and its samples (labels, value)."""
+
+    def __init__(self, name: str, kind: str, help_text: str):
+        self.name, self.kind, self.help = name, kind, help_text
+        self.samples: list[tuple[dict, float]] = []
+
+    def add(self, value: float, **labels) -> "Family":
+        self.samples.append((labels, value))
+        return self
+
+    def render(self) -> str:
+        help_text = self.help.replace("\\", "\\\\").replace("\n", "\\n")
+        lines = [f"# HELP {self.name} {help_text}", f"# TYPE {self.name} {self.kind}"]
+        for labels, value in self.samples:
+            lab = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+            lines.append(f"{self.name}{{{lab}}} {_number(value)}" if lab else f"{self.name} {_number(value)}")
+        return "\n".join(lines) + "\n"
+
+
+def render(families: list[Family]) -> str:
+    return "".join(f.render() for f in families)
+
+
+# -- what we expose -------------------------------------------------------------------------------
+
+def _epoch(iso: str | None) -> float | None:
+    return parse_time(iso).timestamp() if iso else None
+
+
+def collect(services: Services) -> list[Family]:
+    """Read everything in one snapshot and build the metric families."""
+    repo, db = services.repo, services.db
+    with db.read():
+        queues = repo.list_queues()
+        counts = repo.count_jobs_by_queue_status()
+        dispatches = repo.metrics_dispatch_counts()
+        nodes = repo.list_nodes()
+        lease = repo.get_lease()
+        cycle = repo.last_poll_cycle()
+        stats = repo.metrics_poll_cycle_stats()
+
+    info = Family("metasched_info", "gauge", "The running metasched version.").add(1, version=__version__)
+    jobs = Family("metasched_jobs", "gauge", "Jobs per queue and state (as GET /queues counts them).")
+    disp = Family("metasched_dispatches_total", "counter",
+                  "Jobs the poller handed to their scheduler (transitions to QUEUED).")
+    refused = Family("metasched_dispatch_failures_total", "counter",
+                     "Submissions the scheduler refused (transitions to ERROR, reason 'scheduler refused').")
+    queue_up = Family("metasched_queue_up", "gauge",
+                      "1 when the scheduler's last batched status call worked, 0 when it failed; "
+                      "absent before the first check.")
+    for q in queues:
+        per_state = counts.get(q["id"], {})
+        for s in JobStatus:
+            jobs.add(per_state.get(s.value, 0), queue=q["name"], state=s.value)
+        d, r = dispatches.get(q["id"], (0, 0))
+        disp.add(d, queue=q["name"])
+        refused.add(r, queue=q["name"])
+        if q["reachable"] is not None:
+            queue_up.add(int(q["reachable"]), queue=q["name"])
+
+    node_up = Family("metasched_node_up", "gauge",
+                     "1 when the node answered the last poll cycle, 0 when it did not; absent before the "
+                     "first check.")
+    for n in nodes:
+        if n["reachable"] is not None:
+            node_up.add(int(n["reachable"]), node=f"{n['address']}:{n['port']}")
+
+    out = [info, jobs, disp, refused, queue_up, node_up]
+
+    lease_info = Family("metasched_poller_lease_info", "gauge",
+                        "The poller lease: the holder (host:pid:thread) is the one worker that acts.")
+    lease_exp = Family("metasched_poller_lease_expires_seconds", "gauge",
+                       "When the poller lease expires (Unix time); renewed while its holder lives.")
+    if lease:
+        lease_info.add(1, holder=lease["holder"])
+        lease_exp.add(_epoch(lease["expires_at"]))
+    out += [lease_info, lease_exp]
+
+    last = Family("metasched_poll_cycle_duration_seconds", "gauge", "Duration of the last poll cycle.")
+    started = Family("metasched_poll_cycle_last_start_seconds", "gauge",
+                     "When the last recorded poll cycle started (Unix time).")
+    errors = Family("metasched_poll_cycle_errors", "gauge",
+                    "Node and scheduler errors in the last poll cycle (details: GET /status).")
+    worst = Family("metasched_poll_cycle_duration_max_seconds", "gauge",
+                   "Longest duration among the recorded poll cycles (the last 1000).")
+    recorded = Family("metasched_poll_cycles_recorded", "gauge", "Poll cycles kept in the database.")
+    if cycle:
+        last.add(cycle["duration_ms"] / 1000.0)
+        started.add(_epoch(cycle["started_at"]))
+        errors.add(len(cycle["errors"] or {}))
+    if stats["n"]:
+        worst.add(stats["max_ms"] / 1000.0)
+    recorded.add(stats["n"])
+    out += [last, started, errors, worst, recorded]
+    return out
+
+
+class MetricsResource:
+    def __init__(self, services: Services):
+        self.svc = services
+
+    def on_get(self, req, resp):
+        resp.content_type = CONTENT_TYPE
+        resp.text = render(collect(self.svc))
+
+
+openapi.register("/metrics", {"get": {
+    "summary": "Prometheus metrics (text format 0.0.4); readable without identity: counts only",
+    "security": [],
+    "responses": {"200": {"description": "Prometheus text exposition format",
+                          "content": {"text/plain": {"schema": {"type": "string"}}}}},
+}})
+
+
+def metrics_routes(services: Services) -> list[tuple[str, object]]:
+    """The routes runner.make_app adds to the app."""
+    return [("/metrics", MetricsResource(services))]
+
+
+__all__ = ["metrics_routes", "collect", "render", "Family", "CONTENT_TYPE"]
