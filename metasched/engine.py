@@ -80,6 +80,8 @@ class Engine:
         self.holder = holder or holder_id()
         self.lease_seconds = lease_seconds or 2.5 * config.poller.interval
         self.last_change_probe: tuple[str, int] | None = None
+        self.holding = False                         # this engine holds the lease (as far as it knows)
+        self.lease_until = 0.0                       # wall-clock time our lease runs out, unless renewed
         self.shares: dict[int, float] = {}          # the last decision's CPU shares, applied by the agents
         self.usage = enforcement.UsageWindow()
         self.last_usage_time: float | None = None
@@ -128,10 +130,21 @@ class Engine:
 
     # -- lease --------------------------------------------------------------------------------
     def hold_lease(self, now: float) -> bool:
+        """Acquire, renew or fail to get the lease (called by the cycle and by the heartbeat thread)."""
         with self.db.write():
             row = self.repo.acquire_lease(holder=self.holder, now=epoch_to_time(now),
                                           expires_at=epoch_to_time(now + self.lease_seconds))
-        return row is not None
+        self._held(row is not None, now)
+        return self.holding
+
+    def _held(self, ok: bool, now: float) -> None:
+        self.holding = ok
+        self.lease_until = now + self.lease_seconds if ok else 0.0
+
+    def lease_valid(self, margin: float = 0.5) -> bool:
+        """Fencing for slow work: act only while our own lease has not run out (same clock as the others:
+        every worker of one service runs on the same host)."""
+        return self.holding and time.time() < self.lease_until - margin
 
     def release_lease(self) -> None:
         with self.db.write():
@@ -366,6 +379,8 @@ class Engine:
                     reason = fs.reason or (f"exit code {fs.exit_code}" if fs.exit_code is not None else "ended")
                 changes.append(Change(job, status, reason, exit_code=fs.exit_code))
             elif job.status is JobStatus.DISPATCHING:
+                log.info("job %s: interrupted dispatch not found in %s (%s); submitting again", job.id, q.name,
+                         (res.stdout.strip() or res.stderr.strip())[:200])
                 changes.append(Change(job, JobStatus.TO_BE_QUEUED,
                                       f"dispatch was interrupted before {q.name} got the job; submitting again"))
             elif job.cancel_requested:
@@ -456,8 +471,11 @@ class Engine:
         with self.db.write():
             # the lease is checked in the same transaction that marks the jobs: a worker that lost the
             # lease can never mark (and so never submit) anything
-            if self.repo.acquire_lease(holder=self.holder, now=now,
-                                       expires_at=epoch_to_time(time.time() + self.lease_seconds)) is None:
+            t = time.time()
+            ok = self.repo.acquire_lease(holder=self.holder, now=now,
+                                         expires_at=epoch_to_time(t + self.lease_seconds)) is not None
+            self._held(ok, t)
+            if not ok:
                 return
             for jid in order:
                 job = by_id[jid]
@@ -482,6 +500,12 @@ class Engine:
             backend = self.backend(q)
             transport = self.transports[q.master_node_id]
             for job in per_queue[qid]:
+                if not self.lease_valid():
+                    # lost (or about to lose) the lease: another worker may take over and will find these
+                    # jobs DISPATCHING but never submitted, and submit them itself
+                    log.warning("lease lost while dispatching; leaving %s jobs to the next holder",
+                                len(per_queue[qid]) - per_queue[qid].index(job))
+                    return
                 try:
                     cmd = command_line(backend.submit_argv(job, self.run_as(job, q.master_node_id)))
                 except SubmitRefused as exc:

@@ -16,8 +16,7 @@ import threading
 import time
 
 from .config import Config
-from .db.core import Database, epoch_to_time
-from .db.repository import Repository
+from .db.core import Database
 
 log = logging.getLogger("metasched.poller")
 
@@ -98,19 +97,14 @@ class PollerThread:
         self.db.close()
 
     def _beat(self) -> None:
-        """Renew the lease while this process lives and holds it."""
-        repo = Repository(self.db)
-        lease = (self.engine.lease_seconds if self.engine else 2.5 * self.interval)
-        while not self._stop.wait(min(self.interval / 2, 1.0)):
-            if not self.is_holder:
+        """Renew the lease while this process lives and its engine holds it, including during a long first
+        cycle after a takeover."""
+        while not self._stop.wait(min(self.interval / 4, 0.5)):
+            engine = self.engine
+            if engine is None or not engine.holding:
                 continue
             try:
-                now = time.time()
-                with self.db.write():
-                    row = repo.acquire_lease(holder=self.holder, now=epoch_to_time(now),
-                                             expires_at=epoch_to_time(now + lease))
-                if row is None:
-                    self.is_holder = False
+                engine.hold_lease(time.time())
             except Exception:
                 log.exception("lease heartbeat failed")
         self.db.close()
