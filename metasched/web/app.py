@@ -29,14 +29,17 @@ ID = "int(min=1, max=9223372036854775807)"   # anything else in an id position i
 
 # -- error mapping ------------------------------------------------------------------------------
 
-def _error_body(status: str, title: str, description: str, **details) -> dict:
-    return {"title": title, "description": description, "status": int(status.split()[0]), **details}
+def _error_body(status: str, title: str, description: str, details: dict | None = None) -> dict:
+    """title, description and the HTTP status always; a domain error's details beside them, never over them."""
+    body = {k: v for k, v in (details or {}).items() if k not in ("title", "description", "status")}
+    body.update(title=title, description=description, status=int(status.split()[0]))
+    return body
 
 
 def _handle_domain_error(req, resp, ex: E.MetaschedError, params):
     status = next((s for cls, s in STATUS_OF if isinstance(ex, cls)), falcon.HTTP_500)
     resp.status = status
-    resp.media = _error_body(status, ex.title, ex.message, **ex.details)
+    resp.media = _error_body(status, ex.title, ex.message, ex.details)
     if isinstance(ex, E.Unauthenticated):
         resp.set_header("WWW-Authenticate", 'Bearer realm="metasched"')
 
