@@ -90,7 +90,8 @@ class Services:
     # -- identity -----------------------------------------------------------------------------
     def token_caller(self, secret: str) -> Caller:
         now = self.now()
-        row = self.repo.find_token(secret_hash=hash_secret(secret), now=now)
+        with self.db.read():
+            row = self.repo.find_token(secret_hash=hash_secret(secret), now=now)
         if row is None:
             raise Unauthenticated("invalid, expired or revoked token")
         stale = format_time(parse_time(now) - _dt.timedelta(minutes=1))
