@@ -94,6 +94,13 @@ class IdentityMiddleware:
         if caller is not None:
             req.context.caller = caller
 
+    def process_resource(self, req, resp, resource, params):
+        """Anonymous callers reach only public resources: they get their 401 before their body is
+        read and validated (a 400 would tell them about the API before they proved who they are).
+        The services check again; this is the early, uniform answer."""
+        if resource is not None and not getattr(resource, "public", False):
+            Services.require(req.context.caller)
+
 
 class BodyLimitMiddleware:
     def __init__(self, max_bytes: int):
@@ -151,6 +158,8 @@ class Base:
 
 
 class RootResource(Base):
+    public = True     # tells anonymous callers that they are anonymous
+
     def on_get(self, req, resp):
         resp.media = self.svc.status(req.context.caller)
 
@@ -267,6 +276,8 @@ class TokenResource(Base):
 
 
 class OpenApiResource:
+    public = True
+
     def __init__(self, document: dict):
         self.text = json.dumps(document, indent=1)
 
