@@ -2,6 +2,8 @@
 a test fails when a route of the app is missing here, and the web tests validate real responses against it."""
 from __future__ import annotations
 
+import copy
+
 from .. import __version__
 from . import schemas as S
 
@@ -119,7 +121,8 @@ def _with_common_errors(paths: dict) -> dict:
 
 
 def build_document() -> dict:
-    return {
+    """A fresh copy each time: callers may change theirs without changing what the app serves."""
+    return copy.deepcopy({
         "openapi": "3.1.0",
         "info": {"title": "metasched", "version": __version__,
                  "description": "One queue in front of the schedulers of a hybrid cluster. Identity: the unix "
@@ -129,4 +132,4 @@ def build_document() -> dict:
             "schemas": COMPONENTS,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
-    }
+    })
