@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import urllib.parse
 
 import falcon
@@ -221,7 +222,7 @@ class JobsResource(Base):
         after = _int_param(params, "after", 0, 0)
         limit = _int_param(params, "limit", self.page_limit, 1, 1000)
         queue = params.get("queue")
-        jobs = self.svc.list_jobs(req.context.caller, statuses=statuses, queue=queue, owner=params.get("owner"),
+        jobs = self.svc.list_jobs(req.context.caller, statuses=statuses, queue=queue, owner=params.get("owner") or None,
                                   after=after, limit=limit)
         nxt = None
         if len(jobs) == limit:
@@ -303,7 +304,8 @@ def _int_param(params: dict, name: str, default: int, lo: int, hi: int | None = 
     if name not in params:
         return default
     v = params[name]
-    if not v.isdigit() or int(v) < lo or (hi is not None and int(v) > hi) or len(v) > 18:
+    # ASCII digits only: str.isdigit() also accepts '²', which int() refuses (that was a 500)
+    if not re.fullmatch(r"[0-9]{1,18}", v) or int(v) < lo or (hi is not None and int(v) > hi):
         raise E.Invalid(f"{name}: expected an integer {lo}..{hi if hi is not None else ''}, got {v!r}", field=name)
     return int(v)
 
