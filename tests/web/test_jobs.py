@@ -64,6 +64,9 @@ def test_submit_held(alice):
     ({"queue": "SGE", "path": "/x\u0000.sh"}, ["path"]),
     ({"queue": True, "path": "/x.sh"}, ["queue"]),
     ({"queue": "SGE", "path": "/x.sh", "status": "RUNNING"}, ["status"]),
+    ({"queue": 0, "path": "/x.sh"}, ["queue: must be >= 1"]),
+    ({"queue": "SGE", "path": "/"}, ["path", "script"]),
+    ({"queue": "SGE", "path": "/x.sh", "options": ["ok", "a\u0000b"]}, ["options[1]", "NUL"]),
 ])
 def test_submit_invalid(alice, body, words):
     err = alice.post_json("/jobs", body, status=400).json
@@ -149,6 +152,8 @@ def test_list_filters(alice, services, submit):
     ("?after=99999999999999999999999", ["after"]),
     ("?sort=id", ["sort"]),
     ("?status=HELD&status=QUEUED", ["status"]),
+    ("?limit=\u00b2", ["limit"]),          # str.isdigit() is true for a superscript two
+    ("?after=\u00b2", ["after"]),
 ])
 def test_list_bad_query(alice, query, words):
     err = alice.get("/jobs" + query, status=400).json
@@ -253,6 +258,8 @@ def test_edit_before_dispatch(alice, submit):
     ({"queue": "Hadoop"}, ["queue"]),
     ({"path": "relative"}, ["path"]),
     ({"name": ""}, ["name"]),
+    ({"path": "/"}, ["path"]),
+    ({"options": ["\u0000"]}, ["options[0]"]),
 ])
 def test_edit_invalid(alice, submit, body, words):
     job = submit()
