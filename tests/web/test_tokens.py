@@ -129,3 +129,24 @@ def test_malformed_or_unknown_authorization_is_401(client_for, users, header):
     for uid in (None, users["alice"], 0):
         err = client_for(uid, {"Authorization": header}).get("/jobs", status=401).json
         assert err["title"] == "not authenticated"
+
+
+# -- the trusted proxy (nginx doing SSO) ----------------------------------------------------------
+
+@pytest.fixture
+def proxied(make_services):
+    from .conftest import BASE_CONFIG
+    return create_app(make_services(dict(BASE_CONFIG, auth={"proxy_user": "bob"})))
+
+
+def test_proxy_names_the_user_only_from_the_proxy(proxied, users):
+    via_proxy = Client(proxied, users["bob"], {"X-Remote-User": "alice"})
+    me = via_proxy.get("/").json
+    assert (me["user"], me["authenticated_by"]) == ("alice", "proxy")
+    # the proxy user itself gets no identity of its own
+    assert Client(proxied, users["bob"]).get("/").json["user"] is None
+    # from anyone else the header is ignored
+    assert Client(proxied, users["alice"], {"X-Remote-User": "root"}).get("/").json["user"] == "alice"
+    assert Client(proxied, None, {"X-Remote-User": "root"}).get("/").json["user"] is None
+    err = Client(proxied, users["bob"], {"X-Remote-User": "nosuchuser"}).get("/jobs", status=401).json
+    assert "nosuchuser" in err["description"]
