@@ -2,7 +2,7 @@
 a test fails when a route of the app is missing here, and the web tests validate real responses against it."""
 from __future__ import annotations
 
-import copy
+import json
 
 from .. import __version__
 from . import schemas as S
@@ -121,8 +121,9 @@ def _with_common_errors(paths: dict) -> dict:
 
 
 def build_document() -> dict:
-    """A fresh copy each time: callers may change theirs without changing what the app serves."""
-    return copy.deepcopy({
+    """A fresh copy each time (a JSON round trip: faster than deepcopy, and proves it serializes): callers
+    may change theirs without changing what the app serves."""
+    return json.loads(json.dumps({
         "openapi": "3.1.0",
         "info": {"title": "metasched", "version": __version__,
                  "description": "One queue in front of the schedulers of a hybrid cluster. Identity: the unix "
@@ -132,4 +133,4 @@ def build_document() -> dict:
             "schemas": COMPONENTS,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
-    })
+    }))
