@@ -46,4 +46,4 @@ class Unavailable(MetaschedError):      # 503
 
 class JobStateConflict(Conflict):
     def __init__(self, job_id: int, status: str, action: str):
-        super().__init__(f"job {job_id} is {status}: cannot {action}", job_id=job_id, status=status)
+        super().__init__(f"job {job_id} is {status}: cannot {action}", job_id=job_id, job_status=status)

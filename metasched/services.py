@@ -99,7 +99,8 @@ class Services:
     # -- identity -----------------------------------------------------------------------------
     def token_caller(self, secret: str) -> Caller:
         now = self.now()
-        row = self.repo.find_token(secret_hash=hash_secret(secret), now=now)
+        with self.db.read():
+            row = self.repo.find_token(secret_hash=hash_secret(secret), now=now)
         if row is None:
             raise Unauthenticated("invalid, expired or revoked token")
         stale = format_time(parse_time(now) - _dt.timedelta(minutes=1))
@@ -264,9 +265,10 @@ class Services:
         if owner != caller.user and not caller.is_admin:
             raise Forbidden("only admins can submit jobs for another user")
         self.authority.check_owner(owner)
-        path = self._check_path(body["path"], "path")
+        path = self._check_script(body["path"])
         pwd = self._check_path(body.get("pwd") or posixpath.dirname(path) or "/", "pwd")
         name = body.get("name") or posixpath.basename(path)
+        options = self._check_options(body.get("options", []))
         now = self.now()
         with self.db.write():
             queues = [row_to_queue(r) for r in self.repo.list_queues()]
@@ -274,7 +276,7 @@ class Services:
             self._check_name(queue, name)
             status = JobStatus.HELD if body.get("hold") else JobStatus.TO_BE_QUEUED
             job = self.repo.insert_job(name=name, queue_id=queue.id, owner=owner, status=status, path=path,
-                                       options=body.get("options", []), pwd=pwd, now=now)
+                                       options=options, pwd=pwd, now=now)
             self.repo.insert_job_event(job_id=job.id, old_status=None, new_status=status, actor=caller.user,
                                        reason="submitted held" if status is JobStatus.HELD else "submitted",
                                        now=now)
@@ -288,6 +290,21 @@ class Services:
         if "\0" in p or "\n" in p:
             raise Invalid(f"{field}: must not contain NUL or newline characters", field=field)
         return posixpath.normpath(p)
+
+    @classmethod
+    def _check_script(cls, p: str) -> str:
+        path = cls._check_path(p, "path")
+        if path == "/":
+            raise Invalid("path: must name the job's script or jar, got '/'", field="path")
+        return path
+
+    @staticmethod
+    def _check_options(options) -> list[str]:
+        """Arguments become argv elements of the native submit: a NUL cannot be passed in one."""
+        for i, arg in enumerate(options):
+            if "\0" in arg:
+                raise Invalid(f"options[{i}]: must not contain NUL characters", field=f"options[{i}]")
+        return list(options)
 
     @staticmethod
     def _check_name(queue, name: str) -> None:
@@ -341,10 +358,11 @@ class Services:
             name = body.get("name", job.name)
             if queue is not None:
                 self._check_name(queue, name)
-            path = self._check_path(body["path"], "path") if "path" in body else job.path
+            path = self._check_script(body["path"]) if "path" in body else job.path
+            options = self._check_options(body["options"]) if "options" in body else job.options
             pwd = self._check_path(body["pwd"], "pwd") if "pwd" in body else job.pwd
             updated = self.repo.update_job_fields(id=job.id, name=name, queue_id=queue_id, path=path,
-                                                  options=body.get("options", job.options), pwd=pwd, now=now)
+                                                  options=options, pwd=pwd, now=now)
             changed = sorted(k for k in body)
             self.repo.insert_job_event(job_id=job.id, old_status=job.status, new_status=job.status,
                                        actor=caller.user, reason=f"edited: {', '.join(changed)}", now=now)

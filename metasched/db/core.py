@@ -99,18 +99,19 @@ def migrations() -> list[tuple[int, str, str]]:
 
 
 class Database:
-    def __init__(self, path: str):
+    def __init__(self, path: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS):
         self.path = path
+        self.busy_timeout_ms = int(busy_timeout_ms)
         self._local = threading.local()
         self.q = QUERIES
 
     # -- connections --------------------------------------------------------------------------
     def connect(self) -> sqlite3.Connection:
         try:
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None,
                                    check_same_thread=True)
             conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
@@ -143,11 +144,12 @@ class Database:
             raise Unavailable(f"database busy: {exc}") from None
         try:
             yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        else:
             conn.execute("COMMIT")
+        except BaseException as exc:
+            self._rollback(conn)
+            if _is_unavailable(exc):
+                raise Unavailable(f"database unavailable: {exc}") from exc
+            raise
 
     @contextlib.contextmanager
     def read(self):
@@ -156,8 +158,22 @@ class Database:
         conn.execute("BEGIN")
         try:
             yield conn
-        finally:
             conn.execute("COMMIT")
+        except BaseException as exc:
+            self._rollback(conn)
+            if _is_unavailable(exc):
+                raise Unavailable(f"database unavailable: {exc}") from exc
+            raise
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection) -> None:
+        """ROLLBACK if a transaction is still open (SQLite ends some on its own, e.g. on SQLITE_FULL:
+        a second ROLLBACK would then fail and hide the original error)."""
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
 
     # -- schema -------------------------------------------------------------------------------
     def migrate(self) -> int:
@@ -179,6 +195,13 @@ class Database:
                 conn.execute("ROLLBACK")
                 raise
         return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    """Errors that say the database cannot be used right now (busy, locked, unreadable, disk full),
+    as opposed to a bug in a query: these are a 503 for the caller, not a 500."""
+    return isinstance(exc, sqlite3.OperationalError) and any(
+        w in str(exc) for w in ("locked", "busy", "unable to open", "disk", "readonly", "I/O"))
 
 
 def _split_statements(script: str) -> list[str]:

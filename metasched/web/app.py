@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import urllib.parse
 
 import falcon
@@ -29,14 +30,17 @@ ID = "int(min=1, max=9223372036854775807)"   # anything else in an id position i
 
 # -- error mapping ------------------------------------------------------------------------------
 
-def _error_body(status: str, title: str, description: str, **details) -> dict:
-    return {"title": title, "description": description, "status": int(status.split()[0]), **details}
+def _error_body(status: str, title: str, description: str, details: dict | None = None) -> dict:
+    """title, description and the HTTP status always; a domain error's details beside them, never over them."""
+    body = {k: v for k, v in (details or {}).items() if k not in ("title", "description", "status")}
+    body.update(title=title, description=description, status=int(status.split()[0]))
+    return body
 
 
 def _handle_domain_error(req, resp, ex: E.MetaschedError, params):
     status = next((s for cls, s in STATUS_OF if isinstance(ex, cls)), falcon.HTTP_500)
     resp.status = status
-    resp.media = _error_body(status, ex.title, ex.message, **ex.details)
+    resp.media = _error_body(status, ex.title, ex.message, ex.details)
     if isinstance(ex, E.Unauthenticated):
         resp.set_header("WWW-Authenticate", 'Bearer realm="metasched"')
 
@@ -90,6 +94,13 @@ class IdentityMiddleware:
         caller = self.authority.socket_caller(uid)
         if caller is not None:
             req.context.caller = caller
+
+    def process_resource(self, req, resp, resource, params):
+        """Anonymous callers reach only public resources: they get their 401 before their body is
+        read and validated (a 400 would tell them about the API before they proved who they are).
+        The services check again; this is the early, uniform answer."""
+        if resource is not None and not getattr(resource, "public", False):
+            Services.require(req.context.caller)
 
 
 class BodyLimitMiddleware:
@@ -148,6 +159,8 @@ class Base:
 
 
 class RootResource(Base):
+    public = True     # tells anonymous callers that they are anonymous
+
     def on_get(self, req, resp):
         resp.media = self.svc.status(req.context.caller)
 
@@ -209,7 +222,7 @@ class JobsResource(Base):
         after = _int_param(params, "after", 0, 0)
         limit = _int_param(params, "limit", self.page_limit, 1, 1000)
         queue = params.get("queue")
-        jobs = self.svc.list_jobs(req.context.caller, statuses=statuses, queue=queue, owner=params.get("owner"),
+        jobs = self.svc.list_jobs(req.context.caller, statuses=statuses, queue=queue, owner=params.get("owner") or None,
                                   after=after, limit=limit)
         nxt = None
         if len(jobs) == limit:
@@ -264,6 +277,8 @@ class TokenResource(Base):
 
 
 class OpenApiResource:
+    public = True
+
     def __init__(self, document: dict):
         self.text = json.dumps(document, indent=1)
 
@@ -289,7 +304,8 @@ def _int_param(params: dict, name: str, default: int, lo: int, hi: int | None = 
     if name not in params:
         return default
     v = params[name]
-    if not v.isdigit() or int(v) < lo or (hi is not None and int(v) > hi) or len(v) > 18:
+    # ASCII digits only: str.isdigit() also accepts '²', which int() refuses (that was a 500)
+    if not re.fullmatch(r"[0-9]{1,18}", v) or int(v) < lo or (hi is not None and int(v) > hi):
         raise E.Invalid(f"{name}: expected an integer {lo}..{hi if hi is not None else ''}, got {v!r}", field=name)
     return int(v)
 

@@ -2,6 +2,8 @@
 a test fails when a route of the app is missing here, and the web tests validate real responses against it."""
 from __future__ import annotations
 
+import json
+
 from .. import __version__
 from . import schemas as S
 
@@ -102,15 +104,33 @@ def register(path: str, operations: dict, components: dict | None = None) -> Non
     COMPONENTS.update(components or {})
 
 
+def _with_common_errors(paths: dict) -> dict:
+    """Statuses any operation can answer: 401 (an invalid, expired or revoked token is refused on every
+    route, the public ones too), 503 (the database is busy or unavailable), and 413 for every method
+    that takes a body (the limit is checked before routing)."""
+    out = {}
+    for path, ops in paths.items():
+        out[path] = {}
+        for method, op in ops.items():
+            common = (401, 503, 413) if method in ("post", "put", "patch") else (401, 503)
+            responses = dict(op["responses"])
+            for code in common:
+                responses.setdefault(str(code), _ERR)
+            out[path][method] = dict(op, responses=responses)
+    return out
+
+
 def build_document() -> dict:
-    return {
+    """A fresh copy each time (a JSON round trip: faster than deepcopy, and proves it serializes): callers
+    may change theirs without changing what the app serves."""
+    return json.loads(json.dumps({
         "openapi": "3.1.0",
         "info": {"title": "metasched", "version": __version__,
                  "description": "One queue in front of the schedulers of a hybrid cluster. Identity: the unix "
                                 "socket's peer credentials, or Authorization: Bearer <token>."},
-        "paths": PATHS,
+        "paths": _with_common_errors(PATHS),
         "components": {
             "schemas": COMPONENTS,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
-    }
+    }))

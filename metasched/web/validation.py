@@ -32,12 +32,18 @@ def validate(value, schema: dict, path: str = "") -> None:
     """Raise Invalid naming the field path and what was expected; unknown fields are named together."""
     where = path or "body"
     if "oneOf" in schema:
+        same_type = None     # the error of the alternative whose type the value has: the one that says why
         for sub in schema["oneOf"]:
             try:
                 validate(value, sub, path)
                 return
-            except Invalid:
-                continue
+            except Invalid as exc:
+                st = sub.get("type")
+                if same_type is None and st is not None and any(
+                        _TYPES[x](value) for x in (st if isinstance(st, list) else [st])):
+                    same_type = exc
+        if same_type is not None:
+            raise same_type
         kinds = " or ".join(s.get("type", "?") if isinstance(s.get("type"), str) else "/".join(s["type"])
                             for s in schema["oneOf"])
         raise Invalid(f"{where}: expected {kinds}, got {_type_name(value)}", field=where)

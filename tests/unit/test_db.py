@@ -1,0 +1,242 @@
+"""The SQLite store: named queries, migrations, pragmas, STRICT tables, views, stable ids, lease, transactions."""
+from __future__ import annotations
+
+import multiprocessing
+import re
+import sqlite3
+import threading
+
+import pytest
+
+from metasched import config as cfgmod
+from metasched.db.core import QUERIES, SCHEMA_VERSION, Database, migrations, parse_queries
+from metasched.errors import Unavailable
+from metasched.identity import Authority
+from metasched.model import JobStatus
+from metasched.services import Services
+
+CONFIG = {
+    "policy": {"name": "shared"},
+    "nodes": [{"ip": "10.0.0.1"}, {"ip": "10.0.0.2"}],
+    "schedulers": [{"name": "SGE", "master": 0, "weight": 60}, {"name": "Slurm", "master": 1, "weight": 40}],
+}
+
+
+@pytest.fixture
+def db(tmp_path):
+    d = Database(str(tmp_path / "db.sqlite3"))
+    d.migrate()
+    yield d
+    d.close()
+
+
+def services(db, raw=CONFIG) -> Services:
+    cfg = cfgmod.parse(raw)
+    svc = Services(db, cfg, Authority(cfg.auth, service_uid=999999))
+    svc.sync_config()
+    return svc
+
+
+# -- named queries --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def schema_db(tmp_path_factory):
+    d = Database(str(tmp_path_factory.mktemp("schema") / "db.sqlite3"))
+    d.migrate()
+    yield d
+    d.close()
+
+
+@pytest.mark.parametrize("name", QUERIES.names())
+def test_every_named_query_compiles(schema_db, name):
+    sql = getattr(QUERIES, name)
+    params = {p: None for p in re.findall(r"(?<!:):([a-z_][a-z0-9_]*)", sql)}
+    assert params or "SELECT" in sql or "DELETE" in sql
+    schema_db.conn.execute("EXPLAIN " + sql, params).fetchall()
+
+
+def test_query_loader():
+    assert parse_queries("-- name: a\nSELECT 1;\n-- name: b\n-- a comment\nSELECT 2;") == {
+        "a": "SELECT 1;", "b": "-- a comment\nSELECT 2;"}
+    with pytest.raises(ValueError, match="defined twice"):
+        parse_queries("-- name: a\nSELECT 1;\n-- name: a\nSELECT 2;")
+    with pytest.raises(AttributeError, match="no query named"):
+        QUERIES.nope
+    assert len(QUERIES.names()) > 40
+
+
+def test_every_query_has_a_repository_method():
+    from metasched.db.repository import Repository
+    unused = [n for n in QUERIES.names() if not hasattr(Repository, n)]
+    # max_job_id is the one query without a method (the poller may use it directly)
+    assert set(unused) <= {"max_job_id"}, unused
+
+
+# -- schema ---------------------------------------------------------------------------------------
+
+def test_migration_sets_user_version_and_is_idempotent(tmp_path):
+    d = Database(str(tmp_path / "m.sqlite3"))
+    assert d.conn.execute("PRAGMA user_version").fetchone()[0] == 0
+    assert d.migrate() == SCHEMA_VERSION == max(v for v, _, _ in migrations())
+    tables = d.conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]
+    assert d.migrate() == SCHEMA_VERSION
+    assert d.conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0] == tables
+    d.close()
+
+
+def _migrate_in_process(path: str, barrier, out) -> None:
+    barrier.wait()
+    try:
+        out.put(Database(path).migrate())
+    except Exception as exc:   # reported to the parent, which fails the test
+        out.put(repr(exc))
+
+
+def test_concurrent_migrations_are_safe(tmp_path):
+    path = str(tmp_path / "race.sqlite3")
+    ctx = multiprocessing.get_context("spawn")
+    barrier, out = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_migrate_in_process, args=(path, barrier, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=30) for _ in procs]
+    for p in procs:
+        p.join(10)
+    assert results == [SCHEMA_VERSION] * 4
+    d = Database(path)
+    assert d.conn.execute("SELECT count(*) FROM sqlite_schema WHERE name = 'jobs'").fetchone()[0] == 1
+    d.close()
+
+
+def test_pragmas_in_force(db):
+    c = db.conn
+    assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert c.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert c.execute("PRAGMA busy_timeout").fetchone()[0] == 10_000
+    assert Database(db.path, busy_timeout_ms=250).conn.execute("PRAGMA busy_timeout").fetchone()[0] == 250
+    # and the foreign keys really are enforced
+    with pytest.raises(sqlite3.IntegrityError):
+        with db.write():
+            c.execute("INSERT INTO jobs (name, queue_id, owner, status, path, pwd, created_at, updated_at) "
+                      "VALUES ('x', 999, 'alice', 'HELD', '/x', '/', 'now', 'now')")
+
+
+def test_tables_are_strict(db):
+    rows = db.conn.execute("SELECT name, strict FROM pragma_table_list WHERE schema = 'main' "
+                           "AND type = 'table' AND name NOT LIKE 'sqlite_%'").fetchall()
+    assert len(rows) >= 8
+    assert [r["name"] for r in rows if not r["strict"]] == []
+    with pytest.raises(sqlite3.IntegrityError, match="cannot store TEXT"):
+        with db.write():
+            db.conn.execute("INSERT INTO nodes (address, port, position) VALUES ('a', 'twenty-two', 0)")
+
+
+def test_views_answer_the_admins_questions(db):
+    svc = services(db)
+    alice = svc.authority.caller("alice", "socket")
+    for q in ("SGE", "SGE", "Slurm"):
+        svc.submit_job(alice, {"queue": q, "path": "/home/alice/x.sh"})
+    svc.hold_job(alice, 1)
+    # what an admin types in the sqlite3 shell, from a separate plain connection
+    shell = sqlite3.connect(db.path)
+    assert shell.execute("SELECT queue, status, jobs FROM jobs_per_queue_state").fetchall() == [
+        ("SGE", "HELD", 1), ("SGE", "TO_BE_QUEUED", 1), ("Slurm", "TO_BE_QUEUED", 1)]
+    recent = shell.execute("SELECT job_id, owner, queue, old_status, new_status, actor FROM recent_events").fetchall()
+    assert recent[0] == (1, "alice", "SGE", "TO_BE_QUEUED", "HELD", "alice")
+    assert len(recent) == 4
+    assert [r[0] for r in shell.execute("SELECT id FROM active_jobs")] == [1, 2, 3]
+    shell.close()
+
+
+# -- stable ids -----------------------------------------------------------------------------------
+
+def _ids(db):
+    return ({r["name"]: r["id"] for r in db.conn.execute("SELECT * FROM queues")},
+            {(r["address"], r["port"]): r["id"] for r in db.conn.execute("SELECT * FROM nodes")})
+
+
+def test_ids_stable_across_restarts_and_reordering(db):
+    services(db)
+    queues, nodes = _ids(db)
+    services(db)
+    assert _ids(db) == (queues, nodes)
+    swapped = dict(CONFIG, nodes=CONFIG["nodes"][::-1],
+                   schedulers=[dict(CONFIG["schedulers"][1], master=0), dict(CONFIG["schedulers"][0], master=1)])
+    svc = services(db, swapped)
+    assert _ids(db) == (queues, nodes)
+    listed = svc.list_queues(svc.authority.caller("root", "socket"))
+    assert [q["name"] for q in listed] == ["Slurm", "SGE"]
+    # each master is still the same machine although its index changed
+    assert {q["name"]: q["master_node_id"] for q in listed} == {"SGE": nodes[("10.0.0.1", 22)],
+                                                               "Slurm": nodes[("10.0.0.2", 22)]}
+    assert svc.get_master_node(svc.authority.caller("root", "socket"))["ip"] == "10.0.0.2"
+
+
+# -- lease ----------------------------------------------------------------------------------------
+
+def test_lease_acquire_refuse_renew_take_over(db):
+    svc = services(db)
+    repo = svc.repo
+
+    def acquire(holder, now, expires):
+        with db.write():
+            r = repo.acquire_lease(holder=holder, now=now, expires_at=expires)
+        return None if r is None else (r["holder"], r["acquired_at"])
+
+    assert acquire("a", "2026-01-01T00:00:00Z", "2026-01-01T00:00:15Z") == ("a", "2026-01-01T00:00:00Z")
+    assert acquire("b", "2026-01-01T00:00:05Z", "2026-01-01T00:00:20Z") is None          # refused
+    assert acquire("a", "2026-01-01T00:00:10Z", "2026-01-01T00:00:25Z") == ("a", "2026-01-01T00:00:00Z")  # renewed
+    assert acquire("b", "2026-01-01T00:00:20Z", "2026-01-01T00:00:35Z") is None          # still valid
+    assert acquire("b", "2026-01-01T00:00:26Z", "2026-01-01T00:00:41Z") == ("b", "2026-01-01T00:00:26Z")  # taken over
+    assert acquire("a", "2026-01-01T00:00:27Z", "2026-01-01T00:00:42Z") is None
+    with db.read():
+        assert repo.get_lease()["holder"] == "b"
+    with db.write():
+        repo.release_lease("a")          # not the holder: no effect
+    with db.read():
+        assert repo.get_lease()["holder"] == "b"
+    with db.write():
+        repo.release_lease("b")
+    assert acquire("a", "2026-01-01T00:00:28Z", "2026-01-01T00:00:43Z") == ("a", "2026-01-01T00:00:28Z")
+
+
+# -- transactions ---------------------------------------------------------------------------------
+
+def test_write_rolls_back_on_exception(db):
+    svc = services(db)
+    with pytest.raises(RuntimeError):
+        with db.write():
+            svc.repo.insert_job(name="x", queue_id=1, owner="alice", status=JobStatus.HELD, path="/x",
+                                options=[], pwd="/", now="2026-01-01T00:00:00.000000Z")
+            raise RuntimeError("boom")
+    assert db.conn.execute("SELECT count(*) FROM jobs").fetchone()[0] == 0
+    assert not db.conn.in_transaction
+    with db.write():   # the connection is usable afterwards
+        svc.repo.insert_job(name="x", queue_id=1, owner="alice", status=JobStatus.HELD, path="/x",
+                            options=[], pwd="/", now="2026-01-01T00:00:00.000000Z")
+    assert db.conn.execute("SELECT count(*) FROM jobs").fetchone()[0] == 1
+
+
+def test_write_waits_for_the_lock_then_reports_unavailable(db):
+    quick = Database(db.path, busy_timeout_ms=50)
+    other = sqlite3.connect(db.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(Unavailable, match="database busy"):
+            with quick.write():
+                pass
+        assert not quick.conn.in_transaction
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    with quick.write():
+        quick.conn.execute("UPDATE settings SET updated_by = updated_by")
+    quick.close()
+
+
+def test_connections_are_per_thread(db):
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(db.conn))
+    t.start()
+    t.join()
+    assert seen[0] is not db.conn
