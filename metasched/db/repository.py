@@ -75,9 +75,11 @@ class Repository:
         return row_to_job(r) if r else None
 
     def list_jobs(self, *, after: int, limit: int, owner=None, queue_id=None, statuses=None) -> list[Job]:
-        return rows_to_jobs(self._all(
-            self.q.list_jobs, after=after, limit=limit, owner=owner, queue_id=queue_id,
-            statuses=json.dumps([s.value for s in statuses]) if statuses else None))
+        params = dict(after=after, limit=limit, queue_id=queue_id,
+                      statuses=json.dumps([s.value for s in statuses]) if statuses else None)
+        if owner is not None:
+            return rows_to_jobs(self._all(self.q.list_jobs_of_owner, owner=owner, **params))
+        return rows_to_jobs(self._all(self.q.list_jobs, owner=None, **params))
 
     def update_job_fields(self, *, id, name, queue_id, path, options, pwd, now) -> Job | None:
         r = self._one(self.q.update_job_fields, id=id, name=name, queue_id=queue_id, path=path,
