@@ -20,6 +20,7 @@ import json
 import multiprocessing as mp
 import os
 import random
+import resource
 import shutil
 import signal
 import socket
@@ -133,14 +134,14 @@ class _Closed(Exception):
 def _client_process(path, requests, expect, threads, t_start, t_end, out):
     """One load-generator process: ``threads`` closed-loop clients; latencies of requests inside the window."""
     lat: list[float] = []
-    errors = [0]
+    errors, total = [0], [0]
     statuses: dict[int, int] = {}
     lock = threading.Lock()
 
     def loop(seed: int) -> None:
         rnd = random.Random(seed)
         conn = Conn(path)
-        my_lat, my_err, my_st = [], 0, {}
+        my_lat, my_err, my_st, my_total = [], 0, {}, 0
         n = len(requests)
         while True:
             t0 = time.time()
@@ -148,6 +149,7 @@ def _client_process(path, requests, expect, threads, t_start, t_end, out):
                 break
             st = conn.request(requests[rnd.randrange(n)])
             t1 = time.time()
+            my_total += 1
             if t0 >= t_start and t1 <= t_end:
                 my_lat.append(t1 - t0)
                 my_st[st] = my_st.get(st, 0) + 1
@@ -155,6 +157,7 @@ def _client_process(path, requests, expect, threads, t_start, t_end, out):
                     my_err += 1
         conn.close()
         with lock:
+            total[0] += my_total
             lat.extend(my_lat)
             errors[0] += my_err
             for k, v in my_st.items():
@@ -165,11 +168,56 @@ def _client_process(path, requests, expect, threads, t_start, t_end, out):
         t.start()
     for t in ts:
         t.join()
-    out.put((lat, errors[0], statuses))
+    out.put((lat, errors[0], statuses, total[0]))
+
+
+def _busy_jiffies() -> int:
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return sum(v) - v[3] - v[4]          # everything but idle and iowait
+
+
+def _proc_jiffies(pids: list[int]) -> int:
+    t = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            t += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return t
+
+
+class CpuWindow:
+    """CPU used during a cell by the server's workers, by our load generator, and by everything else
+    on the machine (other people's jobs): the last one says how much the figures can be trusted."""
+
+    def __init__(self, server_pids: list[int]):
+        self.pids = server_pids
+        self.hz = os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self):
+        self.t0 = time.time()
+        self.busy0, self.srv0 = _busy_jiffies(), _proc_jiffies(self.pids)
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
+        self.cli0 = sum(r.ru_utime + r.ru_stime for r in ru)
+        return self
+
+    def __exit__(self, *exc):
+        wall = self.wall = time.time() - self.t0
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
+        client = sum(r.ru_utime + r.ru_stime for r in ru) - self.cli0
+        server = (_proc_jiffies(self.pids) - self.srv0) / self.hz
+        busy = (_busy_jiffies() - self.busy0) / self.hz
+        ncpu = os.cpu_count() or 1
+        self.result = {"server_cpu": server / wall, "client_cpu": client / wall,
+                       "other_cpu": max(0.0, busy - server - client) / wall, "ncpu": ncpu}
+        return False
 
 
 def run_load(path: str, requests: list[bytes], expect: int, concurrency: int, duration: float,
-             warmup: float = 0.5) -> dict:
+             warmup: float = 0.5, server_pids: list[int] | None = None) -> dict:
     procs_n = min(concurrency, 4)
     per = [concurrency // procs_n + (1 if i < concurrency % procs_n else 0) for i in range(procs_n)]
     t_start = time.time() + 0.3 + warmup        # 0.3 s to fork the clients, then warm-up
@@ -178,25 +226,29 @@ def run_load(path: str, requests: list[bytes], expect: int, concurrency: int, du
     out = ctx.Queue()
     procs = [ctx.Process(target=_client_process, args=(path, requests, expect, k, t_start, t_end, out))
              for k in per]
-    for p in procs:
-        p.start()
-    results = [out.get() for _ in procs]
-    for p in procs:
-        p.join()
+    with CpuWindow(server_pids or []) as cpu:
+        for p in procs:
+            p.start()
+        results = [out.get() for _ in procs]
+        for p in procs:
+            p.join()
     lat = sorted(x for r in results for x in r[0])
     errors = sum(r[1] for r in results)
     statuses: dict[int, int] = {}
     for r in results:
         for k, v in r[2].items():
             statuses[k] = statuses.get(k, 0) + v
-    return summarize(lat, errors, duration, statuses)
+    requests_done = sum(r[3] for r in results)   # warm-up included: the CPU window covers it too
+    cpu.result["server_ms_per_req"] = cpu.result["server_cpu"] * cpu.wall / max(1, requests_done) * 1000
+    cpu.result["client_ms_per_req"] = cpu.result["client_cpu"] * cpu.wall / max(1, requests_done) * 1000
+    return summarize(lat, errors, duration, statuses, cpu.result)
 
 
-def summarize(lat: list[float], errors: int, duration: float, statuses=None) -> dict:
+def summarize(lat: list[float], errors: int, duration: float, statuses=None, cpu=None) -> dict:
     n = len(lat)
     pct = (lambda q: lat[min(n - 1, int(q * n))] * 1000) if n else (lambda q: float("nan"))
     return {"n": n, "rps": n / duration, "p50": pct(0.50), "p99": pct(0.99), "errors": errors,
-            "statuses": statuses or {}}
+            "statuses": statuses or {}, "cpu": cpu}
 
 
 # -- servers ------------------------------------------------------------------------------------
@@ -383,30 +435,32 @@ def main() -> int:
             assert st == want, (raw[:80], st)
         c.close()
 
-        for name, reqs, expect in (("get", get_reqs, 200), ("list", list_reqs, 200), ("submit", submit_reqs, 201)):
-            for conc in levels:
-                r = run_load(sock, reqs, expect, conc, args.duration)
-                rows.append((name, conc, r))
-                print(f"  {name:<7} c={conc:<3} {r['rps']:8.0f} req/s  p50 {r['p50']:6.2f} ms  "
-                      f"p99 {r['p99']:6.2f} ms  errors {r['errors']}", file=sys.stderr)
-        rss["metasched (after load)"] = svc.rss_mb()
-        stderr = svc.stderr()
-        svc.stop()
-        locked = stderr.count("database is locked")
-        tracebacks = stderr.count("Traceback")
-
-        # -- trivial app, same gunicorn settings -----------------------------------------------
+        # -- trivial app, same gunicorn settings, up at the same time (idle workers cost nothing) ----
         tsock = os.path.join(work, "trivial.sock")
         triv = Server([sys.executable, os.path.join(REPO, "bench", "trivial_server.py"), cfg, tsock,
                        str(args.workers)], tsock, os.path.join(work, "trivial.stderr"), env)
         servers.append(triv)
         treq = [build_request("GET", "/jobs/1")]
-        for conc in levels:
-            r = run_load(tsock, treq, 200, conc, args.duration)
-            rows.append(("trivial", conc, r))
-            print(f"  trivial c={conc:<3} {r['rps']:8.0f} req/s", file=sys.stderr)
+
+        # Each metasched cell runs right after the trivial cell of the same concurrency, so that a
+        # ratio compares two measurements taken under the same background load.
+        plan = [("trivial", triv, treq, 200), ("get", svc, get_reqs, 200)]
+        plan2 = [("list", svc, list_reqs, 200), ("submit", svc, submit_reqs, 201)]
+        for group in (plan, plan2):
+            for conc in levels:
+                for name, srv, reqs, expect in group:
+                    r = run_load(srv.sock, reqs, expect, conc, args.duration, server_pids=srv.worker_pids())
+                    rows.append((name, conc, r))
+                    print(f"  {name:<7} c={conc:<3} {r['rps']:8.0f} req/s  p50 {r['p50']:6.2f} ms  "
+                          f"p99 {r['p99']:6.2f} ms  errors {r['errors']}  other load "
+                          f"{r['cpu']['other_cpu']:.2f} CPUs", file=sys.stderr)
+        rss["metasched (after load)"] = svc.rss_mb()
         rss["trivial app"] = triv.rss_mb()
+        stderr = svc.stderr()
+        svc.stop()
         triv.stop()
+        locked = stderr.count("database is locked")
+        tracebacks = stderr.count("Traceback")
 
         # -- raw SQLite: the submit's transaction without HTTP ---------------------------------
         for procs in (1, args.workers):
@@ -424,14 +478,31 @@ def main() -> int:
     print()
     print(f"metasched API benchmark: gunicorn {args.workers} workers, unix socket, {os.cpu_count()} CPUs, "
           f"{args.duration:g} s per cell, client on the same machine")
-    print(f"{'scenario':<20}{'conc':>5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}  statuses")
-    for name, conc, r in rows:
-        print(f"{name:<20}{conc:>5}{r['rps']:>10.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}{r['errors']:>8}  "
-              f"{dict(sorted(r['statuses'].items())) if r['statuses'] else ''}")
+    print("CPU columns: CPUs used on average by the server's workers, by the load generator, and by other")
+    print("processes on the machine during the cell (a busy machine lowers every figure); srv ms = server")
+    print("CPU per request; cap/s = the req/s that server + client CPU per request would allow if this")
+    print("machine's CPUs were all ours (a projection, not a measurement).")
+    print(f"{'scenario':<20}{'conc':>5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+          f"{'srv CPU':>9}{'cli CPU':>9}{'other':>7}{'srv ms':>8}{'cap/s':>8}")
+    order = ["submit", "get", "list", "trivial", "raw-sqlite-submit"]
+    for name, conc, r in sorted(rows, key=lambda x: (order.index(x[0]), x[1])):
+        c = r.get("cpu") or {}
+        cpu_cols = ""
+        if c:
+            cap = c["ncpu"] / max(1e-9, (c["server_ms_per_req"] + c["client_ms_per_req"]) / 1000)
+            cpu_cols = (f"{c['server_cpu']:>9.2f}{c['client_cpu']:>9.2f}{c['other_cpu']:>7.2f}"
+                        f"{c['server_ms_per_req']:>8.2f}{cap:>8.0f}")
+        print(f"{name:<20}{conc:>5}{r['rps']:>10.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}{r['errors']:>8}{cpu_cols}")
+    print("(raw-sqlite-submit: conc = writer processes, no HTTP)")
     print()
     for k, v in rss.items():
         print(f"RSS per worker, {k:<24}: " + ", ".join(f"{x:.1f}" for x in sorted(v)) + " MB")
     print(f"server stderr: {locked} 'database is locked', {tracebacks} tracebacks")
+    others = [r["cpu"]["other_cpu"] for _, _, r in rows if r.get("cpu")]
+    if others and max(others) > 0.25:
+        print(f"WARNING: other processes used up to {max(others):.2f} of {os.cpu_count()} CPUs during the run; "
+              f"the figures understate this service on a quiet machine")
+    print(f"load average at the end: {open('/proc/loadavg').read().split()[:3]}")
     print()
 
     def cell(name, conc):

@@ -16,6 +16,18 @@ WHERE id > :after
 ORDER BY id
 LIMIT :limit;
 
+-- name: list_jobs_of_owner
+-- The same page for one owner (every non-admin listing). A separate statement because the planner
+-- cannot use jobs_by_owner (owner, id) through ":owner IS NULL OR owner = :owner": it walked the whole
+-- table by id, so a user with a few jobs among 100,000 paid for all of them.
+SELECT * FROM jobs
+WHERE owner = :owner
+  AND id > :after
+  AND (:queue_id IS NULL OR queue_id = :queue_id)
+  AND (:statuses IS NULL OR status IN (SELECT value FROM json_each(:statuses)))
+ORDER BY id
+LIMIT :limit;
+
 -- name: update_job_fields
 -- Edit before dispatch; the version guards against a concurrent change.
 UPDATE jobs SET name = :name, queue_id = :queue_id, path = :path, options = :options, pwd = :pwd,

@@ -235,7 +235,12 @@ def start_server(users: dict, *, workers: int = 2, config: dict | None = None, p
              *([] if poller else ["--no-poller"]), *extra_args],
             cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
     server = Server(workdir, sock, port, db, stderr_path, proc, users)
-    server.wait_ready()
+    try:
+        server.wait_ready()
+    except BaseException:
+        server.stop()          # its stderr is already in the assertion message
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
     return server
 
 
