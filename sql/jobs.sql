@@ -73,9 +73,6 @@ SELECT * FROM jobs
 WHERE status IN (SELECT value FROM json_each(:statuses))
 ORDER BY id;
 
--- name: max_job_id
-SELECT coalesce(max(id), 0) AS id FROM jobs;
-
 -- name: latest_job_change
 -- Cheap "is there new work?" probe for the poller between cycles.
 SELECT coalesce(max(updated_at), '') AS at, count(*) AS n FROM jobs
