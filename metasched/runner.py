@@ -98,9 +98,21 @@ def make_app(cfg: Config, start_poller: bool = True):
         extra = metrics_routes(services)
     except ImportError:
         pass
-    app = create_app(services, extra)
-    app.poller = poller
-    return app
+    return ServedApp(create_app(services, extra), poller)
+
+
+class ServedApp:
+    """The WSGI callable a worker serves, plus its poller thread.
+
+    Falcon 4's App has ``__slots__``: attributes cannot be attached to it, hence this holder."""
+
+    def __init__(self, app, poller):
+        self.app = app
+        self.poller = poller
+        self.poller_worker = False
+
+    def __call__(self, environ, start_response):
+        return self.app(environ, start_response)
 
 
 def binds(cfg: Config) -> list[str]:
