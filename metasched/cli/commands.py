@@ -18,7 +18,7 @@ from .client import Client, CliError, Endpoint, LocalError, Refused
 STATES = ["TO_BE_QUEUED", "HELD", "DISPATCHING", "QUEUED", "RUNNING", "COMPLETED", "ERROR", "CANCELLED"]
 ACTIVE = ["TO_BE_QUEUED", "HELD", "DISPATCHING", "QUEUED", "RUNNING"]
 FINAL = {"COMPLETED", "ERROR", "CANCELLED"}
-MAX_PAGE = 1000   # the API's largest page
+PAGE = 100        # jobs per request: long lists come in several pages, following the API's `next`
 
 
 @dataclass
@@ -135,7 +135,7 @@ def fetch_jobs(ctx: Context, statuses: list[str] | None, queue: str | None, owne
     """Follow the API's ``next`` links until ``limit`` jobs. Also returns the API path of the page after
     the jobs returned, or None when there are no more."""
     query = {"status": ",".join(statuses) if statuses else None, "queue": queue, "owner": owner,
-             "limit": str(min(limit, MAX_PAGE))}
+             "limit": str(min(limit, PAGE))}
     page = ctx.call("GET", "/jobs", query=query)
     items = list(page["items"])
     while page.get("next") and len(items) < limit:
