@@ -32,17 +32,26 @@ exit status:
 
 def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
     """Options accepted both before and after the command name. On the subcommands their defaults are
-    suppressed, so that a value given before the command is not overwritten by the subcommand's default."""
+    suppressed (so a value given before the command is not overwritten by the subcommand's default) and,
+    except --json, so is their help: `metasched --help` explains them once."""
     d = {"default": argparse.SUPPRESS} if suppress else {}
-    g = parser.add_argument_group("connection and output")
-    g.add_argument("--socket", metavar="PATH", help="service socket (default $METASCHED_SOCKET or "
-                                                    "/run/metasched/api.sock)", **({"default": None} | d))
-    g.add_argument("--url", metavar="URL", help="service URL instead of the socket (default $METASCHED_URL)",
+
+    def h(text: str) -> str:
+        return argparse.SUPPRESS if suppress else text
+
+    g = parser.add_argument_group("connection and output") if not suppress else parser
+    g.add_argument("--socket", metavar="PATH", help=h("service socket (default $METASCHED_SOCKET or "
+                                                      "/run/metasched/api.sock)"), **({"default": None} | d))
+    g.add_argument("--url", metavar="URL", help=h("service URL instead of the socket (default $METASCHED_URL)"),
                    **({"default": None} | d))
-    g.add_argument("--token-file", metavar="FILE", help="token for --url (default $METASCHED_TOKEN, "
-                                                        "else ~/.config/metasched/token)", **({"default": None} | d))
+    g.add_argument("--token-file", metavar="FILE", help=h("token for --url (default $METASCHED_TOKEN, "
+                                                          "else ~/.config/metasched/token)"),
+                   **({"default": None} | d))
     g.add_argument("--json", action="store_true", help="print the API's JSON instead of tables",
                    **({"default": False} | d))
+
+
+SUB_EPILOG = "--socket, --url, --token-file: see `metasched --help`."
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def cmd(name: str, func, help: str, description: str | None = None) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help, description=description or help,
+        sp = sub.add_parser(name, help=help, description=description or help, epilog=SUB_EPILOG,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
         _common(sp, suppress=True)
         sp.set_defaults(func=func)
@@ -69,8 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pwd", metavar="DIR", help="working directory (default: the current directory)")
     s.add_argument("--hold", action="store_true", help="submit held: not dispatched until `release`")
     s.add_argument("--parsable", action="store_true", help="print only the job id")
-    s.add_argument("script", metavar="SCRIPT")
-    s.add_argument("args", metavar="ARGS", nargs=argparse.REMAINDER)
+    s.add_argument("script", metavar="SCRIPT", help="the job script (or program) to run")
+    s.add_argument("args", metavar="ARGS", nargs=argparse.REMAINDER, help="its arguments")
 
     s = cmd("jobs", C.cmd_jobs, "list your jobs (admins: --all for everyone's)")
     s.add_argument("--state", "-s", action="append", metavar="STATE",
@@ -81,22 +90,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=500, help="at most this many jobs, oldest first (default 500)")
 
     s = cmd("show", C.cmd_show, "show one job")
-    s.add_argument("id", type=int, metavar="ID")
+    s.add_argument("id", type=int, metavar="ID", help="job id")
     s = cmd("events", C.cmd_events, "show a job's history (every state change and why)")
-    s.add_argument("id", type=int, metavar="ID")
+    s.add_argument("id", type=int, metavar="ID", help="job id")
     s = cmd("cancel", C.cmd_cancel, "cancel jobs",
             "Cancel each job. One not yet dispatched is cancelled at once; a dispatched one is cancelled in\n"
             "its scheduler shortly. Each ID is reported; the exit status is 1 if any was refused.")
-    s.add_argument("ids", type=int, nargs="+", metavar="ID")
+    s.add_argument("ids", type=int, nargs="+", metavar="ID", help="job ids")
     s = cmd("hold", C.cmd_hold, "hold a job that is waiting (it will not be dispatched)")
-    s.add_argument("id", type=int, metavar="ID")
+    s.add_argument("id", type=int, metavar="ID", help="job id")
     s = cmd("release", C.cmd_release, "release a held job")
-    s.add_argument("id", type=int, metavar="ID")
+    s.add_argument("id", type=int, metavar="ID", help="job id")
 
     s = cmd("edit", C.cmd_edit, "change a job that has not been dispatched yet",
             "Change a waiting or held job. --args must come last: everything after it becomes the\n"
             "script's arguments (`--args` alone clears them); or give them one by one with --arg=VALUE.")
-    s.add_argument("id", type=int, metavar="ID")
+    s.add_argument("id", type=int, metavar="ID", help="job id")
     s.add_argument("--name", "-n", help="new name")
     s.add_argument("--queue", "-q", help="new queue (name or id)")
     s.add_argument("--script", metavar="SCRIPT", help="new script path")
@@ -109,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = cmd("mode", C.cmd_mode, "show the cluster policy; `mode set` changes it (admins)")
     msub = s.add_subparsers(dest="mode_action", metavar="set")
-    ms = msub.add_parser("set", help="change the policy, the high-priority queue or weights (admins)",
+    ms = msub.add_parser("set", epilog=SUB_EPILOG, help="change the policy, the high-priority queue or weights (admins)",
                          description="Change the cluster policy (admins). Give any of POLICY, --high-priority, "
                                      "--weight.")
     _common(ms, suppress=True)
@@ -123,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = cmd("watch", cmd_watch, "live view of queues and your active jobs, or of one job",
             "Refresh every --interval seconds until Ctrl-C. With ID, follow that job and stop when it ends:\n"
             "exit status 0 if it COMPLETED, 1 otherwise.")
-    s.add_argument("id", type=int, nargs="?", metavar="ID")
+    s.add_argument("id", type=int, nargs="?", metavar="ID", help="follow this job until it ends")
     s.add_argument("--interval", "-i", type=float, default=2.0, help="seconds between refreshes (default 2)")
     s.add_argument("--all", "-a", action="store_true", help="everyone's jobs (admins)")
     s.add_argument("--queue", "-q", help="only this queue's jobs")
@@ -132,17 +141,19 @@ def build_parser() -> argparse.ArgumentParser:
     s = cmd("token", C.cmd_token, "API tokens for using metasched from elsewhere (--url)")
     tsub = s.add_subparsers(dest="token_action", metavar="{create,list,revoke}", required=True)
     t = tsub.add_parser("create", help="make a token; its secret is printed once",
-                        description="Make a token and print its secret once, alone on stdout "
-                                    "(so `metasched token create > FILE` works).")
+                        description="Make a token and print its secret once, alone on stdout, so that\n"
+                                    "  (umask 077; metasched token create > ~/.config/metasched/token)\n"
+                                    "stores it where --url looks for it.",
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=SUB_EPILOG)
     _common(t, suppress=True)
     t.add_argument("--description", "-d", help="what it is for")
     t.add_argument("--days", type=float, help="lifetime in days (default: the service's, usually 30)")
     t.add_argument("--user", help="for another user (admins)")
-    t = tsub.add_parser("list", help="list your tokens (admins: everyone's)")
+    t = tsub.add_parser("list", epilog=SUB_EPILOG, help="list your tokens (admins: everyone's)")
     _common(t, suppress=True)
-    t = tsub.add_parser("revoke", help="revoke a token at once")
+    t = tsub.add_parser("revoke", epilog=SUB_EPILOG, help="revoke a token at once")
     _common(t, suppress=True)
-    t.add_argument("id", type=int, metavar="ID")
+    t.add_argument("id", type=int, metavar="ID", help="token id (see `token list`)")
     return p
 
 

@@ -150,11 +150,15 @@ def user_env(user: str, lab: Lab, extra: dict | None = None) -> dict:
     return {k: v for k, v in env.items() if v is not None}
 
 
-def cli_argv(user: str, args) -> list[str]:
-    base = [sys.executable, "-m", "metasched.cli", *map(str, args)]
+def as_user(user: str, argv: list[str]) -> list[str]:
+    """``argv`` run as ``user`` (with its groups); root runs it directly."""
     if user == "root":
-        return base
-    return ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--", *base]
+        return list(argv)
+    return ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--", *argv]
+
+
+def cli_argv(user: str, args) -> list[str]:
+    return as_user(user, [sys.executable, "-m", "metasched.cli", *map(str, args)])
 
 
 @pytest.fixture(scope="session")

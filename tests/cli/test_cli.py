@@ -8,18 +8,20 @@ from __future__ import annotations
 import json
 import os
 import pty
+import pwd
 import queue
 import re
 import select
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
-from .conftest import cli_argv, user_env
+from .conftest import as_user, cli_argv, user_env
 
 COMMANDS = ["submit", "jobs", "show", "events", "cancel", "hold", "release", "edit", "queues", "nodes", "mode",
             "watch", "token"]
@@ -146,7 +148,7 @@ def test_jobs_follows_pages_up_to_the_limit(cli, lab, as_json):
             "c = Client(Endpoint(socket_path=sys.argv[1]))\n"
             "for i in range(205):\n"
             "    c.call('POST', '/jobs', {'queue': 'local', 'path': '/bin/true', 'hold': True, 'name': 'bulk'})\n")
-    r = subprocess.run(cli_argv("bob", [])[:-2] + ["-c", code, lab.socket], env=user_env("bob", lab),
+    r = subprocess.run(as_user("bob", [sys.executable, "-c", code, lab.socket]), env=user_env("bob", lab),
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     all_held = as_json("bob", "jobs", "--state", "HELD", "--limit", "1000")
@@ -362,15 +364,17 @@ def test_token_create_then_use_it_over_tcp(cli, lab, submit, as_json):
     r = cli("bob", "show", jid, env={"METASCHED_URL": lab.url, "METASCHED_TOKEN": secret})
     assert r.returncode == 0 and "alice" in r.stdout
 
-    # the same from the default token file, which must be private
+    # the documented way to keep a token: (umask 077; metasched token create > ~/.config/metasched/token)
     home = lab.dir / "alice-home"
-    (home / ".config" / "metasched").mkdir(parents=True, exist_ok=True)
+    home.mkdir(exist_ok=True)
+    pw = pwd.getpwnam("alice")
+    os.chown(home, pw.pw_uid, pw.pw_gid)
+    store = ('mkdir -p "$HOME/.config/metasched" && umask 077 && '
+             '"$0" -m metasched.cli token create -d stored > "$HOME/.config/metasched/token"')
+    r = subprocess.run(as_user("alice", ["/bin/sh", "-c", store, sys.executable]),
+                       env=user_env("alice", lab, {"HOME": str(home)}), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
     tok = home / ".config" / "metasched" / "token"
-    tok.write_text(secret + "\n")
-    pw = __import__("pwd").getpwnam("alice")
-    for p in (home, home / ".config", home / ".config" / "metasched", tok):
-        os.chown(p, pw.pw_uid, pw.pw_gid)
-    tok.chmod(0o600)
     r = cli("alice", "--url", lab.url, "show", jid, env={"HOME": str(home)})
     assert r.returncode == 0, r.stderr
     tok.chmod(0o640)
