@@ -22,6 +22,7 @@ connection:
   /run/metasched/api.sock): the service knows who you are from the socket, no password or token needed.
   From elsewhere give --url (or $METASCHED_URL) and a token ($METASCHED_TOKEN, or the file
   ~/.config/metasched/token, mode 600) made with `metasched token create` on the frontend.
+  Precedence: --socket or --url, then $METASCHED_URL, then $METASCHED_SOCKET.
 
 exit status:
   0 done; 1 the service refused (its reason is printed) or could not be reached;

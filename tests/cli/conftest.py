@@ -111,7 +111,7 @@ def lab():
     probe = subprocess.run(["setpriv", "--reuid=alice", "--regid=alice", "--init-groups", "--",
                             sys.executable, "-c", "import falcon"], capture_output=True, text=True)
     if probe.returncode != 0:
-        _fail(f"{sys.executable} cannot be run by alice ({probe.stderr.strip()[-200:]}). Run pytest from a venv "
+        _fail(f"{sys.executable} cannot be run by alice ({(probe.stderr.strip().splitlines() or ['?'])[-1]}). Run pytest from a venv "
               f"built on Debian's python: /usr/bin/python3 -m venv /opt/metasched/venv && "
               f"/opt/metasched/venv/bin/pip install '.[test]' && /opt/metasched/venv/bin/python -m pytest tests/cli")
     d = Path(tempfile.mkdtemp(prefix="metasched-cli-"))
