@@ -1,0 +1,179 @@
+"""``metasched``: the users' command line for the metasched service.
+
+The parser lives here, and ``main`` is the one place that turns errors into exit statuses:
+0 done, 1 the service refused (its description is printed) or could not be reached, 2 usage or local
+setup error (argparse's own errors, an unsafe token file), 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..model import Policy
+from . import commands as C
+from .client import Client, CliError, resolve_endpoint
+from .render import use_colour
+from .watch import cmd_watch
+
+EPILOG = """\
+connection:
+  By default the CLI talks to the service's unix socket (--socket, else $METASCHED_SOCKET, else
+  /run/metasched/api.sock): the service knows who you are from the socket, no password or token needed.
+  From elsewhere give --url (or $METASCHED_URL) and a token ($METASCHED_TOKEN, or the file
+  ~/.config/metasched/token, mode 600) made with `metasched token create` on the frontend.
+  Precedence: --socket or --url, then $METASCHED_URL, then $METASCHED_SOCKET.
+
+exit status:
+  0 done; 1 the service refused (its reason is printed) or could not be reached;
+  2 usage error or unsafe local setup (e.g. a token file others can read); 130 interrupted.
+  `watch ID` exits 0 when the job COMPLETED and 1 when it ended otherwise.
+"""
+
+
+def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """Options accepted both before and after the command name. On the subcommands their defaults are
+    suppressed (so a value given before the command is not overwritten by the subcommand's default) and,
+    except --json, so is their help: `metasched --help` explains them once."""
+    d = {"default": argparse.SUPPRESS} if suppress else {}
+
+    def h(text: str) -> str:
+        return argparse.SUPPRESS if suppress else text
+
+    g = parser.add_argument_group("connection and output") if not suppress else parser
+    g.add_argument("--socket", metavar="PATH", help=h("service socket (default $METASCHED_SOCKET or "
+                                                      "/run/metasched/api.sock)"), **({"default": None} | d))
+    g.add_argument("--url", metavar="URL", help=h("service URL instead of the socket (default $METASCHED_URL)"),
+                   **({"default": None} | d))
+    g.add_argument("--token-file", metavar="FILE", help=h("token for --url (default $METASCHED_TOKEN, "
+                                                          "else ~/.config/metasched/token)"),
+                   **({"default": None} | d))
+    g.add_argument("--json", action="store_true", help="print the API's JSON instead of tables",
+                   **({"default": False} | d))
+
+
+SUB_EPILOG = "--socket, --url, --token-file: see `metasched --help`."
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="metasched", description="Submit and follow jobs on the cluster's metascheduler.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from .. import __version__
+    p.add_argument("--version", action="version", version=f"metasched {__version__}")
+    _common(p, suppress=False)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def cmd(name: str, func, help: str, description: str | None = None) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=description or help, epilog=SUB_EPILOG,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        _common(sp, suppress=True)
+        sp.set_defaults(func=func)
+        return sp
+
+    s = cmd("submit", C.cmd_submit, "submit a job script",
+            "Submit SCRIPT (a path relative to here is made absolute) with ARGS. Options go before SCRIPT;\n"
+            "everything after SCRIPT is passed to it unchanged.")
+    s.add_argument("--queue", "-q", help="queue name or id (needed when there are several: see `queues`)")
+    s.add_argument("--name", "-n", help="job name (default: the script's file name)")
+    s.add_argument("--pwd", metavar="DIR", help="working directory (default: the current directory)")
+    s.add_argument("--hold", action="store_true", help="submit held: not dispatched until `release`")
+    s.add_argument("--parsable", action="store_true", help="print only the job id")
+    s.add_argument("script", metavar="SCRIPT", help="the job script (or program) to run")
+    s.add_argument("args", metavar="ARGS", nargs=argparse.REMAINDER, help="its arguments")
+
+    s = cmd("jobs", C.cmd_jobs, "list your jobs (admins: --all for everyone's)")
+    s.add_argument("--state", "-s", action="append", metavar="STATE",
+                   help=f"only these states (repeat, or a comma list): {', '.join(C.STATES)}")
+    s.add_argument("--queue", "-q", help="only this queue (name or id)")
+    s.add_argument("--all", "-a", action="store_true", help="everyone's jobs (admins)")
+    s.add_argument("--owner", "-u", help="this user's jobs (admins, or yourself)")
+    s.add_argument("--limit", type=int, default=500, help="at most this many jobs, oldest first (default 500)")
+
+    s = cmd("show", C.cmd_show, "show one job")
+    s.add_argument("id", type=int, metavar="ID", help="job id")
+    s = cmd("events", C.cmd_events, "show a job's history (every state change and why)")
+    s.add_argument("id", type=int, metavar="ID", help="job id")
+    s = cmd("cancel", C.cmd_cancel, "cancel jobs",
+            "Cancel each job. One not yet dispatched is cancelled at once; a dispatched one is cancelled in\n"
+            "its scheduler shortly. Each ID is reported; the exit status is 1 if any was refused.")
+    s.add_argument("ids", type=int, nargs="+", metavar="ID", help="job ids")
+    s = cmd("hold", C.cmd_hold, "hold a job that is waiting (it will not be dispatched)")
+    s.add_argument("id", type=int, metavar="ID", help="job id")
+    s = cmd("release", C.cmd_release, "release a held job")
+    s.add_argument("id", type=int, metavar="ID", help="job id")
+
+    s = cmd("edit", C.cmd_edit, "change a job that has not been dispatched yet",
+            "Change a waiting or held job. --args must come last: everything after it becomes the\n"
+            "script's arguments (`--args` alone clears them); or give them one by one with --arg=VALUE.")
+    s.add_argument("id", type=int, metavar="ID", help="job id")
+    s.add_argument("--name", "-n", help="new name")
+    s.add_argument("--queue", "-q", help="new queue (name or id)")
+    s.add_argument("--script", metavar="SCRIPT", help="new script path")
+    s.add_argument("--pwd", metavar="DIR", help="new working directory")
+    s.add_argument("--arg", action="append", metavar="VALUE", help="one argument (repeat for several)")
+    s.add_argument("--args", nargs=argparse.REMAINDER, metavar="ARG", help="all arguments (must come last)")
+
+    cmd("queues", C.cmd_queues, "list the queues (one per scheduler) with job counts")
+    cmd("nodes", C.cmd_nodes, "list the cluster's nodes")
+
+    s = cmd("mode", C.cmd_mode, "show the cluster policy; `mode set` changes it (admins)")
+    msub = s.add_subparsers(dest="mode_action", metavar="set")
+    ms = msub.add_parser("set", epilog=SUB_EPILOG, help="change the policy, the high-priority queue or weights (admins)",
+                         description="Change the cluster policy (admins). Give any of POLICY, --high-priority, "
+                                     "--weight.")
+    _common(ms, suppress=True)
+    ms.add_argument("policy", nargs="?", choices=[x.value for x in Policy], metavar="POLICY",
+                    help=f"one of {', '.join(x.value for x in Policy)}")
+    ms.add_argument("--high-priority", metavar="QUEUE", help="queue name or id first served by best_effort "
+                                                             "('none' to clear)")
+    ms.add_argument("--weight", action="append", metavar="QUEUE=W", help="CPU weight 0..100 of a queue "
+                                                                         "(shared, dynamic); repeat")
+
+    s = cmd("watch", cmd_watch, "live view of queues and your active jobs, or of one job",
+            "Refresh every --interval seconds until Ctrl-C. With ID, follow that job and stop when it ends:\n"
+            "exit status 0 if it COMPLETED, 1 otherwise.")
+    s.add_argument("id", type=int, nargs="?", metavar="ID", help="follow this job until it ends")
+    s.add_argument("--interval", "-i", type=float, default=2.0, help="seconds between refreshes (default 2)")
+    s.add_argument("--all", "-a", action="store_true", help="everyone's jobs (admins)")
+    s.add_argument("--queue", "-q", help="only this queue's jobs")
+    s.add_argument("--limit", type=int, default=50, help="at most this many jobs (default 50)")
+
+    s = cmd("token", C.cmd_token, "API tokens for using metasched from elsewhere (--url)")
+    tsub = s.add_subparsers(dest="token_action", metavar="{create,list,revoke}", required=True)
+    t = tsub.add_parser("create", help="make a token; its secret is printed once",
+                        description="Make a token and print its secret once, alone on stdout, so that\n"
+                                    "  (umask 077; metasched token create > ~/.config/metasched/token)\n"
+                                    "stores it where --url looks for it.",
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=SUB_EPILOG)
+    _common(t, suppress=True)
+    t.add_argument("--description", "-d", help="what it is for")
+    t.add_argument("--days", type=float, help="lifetime in days (default: the service's, usually 30)")
+    t.add_argument("--user", help="for another user (admins)")
+    t = tsub.add_parser("list", epilog=SUB_EPILOG, help="list your tokens (admins: everyone's)")
+    _common(t, suppress=True)
+    t = tsub.add_parser("revoke", epilog=SUB_EPILOG, help="revoke a token at once")
+    _common(t, suppress=True)
+    t.add_argument("id", type=int, metavar="ID", help="token id (see `token list`)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        endpoint = resolve_endpoint(args.socket, args.url, args.token_file)
+        ctx = C.Context(Client(endpoint), endpoint, json=args.json, colour=use_colour())
+        return args.func(args, ctx)
+    except CliError as exc:
+        print(f"metasched: {exc.message}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:      # `metasched jobs | head`: not an error; keep Python quiet at exit too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+__all__ = ["main", "build_parser"]

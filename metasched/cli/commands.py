@@ -1,0 +1,440 @@
+"""One function per command: call the API, then print a table for people or the API's JSON (``--json``).
+
+Each handler takes the parsed arguments and a ``Context`` and returns the exit status; errors travel as
+``metasched.cli.client`` exceptions to ``metasched.cli.main``, the one place that maps them to statuses.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import sys
+import urllib.parse
+from dataclasses import dataclass, field
+
+from . import render
+from .client import Client, CliError, Endpoint, LocalError, Refused
+
+STATES = ["TO_BE_QUEUED", "HELD", "DISPATCHING", "QUEUED", "RUNNING", "COMPLETED", "ERROR", "CANCELLED"]
+ACTIVE = ["TO_BE_QUEUED", "HELD", "DISPATCHING", "QUEUED", "RUNNING"]
+FINAL = {"COMPLETED", "ERROR", "CANCELLED"}
+PAGE = 100        # jobs per request: long lists come in several pages, following the API's `next`
+
+
+@dataclass
+class Context:
+    client: Client
+    endpoint: Endpoint
+    json: bool = False
+    colour: bool = False
+    out: object = field(default_factory=lambda: sys.stdout)
+    _queues: list | None = None
+    _me: dict | None = None
+
+    def call(self, method: str, path: str, body: dict | None = None, query: dict | None = None):
+        return self.client.call(method, path, body, query)
+
+    def print(self, text: str = "") -> None:
+        print(text, file=self.out)
+
+    def emit_json(self, obj) -> None:
+        print(json.dumps(obj, indent=2), file=self.out)
+
+    def queues(self) -> list[dict]:
+        if self._queues is None:
+            self._queues = self.call("GET", "/queues")["items"]
+        return self._queues
+
+    def queue_name(self, queue_id) -> str:
+        return next((q["name"] for q in self.queues() if q["id"] == queue_id), str(queue_id))
+
+    def me(self) -> dict:
+        """Who the service thinks we are (user, admin): the only reliable answer over a token."""
+        if self._me is None:
+            self._me = self.call("GET", "/status")
+            if not self._me.get("user"):
+                raise Refused("the service does not know who you are: connect over its unix socket, "
+                              "or give a token with --url", 401)
+        return self._me
+
+
+def queue_ref(value: str) -> int | str:
+    """The API takes a queue id (number) or a scheduler name."""
+    return int(value) if value.isdigit() else value
+
+
+def warn(message: str) -> None:
+    print(f"metasched: {message}", file=sys.stderr)
+
+
+# -- submit -------------------------------------------------------------------------------------
+
+def cmd_submit(a, ctx: Context) -> int:
+    try:
+        cwd = os.getcwd()
+    except FileNotFoundError:
+        raise LocalError("the current directory no longer exists; cd somewhere else or give --pwd") from None
+    script = os.path.normpath(os.path.join(cwd, a.script))
+    if ctx.endpoint.socket_path and not os.path.exists(script):
+        warn(f"warning: {script} does not exist here; submitting anyway (it must exist on the scheduler's nodes)")
+    if a.queue is None:
+        queues = ctx.queues()
+        if len(queues) != 1:
+            raise LocalError("give --queue: one of " + ", ".join(f"{q['name']} ({q['id']})" for q in queues))
+        a.queue = str(queues[0]["id"])
+    body = {"queue": queue_ref(a.queue), "path": script, "options": list(a.args),
+            "pwd": os.path.normpath(os.path.join(cwd, a.pwd)) if a.pwd else cwd}
+    if a.name:
+        body["name"] = a.name
+    if a.hold:
+        body["hold"] = True
+    job = ctx.call("POST", "/jobs", body)
+    if a.parsable:
+        ctx.print(str(job["id"]))
+    elif ctx.json:
+        ctx.emit_json(job)
+    else:
+        ctx.print(f"submitted job {job['id']} ({job['name']}) to queue {ctx.queue_name(job['queue'])}: "
+                  f"{render.state(job['status'], ctx.colour)}")
+    return 0
+
+
+# -- jobs ---------------------------------------------------------------------------------------
+
+def parse_states(values: list[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    out = []
+    for v in values:
+        for s in v.split(","):
+            s = s.strip().upper()
+            if not s:
+                continue
+            if s not in STATES:
+                raise LocalError(f"--state: {s!r} is not one of {', '.join(STATES)}")
+            out.append(s)
+    return out or None
+
+
+def owner_filter(ctx: Context, everyone: bool, owner: str | None) -> str | None:
+    """Admins see every job unless they filter by owner; by default the CLI shows only your own."""
+    if everyone and owner:
+        raise LocalError("give either --all or --owner, not both")
+    if owner:
+        return owner
+    me = ctx.me()
+    if everyone:
+        if not me.get("admin"):
+            raise Refused("only admins can list everyone's jobs", 403)
+        return None
+    return me["user"]
+
+
+def fetch_jobs(ctx: Context, statuses: list[str] | None, queue: str | None, owner: str | None,
+               limit: int) -> tuple[list[dict], str | None]:
+    """Follow the API's ``next`` links until ``limit`` jobs. Also returns the API path of the page after
+    the jobs returned, or None when there are no more."""
+    query = {"status": ",".join(statuses) if statuses else None, "queue": queue, "owner": owner,
+             "limit": str(min(limit, PAGE))}
+    page = ctx.call("GET", "/jobs", query=query)
+    items = list(page["items"])
+    while page.get("next") and len(items) < limit:
+        page = ctx.call("GET", page["next"])
+        items.extend(page["items"])
+    more = len(items) > limit
+    items = items[:limit]
+    if not more and page.get("next") and len(items) == limit:
+        # a full last page has a next link even when nothing follows: look one job ahead
+        parts = urllib.parse.urlsplit(page["next"])
+        q = dict(urllib.parse.parse_qsl(parts.query), limit="1")
+        more = bool(ctx.call("GET", parts.path, query=q)["items"])
+    if not more:
+        return items, None
+    rest = {k: v for k, v in query.items() if v is not None}
+    rest.update(after=str(items[-1]["id"]))
+    return items, "/jobs?" + urllib.parse.urlencode(rest)
+
+
+def jobs_table(ctx: Context, jobs: list[dict]) -> str:
+    rows = [[j["id"], j["name"], ctx.queue_name(j["queue"]), j["owner"], render.state(j["status"], ctx.colour),
+             render.short_time(j["created_at"]), j["scheduler_job_id"],
+             j["exit_code"] if j["exit_code"] is not None else None]
+            for j in jobs]
+    return render.table(["ID", "NAME", "QUEUE", "OWNER", "STATE", "SUBMITTED", "NATIVE ID", "EXIT"], rows,
+                        ctx.colour)
+
+
+def cmd_jobs(a, ctx: Context) -> int:
+    if a.limit < 1:
+        raise LocalError("--limit: give a number of jobs, 1 or more")
+    statuses = parse_states(a.state)
+    owner = owner_filter(ctx, a.all, a.owner)
+    items, more = fetch_jobs(ctx, statuses, a.queue, owner, a.limit)
+    if ctx.json:
+        ctx.emit_json({"items": items, "next": more})
+        return 0
+    if not items:
+        ctx.print("no jobs")
+    else:
+        ctx.print(jobs_table(ctx, items))
+    if more:
+        warn(f"showing the first {len(items)} jobs; there are more (raise --limit, or filter with --state)")
+    return 0
+
+
+# -- one job ------------------------------------------------------------------------------------
+
+def job_fields(ctx: Context, j: dict) -> str:
+    status = render.state(j["status"], ctx.colour)
+    if ctx.colour and isinstance(status, render.Cell):
+        status = f"\033[{status.colour}m{status}\033[0m"
+    if j.get("cancel_requested") and j["status"] not in FINAL:
+        status += " (cancel requested)"
+    return render.fields([
+        ("job", j["id"]), ("name", j["name"]), ("owner", j["owner"]),
+        ("queue", f"{ctx.queue_name(j['queue'])} ({j['queue']})"), ("state", status), ("reason", j["reason"]),
+        ("script", j["path"]), ("args", render.argv(j["options"])), ("directory", j["pwd"]),
+        ("native id", j["scheduler_job_id"]), ("exit code", j["exit_code"]),
+        ("submitted", render.long_time(j["created_at"])), ("dispatched", render.long_time(j["submitted_at"])),
+        ("started", render.long_time(j["started_at"])), ("finished", render.long_time(j["finished_at"])),
+        ("run time", render.duration(j["started_at"], j["finished_at"]) if j["started_at"] else None),
+    ])
+
+
+def cmd_show(a, ctx: Context) -> int:
+    job = ctx.call("GET", f"/jobs/{a.id}")
+    if ctx.json:
+        ctx.emit_json(job)
+    else:
+        ctx.print(job_fields(ctx, job))
+    return 0
+
+
+def events_table(ctx: Context, events: list[dict]) -> str:
+    rows = []
+    for e in events:
+        new = render.state(e["new_status"], ctx.colour)
+        if e["old_status"] is None:
+            change = new
+        elif e["old_status"] == e["new_status"]:
+            change = render.Cell(f"({e['new_status']})")
+        else:
+            change = render.Cell(f"{e['old_status']} -> {e['new_status']}")
+            change.colour = getattr(new, "colour", None)
+        rows.append([render.short_time(e["at"]), change, e["actor"], e["reason"]])
+    return render.table(["WHEN", "STATE", "BY", "REASON"], rows, ctx.colour)
+
+
+def cmd_events(a, ctx: Context) -> int:
+    events = ctx.call("GET", f"/jobs/{a.id}/events")
+    if ctx.json:
+        ctx.emit_json(events)
+    elif not events["items"]:
+        ctx.print("no events")
+    else:
+        ctx.print(events_table(ctx, events["items"]))
+    return 0
+
+
+def cmd_cancel(a, ctx: Context) -> int:
+    """Each id is reported on its own; one refusal makes the exit status 1 but does not stop the rest."""
+    status, results = 0, []
+    for job_id in a.ids:
+        try:
+            job = ctx.call("DELETE", f"/jobs/{job_id}")
+        except Refused as exc:
+            status = 1
+            results.append(exc.body or {"description": exc.message, "status": exc.status})
+            warn(exc.message)
+            continue
+        results.append(job)
+        if not ctx.json:
+            if job["status"] == "CANCELLED":
+                ctx.print(f"job {job_id} cancelled")
+            else:
+                ctx.print(f"job {job_id}: cancel requested (it is {job['status']} in {ctx.queue_name(job['queue'])})")
+    if ctx.json:
+        ctx.emit_json(results)
+    return status
+
+
+def _job_action(ctx: Context, job_id: int, action: str, verb: str) -> int:
+    job = ctx.call("POST", f"/jobs/{job_id}/{action}")
+    if ctx.json:
+        ctx.emit_json(job)
+    else:
+        ctx.print(f"job {job_id} {verb}: {render.state(job['status'], ctx.colour)}")
+    return 0
+
+
+def cmd_hold(a, ctx: Context) -> int:
+    return _job_action(ctx, a.id, "hold", "held")
+
+
+def cmd_release(a, ctx: Context) -> int:
+    return _job_action(ctx, a.id, "release", "released")
+
+
+def cmd_edit(a, ctx: Context) -> int:
+    if a.args is not None and a.arg is not None:
+        raise LocalError("give either --args ... or --arg (repeated), not both")
+    body: dict = {}
+    if a.name is not None:
+        body["name"] = a.name
+    if a.queue is not None:
+        body["queue"] = queue_ref(a.queue)
+    if a.script is not None:
+        body["path"] = os.path.abspath(a.script)
+    if a.pwd is not None:
+        body["pwd"] = os.path.abspath(a.pwd)
+    options = a.args if a.args is not None else a.arg
+    if options is not None:
+        body["options"] = list(options)
+    if not body:
+        raise LocalError("nothing to change: give --name, --queue, --script, --pwd, --args or --arg")
+    job = ctx.call("PATCH", f"/jobs/{a.id}", body)
+    if ctx.json:
+        ctx.emit_json(job)
+    else:
+        ctx.print(f"job {a.id} updated")
+        ctx.print(job_fields(ctx, job))
+    return 0
+
+
+# -- cluster ------------------------------------------------------------------------------------
+
+def reachable(value) -> str:
+    return {True: "up", False: "DOWN", None: "unknown"}[value]
+
+
+def queues_table(ctx: Context, queues: list[dict], mode: dict | None = None) -> str:
+    """``mode`` (from /cluster/mode) gives the weights in force; a queue's own weight is the config's."""
+    weights = {s["queue_id"]: s["weight"] for s in (mode or {}).get("schedulers", [])}
+    rows = []
+    for q in queues:
+        n = q["jobs"]
+        rows.append([q["id"], q["name"], q["type"], weights.get(q["id"], q["weight"]), reachable(q["reachable"]),
+                     n["TO_BE_QUEUED"], n["HELD"], n["DISPATCHING"] + n["QUEUED"], n["RUNNING"], n["COMPLETED"],
+                     n["ERROR"], n["CANCELLED"]])
+    return render.table(["ID", "NAME", "TYPE", "WEIGHT", "STATE", "WAITING", "HELD", "QUEUED", "RUNNING",
+                         "COMPLETED", "ERROR", "CANCELLED"], rows, ctx.colour)
+
+
+def cmd_queues(a, ctx: Context) -> int:
+    data = ctx.call("GET", "/queues")
+    if ctx.json:
+        ctx.emit_json(data)
+    else:
+        ctx.print(queues_table(ctx, data["items"], ctx.call("GET", "/cluster/mode")))
+        errors = [f"{q['name']}: {q['last_error']}" for q in data["items"] if q.get("last_error")]
+        for e in errors:
+            ctx.print(f"  {e}")
+    return 0
+
+
+def cmd_nodes(a, ctx: Context) -> int:
+    data = ctx.call("GET", "/cluster/nodes")
+    if ctx.json:
+        ctx.emit_json(data)
+        return 0
+    rows = [[n["id"], f"{n['ip']}:{n['port']}", "yes" if n["master"] else "", reachable(n["reachable"]),
+             render.short_time(n["last_seen"]), " ".join(f"{x:.2f}" for x in n["load"]) if n["load"] else None,
+             n.get("ncpus"), n["last_error"]] for n in data["items"]]
+    ctx.print(render.table(["ID", "ADDRESS", "MASTER", "STATE", "LAST SEEN", "LOAD", "CPUS", "LAST ERROR"], rows))
+    return 0
+
+
+def mode_text(ctx: Context, mode: dict) -> str:
+    hp = mode["high_priority"]
+    head = render.fields([("policy", mode["policy"]),
+                          ("high priority", f"{hp['name']} ({hp['queue_id']})" if hp else None),
+                          ("changed", f"{render.short_time(mode['updated_at'])} by {mode['updated_by']}")])
+    rows = [[s["queue_id"], s["name"], s.get("type"), s["weight"]] for s in mode["schedulers"]]
+    return head + "\n\n" + render.table(["ID", "QUEUE", "TYPE", "WEIGHT"], rows)
+
+
+def parse_weights(values: list[str] | None) -> dict | None:
+    if not values:
+        return None
+    out = {}
+    for v in values:
+        q, sep, w = v.rpartition("=")
+        if not sep or not q or not w.isdigit() or int(w) > 100:
+            raise LocalError(f"--weight: expected QUEUE=WEIGHT with WEIGHT 0..100, got {v!r}")
+        out[q] = int(w)
+    return out
+
+
+def cmd_mode(a, ctx: Context) -> int:
+    if a.mode_action == "set":
+        body: dict = {}
+        if a.policy:
+            body["policy"] = a.policy
+        if a.high_priority is not None:
+            body["high_priority"] = None if a.high_priority.lower() == "none" else queue_ref(a.high_priority)
+        weights = parse_weights(a.weight)
+        if weights:
+            body["weights"] = weights
+        if not body:
+            raise LocalError("mode set: give a POLICY, --high-priority or --weight")
+        mode = ctx.call("PUT", "/cluster/mode", body)
+    else:
+        mode = ctx.call("GET", "/cluster/mode")
+    if ctx.json:
+        ctx.emit_json(mode)
+    else:
+        ctx.print(mode_text(ctx, mode))
+    return 0
+
+
+# -- tokens -------------------------------------------------------------------------------------
+
+def token_state(t: dict) -> str:
+    if t.get("revoked_at"):
+        return "revoked"
+    exp = render.parse_time(t.get("expires_at"))
+    return "expired" if exp is not None and exp <= _dt.datetime.now(_dt.timezone.utc) else "active"
+
+
+def cmd_token(a, ctx: Context) -> int:
+    if a.token_action == "create":
+        body: dict = {}
+        if a.description is not None:
+            body["description"] = a.description
+        if a.days is not None:
+            if a.days <= 0:
+                raise LocalError("--days: give a positive number of days")
+            body["expires_in_days"] = a.days
+        if a.user:
+            body["user"] = a.user
+        tok = ctx.call("POST", "/tokens", body)
+        if ctx.json:
+            ctx.emit_json(tok)
+            return 0
+        # the secret alone on stdout (so `metasched token create > FILE` works); the rest on stderr
+        print(f"token {tok['id']} for {tok['user']}, expires {render.long_time(tok['expires_at'])}.\n"
+              f"This is the only time the secret is shown. Keep it in ~/.config/metasched/token (chmod 600)\n"
+              f"or in METASCHED_TOKEN, and use it with --url (or METASCHED_URL):", file=sys.stderr)
+        ctx.print(tok["token"])
+        return 0
+    if a.token_action == "revoke":
+        tok = ctx.call("DELETE", f"/tokens/{a.id}")
+        if ctx.json:
+            ctx.emit_json(tok)
+        else:
+            ctx.print(f"token {tok['id']} of {tok['user']} revoked")
+        return 0
+    data = ctx.call("GET", "/tokens")
+    if ctx.json:
+        ctx.emit_json(data)
+    elif not data["items"]:
+        ctx.print("no tokens")
+    else:
+        rows = [[t["id"], t["user"], token_state(t), t["description"], render.short_time(t["created_at"]),
+                 render.short_time(t["expires_at"]), render.short_time(t.get("last_used_at"))]
+                for t in data["items"]]
+        ctx.print(render.table(["ID", "USER", "STATE", "DESCRIPTION", "CREATED", "EXPIRES", "LAST USED"], rows))
+    return 0
+
+
+__all__ = ["Context", "CliError"]
