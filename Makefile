@@ -16,7 +16,10 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 install: $(PY)
+	rm -rf build metasched.egg-info   # a stale build/ would ship files that no longer exist
+	$(PY) -m pip install -q --no-warn-script-location --force-reinstall --no-deps .
 	$(PY) -m pip install -q --no-warn-script-location '.[test]'
+	rm -rf build metasched.egg-info
 
 demo:
 	@test -x /usr/bin/python3 -a -d /usr/lib/python3/dist-packages || true
