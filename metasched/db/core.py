@@ -17,6 +17,7 @@ import pathlib
 import re
 import sqlite3
 import threading
+import time
 from importlib import resources
 
 from ..errors import Unavailable
@@ -112,7 +113,7 @@ class Database:
                                    check_same_thread=True)
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            _set_wal(conn, self.busy_timeout_ms / 1000)
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.Error as exc:
@@ -202,6 +203,20 @@ def _is_unavailable(exc: BaseException) -> bool:
     as opposed to a bug in a query: these are a 503 for the caller, not a 500."""
     return isinstance(exc, sqlite3.OperationalError) and any(
         w in str(exc) for w in ("locked", "busy", "unable to open", "disk", "readonly", "I/O"))
+
+
+def _set_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """Switching a new database to WAL takes an exclusive lock, and SQLite does not wait for it with the busy
+    handler: when several processes open a fresh file at once, retry until the timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _split_statements(script: str) -> list[str]:
