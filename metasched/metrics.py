@@ -140,6 +140,7 @@ def collect(services: Services) -> list[Family]:
 
 
 class MetricsResource:
+    public = True     # counts only, no user names: Prometheus scrapes it without an identity
     def __init__(self, services: Services):
         self.svc = services
 
