@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 
 from . import enforcement, policies
 from .backends import get_backend
-from .backends.base import Backend, FinalState, NativeJob, NativeState, SubmitRefused, command_line
+from .backends.base import (Backend, FinalState, NativeJob, NativeState, SubmitRefused, batch_argv,
+                            command_line, parse_batch)
 from .config import Config
 from .db.core import Database, epoch_to_time, utcnow
 from .db.repository import Repository, row_to_node, row_to_queue
@@ -32,6 +33,8 @@ from .transport import LocalTransport, Result, SshTransport, fan_out
 log = logging.getLogger("metasched.engine")
 
 KEEP_CYCLES = 1000
+BATCH_MAX = 100          # jobs submitted per round trip to a scheduler's master
+BATCH_BYTES = 96 * 1024  # and at most this much command line (well under ARG_MAX and sshd's limits)
 
 
 @dataclass
@@ -488,52 +491,91 @@ class Engine:
                                                new_status=JobStatus.DISPATCHING, actor="poller",
                                                reason=f"dispatching to {q.name}", now=now)
                     marked.append(new)
-        # native submits, outside any transaction: sequential per scheduler, schedulers in parallel
+        # native submits, outside any transaction: schedulers in parallel; within one, the jobs of one owner
+        # go several per round trip; each batch is recorded as soon as it is known
         per_queue: dict[int, list[Job]] = defaultdict(list)
         for job in marked:
             per_queue[job.queue_id].append(job)
-        outcomes: list[tuple[Job, str | None, str | None, bool]] = []   # job, native id, refusal, unknown
         lock = threading.Lock()
 
         def submit_all(qid: int) -> None:
             q = qmap[qid]
-            backend = self.backend(q)
-            transport = self.transports[q.master_node_id]
-            for job in per_queue[qid]:
+            for run_as, batch in self._batches(per_queue[qid], q):
                 if not self.lease_valid():
-                    # lost (or about to lose) the lease: another worker may take over and will find these
-                    # jobs DISPATCHING but never submitted, and submit them itself
-                    log.warning("lease lost while dispatching; leaving %s jobs to the next holder",
-                                len(per_queue[qid]) - per_queue[qid].index(job))
+                    # lost (or about to lose) the lease: the next holder finds the rest DISPATCHING, never
+                    # submitted, and submits them itself
+                    log.warning("lease lost while dispatching to %s; leaving the rest to the next holder", q.name)
                     return
-                try:
-                    cmd = command_line(backend.submit_argv(job, self.run_as(job, q.master_node_id)))
-                except SubmitRefused as exc:
-                    with lock:
-                        outcomes.append((job, None, str(exc), False))
-                    continue
-                res = transport.run(cmd)
-                if res.error:
-                    with lock:
-                        outcomes.append((job, None, res.error, True))
-                    continue
-                try:
-                    native = backend.parse_submit(job, res.rc, res.stdout, res.stderr)
-                    item = (job, native, None, False)
-                except SubmitRefused as exc:
-                    item = (job, None, str(exc) or res.stderr.strip(), False)
+                outcomes = self._submit_batch(q, run_as, batch)
                 with lock:
-                    outcomes.append(item)
+                    self._record_submits(q, outcomes, report)
 
-        threads = [threading.Thread(target=submit_all, args=(qid,)) for qid in per_queue]
+        threads = [threading.Thread(target=submit_all, args=(qid,), name=f"dispatch-{qid}") for qid in per_queue]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+
+    def _batches(self, jobs: list[Job], q: Queue):
+        """Consecutive jobs of one owner, at most BATCH_MAX jobs or BATCH_BYTES of command line each."""
+        batch: list[Job] = []
+        owner, size = None, 0
+        for job in jobs:
+            try:
+                run_as = self.run_as(job, q.master_node_id)
+            except SubmitRefused:
+                run_as = job.owner      # refused again, with its reason, in _submit_batch
+            cost = len(job.path) + sum(len(o) for o in job.options) + len(job.pwd) + len(job.name) + 300
+            if batch and (run_as != owner or len(batch) >= BATCH_MAX or size + cost > BATCH_BYTES):
+                yield owner, batch
+                batch, size = [], 0
+            batch.append(job)
+            owner, size = run_as, size + cost
+        if batch:
+            yield owner, batch
+
+    def _submit_batch(self, q: Queue, run_as: str | None, jobs: list[Job]):
+        """[(job, native id, problem, outcome unknown)] for one round trip."""
+        backend = self.backend(q)
+        transport = self.transports[q.master_node_id]
+        outcomes, ready, lines = [], [], []
+        for job in jobs:
+            try:
+                self.run_as(job, q.master_node_id)
+                lines.append(command_line(backend.submit_argv(job, None)))
+                ready.append(job)
+            except (SubmitRefused, ValueError) as exc:
+                outcomes.append((job, None, str(exc), False))
+        if not ready:
+            return outcomes
+        if len(ready) == 1:
+            res = transport.run(command_line(backend.submit_argv(ready[0], run_as)))
+            answers = [(res.rc, res.stdout, res.stderr)]
+        else:
+            res = transport.run(command_line(batch_argv(lines, run_as)))
+            answers = parse_batch(res.stdout, len(ready))
+            if res.error is None and res.rc != 0 and not any(answers):
+                # nothing ran at all (sudo refused, no shell): the reason holds for every job of the batch
+                answers = [(res.rc, "", res.stderr)] * len(ready)
+        for job, answer in zip(ready, answers):
+            if res.error is not None and answer is None:
+                outcomes.append((job, None, res.error, True))
+            elif answer is None:
+                outcomes.append((job, None, "the batch stopped before this job", True))
+            else:
+                rc, out, err = answer
+                try:
+                    outcomes.append((job, backend.parse_submit(job, rc, out, err), None, False))
+                except SubmitRefused as exc:
+                    outcomes.append((job, None, str(exc) or err.strip() or f"exit status {rc}", False))
+                except Exception as exc:   # it may exist: the next cycle looks for it by our tag
+                    outcomes.append((job, None, str(exc), True))
+        return outcomes
+
+    def _record_submits(self, q: Queue, outcomes, report: CycleReport) -> None:
         now = utcnow()
         with self.db.write():
             for job, native, problem, unknown in outcomes:
-                q = qmap[job.queue_id]
                 if native is not None:
                     self.repo.set_scheduler_job_id(id=job.id, scheduler_job_id=native, now=now)
                     self._write(job, JobStatus.QUEUED, f"queued in {q.name} as {native}", now)

@@ -239,3 +239,33 @@ def path_reason(job: Job) -> str | None:
     if "\x00" in job.path or "\x00" in job.pwd or any("\x00" in o for o in job.options):
         return "path, pwd and options must not contain NUL characters"
     return None
+
+
+# -- batched submission -------------------------------------------------------------------------
+# One round trip submits several jobs of one owner: the command lines (each built by command_line(), so
+# every element is quoted) are passed as positional parameters to this constant script, which runs them
+# one by one and frames each one's stdout, exit status and stderr with markers. The job's own processes
+# never keep fd 3 (the round trip's stdout) open.
+BATCH_SCRIPT = (
+    'exec 3>&1; i=0; for c in "$@"; do '
+    'e=$( { eval "$c"; } 2>&1 1>&3 3>&- ); r=$?; '
+    'printf "\\n@@metasched-rc %d %d\\n%s\\n@@metasched-end %d\\n" "$i" "$r" "$e" "$i"; '
+    'i=$((i+1)); done'
+)
+_BATCH_RE = re.compile(r"\n?@@metasched-rc (\d+) (\d+)\n(.*?)\n@@metasched-end \1\n", re.S)
+
+
+def batch_argv(command_lines: list[str], run_as: str | None) -> list[str]:
+    return as_user(["sh", "-c", BATCH_SCRIPT, "sh", *command_lines], run_as)
+
+
+def parse_batch(stdout: str, n: int) -> list[tuple[int, str, str] | None]:
+    """[(rc, stdout, stderr) or None when that command never reported], one per command line."""
+    out: list[tuple[int, str, str] | None] = [None] * n
+    pos = 0
+    for m in _BATCH_RE.finditer(stdout):
+        i = int(m.group(1))
+        if 0 <= i < n:
+            out[i] = (int(m.group(2)), stdout[pos:m.start()], m.group(3))
+        pos = m.end()
+    return out

@@ -55,12 +55,15 @@ LAUNCH = (
     'w=$1; s=$2; cd -- "$3" || exit 1; o=$4; e=$5; x=$6; n=$7; shift 7; '
     'if [ ! -f "$1" ] || [ ! -x "$1" ]; then '
     'printf "%s\\n" "metasched: not an executable file: $1" >&2; exit 1; fi; '
-    'rm -f "$x" "$x.tmp"; '
+    'if [ -e "$x" ] || [ -e "$x.tmp" ]; then rm -f "$x" "$x.tmp"; fi; '
     '"$s" sh -c "$w" "metasched-job-$n" "$x" "$@" > "$o" 2> "$e" < /dev/null & '
     # Report the pid only once setsid has made it a group leader (a cancel right after the submit
     # must find the group); give up waiting after about 2 s (the job is running anyway).
-    'p=$!; i=0; while [ "$i" -lt 100 ]; do g=$(ps -o pgid= -p "$p" 2>/dev/null); '
-    '[ -z "$g" ] && break; [ "$g" -eq "$p" ] && break; sleep 0.02; i=$((i+1)); done; '
+    # (read from /proc/PID/stat without forking: the launcher runs once per job, often hundreds per batch)
+    # (read from /proc/PID/stat without forking, spinning briefly before sleeping: the launcher runs once
+    # per job, often hundreds per batch, and setsid takes well under a millisecond)
+    'p=$!; i=0; while [ "$i" -lt 300 ]; do { read -r l < "/proc/$p/stat"; } 2>/dev/null || break; '
+    'l=${l##*) }; set -- $l; [ "$3" = "$p" ] && break; i=$((i+1)); [ "$i" -gt 200 ] && sleep 0.02; done; '
     'echo "$p"'
 )
 

@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""Dispatch benchmark on the `local` backend (issue: engine): N trivial jobs through the whole system.
+
+The real service (gunicorn, 2 workers, poller) on config like config/local.config; N jobs submitted by
+root on behalf of alice over the unix socket from 8 threads; then, from the database, the time each job
+took from its submission (created_at) to QUEUED (the launcher answered with its process group), and the
+dispatch rate. Baseline in the same run: the same launcher run sequentially, one `sudo -n -u alice`
+round trip per job, as a naive dispatcher would.
+
+Run as root from the repository:  python3 bench/dispatch_local_bench.py [--jobs 1000]
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime as dt
+import os
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from metasched.backends.base import command_line  # noqa: E402
+from metasched.backends.local import LocalBackend  # noqa: E402
+from metasched.model import Job, JobStatus  # noqa: E402
+from tests.server.conftest import ensure_user, start_server  # noqa: E402
+
+CONFIG = {
+    "policy": {"name": "shared"},
+    "nodes": [{"ip": "127.0.0.1", "transport": "local"}],
+    "schedulers": [{"name": "local", "type": "local", "master": 0, "weight": 100}],
+    "poller": {"interval": 2, "wakeup": 0.2, "max_dispatch_per_cycle": 1000},
+    "enforcement": {"method": "none"},
+}
+
+
+def ts(s: str) -> float:
+    return dt.datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc).timestamp()
+
+
+def pct(values, p):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+def baseline(n: int, workdir: str, script: str) -> float:
+    """Sequential launches, one sudo round trip each (what one-job-per-command dispatch costs)."""
+    backend = LocalBackend({})
+    t0 = time.monotonic()
+    for i in range(n):
+        job = Job(id=900000 + i, name="base", queue_id=1, owner="alice", status=JobStatus.DISPATCHING,
+                  path=script, pwd=workdir)
+        p = subprocess.run(["/bin/sh", "-c", command_line(backend.submit_argv(job, "alice"))],
+                           capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+    return n / (time.monotonic() - t0)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--jobs", type=int, default=1000)
+    ap.add_argument("--baseline-jobs", type=int, default=200)
+    args = ap.parse_args()
+    users = {n: ensure_user(n) for n in ("alice", "bob")}
+    work = tempfile.mkdtemp(prefix="metasched-bench-")
+    os.chmod(work, 0o755)
+    jobs_dir = os.path.join(work, "jobs")
+    os.mkdir(jobs_dir)
+    os.chown(jobs_dir, users["alice"].pw_uid, users["alice"].pw_gid)
+    script = os.path.join(jobs_dir, "true.sh")
+    with open(script, "w") as f:
+        f.write("#!/bin/sh\nexit 0\n")
+    os.chmod(script, 0o755)
+    srv = start_server(users, workers=2, config=CONFIG, poller=True)
+    try:
+        body = {"queue": "local", "path": script, "owner": "alice"}
+        t0 = time.time()
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda _: srv.root("POST", "/jobs", body).status, range(args.jobs)))
+        t_sub = time.time() - t0
+        assert codes.count(201) == args.jobs, set(codes)
+        deadline = time.time() + 300
+        db = sqlite3.connect(srv.db_path)
+        while time.time() < deadline:
+            n = db.execute("SELECT count(*) FROM jobs WHERE status IN ('TO_BE_QUEUED','DISPATCHING')").fetchone()[0]
+            if n == 0:
+                break
+            time.sleep(0.2)
+        rows = db.execute("SELECT j.created_at, e.at FROM jobs j JOIN job_events e ON e.job_id = j.id "
+                          "AND e.new_status = 'QUEUED'").fetchall()
+        lat = [ts(q) - ts(c) for c, q in rows]
+        first_sub = min(ts(c) for c, _ in rows)
+        last_q = max(ts(q) for _, q in rows)
+        first_q = min(ts(q) for _, q in rows)
+        cycles = db.execute("SELECT count(*), avg(duration_ms), max(duration_ms) FROM poll_cycles").fetchone()
+    finally:
+        srv.stop()
+    base = baseline(args.baseline_jobs, jobs_dir, script)
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"jobs submitted: {args.jobs} in {t_sub:.2f} s ({args.jobs / t_sub:.0f}/s, 8 client threads)")
+    print(f"{'measure':48} {'value':>12}")
+    print(f"{'dispatched (QUEUED)':48} {len(rows):>12}")
+    print(f"{'dispatch rate, first to last QUEUED (jobs/s)':48} {len(rows) / max(1e-9, last_q - first_q):>12.0f}")
+    print(f"{'end-to-end rate, first submit to last QUEUED':48} {len(rows) / (last_q - first_sub):>12.0f}")
+    print(f"{'submit -> QUEUED latency p50 (s)':48} {statistics.median(lat):>12.3f}")
+    print(f"{'submit -> QUEUED latency p99 (s)':48} {pct(lat, 99):>12.3f}")
+    print(f"{'baseline: sequential sudo + launcher (jobs/s)':48} {base:>12.0f}")
+    print(f"{'poll cycles / avg ms / max ms':48} {cycles[0]:>4} {cycles[1] or 0:>6.0f} {cycles[2] or 0:>6.0f}")
+    print("targets: p50 <= 1 s, >= 200 jobs/s dispatched")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
