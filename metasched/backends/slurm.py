@@ -8,8 +8,12 @@ Options (all optional):
                 ended once slurmctld forgot it (MinJobAge). Must be readable by the service user.
   tz            IANA zone of the clock squeue prints start times in (default "UTC").
 
-Output files: ``-o <tag>.o%j -e <tag>.e%j`` relative names, which Slurm resolves against the job's
-working directory (``-D pwd``): no escaping of '%' or '\\' in pwd is needed, and tag() never contains them.
+Output files: ``<pwd>/<tag>.o<native id>`` and ``.e<native id>`` (``-o <tag>.o%j``, relative, which
+slurmstepd resolves against the working directory ``-D pwd``). Measured on Slurm 22.05: slurmstepd joins
+the working directory and the relative name *before* expanding the pattern, so a '%' in pwd would be
+expanded and a '\\' anywhere switches the whole path to "escaped" mode (no %j expansion, backslashes
+removed: the job then fails with "Could not open stdout file"). For such a pwd the paths are absolute and
+escaped (``\\`` -> ``\``, ``\%`` -> ``%``), and without %j: ``<pwd>/<tag>.out`` and ``.err``.
 """
 from __future__ import annotations
 
@@ -84,8 +88,8 @@ class SlurmBackend(Backend):
         if reason:
             raise ValueError(reason)
         name = tag(job)
-        argv = self._cmd("sbatch") + ["--parsable", "-J", name, "-D", job.pwd,
-                                      "-o", f"{name}.o%j", "-e", f"{name}.e%j"]
+        out, err = output_patterns(job.pwd, name)
+        argv = self._cmd("sbatch") + ["--parsable", "-J", name, "-D", job.pwd, "-o", out, "-e", err]
         argv += [str(a) for a in self.options.get("sbatch_args", ())]
         argv += [job.path, *job.options]
         return as_user(argv, run_as)
@@ -158,6 +162,14 @@ class SlurmBackend(Backend):
 
     def process_matcher(self) -> ProcessMatcher:
         return ProcessMatcher(roots_by_comm=("slurmstepd",), exclude_comm=("slurmd", "slurmctld"))
+
+
+def output_patterns(pwd: str, name: str) -> tuple[str, str]:
+    """sbatch -o/-e patterns that land in ``pwd`` whatever characters it holds (see the module doc)."""
+    if "\\" not in pwd and "%" not in pwd:
+        return f"{name}.o%j", f"{name}.e%j"
+    esc = pwd.replace("\\", "\\\\").replace("%", "\\%").rstrip("/")
+    return f"{esc}/{name}.out", f"{esc}/{name}.err"
 
 
 def _native_id(job: Job) -> str:
