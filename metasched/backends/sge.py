@@ -85,6 +85,14 @@ class GridEngineBackend(Backend):
     def validate_job(self, job: Job) -> str | None:
         return validate_name(job.name) or path_reason(job)
 
+    def field_problem(self, path: str, pwd: str, options: list[str]) -> tuple[str, str] | None:
+        """Grid Engine expands $HOME, $USER, $JOB_ID, $JOB_NAME, $HOSTNAME, $TASK_ID in the working
+        directory (-wd and -cwd alike, on the execution host) and has no escape for '$': such a job
+        would sit in Eqw ("can't chdir"). Refused at submit instead."""
+        if "$" in pwd:
+            return ("pwd", "Grid Engine expands $VARIABLES in the working directory and cannot escape '$'")
+        return None
+
     # -- submit -------------------------------------------------------------------------------
     def submit_argv(self, job: Job, run_as: str | None) -> list[str]:
         reason = path_reason(job)

@@ -225,3 +225,10 @@ def test_cancel_and_matcher():
     assert b.cancel_argv(job(scheduler_job_id="1021"), "alice") == ["sudo", "-n", "-u", "alice", "--", "qdel", "1021"]
     m = b.process_matcher()
     assert m.roots_by_comm == ("sge_shepherd",) and "sge_execd" in m.exclude_comm
+
+
+def test_a_dollar_in_the_working_directory_is_refused_naming_pwd():
+    # Grid Engine expands $HOME, $JOB_ID ... in -wd/-cwd on the execution host, with no escape.
+    b = get_backend("sge")
+    assert b.field_problem("/a/$x.sh", "/home/a/d $HOME", [])[0] == "pwd"
+    assert b.field_problem("/a/$x.sh", "/home/a/d ;`x`:@\\%", ["$HOME"]) is None
