@@ -48,6 +48,7 @@ class FinalState:
     status: str
     exit_code: int | None
     reason: str
+    started_at: str | None = None   # ISO 8601 UTC when accounting knows it (a job too short to be seen running)
 
 
 class SubmitRefused(Exception):

@@ -179,6 +179,20 @@ class GridEngineBackend(Backend):
         return (native, fs) if fs is not None else None
 
     def parse_final(self, job: Job, rc: int, stdout: str, stderr: str) -> FinalState | None:
+        """How the job ended, with its start time from accounting (qacct prints the qmaster's local
+        time as ``Sat Nov 28 00:03:17 2026``; -1/epoch 0 when it never started)."""
+        fs = self._parse_final(job, rc, stdout, stderr)
+        if fs is None:
+            return None
+        ours = [r for r in _qacct_records(stdout)
+                if r.get("jobnumber") == job.scheduler_job_id and untag(r.get("jobname", "")) == job.id]
+        start = local_to_utc_iso(ours[-1].get("start_time"), "%a %b %d %H:%M:%S %Y",
+                                 self.options.get("tz", "UTC")) if ours else None
+        if start is not None and start.startswith("1970-"):
+            start = None
+        return replace(fs, started_at=start)
+
+    def _parse_final(self, job: Job, rc: int, stdout: str, stderr: str) -> FinalState | None:
         text = f"{stdout}\n{stderr}"
         records = [r for r in _qacct_records(stdout) if r.get("jobnumber") == job.scheduler_job_id]
         # Ids repeat after a spool reset: only records whose name carries our id are ours.

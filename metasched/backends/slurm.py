@@ -18,6 +18,7 @@ escaped (``\\`` -> ``\``, ``\%`` -> ``%``), and without %j: ``<pwd>/<tag>.out`` 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from ..model import Job
 from .base import (Backend, FinalState, NativeJob, NativeState, ProcessMatcher, SubmitRefused,
@@ -141,6 +142,15 @@ class SlurmBackend(Backend):
         fields = _parse_scontrol(stdout, nid) or _parse_jobcomp(stdout, nid)
         if not fields:
             return None   # neither slurmctld nor the jobcomp log knows how it ended (yet)
+        fs = self._final_from(fields)
+        if fs is None:
+            return None
+        if fs.status == "CANCELLED":
+            return fs     # Slurm stamps StartTime on jobs cancelled while pending too: not a start
+        start = local_to_utc_iso(fields.get("StartTime"), "%Y-%m-%dT%H:%M:%S", self.options.get("tz", "UTC"))
+        return replace(fs, started_at=start)
+
+    def _final_from(self, fields: dict[str, str]) -> FinalState | None:
         state = fields["JobState"].split()[0]
         if state not in FINISHED_STATES:
             return None   # still pending or running
@@ -181,6 +191,7 @@ def _native_id(job: Job) -> str:
 
 _SC_STATE = re.compile(r"(?m)^\s+JobState=(\S+)")
 _SC_EXIT = re.compile(r"(?m)^\s+Requeue=.*?\bExitCode=(\d+:\d+)")
+_SC_START = re.compile(r"(?m)^\s+StartTime=(\S+)")
 
 
 def _parse_scontrol(text: str, nid: str) -> dict[str, str] | None:
@@ -197,7 +208,9 @@ def _parse_scontrol(text: str, nid: str) -> dict[str, str] | None:
     st, ex = _SC_STATE.search(block), _SC_EXIT.search(block)
     if not st:
         return None
-    return {"JobState": st.group(1), "ExitCode": ex.group(1) if ex else ""}
+    start = _SC_START.search(block)
+    return {"JobState": st.group(1), "ExitCode": ex.group(1) if ex else "",
+            "StartTime": start.group(1) if start else ""}
 
 
 def _parse_jobcomp(text: str, nid: str) -> dict[str, str] | None:
@@ -213,7 +226,9 @@ def _parse_jobcomp(text: str, nid: str) -> dict[str, str] | None:
     ex = re.search(r" ExitCode=(\d+:\d+)\s*$", line)
     if not st:
         return None
-    return {"JobState": st.group(1), "ExitCode": ex.group(1) if ex else ""}
+    start = re.search(r" StartTime=(\S+)", line[st.end():])
+    return {"JobState": st.group(1), "ExitCode": ex.group(1) if ex else "",
+            "StartTime": start.group(1) if start else ""}
 
 
 def _exit_code(text: str) -> tuple[int | None, int]:

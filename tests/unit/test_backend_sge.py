@@ -186,6 +186,7 @@ def test_parse_final_real_sample_completed_only_when_it_is_ours():
     ours = text.replace("jobname      hello", "jobname      ms7_hello")
     fs = b.parse_final(job(scheduler_job_id="1"), 0, ours, "")
     assert (fs.status, fs.exit_code) == ("COMPLETED", 0)
+    assert fs.started_at == "2026-11-28T00:03:17Z"   # a job too short to be seen running still started
 
 
 def test_parse_final_killed_cancelled_and_error():

@@ -186,3 +186,11 @@ def test_output_paths_are_absolute_and_escaped_when_pwd_holds_percent_or_backsla
     argv = get_backend("slurm").submit_argv(job(pwd="/d/100%j\\x/"), None)
     i = argv.index("-o")
     assert argv[i:i + 4] == ["-o", "/d/100\\%j\\\\x/ms7_hello.out", "-e", "/d/100\\%j\\\\x/ms7_hello.err"]
+
+
+def test_final_state_carries_the_start_time_for_jobs_never_seen_running():
+    text = (DATA / "jobcomp-sample.txt").read_text()
+    fs = SlurmBackend({}).parse_final(job(scheduler_job_id="611"), 0, text, "")
+    assert (fs.status, fs.started_at) == ("COMPLETED", "2026-11-28T00:11:05Z")
+    cancelled = SlurmBackend({}).parse_final(job(scheduler_job_id="609"), 0, text, "")
+    assert (cancelled.status, cancelled.started_at) == ("CANCELLED", None)
