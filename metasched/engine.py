@@ -373,14 +373,15 @@ class Engine:
                 continue
             if fs is not None and job.status is JobStatus.DISPATCHING:
                 changes.append(Change(job, JobStatus(fs.status), f"{fs.reason or 'ended'} (adopted after an "
-                                      f"interrupted dispatch)", exit_code=fs.exit_code, scheduler_job_id=native))
+                                      f"interrupted dispatch)", exit_code=fs.exit_code, scheduler_job_id=native,
+                                      started_at=fs.started_at))
             elif fs is not None:
                 status = JobStatus(fs.status)
                 if status is JobStatus.CANCELLED and job.cancel_requested:
                     reason = self._cancel_reason(job)
                 else:
                     reason = fs.reason or (f"exit code {fs.exit_code}" if fs.exit_code is not None else "ended")
-                changes.append(Change(job, status, reason, exit_code=fs.exit_code))
+                changes.append(Change(job, status, reason, exit_code=fs.exit_code, started_at=fs.started_at))
             elif job.status is JobStatus.DISPATCHING:
                 log.info("job %s: interrupted dispatch not found in %s (%s); submitting again", job.id, q.name,
                          (res.stdout.strip() or res.stderr.strip())[:200])

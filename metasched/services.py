@@ -34,6 +34,16 @@ def _name_checker(queue_type: str):
     return getattr(backend, "validate_name", None)
 
 
+@functools.lru_cache(maxsize=None)
+def _field_checker(queue_type: str):
+    """The backend's ``field_problem`` (path, pwd, options the scheduler cannot take), looked up once."""
+    try:
+        from .backends import get_backend
+        return getattr(get_backend(queue_type), "field_problem", None)
+    except Exception:
+        return None
+
+
 def _backend_name_problem(queue_type: str, name: str) -> str | None:
     """Ask the queue's backend whether the scheduler would accept this job name."""
     check = _name_checker(queue_type)
@@ -274,6 +284,7 @@ class Services:
             queues = [row_to_queue(r) for r in self.repo.list_queues()]
             queue = self._resolve_queue(body["queue"], queues, "queue")
             self._check_name(queue, name)
+            self._check_fields(queue, path, pwd, body.get("options", []))
             status = JobStatus.HELD if body.get("hold") else JobStatus.TO_BE_QUEUED
             job = self.repo.insert_job(name=name, queue_id=queue.id, owner=owner, status=status, path=path,
                                        options=options, pwd=pwd, now=now)
@@ -313,6 +324,15 @@ class Services:
         problem = _backend_name_problem(queue.type.value, name)
         if problem:
             raise Invalid(f"name: {queue.name} would refuse {name!r}: {problem}", field="name")
+
+    @staticmethod
+    def _check_fields(queue, path: str, pwd: str, options: list[str]) -> None:
+        check = _field_checker(queue.type.value)
+        problem = check(path, pwd, list(options)) if check else None
+        if problem:
+            field, reason = problem
+            value = {"path": path, "pwd": pwd, "options": options}.get(field)
+            raise Invalid(f"{field}: {queue.name} cannot take {value!r}: {reason}", field=field)
 
     def _visible_job(self, caller: Caller, job_id: int) -> Job:
         job = self.repo.get_job(job_id)
@@ -361,6 +381,8 @@ class Services:
             path = self._check_script(body["path"]) if "path" in body else job.path
             options = self._check_options(body["options"]) if "options" in body else job.options
             pwd = self._check_path(body["pwd"], "pwd") if "pwd" in body else job.pwd
+            if queue is not None:
+                self._check_fields(queue, path, pwd, body.get("options", job.options))
             updated = self.repo.update_job_fields(id=job.id, name=name, queue_id=queue_id, path=path,
                                                   options=options, pwd=pwd, now=now)
             changed = sorted(k for k in body)

@@ -38,7 +38,9 @@ RETURNING *;
 -- name: set_job_status
 UPDATE jobs SET status = :status, reason = :reason, updated_at = :now, version = version + 1,
                 submitted_at = CASE WHEN :status IN ('QUEUED', 'RUNNING') AND submitted_at IS NULL THEN :now ELSE submitted_at END,
-                started_at   = CASE WHEN :status = 'RUNNING' AND started_at IS NULL THEN coalesce(:started_at, :now) ELSE started_at END,
+                started_at   = CASE WHEN :status = 'RUNNING' AND started_at IS NULL THEN coalesce(:started_at, :now)
+                                    WHEN :status IN ('COMPLETED', 'ERROR', 'CANCELLED') AND started_at IS NULL THEN :started_at
+                                    ELSE started_at END,
                 finished_at  = CASE WHEN :status IN ('COMPLETED', 'ERROR', 'CANCELLED') THEN :now ELSE finished_at END,
                 exit_code    = coalesce(:exit_code, exit_code)
 WHERE id = :id AND status = :old_status

@@ -48,6 +48,7 @@ class FinalState:
     status: str
     exit_code: int | None
     reason: str
+    started_at: str | None = None   # ISO 8601 UTC when accounting knows it (a job too short to be seen running)
 
 
 class SubmitRefused(Exception):
@@ -119,6 +120,12 @@ class Backend:
     # -- cancel -------------------------------------------------------------------------------
     def cancel_argv(self, job: Job, run_as: str | None) -> list[str]:
         raise NotImplementedError
+
+    # -- submit-time field checks (optional) ----------------------------------------------------
+    def field_problem(self, path: str, pwd: str, options: list[str]) -> tuple[str, str] | None:
+        """(field, reason) when the scheduler cannot take these values (checked at submit and edit,
+        so the user gets a 400 naming the field instead of a job that fails later), else None."""
+        return None
 
     # -- enforcement --------------------------------------------------------------------------
     def process_matcher(self) -> ProcessMatcher:

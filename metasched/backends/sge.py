@@ -85,6 +85,14 @@ class GridEngineBackend(Backend):
     def validate_job(self, job: Job) -> str | None:
         return validate_name(job.name) or path_reason(job)
 
+    def field_problem(self, path: str, pwd: str, options: list[str]) -> tuple[str, str] | None:
+        """Grid Engine expands $HOME, $USER, $JOB_ID, $JOB_NAME, $HOSTNAME, $TASK_ID in the working
+        directory (-wd and -cwd alike, on the execution host) and has no escape for '$': such a job
+        would sit in Eqw ("can't chdir"). Refused at submit instead."""
+        if "$" in pwd:
+            return ("pwd", "Grid Engine expands $VARIABLES in the working directory and cannot escape '$'")
+        return None
+
     # -- submit -------------------------------------------------------------------------------
     def submit_argv(self, job: Job, run_as: str | None) -> list[str]:
         reason = path_reason(job)
@@ -171,6 +179,20 @@ class GridEngineBackend(Backend):
         return (native, fs) if fs is not None else None
 
     def parse_final(self, job: Job, rc: int, stdout: str, stderr: str) -> FinalState | None:
+        """How the job ended, with its start time from accounting (qacct prints the qmaster's local
+        time as ``Sat Nov 28 00:03:17 2026``; -1/epoch 0 when it never started)."""
+        fs = self._parse_final(job, rc, stdout, stderr)
+        if fs is None:
+            return None
+        ours = [r for r in _qacct_records(stdout)
+                if r.get("jobnumber") == job.scheduler_job_id and untag(r.get("jobname", "")) == job.id]
+        start = local_to_utc_iso(ours[-1].get("start_time"), "%a %b %d %H:%M:%S %Y",
+                                 self.options.get("tz", "UTC")) if ours else None
+        if start is not None and start.startswith("1970-"):
+            start = None
+        return replace(fs, started_at=start)
+
+    def _parse_final(self, job: Job, rc: int, stdout: str, stderr: str) -> FinalState | None:
         text = f"{stdout}\n{stderr}"
         records = [r for r in _qacct_records(stdout) if r.get("jobnumber") == job.scheduler_job_id]
         # Ids repeat after a spool reset: only records whose name carries our id are ours.

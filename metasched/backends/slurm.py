@@ -8,12 +8,17 @@ Options (all optional):
                 ended once slurmctld forgot it (MinJobAge). Must be readable by the service user.
   tz            IANA zone of the clock squeue prints start times in (default "UTC").
 
-Output files: ``-o <tag>.o%j -e <tag>.e%j`` relative names, which Slurm resolves against the job's
-working directory (``-D pwd``): no escaping of '%' or '\\' in pwd is needed, and tag() never contains them.
+Output files: ``<pwd>/<tag>.o<native id>`` and ``.e<native id>`` (``-o <tag>.o%j``, relative, which
+slurmstepd resolves against the working directory ``-D pwd``). Measured on Slurm 22.05: slurmstepd joins
+the working directory and the relative name *before* expanding the pattern, so a '%' in pwd would be
+expanded and a '\\' anywhere switches the whole path to "escaped" mode (no %j expansion, backslashes
+removed: the job then fails with "Could not open stdout file"). For such a pwd the paths are absolute and
+escaped (``\\`` -> ``\``, ``\%`` -> ``%``), and without %j: ``<pwd>/<tag>.out`` and ``.err``.
 """
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from ..model import Job
 from .base import (Backend, FinalState, NativeJob, NativeState, ProcessMatcher, SubmitRefused,
@@ -84,8 +89,8 @@ class SlurmBackend(Backend):
         if reason:
             raise ValueError(reason)
         name = tag(job)
-        argv = self._cmd("sbatch") + ["--parsable", "-J", name, "-D", job.pwd,
-                                      "-o", f"{name}.o%j", "-e", f"{name}.e%j"]
+        out, err = output_patterns(job.pwd, name)
+        argv = self._cmd("sbatch") + ["--parsable", "-J", name, "-D", job.pwd, "-o", out, "-e", err]
         argv += [str(a) for a in self.options.get("sbatch_args", ())]
         argv += [job.path, *job.options]
         return as_user(argv, run_as)
@@ -137,6 +142,15 @@ class SlurmBackend(Backend):
         fields = _parse_scontrol(stdout, nid) or _parse_jobcomp(stdout, nid)
         if not fields:
             return None   # neither slurmctld nor the jobcomp log knows how it ended (yet)
+        fs = self._final_from(fields)
+        if fs is None:
+            return None
+        if fs.status == "CANCELLED":
+            return fs     # Slurm stamps StartTime on jobs cancelled while pending too: not a start
+        start = local_to_utc_iso(fields.get("StartTime"), "%Y-%m-%dT%H:%M:%S", self.options.get("tz", "UTC"))
+        return replace(fs, started_at=start)
+
+    def _final_from(self, fields: dict[str, str]) -> FinalState | None:
         state = fields["JobState"].split()[0]
         if state not in FINISHED_STATES:
             return None   # still pending or running
@@ -160,6 +174,14 @@ class SlurmBackend(Backend):
         return ProcessMatcher(roots_by_comm=("slurmstepd",), exclude_comm=("slurmd", "slurmctld"))
 
 
+def output_patterns(pwd: str, name: str) -> tuple[str, str]:
+    """sbatch -o/-e patterns that land in ``pwd`` whatever characters it holds (see the module doc)."""
+    if "\\" not in pwd and "%" not in pwd:
+        return f"{name}.o%j", f"{name}.e%j"
+    esc = pwd.replace("\\", "\\\\").replace("%", "\\%").rstrip("/")
+    return f"{esc}/{name}.out", f"{esc}/{name}.err"
+
+
 def _native_id(job: Job) -> str:
     nid = job.scheduler_job_id or ""
     if not _NUMERIC_ID.match(nid):
@@ -169,6 +191,7 @@ def _native_id(job: Job) -> str:
 
 _SC_STATE = re.compile(r"(?m)^\s+JobState=(\S+)")
 _SC_EXIT = re.compile(r"(?m)^\s+Requeue=.*?\bExitCode=(\d+:\d+)")
+_SC_START = re.compile(r"(?m)^\s+StartTime=(\S+)")
 
 
 def _parse_scontrol(text: str, nid: str) -> dict[str, str] | None:
@@ -185,7 +208,9 @@ def _parse_scontrol(text: str, nid: str) -> dict[str, str] | None:
     st, ex = _SC_STATE.search(block), _SC_EXIT.search(block)
     if not st:
         return None
-    return {"JobState": st.group(1), "ExitCode": ex.group(1) if ex else ""}
+    start = _SC_START.search(block)
+    return {"JobState": st.group(1), "ExitCode": ex.group(1) if ex else "",
+            "StartTime": start.group(1) if start else ""}
 
 
 def _parse_jobcomp(text: str, nid: str) -> dict[str, str] | None:
@@ -201,7 +226,9 @@ def _parse_jobcomp(text: str, nid: str) -> dict[str, str] | None:
     ex = re.search(r" ExitCode=(\d+:\d+)\s*$", line)
     if not st:
         return None
-    return {"JobState": st.group(1), "ExitCode": ex.group(1) if ex else ""}
+    start = re.search(r" StartTime=(\S+)", line[st.end():])
+    return {"JobState": st.group(1), "ExitCode": ex.group(1) if ex else "",
+            "StartTime": start.group(1) if start else ""}
 
 
 def _exit_code(text: str) -> tuple[int | None, int]:

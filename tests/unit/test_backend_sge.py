@@ -186,6 +186,7 @@ def test_parse_final_real_sample_completed_only_when_it_is_ours():
     ours = text.replace("jobname      hello", "jobname      ms7_hello")
     fs = b.parse_final(job(scheduler_job_id="1"), 0, ours, "")
     assert (fs.status, fs.exit_code) == ("COMPLETED", 0)
+    assert fs.started_at == "2026-11-28T00:03:17Z"   # a job too short to be seen running still started
 
 
 def test_parse_final_killed_cancelled_and_error():
@@ -225,3 +226,10 @@ def test_cancel_and_matcher():
     assert b.cancel_argv(job(scheduler_job_id="1021"), "alice") == ["sudo", "-n", "-u", "alice", "--", "qdel", "1021"]
     m = b.process_matcher()
     assert m.roots_by_comm == ("sge_shepherd",) and "sge_execd" in m.exclude_comm
+
+
+def test_a_dollar_in_the_working_directory_is_refused_naming_pwd():
+    # Grid Engine expands $HOME, $JOB_ID ... in -wd/-cwd on the execution host, with no escape.
+    b = get_backend("sge")
+    assert b.field_problem("/a/$x.sh", "/home/a/d $HOME", [])[0] == "pwd"
+    assert b.field_problem("/a/$x.sh", "/home/a/d ;`x`:@\\%", ["$HOME"]) is None

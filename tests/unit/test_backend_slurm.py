@@ -178,3 +178,19 @@ def test_cancel_matcher_and_name_validation():
     assert b.process_matcher().roots_by_comm == ("slurmstepd",)
     assert set(b.process_matcher().exclude_comm) == {"slurmd", "slurmctld"}
     assert validate_name("a b|c") is None and validate_name("a\nb") and validate_name("")
+
+
+def test_output_paths_are_absolute_and_escaped_when_pwd_holds_percent_or_backslash():
+    # slurmstepd joins pwd and a relative -o before expanding: '%' in pwd would expand, '\' disables %j
+    # and is removed (measured on 22.05 in tests/integration/test_real_jobs.py).
+    argv = get_backend("slurm").submit_argv(job(pwd="/d/100%j\\x/"), None)
+    i = argv.index("-o")
+    assert argv[i:i + 4] == ["-o", "/d/100\\%j\\\\x/ms7_hello.out", "-e", "/d/100\\%j\\\\x/ms7_hello.err"]
+
+
+def test_final_state_carries_the_start_time_for_jobs_never_seen_running():
+    text = (DATA / "jobcomp-sample.txt").read_text()
+    fs = SlurmBackend({}).parse_final(job(scheduler_job_id="611"), 0, text, "")
+    assert (fs.status, fs.started_at) == ("COMPLETED", "2026-11-28T00:11:05Z")
+    cancelled = SlurmBackend({}).parse_final(job(scheduler_job_id="609"), 0, text, "")
+    assert (cancelled.status, cancelled.started_at) == ("CANCELLED", None)
