@@ -11,6 +11,7 @@ our queue and is submitted again.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pwd
@@ -18,12 +19,13 @@ import socket
 import threading
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import enforcement, policies
 from .backends import get_backend
 from .backends.base import (Backend, FinalState, NativeJob, NativeState, SubmitRefused, batch_argv,
-                            command_line, parse_batch)
+                            command_line, parse_batch, split_run_as)
 from .config import Config
 from .db.core import Database, epoch_to_time, utcnow
 from .db.repository import Repository, row_to_node, row_to_queue
@@ -35,6 +37,7 @@ log = logging.getLogger("metasched.engine")
 KEEP_CYCLES = 1000
 BATCH_MAX = 100          # jobs submitted per round trip to a scheduler's master
 BATCH_BYTES = 96 * 1024  # and at most this much command line (well under ARG_MAX and sshd's limits)
+PARALLEL_BATCHES = 3     # round trips in flight at once per scheduler (channels of one SSH connection)
 
 
 @dataclass
@@ -65,6 +68,21 @@ class CycleReport:
     summary: dict = field(default_factory=lambda: defaultdict(int))
     errors: dict = field(default_factory=dict)
     shares: dict = field(default_factory=dict)
+
+
+class _Phases:
+    """Times the phases of a cycle into its summary (observe_ms, reconcile_ms, dispatch_ms)."""
+
+    def __init__(self, report: CycleReport):
+        self.report = report
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self.report.summary[f"{name}_ms"] = round((time.monotonic() - t0) * 1000, 1)
 
 
 def holder_id() -> str:
@@ -175,18 +193,23 @@ class Engine:
             self.last_change_probe = self.repo.latest_job_change()
         qmap = {q.id: q for q in queues}
 
-        statuses = self.observe(queues, nodes, jobs, report, now)
-        changes, finals, cancels = self.reconcile(jobs, qmap, statuses)
-        changes += self.finish(finals, qmap, statuses, report)
-        self.cancel(cancels, qmap, report)
-        updated = self.apply(changes, report)
+        phase = _Phases(report)
+        with phase("observe"):
+            statuses = self.observe(queues, nodes, jobs, report, now)
+        with phase("reconcile"):
+            changes, finals, cancels = self.reconcile(jobs, qmap, statuses)
+            changes += self.finish(finals, qmap, statuses, report)
+            self.cancel(cancels, qmap, report)
+            updated = self.apply(changes, report)
         jobs = [updated.get(j.id, j) for j in jobs]
 
         decision = policies.decide(self.snapshot(jobs, queues, nodes, statuses, mode), now)
         report.shares = decision.shares
         self.shares = dict(decision.shares)
-        self.dispatch([j for j in jobs if j.id in set(decision.dispatch)], decision.dispatch, qmap, report)
-        self.record_waiting(decision.waiting)
+        with phase("dispatch"):
+            chosen = set(decision.dispatch)
+            self.dispatch([j for j in jobs if j.id in chosen], decision.dispatch, qmap, report)
+            self.record_waiting(decision.waiting)
 
         report.duration_ms = (time.monotonic() - t0) * 1000
         with self.db.write():
@@ -334,28 +357,68 @@ class Engine:
                 cancels.append(job)
         return changes, finals, cancels
 
-    def _final_call(self, job: Job, q: Queue):
+    def _final_argv(self, job: Job, q: Queue) -> list[str] | None:
         backend = self.backend(q)
         if job.scheduler_job_id is None:
-            if backend.final_by_tag_argv is None:
-                return None
-            return command_line(backend.final_by_tag_argv(job))
-        return command_line(backend.final_argv(job))
+            return None if backend.final_by_tag_argv is None else backend.final_by_tag_argv(job)
+        return backend.final_argv(job)
+
+    def _batched_by_queue(self, items: dict[int, list[tuple[str | None, str]]], qmap) -> dict[int, list[Result]]:
+        """Run command lines on each scheduler's master, grouped per owner into batches; one Result each,
+        in order. Schedulers and up to PARALLEL_BATCHES batches per scheduler at once."""
+        out: dict[int, list[Result]] = {}
+
+        def one_queue(qid: int) -> None:
+            transport = self.transports[qmap[qid].master_node_id]
+            entries = items[qid]
+            chunks: list[tuple[str | None, list[int]]] = []
+            for idx, (run_as, _line) in enumerate(entries):
+                if chunks and chunks[-1][0] == run_as and len(chunks[-1][1]) < BATCH_MAX:
+                    chunks[-1][1].append(idx)
+                else:
+                    chunks.append((run_as, [idx]))
+            results: list[Result | None] = [None] * len(entries)
+
+            def run_chunk(chunk) -> None:
+                run_as, idxs = chunk
+                res = transport.run(command_line(batch_argv([entries[i][1] for i in idxs], run_as)))
+                parsed = parse_batch(res.stdout, len(idxs)) if res.error is None else [None] * len(idxs)
+                for i, answer in zip(idxs, parsed):
+                    if answer is not None:
+                        results[i] = Result(answer[0], answer[1], answer[2])
+                    else:
+                        results[i] = Result(None, error=res.error or (res.stderr.strip()[:300] or
+                                                                      f"no answer (exit status {res.rc})"))
+
+            with ThreadPoolExecutor(max_workers=max(1, min(PARALLEL_BATCHES, len(chunks)))) as pool:
+                list(pool.map(run_chunk, chunks))
+            out[qid] = results
+
+        with ThreadPoolExecutor(max_workers=max(1, len(items))) as pool:
+            list(pool.map(one_queue, list(items)))
+        return out
 
     def finish(self, finals: list[Job], qmap, statuses, report: CycleReport) -> list[Change]:
-        """Ask each finished job's scheduler how it ended; a job is final only when it says so."""
-        calls, asked = [], []
+        """Ask each finished job's scheduler how it ended; a job is final only when it says so. The questions
+        for one scheduler and one owner go several per round trip."""
+        asked: list[Job] = []
+        items: dict[int, list[tuple[str | None, str]]] = defaultdict(list)
         changes: list[Change] = []
         for j in finals:
             q = qmap[j.queue_id]
-            cmd = self._final_call(j, q)
-            if cmd is None:   # an interrupted dispatch the scheduler does not list and cannot look up
+            argv = self._final_argv(j, q)
+            if argv is None:   # an interrupted dispatch the scheduler does not list and cannot look up
                 changes.append(Change(j, JobStatus.TO_BE_QUEUED,
                                       f"dispatch was interrupted before {q.name} got the job; submitting again"))
                 continue
-            calls.append((self.transports[q.master_node_id], cmd, None))
+            run_as, inner = split_run_as(argv)
+            items[q.id].append((run_as, command_line(inner)))
             asked.append(j)
-        for job, res in zip(asked, fan_out(calls, self.config.ssh.max_parallel)):
+        answers = self._batched_by_queue(items, qmap)
+        results = []
+        for j in asked:
+            results.append(answers[j.queue_id].pop(0))
+        for job, res in zip(asked, results):
             q = qmap[job.queue_id]
             if res.error:
                 report.errors[f"final {q.name} job {job.id}"] = res.error
@@ -499,17 +562,22 @@ class Engine:
             per_queue[job.queue_id].append(job)
         lock = threading.Lock()
 
+        def submit_one(q: Queue, run_as: str | None, batch: list[Job]) -> None:
+            if not self.lease_valid():
+                # lost (or about to lose) the lease: the next holder finds these DISPATCHING, never
+                # submitted, and submits them itself
+                log.warning("lease lost while dispatching to %s; leaving %d jobs to the next holder",
+                            q.name, len(batch))
+                return
+            outcomes = self._submit_batch(q, run_as, batch)
+            with lock:
+                self._record_submits(q, outcomes, report)
+
         def submit_all(qid: int) -> None:
             q = qmap[qid]
-            for run_as, batch in self._batches(per_queue[qid], q):
-                if not self.lease_valid():
-                    # lost (or about to lose) the lease: the next holder finds the rest DISPATCHING, never
-                    # submitted, and submits them itself
-                    log.warning("lease lost while dispatching to %s; leaving the rest to the next holder", q.name)
-                    return
-                outcomes = self._submit_batch(q, run_as, batch)
-                with lock:
-                    self._record_submits(q, outcomes, report)
+            batches = list(self._batches(per_queue[qid], q))
+            with ThreadPoolExecutor(max_workers=max(1, min(PARALLEL_BATCHES, len(batches)))) as pool:
+                list(pool.map(lambda b: submit_one(q, *b), batches))
 
         threads = [threading.Thread(target=submit_all, args=(qid,), name=f"dispatch-{qid}") for qid in per_queue]
         for t in threads:

@@ -276,3 +276,10 @@ def parse_batch(stdout: str, n: int) -> list[tuple[int, str, str] | None]:
             out[i] = (int(m.group(2)), stdout[pos:m.start()], m.group(3))
         pos = m.end()
     return out
+
+
+def split_run_as(argv: list[str]) -> tuple[str | None, list[str]]:
+    """The inverse of as_user(): (owner, the command) for a command that runs through sudo -n -u."""
+    if len(argv) > 5 and argv[:3] == ["sudo", "-n", "-u"] and argv[4] == "--":
+        return argv[3], argv[5:]
+    return None, argv

@@ -69,13 +69,15 @@ LAUNCH = (
 
 # $1 = exit file, $2 = pgid, $3 = expected command-line prefix of the leader.
 FINAL = (
+    # the exit file first (no fork: read is a builtin); ps only for a job that has not recorded its end
+    'if [ -f "$1" ] && [ ! -h "$1" ] && [ -O "$1" ]; then read -r v < "$1"; printf "exit %s\\n" "$v"; exit 0; fi; '
     'a=$(ps -ww -o args= -p "$2" 2>/dev/null); '
-    'if [ -f "$1" ] && [ ! -h "$1" ] && [ -O "$1" ]; then printf "exit %s\\n" "$(cat "$1")"; exit 0; fi; '
+    'if [ -f "$1" ] && [ ! -h "$1" ] && [ -O "$1" ]; then read -r v < "$1"; printf "exit %s\\n" "$v"; exit 0; fi; '
     'case "$a" in "$3"*) echo running;; *) echo gone;; esac'
 )
 
 # $1 = exit file.
-FINAL_BY_TAG = ('if [ -f "$1" ] && [ ! -h "$1" ] && [ -O "$1" ]; then printf "exit %s\\n" "$(cat "$1")"; '
+FINAL_BY_TAG = ('if [ -f "$1" ] && [ ! -h "$1" ] && [ -O "$1" ]; then read -r v < "$1"; printf "exit %s\\n" "$v"; '
                 'else echo gone; fi')
 
 # $1 = pgid, $2 = grace seconds, $3 = expected command-line prefix of the leader.
