@@ -228,7 +228,7 @@ def check_sudo(cfg: Config, node: NodeConfig, transport, schedulers: list[Schedu
     runner = transport_user(cfg, node)
     if runner == "root":
         return [Row(label, "sudo", WARN, "commands run as root here, so sudo rules are not tested; deploy as "
-                                         "the service user (metascheduler, README.md, "Deploying on a cluster")")]
+                                         "the service user (metascheduler; README.md, 'Deploying on a cluster')")]
     commands: list[str] = []
     for s in schedulers:
         for c in SUDO_COMMANDS[s.type.value]:
