@@ -25,6 +25,7 @@ from .config import AuthConfig
 from .errors import Invalid
 
 TOKEN_PREFIX = "mst_"
+NOBODY_UID = 65534
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\$?$")
 
 
@@ -97,6 +98,10 @@ class Authority:
                 return False
         return False
 
+    def ordinary_uid(self, uid: int) -> bool:
+        """An ordinary user's uid: at least auth.min_uid, and not nobody (65534) or the overflow ids above."""
+        return self.auth.min_uid <= uid < NOBODY_UID
+
     @staticmethod
     def is_known_user(user: str) -> bool:
         if not _USER_RE.match(user or ""):
@@ -115,7 +120,12 @@ class Authority:
         return Caller(user, uid, self.is_admin(user), via)
 
     def socket_caller(self, uid: int) -> Caller | None:
+        """The user a socket peer is. System accounts (uid below auth.min_uid: www-data, nobody...) get no
+        identity this way, except root and the service user: a web server in front of the socket must
+        forward a token, or be the configured proxy."""
         if self.proxy_uid is not None and uid == self.proxy_uid:
+            return None
+        if uid not in (0, self.service_uid) and not self.ordinary_uid(uid):
             return None
         name = user_name(uid)
         if name is None:
@@ -132,7 +142,7 @@ class Authority:
             raise Invalid(f"{field}: no such user {owner!r} on the frontend", field=field) from None
         if pw.pw_uid == 0:
             raise Invalid(f"{field}: jobs never run as root; give an ordinary user as owner", field=field)
-        if pw.pw_uid < self.auth.min_uid:
-            raise Invalid(f"{field}: {owner!r} is a system account (uid {pw.pw_uid} < {self.auth.min_uid});"
-                          f" jobs run as ordinary users only", field=field)
+        if not self.ordinary_uid(pw.pw_uid):
+            raise Invalid(f"{field}: {owner!r} is a system account (uid {pw.pw_uid}, ordinary users are "
+                          f"{self.auth.min_uid}..{NOBODY_UID - 1}); jobs run as ordinary users only", field=field)
         return owner

@@ -346,7 +346,8 @@ class Services:
             return self._visible_job(caller, job_id)
 
     def list_jobs(self, caller: Caller, *, statuses=None, queue=None, owner=None, after: int = 0,
-                  limit: int = 100) -> list[Job]:
+                  limit: int = 100) -> tuple[list[Job], bool]:
+        """One page of jobs, oldest first, and whether more follow."""
         self.require(caller)
         if owner is not None and owner != caller.user and not caller.is_admin:
             raise Forbidden("only admins can list other users' jobs")
@@ -357,7 +358,9 @@ class Services:
             queue_id = None
             if queue is not None:
                 queue_id = self._resolve_queue(queue, [row_to_queue(r) for r in self.repo.list_queues()], "queue").id
-            return self.repo.list_jobs(after=after, limit=limit, owner=owner, queue_id=queue_id, statuses=statuses)
+            jobs = self.repo.list_jobs(after=after, limit=limit + 1, owner=owner, queue_id=queue_id,
+                                       statuses=statuses)
+        return jobs[:limit], len(jobs) > limit
 
     def job_events(self, caller: Caller, job_id: int) -> list[dict]:
         self.require(caller)

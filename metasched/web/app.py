@@ -222,10 +222,10 @@ class JobsResource(Base):
         after = _int_param(params, "after", 0, 0)
         limit = _int_param(params, "limit", self.page_limit, 1, 1000)
         queue = params.get("queue")
-        jobs = self.svc.list_jobs(req.context.caller, statuses=statuses, queue=queue, owner=params.get("owner") or None,
+        jobs, more = self.svc.list_jobs(req.context.caller, statuses=statuses, queue=queue, owner=params.get("owner") or None,
                                   after=after, limit=limit)
         nxt = None
-        if len(jobs) == limit:
+        if more:
             q = {k: v for k, v in params.items() if k not in ("after",)}
             q.update(after=str(jobs[-1].id), limit=str(limit))
             nxt = "/jobs?" + urllib.parse.urlencode(q)

@@ -48,7 +48,10 @@ TOKEN_CREATE = {
 
 ERROR = {
     "type": "object", "required": ["title", "description", "status"],
-    "properties": {"title": {"type": "string"}, "description": {"type": "string"}, "status": {"type": "integer"}},
+    "properties": {"title": {"type": "string"}, "description": {"type": "string"}, "status": {"type": "integer"},
+                   "field": {"type": "string", "description": "the one field (or parameter) that was wrong"},
+                   "fields": {"type": "array", "items": {"type": "string"},
+                              "description": "the fields that were wrong (unknown or missing)"}},
 }
 JOB = {
     "type": "object",

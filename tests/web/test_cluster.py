@@ -1,6 +1,8 @@
 """GET / and /status, /cluster/mode, /cluster/nodes, /queues."""
 from __future__ import annotations
 
+import pwd
+
 import pytest
 
 from metasched.web.app import create_app
@@ -23,6 +25,23 @@ def test_status_names_the_caller(path, alice, root, anon):
 
 def test_unknown_peer_uid_is_anonymous(client_for):
     assert client_for(4_000_000).get("/").json["user"] is None
+
+
+def test_system_accounts_get_no_identity_from_the_socket(client_for):
+    """www-data (a web server in front of the socket), nobody...: below auth.min_uid, no identity."""
+    www = pwd.getpwnam("www-data").pw_uid if _has("www-data") else 33
+    for uid in (www, pwd.getpwnam("nobody").pw_uid if _has("nobody") else 65534, 1):
+        client = client_for(uid)
+        assert client.get("/").json["user"] is None
+        client.get("/jobs", status=401)
+
+
+def _has(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
 
 
 def test_trailing_slash_and_unknown_path(alice):

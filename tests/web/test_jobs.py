@@ -370,3 +370,13 @@ def test_events_record_every_change(alice, root, services, submit):
     assert all(e["at"].endswith("Z") for e in events)
     assert [e["at"] for e in events] == sorted(e["at"] for e in events)
     assert alice.get(url).json["status"] == "CANCELLED"
+
+
+def test_next_link_only_when_more_jobs_follow(alice, submit):
+    for _ in range(4):
+        submit()
+    full = alice.get("/jobs?limit=4").json
+    assert len(full["items"]) == 4 and full["next"] is None      # an exactly full last page ends the listing
+    first = alice.get("/jobs?limit=3").json
+    assert first["next"] is not None
+    assert len(alice.get(first["next"]).json["items"]) == 1
