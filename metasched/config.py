@@ -254,6 +254,8 @@ def parse(raw: Any, source: str = "<memory>", overrides: dict | None = None) -> 
                 raise ConfigError(f"{p}.type: required, cannot infer it from name {name!r} "
                                   f"(expected one of {', '.join(t.value for t in SchedulerType)})")
         options = _mapping(s.get("options"), f"{p}.options")
+        from .backends import BACKENDS
+        _no_unknown(options, set(BACKENDS[stype.value].OPTIONS), f"{p}.options")
         schedulers.append(SchedulerConfig(name, master, weight, stype, dict(options)))
 
     # policy

@@ -27,7 +27,7 @@ from .backends import get_backend
 from .backends.base import (Backend, FinalState, NativeJob, NativeState, SubmitRefused, batch_argv,
                             command_line, parse_batch, split_run_as)
 from .config import Config
-from .db.core import Database, epoch_to_time, utcnow
+from .db.core import Database, epoch_to_time, parse_time, utcnow
 from .db.repository import Repository, row_to_node, row_to_queue
 from .model import ACTIVE_STATES, Job, JobStatus, Policy, Queue, can_transition
 from .transport import LocalTransport, Result, SshTransport, fan_out
@@ -446,6 +446,12 @@ class Engine:
                     reason = fs.reason or (f"exit code {fs.exit_code}" if fs.exit_code is not None else "ended")
                 changes.append(Change(job, status, reason, exit_code=fs.exit_code, started_at=fs.started_at))
             elif job.status is JobStatus.DISPATCHING:
+                grace = backend.recovery_grace()
+                if time.time() - parse_time(job.updated_at).timestamp() < grace:
+                    changes.append(Change(job, None, f"interrupted dispatch, not found in {q.name}: waiting up to "
+                                          f"{grace:g} s for its accounting before submitting again",
+                                          event_only=True))
+                    continue
                 log.info("job %s: interrupted dispatch not found in %s (%s); submitting again", job.id, q.name,
                          (res.stdout.strip() or res.stderr.strip())[:200])
                 changes.append(Change(job, JobStatus.TO_BE_QUEUED,

@@ -81,6 +81,7 @@ class Backend:
     """Base class; each scheduler type subclasses it. Instances are cheap and stateless."""
 
     type: str = ""
+    OPTIONS: tuple[str, ...] = ("recovery_grace",)   # the option keys this backend reads (the config checks)
 
     def __init__(self, options: dict | None = None):
         self.options = dict(options or {})
@@ -116,6 +117,13 @@ class Backend:
     # FinalState) when it did, None when the scheduler never got the job (then it is submitted again).
     final_by_tag_argv = None
     parse_final_by_tag = None
+    # Seconds an interrupted dispatch stays DISPATCHING, unseen, before it is submitted again: a scheduler
+    # whose accounting lags (Grid Engine writes qacct records up to accounting_flush_time later) could
+    # otherwise forget, for a moment, a job that already ran. Option "recovery_grace" overrides it.
+    default_recovery_grace = 0.0
+
+    def recovery_grace(self) -> float:
+        return float(self.options.get("recovery_grace", self.default_recovery_grace))
 
     # -- cancel -------------------------------------------------------------------------------
     def cancel_argv(self, job: Job, run_as: str | None) -> list[str]:

@@ -108,6 +108,7 @@ def output_files(job: Job) -> tuple[str, str]:
 
 class LocalBackend(Backend):
     type = "local"
+    OPTIONS = ('grace', 'final_as_owner', 'tz', 'setsid', 'recovery_grace')
 
     def validate_name(self, name: str) -> str | None:
         return validate_name(name)

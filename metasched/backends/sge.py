@@ -75,6 +75,8 @@ _PRIORITY = {NativeState.RUNNING: 3, NativeState.PENDING: 2, NativeState.ERROR: 
 
 class GridEngineBackend(Backend):
     type = "sge"
+    OPTIONS = ('bin_dir', 'env', 'qsub_args', 'binary', 'shell', 'tz', 'recovery_grace')
+    default_recovery_grace = 30.0    # qacct lags by accounting_flush_time (15 s by default)
 
     def _cmd(self, name: str) -> list[str]:
         return scheduler_command(self.options, name)

@@ -73,6 +73,7 @@ def _native_state(state: str) -> NativeState:
 
 class SlurmBackend(Backend):
     type = "slurm"
+    OPTIONS = ('bin_dir', 'env', 'sbatch_args', 'jobcomp_file', 'tz', 'recovery_grace')
 
     def _cmd(self, name: str) -> list[str]:
         return scheduler_command(self.options, name)

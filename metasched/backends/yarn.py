@@ -101,6 +101,7 @@ def output_files(job: Job) -> tuple[str, str]:
 
 class YarnBackend(Backend):
     type = "yarn"
+    OPTIONS = ('bin_dir', 'env', 'name_conf', 'setsid', 'final_as_owner', 'recovery_grace')
 
     def _cmd(self, name: str) -> list[str]:
         return scheduler_command(self.options, name)

@@ -144,6 +144,8 @@ ERRORS = [
     ("section not a mapping", _with("ssh", [1]), "ssh: expected a mapping"),
     ("tiny body limit", _with("server.max_body_bytes", 10), "server.max_body_bytes: 10 is out of range"),
     ("options not a mapping", _with("schedulers.0.options", "-q all.q"), "schedulers[0].options: "),
+    ("unknown backend option", _with("schedulers.1.options", {"partition": "debug"}),
+     "schedulers[1].options.partition: unknown key (expected one of: bin_dir, env, jobcomp_file"),
 ]
 
 
