@@ -86,6 +86,18 @@ class Backend:
     def __init__(self, options: dict | None = None):
         self.options = dict(options or {})
 
+    def _cmd(self, name: str) -> list[str]:
+        """argv prefix running the scheduler client ``name`` (bin_dir and env options)."""
+        return scheduler_command(self.options, name)
+
+    @staticmethod
+    def validate_name(name: str) -> str | None:
+        """Why the scheduler would refuse this job name, or None."""
+        return control_character_reason(name)
+
+    def validate_job(self, job: Job) -> str | None:
+        return self.validate_name(job.name) or path_reason(job)
+
     # -- submit -------------------------------------------------------------------------------
     def submit_argv(self, job: Job, run_as: str | None) -> list[str]:
         raise NotImplementedError

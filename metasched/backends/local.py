@@ -110,11 +110,8 @@ class LocalBackend(Backend):
     type = "local"
     OPTIONS = ('grace', 'final_as_owner', 'tz', 'setsid', 'recovery_grace')
 
-    def validate_name(self, name: str) -> str | None:
-        return validate_name(name)
+    validate_name = staticmethod(validate_name)
 
-    def validate_job(self, job: Job) -> str | None:
-        return validate_name(job.name) or path_reason(job)
 
     def submit_argv(self, job: Job, run_as: str | None) -> list[str]:
         reason = path_reason(job)

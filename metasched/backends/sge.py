@@ -26,7 +26,7 @@ from dataclasses import replace
 
 from ..model import Job
 from .base import (Backend, FinalState, NativeJob, NativeState, ProcessMatcher, SubmitRefused,
-                   as_user, first_line, local_to_utc_iso, path_reason, scheduler_command, tag, untag)
+                   as_user, first_line, local_to_utc_iso, path_reason, tag, untag)
 
 _SGE_FORBIDDEN = set("\n\t\r/:@\\*?")
 _TERSE_ID = re.compile(r"^(\d+)(?:\.\d+-\d+:\d+)?$")
@@ -78,14 +78,8 @@ class GridEngineBackend(Backend):
     OPTIONS = ('bin_dir', 'env', 'qsub_args', 'binary', 'shell', 'tz', 'recovery_grace')
     default_recovery_grace = 30.0    # qacct lags by accounting_flush_time (15 s by default)
 
-    def _cmd(self, name: str) -> list[str]:
-        return scheduler_command(self.options, name)
+    validate_name = staticmethod(validate_name)
 
-    def validate_name(self, name: str) -> str | None:
-        return validate_name(name)
-
-    def validate_job(self, job: Job) -> str | None:
-        return validate_name(job.name) or path_reason(job)
 
     def field_problem(self, path: str, pwd: str, options: list[str]) -> tuple[str, str] | None:
         """Grid Engine expands $HOME, $USER, $JOB_ID, $JOB_NAME, $HOSTNAME, $TASK_ID in the working

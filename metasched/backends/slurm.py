@@ -23,7 +23,7 @@ from dataclasses import replace
 from ..model import Job
 from .base import (Backend, FinalState, NativeJob, NativeState, ProcessMatcher, SubmitRefused,
                    as_user, control_character_reason, first_line, local_to_utc_iso, path_reason,
-                   scheduler_command, tag, untag)
+                   tag, untag)
 
 # squeue fields: id | user | state | partition | start time | reason | name (LAST: it may contain '|').
 SQUEUE_FORMAT = "%i|%u|%T|%P|%S|%r|%j"
@@ -75,14 +75,8 @@ class SlurmBackend(Backend):
     type = "slurm"
     OPTIONS = ('bin_dir', 'env', 'sbatch_args', 'jobcomp_file', 'tz', 'recovery_grace')
 
-    def _cmd(self, name: str) -> list[str]:
-        return scheduler_command(self.options, name)
+    validate_name = staticmethod(validate_name)
 
-    def validate_name(self, name: str) -> str | None:
-        return validate_name(name)
-
-    def validate_job(self, job: Job) -> str | None:
-        return validate_name(job.name) or path_reason(job)
 
     # -- submit -------------------------------------------------------------------------------
     def submit_argv(self, job: Job, run_as: str | None) -> list[str]:

@@ -32,7 +32,7 @@ import re
 from ..model import Job
 from .base import (Backend, FinalState, NativeJob, NativeState, ProcessMatcher, SubmitRefused,
                    as_user, control_character_reason, epoch_ms_to_utc_iso, first_line, path_reason,
-                   scheduler_command, tag, untag)
+                   tag, untag)
 
 CLIENT_PREFIX = "client:"
 _APP_ID = re.compile(r"^application_\d+_\d+$")
@@ -103,14 +103,8 @@ class YarnBackend(Backend):
     type = "yarn"
     OPTIONS = ('bin_dir', 'env', 'name_conf', 'setsid', 'final_as_owner', 'recovery_grace')
 
-    def _cmd(self, name: str) -> list[str]:
-        return scheduler_command(self.options, name)
+    validate_name = staticmethod(validate_name)
 
-    def validate_name(self, name: str) -> str | None:
-        return validate_name(name)
-
-    def validate_job(self, job: Job) -> str | None:
-        return validate_name(job.name) or path_reason(job)
 
     # -- submit -------------------------------------------------------------------------------
     def submit_argv(self, job: Job, run_as: str | None) -> list[str]:

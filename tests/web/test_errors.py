@@ -7,7 +7,6 @@ import pytest
 from falcon import inspect as finspect
 
 from metasched.db.core import Database
-from metasched.identity import Authority
 from metasched.services import Services
 from metasched.web.app import create_app
 
