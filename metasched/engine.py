@@ -196,6 +196,7 @@ class Engine:
         phase = _Phases(report)
         with phase("observe"):
             statuses = self.observe(queues, nodes, jobs, report, now)
+            self.record_foreign(statuses, report)
         with phase("reconcile"):
             changes, finals, cancels = self.reconcile(jobs, qmap, statuses)
             changes += self.finish(finals, qmap, statuses, report)
@@ -319,6 +320,24 @@ class Engine:
             elif nj.state in (NativeState.PENDING, NativeState.RUNNING):
                 st.foreign.append(nj)
         return st
+
+    def record_foreign(self, statuses: dict[int, QueueStatus], report: CycleReport) -> None:
+        """Store the jobs submitted directly to each scheduler (pending or running, not ours), from the
+        status call observe() already made: one short write, no I/O inside. Only schedulers that answered
+        this cycle are touched; an unreachable one keeps its last known foreign jobs (they may still run).
+        These rows are only ever shown and counted: nothing here dispatches, edits or cancels them."""
+        answered = {qid: st for qid, st in statuses.items() if st.ok}
+        if not answered:
+            return
+        now = utcnow()
+        with self.db.write():
+            for qid, st in answered.items():
+                for nj in st.foreign:
+                    self.repo.upsert_foreign_job(queue_id=qid, native_id=nj.native_id, owner=nj.owner,
+                                                 name=nj.name, state=nj.state.value, native_queue=nj.queue or "",
+                                                 start_time=nj.start_time, now=now)
+                self.repo.delete_departed_foreign_jobs(queue_id=qid, keep=[nj.native_id for nj in st.foreign])
+        report.summary["foreign"] = sum(len(st.foreign) for st in answered.values())
 
     # -- reconcile ----------------------------------------------------------------------------
     def reconcile(self, jobs, qmap, statuses):

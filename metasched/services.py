@@ -18,6 +18,7 @@ from .identity import Authority, Caller, hash_secret, new_secret
 from .model import FINAL_STATES, UNDISPATCHED_STATES, Job, JobStatus, Policy, can_transition
 
 MAX_PAGE = 1000
+FOREIGN_STATES = ("PENDING", "RUNNING")   # what a foreign job can be while its scheduler lists it
 MODE_KEY = "mode"
 
 
@@ -248,25 +249,46 @@ class Services:
         with self.db.read():
             queues = self.repo.list_queues()
             counts = self.repo.count_jobs_by_queue_status()
-        return [self._queue_view(r, counts.get(r["id"], {})) for r in queues]
+            foreign = self.repo.count_foreign_jobs_by_queue_state()
+        return [self._queue_view(r, counts.get(r["id"], {}), foreign.get(r["id"], {})) for r in queues]
 
     def get_queue(self, caller: Caller, queue_id: int) -> dict:
         self.require(caller)
         with self.db.read():
             r = self.repo.get_queue(queue_id)
             counts = self.repo.count_jobs_by_queue_status()
+            foreign = self.repo.count_foreign_jobs_by_queue_state()
         if r is None or r["position"] is None:
             raise NotFound("queue", queue_id)
-        return self._queue_view(r, counts.get(r["id"], {}))
+        return self._queue_view(r, counts.get(r["id"], {}), foreign.get(r["id"], {}))
 
     @staticmethod
-    def _queue_view(r, counts: dict) -> dict:
+    def _queue_view(r, counts: dict, foreign: dict) -> dict:
         return {
             "id": r["id"], "name": r["name"], "type": r["type"], "master_node_id": r["master_node_id"],
             "weight": r["weight"], "reachable": None if r["reachable"] is None else bool(r["reachable"]),
             "last_error": r["last_error"],
             "jobs": {s.value: counts.get(s.value, 0) for s in JobStatus},
+            # jobs submitted to the scheduler directly (not through us), as of its last status call
+            "foreign_jobs": {s: foreign.get(s, 0) for s in FOREIGN_STATES},
         }
+
+    # -- foreign jobs -------------------------------------------------------------------------
+    def list_foreign_jobs(self, caller: Caller, *, queue=None, owner=None, after: int = 0,
+                          limit: int = 100) -> list[dict]:
+        """Jobs submitted directly to the schedulers. The same visibility as our jobs: a user sees only
+        their own, admins everyone's."""
+        self.require(caller)
+        if owner is not None and owner != caller.user and not caller.is_admin:
+            raise Forbidden("only admins can list other users' jobs")
+        if not caller.is_admin:
+            owner = caller.user
+        limit = max(1, min(limit, MAX_PAGE))
+        with self.db.read():
+            queue_id = None
+            if queue is not None:
+                queue_id = self._resolve_queue(queue, [row_to_queue(r) for r in self.repo.list_queues()], "queue").id
+            return self.repo.list_foreign_jobs(after=after, limit=limit, owner=owner, queue_id=queue_id)
 
     # -- jobs ---------------------------------------------------------------------------------
     def submit_job(self, caller: Caller, body: dict) -> Job:

@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--all", "-a", action="store_true", help="everyone's jobs (admins)")
     s.add_argument("--owner", "-u", help="this user's jobs (admins, or yourself)")
     s.add_argument("--limit", type=int, default=500, help="at most this many jobs, oldest first (default 500)")
+    s.add_argument("--foreign", "-f", action="store_true",
+                   help="jobs submitted to the schedulers directly (plain qsub, sbatch): seen, never touched")
 
     s = cmd("show", C.cmd_show, "show one job")
     s.add_argument("id", type=int, metavar="ID", help="job id")

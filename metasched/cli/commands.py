@@ -131,12 +131,12 @@ def owner_filter(ctx: Context, everyone: bool, owner: str | None) -> str | None:
 
 
 def fetch_jobs(ctx: Context, statuses: list[str] | None, queue: str | None, owner: str | None,
-               limit: int) -> tuple[list[dict], str | None]:
+               limit: int, path: str = "/jobs") -> tuple[list[dict], str | None]:
     """Follow the API's ``next`` links until ``limit`` jobs. Also returns the API path of the page after
-    the jobs returned, or None when there are no more."""
+    the jobs returned, or None when there are no more. ``path`` /foreign-jobs pages the same way."""
     query = {"status": ",".join(statuses) if statuses else None, "queue": queue, "owner": owner,
              "limit": str(min(limit, PAGE))}
-    page = ctx.call("GET", "/jobs", query=query)
+    page = ctx.call("GET", path, query=query)
     items = list(page["items"])
     while page.get("next") and len(items) < limit:
         page = ctx.call("GET", page["next"])
@@ -152,7 +152,7 @@ def fetch_jobs(ctx: Context, statuses: list[str] | None, queue: str | None, owne
         return items, None
     rest = {k: v for k, v in query.items() if v is not None}
     rest.update(after=str(items[-1]["id"]))
-    return items, "/jobs?" + urllib.parse.urlencode(rest)
+    return items, f"{path}?" + urllib.parse.urlencode(rest)
 
 
 def jobs_table(ctx: Context, jobs: list[dict]) -> str:
@@ -164,9 +164,28 @@ def jobs_table(ctx: Context, jobs: list[dict]) -> str:
                         ctx.colour)
 
 
+def foreign_table(ctx: Context, jobs: list[dict]) -> str:
+    """Jobs submitted to a scheduler directly: no metasched id, so the scheduler's own id comes first."""
+    rows = [[ctx.queue_name(j["queue"]), j["native_id"], j["name"], j["owner"],
+             _foreign_state(j["state"]) if ctx.colour else j["state"], render.short_time(j["start_time"]),
+             render.short_time(j["first_seen"]), j["native_queue"]]
+            for j in jobs]
+    return render.table(["QUEUE", "NATIVE ID", "NAME", "OWNER", "STATE", "STARTED", "SEEN SINCE", "NATIVE QUEUE"],
+                        rows, ctx.colour)
+
+
+def _foreign_state(state: str) -> str:
+    """Coloured like ours: PENDING as QUEUED, RUNNING as RUNNING."""
+    c = render.Cell(state)
+    c.colour = render.STATE_COLOURS["QUEUED" if state == "PENDING" else "RUNNING"]
+    return c
+
+
 def cmd_jobs(a, ctx: Context) -> int:
     if a.limit < 1:
         raise LocalError("--limit: give a number of jobs, 1 or more")
+    if a.foreign:
+        return foreign_jobs(a, ctx)
     statuses = parse_states(a.state)
     owner = owner_filter(ctx, a.all, a.owner)
     items, more = fetch_jobs(ctx, statuses, a.queue, owner, a.limit)
@@ -179,6 +198,22 @@ def cmd_jobs(a, ctx: Context) -> int:
         ctx.print(jobs_table(ctx, items))
     if more:
         warn(f"showing the first {len(items)} jobs; there are more (raise --limit, or filter with --state)")
+    return 0
+
+
+def foreign_jobs(a, ctx: Context) -> int:
+    """``jobs --foreign``: jobs submitted to the schedulers directly (plain qsub, sbatch), which metasched
+    only observes: listed while their scheduler lists them pending or running."""
+    if a.state:
+        raise LocalError("--state does not apply to --foreign (those jobs are PENDING or RUNNING while listed)")
+    owner = owner_filter(ctx, a.all, a.owner)
+    items, more = fetch_jobs(ctx, None, a.queue, owner, a.limit, path="/foreign-jobs")
+    if ctx.json:
+        ctx.emit_json({"items": items, "next": more})
+        return 0
+    ctx.print("no jobs submitted directly to the schedulers" if not items else foreign_table(ctx, items))
+    if more:
+        warn(f"showing the first {len(items)} jobs; there are more (raise --limit, or filter with --queue)")
     return 0
 
 
@@ -313,11 +348,12 @@ def queues_table(ctx: Context, queues: list[dict], mode: dict | None = None) -> 
     rows = []
     for q in queues:
         n = q["jobs"]
+        f = q.get("foreign_jobs") or {}
         rows.append([q["id"], q["name"], q["type"], weights.get(q["id"], q["weight"]), reachable(q["reachable"]),
                      n["TO_BE_QUEUED"], n["HELD"], n["DISPATCHING"] + n["QUEUED"], n["RUNNING"], n["COMPLETED"],
-                     n["ERROR"], n["CANCELLED"]])
+                     n["ERROR"], n["CANCELLED"], f"{f.get('PENDING', 0)}/{f.get('RUNNING', 0)}"])
     return render.table(["ID", "NAME", "TYPE", "WEIGHT", "STATE", "WAITING", "HELD", "QUEUED", "RUNNING",
-                         "COMPLETED", "ERROR", "CANCELLED"], rows, ctx.colour)
+                         "COMPLETED", "ERROR", "CANCELLED", "DIRECT Q/R"], rows, ctx.colour)
 
 
 def cmd_queues(a, ctx: Context) -> int:

@@ -249,3 +249,26 @@ class Repository:
 
     def metrics_poll_cycle_stats(self) -> dict:
         return dict(self._one(self.q.metrics_poll_cycle_stats))
+
+    # -- foreign jobs (sql/foreign.sql) ---------------------------------------------------------
+    def upsert_foreign_job(self, *, queue_id, native_id, owner, name, state, native_queue, start_time,
+                           now) -> None:
+        self.db.conn.execute(self.q.upsert_foreign_job, dict(
+            queue_id=queue_id, native_id=native_id, owner=owner, name=name, state=state,
+            native_queue=native_queue, start_time=start_time, now=now))
+
+    def delete_departed_foreign_jobs(self, *, queue_id, keep: list[str]) -> int:
+        return self.db.conn.execute(self.q.delete_departed_foreign_jobs,
+                                    dict(queue_id=queue_id, keep=json.dumps(keep))).rowcount
+
+    def list_foreign_jobs(self, *, after: int, limit: int, owner=None, queue_id=None) -> list[dict]:
+        params = dict(after=after, limit=limit, queue_id=queue_id)
+        if owner is not None:
+            return [dict(r) for r in self._all(self.q.list_foreign_jobs_of_owner, owner=owner, **params)]
+        return [dict(r) for r in self._all(self.q.list_foreign_jobs, owner=None, **params)]
+
+    def count_foreign_jobs_by_queue_state(self) -> dict[int, dict[str, int]]:
+        out: dict[int, dict[str, int]] = {}
+        for r in self._all(self.q.count_foreign_jobs_by_queue_state):
+            out.setdefault(r["queue_id"], {})[r["state"]] = r["n"]
+        return out

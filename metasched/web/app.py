@@ -232,6 +232,35 @@ class JobsResource(Base):
         resp.media = {"items": [job_view(j) for j in jobs], "next": nxt}
 
 
+def foreign_job_view(row: dict) -> dict:
+    return {
+        "id": row["id"], "queue": row["queue_id"], "native_id": row["native_id"], "owner": row["owner"],
+        "name": row["name"], "state": row["state"], "native_queue": row["native_queue"],
+        "start_time": row["start_time"], "first_seen": row["first_seen"], "last_seen": row["last_seen"],
+    }
+
+
+class ForeignJobsResource(Base):
+    """Jobs submitted directly to the schedulers (plain qsub / sbatch): seen, counted, never touched."""
+
+    def __init__(self, services: Services, page_limit: int):
+        super().__init__(services)
+        self.page_limit = page_limit
+
+    def on_get(self, req, resp):
+        params = _query(req, {"queue", "owner", "after", "limit"})
+        after = _int_param(params, "after", 0, 0)
+        limit = _int_param(params, "limit", self.page_limit, 1, 1000)
+        rows = self.svc.list_foreign_jobs(req.context.caller, queue=params.get("queue"),
+                                          owner=params.get("owner") or None, after=after, limit=limit)
+        nxt = None
+        if len(rows) == limit:
+            q = {k: v for k, v in params.items() if k != "after"}
+            q.update(after=str(rows[-1]["id"]), limit=str(limit))
+            nxt = "/foreign-jobs?" + urllib.parse.urlencode(q)
+        resp.media = {"items": [foreign_job_view(r) for r in rows], "next": nxt}
+
+
 class JobResource(Base):
     def on_get(self, req, resp, job_id):
         resp.media = job_view(self.svc.get_job(req.context.caller, job_id))
@@ -328,6 +357,7 @@ def routes(services: Services) -> list[tuple[str, object]]:
         (f"/jobs/{{job_id:{ID}}}/hold", JobHoldResource(services)),
         (f"/jobs/{{job_id:{ID}}}/release", JobReleaseResource(services)),
         (f"/jobs/{{job_id:{ID}}}/events", JobEventsResource(services)),
+        ("/foreign-jobs", ForeignJobsResource(services, page)),
         ("/tokens", TokensResource(services)),
         (f"/tokens/{{token_id:{ID}}}", TokenResource(services)),
     ]

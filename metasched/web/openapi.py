@@ -51,7 +51,8 @@ PATHS = {
     "/cluster/nodes/master": {"get": _op("The master (frontend) node", {"200": _resp("Node")})},
     "/cluster/nodes/{node_id}": {"get": _op("One node", {"200": _resp("Node")}, errors=(401, 404),
                                             params=[_path_param("node_id")])},
-    "/queues": {"get": _op("One queue per scheduler, with job counts per state", {"200": _resp("QueueList")})},
+    "/queues": {"get": _op("One queue per scheduler, with job counts per state (ours, and foreign_jobs: those "
+                           "submitted to the scheduler directly)", {"200": _resp("QueueList")})},
     "/queues/{queue_id}": {"get": _op("One queue", {"200": _resp("Queue")}, errors=(401, 404),
                                       params=[_path_param("queue_id")])},
     "/jobs": {
@@ -79,6 +80,15 @@ PATHS = {
                                            errors=(401, 404, 409), params=JOB_ID)},
     "/jobs/{job_id}/events": {"get": _op("Every state change of a job", {"200": _resp("EventList")},
                                          errors=(401, 404), params=JOB_ID)},
+    "/foreign-jobs": {
+        "get": _op("Jobs submitted directly to the schedulers (yours; admins: everyone's), oldest first, a page "
+                   "at a time; metasched only observes them", {"200": _resp("ForeignJobList")},
+                   errors=(400, 401, 403), params=[
+                       _query("queue", {"type": "string"}, "queue id or name"),
+                       _query("owner", {"type": "string"}, "admins only"),
+                       _query("after", {"type": "integer", "minimum": 0}, "cursor: list ids greater than this"),
+                       _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size")]),
+    },
     "/tokens": {
         "post": _op("Create a bearer token (for yourself; admins for anyone)",
                     {"201": _resp("TokenCreated")}, errors=(400, 401, 403, 413, 415), body="TokenCreate",
@@ -95,6 +105,7 @@ COMPONENTS = {
     "NodeList": S.NODE_LIST, "Queue": S.QUEUE, "QueueList": S.QUEUE_LIST, "Job": S.JOB, "JobList": S.JOB_LIST,
     "JobSubmit": S.JOB_SUBMIT, "JobPatch": S.JOB_PATCH, "EventList": S.EVENT_LIST, "Token": S.TOKEN,
     "TokenCreated": S.TOKEN_CREATED, "TokenCreate": S.TOKEN_CREATE, "TokenList": S.TOKEN_LIST,
+    "ForeignJobList": S.FOREIGN_JOB_LIST,
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..model import JobStatus, Policy
 
 STATUSES = [s.value for s in JobStatus]
+FOREIGN_STATES = ["PENDING", "RUNNING"]
 QUEUE_REF = {"oneOf": [{"type": "integer", "minimum": 1}, {"type": "string", "minLength": 1, "maxLength": 255}],
              "description": "queue id, or the scheduler's name"}
 ABS_PATH = {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": "^/",
@@ -82,7 +83,8 @@ EVENT = {
 }
 EVENT_LIST = {"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": EVENT}}}
 QUEUE = {
-    "type": "object", "required": ["id", "name", "type", "master_node_id", "weight", "reachable", "jobs"],
+    "type": "object",
+    "required": ["id", "name", "type", "master_node_id", "weight", "reachable", "jobs", "foreign_jobs"],
     "properties": {
         "id": {"type": "integer"}, "name": {"type": "string"},
         "type": {"type": "string", "enum": ["sge", "slurm", "yarn", "local"]},
@@ -90,9 +92,31 @@ QUEUE = {
         "reachable": {"type": ["boolean", "null"]}, "last_error": {"type": ["string", "null"]},
         "jobs": {"type": "object", "properties": {s: {"type": "integer"} for s in STATUSES},
                  "required": STATUSES},
+        "foreign_jobs": {"type": "object", "properties": {s: {"type": "integer"} for s in FOREIGN_STATES},
+                         "required": FOREIGN_STATES,
+                         "description": "jobs submitted to the scheduler directly, not through metasched"},
     },
 }
 QUEUE_LIST = {"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": QUEUE}}}
+FOREIGN_JOB = {
+    "type": "object",
+    "description": "a job submitted directly to a scheduler (e.g. plain qsub or sbatch): metasched only "
+                   "observes it; it is listed while its scheduler lists it pending or running",
+    "required": ["id", "queue", "native_id", "owner", "name", "state", "native_queue", "start_time",
+                 "first_seen", "last_seen"],
+    "properties": {
+        "id": {"type": "integer", "description": "row id (cursor for after=); not a metasched job id"},
+        "queue": {"type": "integer", "description": "the scheduler's queue id"},
+        "native_id": {"type": "string"}, "owner": {"type": "string"}, "name": {"type": "string"},
+        "state": {"type": "string", "enum": FOREIGN_STATES},
+        "native_queue": {"type": "string", "description": "the scheduler's own queue or partition"},
+        "start_time": TIME, "first_seen": {"type": "string"}, "last_seen": {"type": "string"},
+    },
+}
+FOREIGN_JOB_LIST = {
+    "type": "object", "required": ["items", "next"],
+    "properties": {"items": {"type": "array", "items": FOREIGN_JOB}, "next": {"type": ["string", "null"]}},
+}
 NODE = {
     "type": "object", "required": ["id", "ip", "port", "master", "reachable", "last_seen", "last_error", "load"],
     "properties": {

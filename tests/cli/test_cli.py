@@ -455,3 +455,63 @@ def test_watch_prints_one_frame_per_refresh_until_interrupted(lab, submit):
             p.kill()
             p.wait()
     assert "\033[" not in "".join(first)                   # no screen clearing into a pipe
+
+
+# -- jobs submitted directly to the schedulers ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def direct_jobs(lab):
+    """Rows as the poller's cycle writes them (Engine.record_foreign) from a status call that listed alice's
+    running job 501 and bob's pending 502 in queue local, and bob's running 77 in batch."""
+    import yaml
+    from metasched import config as cfgmod
+    from metasched.backends.base import NativeJob, NativeState
+    from metasched.db.core import Database
+    from metasched.engine import CycleReport, Engine, QueueStatus
+
+    def st(*jobs):
+        return QueueStatus(True, foreign=list(jobs))
+
+    def nj(native, owner, state):
+        return NativeJob(native, None, owner, f"direct{native}", state, "all.q",
+                         "2026-01-01T00:00:00Z" if state is NativeState.RUNNING else None)
+
+    db = Database(str(lab.dir / "db.sqlite3"))
+    try:
+        engine = Engine(db, cfgmod.parse(yaml.safe_load((lab.dir / "service.config").read_text())), transports={})
+        engine.record_foreign({1: st(nj("501", "alice", NativeState.RUNNING), nj("502", "bob", NativeState.PENDING)),
+                               2: st(nj("77", "bob", NativeState.RUNNING))}, CycleReport(started_at="now"))
+    finally:
+        db.close()
+
+
+def test_jobs_foreign_lists_direct_jobs_with_the_same_visibility(cli, as_json, direct_jobs):
+    r = cli("alice", "jobs", "--foreign")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == ["QUEUE", "NATIVE", "ID", "NAME", "OWNER", "STATE", "STARTED", "SEEN", "SINCE",
+                                "NATIVE", "QUEUE"]
+    assert [line.split()[:5] for line in lines[1:]] == [["local", "501", "direct501", "alice", "RUNNING"]]
+    bob = as_json("bob", "jobs", "--foreign")
+    assert sorted((j["native_id"], j["state"]) for j in bob["items"]) == [("502", "PENDING"), ("77", "RUNNING")]
+    assert bob["next"] is None
+    assert [j["native_id"] for j in as_json("root", "jobs", "--foreign", "--all", "--queue", "local")["items"]] == \
+        ["501", "502"]
+    assert [j["native_id"] for j in as_json("root", "jobs", "--foreign", "--owner", "bob")["items"]] == ["502", "77"]
+    r = cli("alice", "jobs", "--foreign", "--all")
+    assert r.returncode == 1 and one_line(r.stderr) == "metasched: only admins can list everyone's jobs"
+    r = cli("alice", "jobs", "--foreign", "--state", "RUNNING")
+    assert r.returncode == 2 and "--state" in one_line(r.stderr)
+    r = cli("root", "jobs", "--foreign", "--all", "--limit", "1")
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 2 and "showing the first 1" in r.stderr
+    # our own jobs' listing is unchanged: direct jobs are not ours
+    assert all(j["name"] not in ("direct501", "direct502") for j in as_json("alice", "jobs")["items"])
+
+
+def test_queues_count_direct_jobs(cli, as_json, direct_jobs):
+    queues = {q["name"]: q["foreign_jobs"] for q in as_json("bob", "queues")["items"]}
+    assert queues == {"local": {"PENDING": 1, "RUNNING": 1}, "batch": {"PENDING": 0, "RUNNING": 1}}
+    r = cli("bob", "queues")
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[-2:] == ["DIRECT", "Q/R"]
+    assert [line.split()[-1] for line in lines[1:]] == ["1/1", "0/1"]
