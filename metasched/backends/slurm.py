@@ -1,4 +1,4 @@
-"""Slurm backend (22.05): sbatch / squeue -o / scontrol + jobcomp file / scancel argv and parsers.
+r"""Slurm backend (22.05): sbatch / squeue -o / scontrol + jobcomp file / scancel argv and parsers.
 
 Options (all optional):
   bin_dir       directory of the client binaries; default: names on PATH.
