@@ -83,7 +83,7 @@ def ended_cleanly(lab, queue: str, native_id: str) -> bool:
 def test_a_directly_submitted_job_is_seen_counted_and_never_touched(srv, lab, users, dirs, queue):
     qid = queue_ids(srv)[queue]
     d = dirs["alice"]
-    path = script(d / "direct.sh", f"echo begin $(id -un)\nsleep 5\necho end\n", users["alice"])
+    path = script(d / "direct.sh", "echo begin $(id -un)\nsleep 5\necho end\n", users["alice"])
     native = direct_submit(lab, "alice", queue, path, d, f"direct_{queue}")
     t0 = time.monotonic()
     seen = wait_until("alice's direct job in /foreign-jobs", lambda: listed(srv, "alice", qid, native), timeout=10)
