@@ -22,7 +22,9 @@ install: $(PY)
 	rm -rf build metasched.egg-info
 
 demo:
-	@test -x /usr/bin/python3 -a -d /usr/lib/python3/dist-packages || true
+	@# jobs run as the users who submit them: the service (root here) switches to them with sudo
+	@command -v sudo >/dev/null || { echo "installing sudo"; apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sudo >/dev/null; }
 	@$(MAKE) -s install
 	mkdir -p var
 	$(VENV)/bin/metasched-api config/local.config

@@ -672,7 +672,10 @@ class Engine:
             for job, native, problem, unknown in outcomes:
                 if native is not None:
                     self.repo.set_scheduler_job_id(id=job.id, scheduler_job_id=native, now=now)
-                    self._write(job, JobStatus.QUEUED, f"queued in {q.name} as {native}", now)
+                    if self.backend(q).starts_on_submit:    # no native queue: it runs from now on
+                        self._write(job, JobStatus.RUNNING, f"running on {q.name} as {native}", now)
+                    else:
+                        self._write(job, JobStatus.QUEUED, f"queued in {q.name} as {native}", now)
                     report.summary["dispatched"] += 1
                 elif unknown:
                     # the submit may or may not have reached the scheduler: the next cycle finds out

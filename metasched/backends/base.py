@@ -82,6 +82,7 @@ class Backend:
 
     type: str = ""
     OPTIONS: tuple[str, ...] = ("recovery_grace",)   # the option keys this backend reads (the config checks)
+    starts_on_submit = False    # True when the job runs as soon as it is submitted (no native queue)
 
     def __init__(self, options: dict | None = None):
         self.options = dict(options or {})

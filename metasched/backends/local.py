@@ -109,6 +109,7 @@ def output_files(job: Job) -> tuple[str, str]:
 class LocalBackend(Backend):
     type = "local"
     OPTIONS = ('grace', 'final_as_owner', 'tz', 'setsid', 'recovery_grace')
+    starts_on_submit = True     # the launcher starts the job at once: RUNNING, not QUEUED
 
     validate_name = staticmethod(validate_name)
 
