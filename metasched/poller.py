@@ -88,11 +88,13 @@ class PollerThread:
                     self.is_holder = report is not None
                     if report is not None:
                         self.cycles += 1
-                    next_full = time.monotonic() + self.interval
+                    # a worker without the lease asks for it twice an interval: with the lease lasting 2.5
+                    # intervals, a dead holder is replaced within three intervals
+                    next_full = time.monotonic() + (self.interval if self.is_holder else self.interval / 2)
             except Exception:
                 log.exception("poll cycle failed; retrying next interval")
                 next_full = time.monotonic() + self.interval
-            wait = max(0.0, min(self.wakeup if self.is_holder else self.interval, next_full - time.monotonic()))
+            wait = max(0.0, min(self.wakeup if self.is_holder else self.interval / 2, next_full - time.monotonic()))
             self._wake.wait(wait)
         self.db.close()
 
