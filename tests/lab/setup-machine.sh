@@ -13,6 +13,7 @@ SERVICE_USER=metascheduler
 JOB_OWNERS="alice bob"
 ADMIN_GROUP=metasched-admins
 SUDOERS_FILE=/etc/sudoers.d/metasched-lab
+NODE_AGENT=/usr/local/libexec/metasched-node-agent
 POLICY_RC=/usr/sbin/policy-rc.d
 
 die() { echo "setup-machine.sh: $*" >&2; exit 1; }
@@ -64,8 +65,10 @@ ensure_user() {  # name, then useradd options
 }
 
 ensure_sudoers() {
-    rule="# Written by metasched tests/lab/setup-machine.sh: the service user may act as any job owner, never as root.
-$SERVICE_USER ALL=(ALL,!root) NOPASSWD: ALL"
+    rule="# Written by metasched tests/lab/setup-machine.sh: the service user may act as any job owner, never as root,
+# and may run the installed node agent (deploy/install-node-agent.sh) as root, as deploy/sudoers/metasched allows.
+$SERVICE_USER ALL=(ALL,!root) NOPASSWD: ALL
+$SERVICE_USER ALL=(root) NOPASSWD: $NODE_AGENT"
     if [ -f "$SUDOERS_FILE" ] && [ "$(cat "$SUDOERS_FILE")" = "$rule" ]; then
         return 0
     fi
