@@ -65,6 +65,7 @@ class AgentReport:
     mechanism: str | None = None
     note: str | None = None
     usage_usec: dict[str, int] = field(default_factory=dict)   # group name -> cumulative CPU usage
+    groups: dict[str, dict] = field(default_factory=dict)      # group name -> what the agent applied there
     errors: list[str] = field(default_factory=list)
     time: float | None = None
 
@@ -79,11 +80,12 @@ def parse_answer(rc: int | None, stdout: str, stderr: str) -> AgentReport:
     if not d.get("ok"):
         return AgentReport(False, "node agent: " + "; ".join(d.get("errors") or ["failed"])[:300])
     load = d.get("load")
+    groups = {name: g for name, g in (d.get("groups") or {}).items() if isinstance(g, dict)}
     return AgentReport(
         True, load=tuple(load) if load and len(load) == 3 else None, ncpus=d.get("ncpus"),
         mechanism=d.get("mechanism"), note=d.get("mechanism_note") or None,
-        usage_usec={name: int(g.get("usage_usec") or 0) for name, g in (d.get("groups") or {}).items()},
-        errors=list(d.get("errors") or []), time=d.get("time"))
+        usage_usec={name: int(g.get("usage_usec") or 0) for name, g in groups.items()},
+        groups=groups, errors=list(d.get("errors") or []), time=d.get("time"))
 
 
 class UsageWindow:
