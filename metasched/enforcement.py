@@ -28,11 +28,15 @@ def group_name(queue: Queue) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", f"q{queue.id}-{queue.type.value}-{queue.name}")[:64]
 
 
-def match_for(matcher: ProcessMatcher, pgids: list[int]) -> dict:
+def match_for(matcher: ProcessMatcher, pgids: list[int], kind: str = "") -> dict:
+    """The agent's description of one scheduler's job trees: Grid Engine and Slurm by their per-job
+    daemons (descendants of sge_shepherd / slurmstepd), local jobs by process group, YARN containers
+    by the agent's own rule (children of the NodeManager or of container-executor, never the
+    NodeManager itself: the backend's launch-script regex describes the same trees)."""
     m: dict = {"roots_by_comm": list(matcher.roots_by_comm), "exclude_comm": list(matcher.exclude_comm)}
     if pgids:
         m["pgids"] = sorted({p for p in pgids if p > 1})
-    if getattr(matcher, "yarn_containers", False):
+    if kind == "yarn":
         m["yarn_containers"] = True
     return m
 
@@ -43,7 +47,7 @@ def build_request(groups: list[tuple[Queue, float, ProcessMatcher, list[int]]], 
     return {
         "version": 1, "parent": parent, "mechanism": method,
         "groups": [] if method == "none" else [
-            {"name": group_name(q), "weight_percent": round(max(share, 0.0), 3), "match": match_for(m, pgids)}
+            {"name": group_name(q), "weight_percent": round(max(share, 0.0), 3), "match": match_for(m, pgids, q.type.value)}
             for q, share, m, pgids in groups],
     }
 
@@ -65,6 +69,7 @@ class AgentReport:
     mechanism: str | None = None
     note: str | None = None
     usage_usec: dict[str, int] = field(default_factory=dict)   # group name -> cumulative CPU usage
+    groups: dict[str, dict] = field(default_factory=dict)      # group name -> what the agent applied there
     errors: list[str] = field(default_factory=list)
     time: float | None = None
 
@@ -79,11 +84,12 @@ def parse_answer(rc: int | None, stdout: str, stderr: str) -> AgentReport:
     if not d.get("ok"):
         return AgentReport(False, "node agent: " + "; ".join(d.get("errors") or ["failed"])[:300])
     load = d.get("load")
+    groups = {name: g for name, g in (d.get("groups") or {}).items() if isinstance(g, dict)}
     return AgentReport(
         True, load=tuple(load) if load and len(load) == 3 else None, ncpus=d.get("ncpus"),
         mechanism=d.get("mechanism"), note=d.get("mechanism_note") or None,
-        usage_usec={name: int(g.get("usage_usec") or 0) for name, g in (d.get("groups") or {}).items()},
-        errors=list(d.get("errors") or []), time=d.get("time"))
+        usage_usec={name: int(g.get("usage_usec") or 0) for name, g in groups.items()},
+        groups=groups, errors=list(d.get("errors") or []), time=d.get("time"))
 
 
 class UsageWindow:
@@ -100,12 +106,20 @@ class UsageWindow:
             q.popleft()
 
     def deltas(self, node_id: int) -> tuple[float, dict[str, int]]:
-        """CPU microseconds used per group over the window (a group whose counter went down restarted)."""
+        """CPU microseconds used per group over the window, summed step by step: a counter that went down
+        (the group was recreated after a reboot, or a process of a /proc-summed group exited) loses that
+        one step, not the whole window."""
         q = self.samples.get(node_id)
         if not q or len(q) < 2:
             return 0.0, {}
-        (t0, u0), (t1, u1) = q[0], q[-1]
-        return t1 - t0, {g: max(0, u1.get(g, 0) - u0.get(g, 0)) for g in u1}
+        total: dict[str, int] = {g: 0 for g in q[-1][1]}
+        prev = q[0][1]
+        for _, u in list(q)[1:]:
+            for g, v in u.items():
+                if g in total:
+                    total[g] += max(0, v - prev.get(g, v))
+            prev = u
+        return q[-1][0] - q[0][0], total
 
     def last_step(self, node_id: int) -> dict[str, int]:
         q = self.samples.get(node_id)

@@ -294,16 +294,22 @@ class Engine:
         return policies.decay_usage(prev, measured, dt, self.config.poller.dynamic_half_life)
 
     def _enforcement_view(self, node, queues, agent) -> dict:
+        """What GET /cluster/nodes/{id} shows: per scheduler the share the policy wants, the share its
+        group really got over the last minute (the agent's cumulative counters), and how it was applied
+        (mechanism and the weight written: cpu.shares, cpu.weight or the nice value)."""
         measured = self.usage.measured_shares(node.id)
-        return {
-            "mechanism": agent.mechanism, "note": agent.note,
-            "schedulers": [{"queue_id": q.id, "name": q.name, "group": enforcement.group_name(q),
-                            "target_share": round(self.shares.get(q.id, 100.0 / max(1, len(queues))), 2),
-                            "measured_share": (round(measured[enforcement.group_name(q)], 2)
-                                               if enforcement.group_name(q) in measured else None)}
-                           for q in queues],
-            "errors": agent.errors or [],
-        }
+        seconds, _ = self.usage.deltas(node.id)
+        rows = []
+        for q in queues:
+            g = enforcement.group_name(q)
+            applied = agent.groups.get(g, {})
+            rows.append({"queue_id": q.id, "name": q.name, "group": g, "mechanism": agent.mechanism,
+                         "target_share": round(self.shares.get(q.id, 100.0 / max(1, len(queues))), 2),
+                         "measured_share": round(measured[g], 2) if g in measured else None,
+                         "weight": applied.get("weight"), "pids": applied.get("pids"),
+                         "usage_source": applied.get("usage_source")})
+        return {"mechanism": agent.mechanism, "note": agent.note, "window_seconds": round(seconds, 1),
+                "schedulers": rows, "errors": agent.errors or []}
 
     def _parse_status(self, q: Queue, res: Result) -> QueueStatus:
         if res.error:

@@ -13,6 +13,9 @@ SERVICE_USER=metascheduler
 JOB_OWNERS="alice bob"
 ADMIN_GROUP=metasched-admins
 SUDOERS_FILE=/etc/sudoers.d/metasched-lab
+# Separate file: the node agent is the one command the service user may run as root.
+AGENT_SUDOERS_FILE=/etc/sudoers.d/metasched-lab-agent
+NODE_AGENT=/usr/local/libexec/metasched-node-agent
 POLICY_RC=/usr/sbin/policy-rc.d
 
 die() { echo "setup-machine.sh: $*" >&2; exit 1; }
@@ -63,18 +66,24 @@ ensure_user() {  # name, then useradd options
     esac
 }
 
-ensure_sudoers() {
-    rule="# Written by metasched tests/lab/setup-machine.sh: the service user may act as any job owner, never as root.
-$SERVICE_USER ALL=(ALL,!root) NOPASSWD: ALL"
-    if [ -f "$SUDOERS_FILE" ] && [ "$(cat "$SUDOERS_FILE")" = "$rule" ]; then
+write_sudoers() {  # file, rule
+    if [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; then
         return 0
     fi
     mkdir -p /etc/sudoers.d
     tmp=$(mktemp)
-    printf '%s\n' "$rule" >"$tmp"
-    visudo -cqf "$tmp" || { rm -f "$tmp"; die "generated sudoers rule does not validate"; }
+    printf '%s\n' "$2" >"$tmp"
+    visudo -cqf "$tmp" || { rm -f "$tmp"; die "generated sudoers rule for $1 does not validate"; }
     chmod 0440 "$tmp"
-    mv "$tmp" "$SUDOERS_FILE"
+    mv "$tmp" "$1"
+}
+
+ensure_sudoers() {
+    write_sudoers "$SUDOERS_FILE" "# Written by metasched tests/lab/setup-machine.sh: the service user may act as any job owner, never as root.
+$SERVICE_USER ALL=(ALL,!root) NOPASSWD: ALL"
+    write_sudoers "$AGENT_SUDOERS_FILE" "# Written by metasched tests/lab/setup-machine.sh: the service user may run the installed node agent
+# (deploy/install-node-agent.sh) as root, as deploy/sudoers/metasched allows; nothing else as root.
+$SERVICE_USER ALL=(root) NOPASSWD: $NODE_AGENT"
 }
 
 todo=$(missing_packages)

@@ -1,0 +1,193 @@
+"""Shared by tests/integration/test_enforcement.py and bench/enforcement_bench.py: CPU-bound jobs submitted
+through the real server into the lab's Grid Engine and Slurm, and an independent measurement of how the
+CPU is split between them.
+
+Independent means: read by this process from /proc (each job shell's utime+stime, the busy loop runs in
+the shell itself) and from the cgroup files, never from what the service reports about itself.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+from tests.integration.real import real_config, script, submit, wait_job, wait_until
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+AGENT = "/usr/local/libexec/metasched-node-agent"   # the path deploy/sudoers and the lab's rule name
+CPU_ROOT = pathlib.Path("/sys/fs/cgroup/cpu")
+ACCT_ROOT = pathlib.Path("/sys/fs/cgroup/cpuacct")
+PARENT = "metasched"
+HZ = os.sysconf("SC_CLK_TCK")
+
+# $1 pid file, $2 stop file, $3 safety timeout, $4 the cpu to pin to ("" = not pinned). The loop is the
+# shell itself (no fork per turn), so the shell's own utime+stime is the job's CPU. A background sleeper
+# stops it anyway after $3 seconds (safety net).
+BUSY = '''[ -z "$4" ] || taskset -cp "$4" $$ >/dev/null
+echo $$ > "$1"
+( sleep "${3:-300}"; : > "$2" ) &
+while [ ! -e "$2" ]; do :; done
+'''
+
+
+@contextlib.contextmanager
+def installed_agent():
+    """Install this checkout's node agent where the sudoers rule allows it (deploy/install-node-agent.sh),
+    and put back what was there before when done."""
+    before = pathlib.Path(AGENT).read_bytes() if os.path.exists(AGENT) else None
+    subprocess.run(["sh", str(REPO / "deploy" / "install-node-agent.sh"), str(REPO / "metasched" / "node_agent.py")],
+                   check=True, capture_output=True)
+    probe = subprocess.run(["su", "-s", "/bin/sh", "metascheduler", "-c", f"sudo -n -l {AGENT}"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        raise AssertionError(f"the service user may not run {AGENT} as root through sudo ({probe.stderr.strip()}): "
+                             "run tests/lab/setup-machine.sh as root to update /etc/sudoers.d/metasched-lab")
+    try:
+        yield AGENT
+    finally:
+        if before is None:
+            os.unlink(AGENT)
+        else:
+            tmp = AGENT + ".restore"
+            pathlib.Path(tmp).write_bytes(before)
+            os.chmod(tmp, 0o755)
+            os.replace(tmp, AGENT)
+
+
+def enforcement_config(lab, weights=(70, 30), policy: str = "shared", interval: float = 1.0) -> dict:
+    """The frontend as the only node (so only its agent acts on this machine's cgroups), SGE and Slurm
+    on it, the installed agent through sudo."""
+    cfg = real_config(lab, interval=interval)
+    cfg["nodes"] = cfg["nodes"][:1]
+    for s, w in zip(cfg["schedulers"], weights):
+        s["weight"] = w
+    cfg["policy"] = {"name": policy, "high_priority": 0}
+    cfg["enforcement"] = {"method": "auto", "helper": AGENT, "parent_group": PARENT}
+    return cfg
+
+
+def stat_fields(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime+stime+cutime+cstime of a live process (0 once it is gone)."""
+    f = stat_fields(pid)
+    return sum(int(x) for x in f[11:15]) if f and f[0] not in "ZX" else 0
+
+
+def start_ticks(pid: int) -> int | None:
+    f = stat_fields(pid)
+    return int(f[19]) if f else None
+
+
+def boot_time() -> float:
+    with open("/proc/stat") as f:
+        return float(next(ln.split()[1] for ln in f if ln.startswith("btime ")))
+
+
+def process_start_epoch(pid: int) -> float | None:
+    """When the process started (kernel starttime, in clock ticks since boot; resolution 1/HZ)."""
+    t = start_ticks(pid)
+    return None if t is None else boot_time() + t / HZ
+
+
+def cgroup_of(pid: int, controller: str = "cpu") -> str | None:
+    """The pid's path in a v1 hierarchy, from /proc/<pid>/cgroup (None when the pid is gone)."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            for line in f:
+                _, ctrls, path = line.rstrip("\n").split(":", 2)
+                if controller in ctrls.split(","):
+                    return path
+    except OSError:
+        return None
+    return None
+
+
+def v1(percent: float, groups: int = 2) -> int:
+    """cpu.shares the agent writes for a share (metasched/node_agent.py v1_shares)."""
+    return max(2, min(262144, int(round(percent * 1024 * groups / 100.0))))
+
+
+def shares_of(group: str) -> int:
+    return int((CPU_ROOT / PARENT / group / "cpu.shares").read_text())
+
+
+@dataclass
+class Busy:
+    """CPU-bound jobs of one scheduler, started through the API, with their shells' pids."""
+    queue: str
+    user: str
+    stop_file: pathlib.Path
+    jobs: list[dict] = field(default_factory=list)
+    pids: list[int] = field(default_factory=list)
+
+    def ticks(self) -> int:
+        return sum(cpu_ticks(p) for p in self.pids)
+
+    def stop(self) -> None:
+        self.stop_file.touch()
+
+
+def start_busy(srv, users, directory: pathlib.Path, queue: str, user: str, n: int = 2,
+               safety_seconds: int = 300, tag: str = "", cpu: int | None = None) -> Busy:
+    """Submit n busy-loop jobs as ``user`` and wait until each runs and wrote its pid."""
+    stop = directory / f"stop-{queue}{tag}"
+    with contextlib.suppress(FileNotFoundError):
+        stop.unlink()
+    path = script(directory / "busy.sh", BUSY, users[user])
+    b = Busy(queue, user, stop)
+    pidfiles = []
+    for i in range(n):
+        pidfile = directory / f"pid-{queue}{tag}-{i}"
+        with contextlib.suppress(FileNotFoundError):
+            pidfile.unlink()
+        pidfiles.append(pidfile)
+        b.jobs.append(submit(srv, user, {"queue": queue, "path": path, "name": f"busy{queue}{tag}{i}",
+                                         "options": [str(pidfile), str(stop), str(safety_seconds),
+                                                     "" if cpu is None else str(cpu)],
+                                         "pwd": str(directory)}))
+    for job, pidfile in zip(b.jobs, pidfiles):
+        wait_job(srv, user, job["id"], {"RUNNING"}, timeout=60)
+        b.pids.append(int(wait_until(f"job {job['id']} wrote its pid",
+                                     lambda: pidfile.exists() and pidfile.read_text().strip(), timeout=30)))
+    return b
+
+
+def measure(a: Busy, b: Busy, seconds: float) -> tuple[float, float, float]:
+    """(a's percent of a+b, a's CPU in cores, b's CPU in cores) over ``seconds``, from /proc."""
+    a0, b0, t0 = a.ticks(), b.ticks(), time.monotonic()
+    time.sleep(seconds)
+    a1, b1, t1 = a.ticks(), b.ticks(), time.monotonic()
+    da, db, dt = (a1 - a0) / HZ, (b1 - b0) / HZ, t1 - t0
+    return (100.0 * da / (da + db) if da + db else float("nan")), da / dt, db / dt
+
+
+def queue_groups(srv) -> dict[str, str]:
+    """Queue name -> the cgroup name the service uses for it (q<id>-<type>-<name>)."""
+    queues = srv.root("GET", "/queues").json()
+    items = queues["items"] if isinstance(queues, dict) else queues
+    return {q["name"]: f"q{q['id']}-{q['type']}-{q['name']}" for q in items}
+
+
+def in_group(pid: int, group: str) -> bool:
+    return cgroup_of(pid) == f"/{PARENT}/{group}"
+
+
+def stop_and_wait(srv, busy: Busy, timeout: float = 60) -> None:
+    busy.stop()
+    for job in busy.jobs:
+        wait_job(srv, busy.user, job["id"], {"COMPLETED", "ERROR", "CANCELLED"}, timeout=timeout)
+
+
+def remove_tree(path: pathlib.Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
