@@ -193,6 +193,11 @@ class Engine:
             self.last_change_probe = self.repo.latest_job_change()
         qmap = {q.id: q for q in queues}
 
+        if not self.shares:
+            # first cycle of this holder (e.g. after a takeover): the agents apply the shares the policy
+            # gives from what the database knows, not an equal split, until this cycle's decision
+            assumed = {q.id: QueueStatus(True) for q in queues}
+            self.shares = dict(policies.decide(self.snapshot(jobs, queues, nodes, assumed, mode), now).shares)
         phase = _Phases(report)
         with phase("observe"):
             statuses = self.observe(queues, nodes, jobs, report, now)

@@ -125,7 +125,28 @@ NODE = {
         "last_error": {"type": ["string", "null"]},
         "load": {"type": ["array", "null"], "items": {"type": "number"}},
         "ncpus": {"type": ["integer", "null"]},
-        "enforcement": {"type": ["object", "null"]},
+        "enforcement": {
+            "type": ["object", "null"],
+            "description": "how the policy's CPU shares are applied on this node (null until its first cycle)",
+            "properties": {
+                "mechanism": {"type": ["string", "null"], "enum": ["cgroup_v2", "cgroup_v1", "nice", "none", None]},
+                "note": {"type": ["string", "null"]},
+                "window_seconds": {"type": "number", "description": "what measured_share was measured over"},
+                "errors": {"type": "array", "items": {"type": "string"}},
+                "schedulers": {"type": "array", "items": {
+                    "type": "object", "required": ["queue_id", "name", "target_share", "measured_share"],
+                    "properties": {
+                        "queue_id": {"type": "integer"}, "name": {"type": "string"}, "group": {"type": "string"},
+                        "mechanism": {"type": ["string", "null"]},
+                        "target_share": {"type": "number", "description": "percent of the node's CPU"},
+                        "measured_share": {"type": ["number", "null"],
+                                           "description": "percent its group got over the window"},
+                        "weight": {"type": ["integer", "null"],
+                                   "description": "cpu.shares, cpu.weight or the nice value written"},
+                        "pids": {"type": ["integer", "null"]},
+                        "usage_source": {"type": ["string", "null"]}}}},
+            },
+        },
     },
 }
 NODE_LIST = {"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": NODE}}}
