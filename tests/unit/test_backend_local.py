@@ -1,6 +1,8 @@
 """Local backend: the commands are run for real through ``sh -c`` (as the transport would)."""
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import pwd
 import shutil
@@ -62,7 +64,7 @@ def wait_final(b, j, timeout=10.0):
 def submit(b, j) -> Job:
     p = run(b.submit_argv(j, None))
     nid = b.parse_submit(j, p.returncode, p.stdout, p.stderr)
-    return Job(**{**j.__dict__, "scheduler_job_id": nid})
+    return dataclasses.replace(j, scheduler_job_id=nid)
 
 
 def test_job_runs_detached_in_its_pwd_and_its_exit_code_is_kept(workdir):
@@ -103,7 +105,7 @@ def test_cancel_term_is_recorded_as_cancelled(workdir):
     time.sleep(0.3)
     p = run(b.cancel_argv(j, None))
     assert p.returncode == 0 and "terminating" in p.stdout
-    j = Job(**{**j.__dict__, "cancel_requested": True})
+    j = dataclasses.replace(j, cancel_requested=True)
     fs = wait_final(b, j)
     assert fs.status == "CANCELLED" and fs.exit_code == 143
 
@@ -115,7 +117,7 @@ def test_cancel_kills_a_job_that_ignores_term_after_grace(workdir):
     t0 = time.monotonic()
     run(b.cancel_argv(j, None))
     assert time.monotonic() - t0 < 0.9           # the KILL follow-up does not block the cycle
-    fs = wait_final(b, Job(**{**j.__dict__, "cancel_requested": True}))
+    fs = wait_final(b, dataclasses.replace(j, cancel_requested=True))
     assert fs.status == "CANCELLED"
     time.sleep(0.2)
     left = subprocess.run(["ps", "-o", "stat=", "-g", j.scheduler_job_id], capture_output=True, text=True)
@@ -206,7 +208,7 @@ def test_as_another_user_through_sudo(workdir):
     b = get_backend("local", {})                  # final_as_owner: True
     j = make_job(workdir, s, jid=51, owner="alice")
     r = run(b.submit_argv(j, "alice"))
-    j = Job(**{**j.__dict__, "scheduler_job_id": b.parse_submit(j, r.returncode, r.stdout, r.stderr)})
+    j = dataclasses.replace(j, scheduler_job_id=b.parse_submit(j, r.returncode, r.stdout, r.stderr))
     fs = wait_final(b, j)
     assert (fs.status, fs.exit_code) == ("ERROR", 5)
     assert Path(output_files(j)[0]).read_text() == "alice\n"

@@ -7,6 +7,8 @@ the canary file that every hostile string tries to create must never appear.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import shutil
 import subprocess
 import tempfile
@@ -111,7 +113,7 @@ def test_local_job_receives_exact_arguments_and_runs_in_hostile_pwd(lab):
     b = get_backend("local", {"final_as_owner": False})
     r = sh(b.submit_argv(j, None))
     nid = b.parse_submit(j, r.returncode, r.stdout, r.stderr)
-    j = Job(**{**j.__dict__, "scheduler_job_id": nid})
+    j = dataclasses.replace(j, scheduler_job_id=nid)
     for _ in range(100):
         r = sh(b.final_argv(j))
         fs = b.parse_final(j, r.returncode, r.stdout, r.stderr)
@@ -137,7 +139,7 @@ def test_yarn_client_receives_exact_arguments(lab):
         time.sleep(0.05)
     time.sleep(0.1)
     assert recorded(lab, "yarn") == ["jar", j.path, *j.options]
-    j = Job(**{**j.__dict__, "scheduler_job_id": nid})
+    j = dataclasses.replace(j, scheduler_job_id=nid)
     sh(b.final_argv(j))
     sh(b.cancel_argv(j, None))
     assert not list(lab.rglob("CANARY"))

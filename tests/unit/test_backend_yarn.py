@@ -2,6 +2,8 @@
 client flow run for real through ``sh`` with a fake ``yarn`` client standing in for Hadoop."""
 from __future__ import annotations
 
+import dataclasses
+
 import re
 import shutil
 import subprocess
@@ -165,7 +167,7 @@ def test_detached_client_flow(fake_yarn):
     assert time.monotonic() - t0 < 0.9            # does not wait for the client
     nid = b.parse_submit(j, r.returncode, r.stdout, r.stderr)
     assert nid.startswith("client:")
-    j = Job(**{**j.__dict__, "scheduler_job_id": nid})
+    j = dataclasses.replace(j, scheduler_job_id=nid)
     fs = None
     for _ in range(50):
         r = sh(b.final_argv(j))
@@ -190,7 +192,7 @@ def test_client_failing_before_submission_is_an_error(fake_yarn):
     b = YarnBackend({"bin_dir": str(fake_yarn / "bin"), "final_as_owner": False})
     j = job(pwd=str(fake_yarn / "work dir"), scheduler_job_id=None)
     r = sh(b.submit_argv(j, None), env={**os.environ, "MS_NO_APP": "1"})
-    j = Job(**{**j.__dict__, "scheduler_job_id": b.parse_submit(j, r.returncode, r.stdout, r.stderr)})
+    j = dataclasses.replace(j, scheduler_job_id=b.parse_submit(j, r.returncode, r.stdout, r.stderr))
     fs = None
     for _ in range(50):
         r = sh(b.final_argv(j))
