@@ -118,7 +118,7 @@ def main() -> int:
     how = f"paced at {args.rate:g}/s" if args.rate else "one burst, 8 client threads"
     print(f"jobs submitted: {args.jobs} in {t_sub:.2f} s ({args.jobs / t_sub:.0f}/s, {how})")
     print(f"{'measure':48} {'value':>12}")
-    print(f"{'dispatched (QUEUED)':48} {len(rows):>12}")
+    print(f"{'dispatched (launcher answered)':48} {len(rows):>12}")
     print(f"{'dispatch rate, first to last dispatch (jobs/s)':48} {len(rows) / max(1e-9, last_q - first_q):>12.0f}")
     print(f"{'end-to-end rate, first submit to last dispatch':48} {len(rows) / (last_q - first_sub):>12.0f}")
     print(f"{'submit -> dispatched latency p50 (s)':48} {statistics.median(lat):>12.3f}")
