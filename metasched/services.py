@@ -278,17 +278,22 @@ class Services:
                           limit: int = 100) -> list[dict]:
         """Jobs submitted directly to the schedulers. The same visibility as our jobs: a user sees only
         their own, admins everyone's."""
+        owner, limit = self._listing_scope(caller, owner, limit)
+        with self.db.read():
+            return self.repo.list_foreign_jobs(after=after, limit=limit, owner=owner,
+                                               queue_id=self._queue_filter(queue))
+
+    def _listing_scope(self, caller: Caller, owner: str | None, limit: int) -> tuple[str | None, int]:
+        """Whose jobs a listing may show (a user: their own; admins: anyone's) and the page size."""
         self.require(caller)
         if owner is not None and owner != caller.user and not caller.is_admin:
             raise Forbidden("only admins can list other users' jobs")
-        if not caller.is_admin:
-            owner = caller.user
-        limit = max(1, min(limit, MAX_PAGE))
-        with self.db.read():
-            queue_id = None
-            if queue is not None:
-                queue_id = self._resolve_queue(queue, [row_to_queue(r) for r in self.repo.list_queues()], "queue").id
-            return self.repo.list_foreign_jobs(after=after, limit=limit, owner=owner, queue_id=queue_id)
+        return (owner if caller.is_admin else caller.user), max(1, min(limit, MAX_PAGE))
+
+    def _queue_filter(self, queue) -> int | None:
+        if queue is None:
+            return None
+        return self._resolve_queue(queue, [row_to_queue(r) for r in self.repo.list_queues()], "queue").id
 
     # -- jobs ---------------------------------------------------------------------------------
     def submit_job(self, caller: Caller, body: dict) -> Job:
@@ -370,17 +375,9 @@ class Services:
     def list_jobs(self, caller: Caller, *, statuses=None, queue=None, owner=None, after: int = 0,
                   limit: int = 100) -> tuple[list[Job], bool]:
         """One page of jobs, oldest first, and whether more follow."""
-        self.require(caller)
-        if owner is not None and owner != caller.user and not caller.is_admin:
-            raise Forbidden("only admins can list other users' jobs")
-        if not caller.is_admin:
-            owner = caller.user
-        limit = max(1, min(limit, MAX_PAGE))
+        owner, limit = self._listing_scope(caller, owner, limit)
         with self.db.read():
-            queue_id = None
-            if queue is not None:
-                queue_id = self._resolve_queue(queue, [row_to_queue(r) for r in self.repo.list_queues()], "queue").id
-            jobs = self.repo.list_jobs(after=after, limit=limit + 1, owner=owner, queue_id=queue_id,
+            jobs = self.repo.list_jobs(after=after, limit=limit + 1, owner=owner, queue_id=self._queue_filter(queue),
                                        statuses=statuses)
         return jobs[:limit], len(jobs) > limit
 

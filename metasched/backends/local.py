@@ -36,7 +36,7 @@ import re
 
 from ..model import Job
 from .base import (Backend, FinalState, NativeJob, NativeState, ProcessMatcher, SubmitRefused,
-                   as_user, control_character_reason, first_line, local_to_utc_iso, path_reason, tag)
+                   as_user, first_line, local_to_utc_iso, path_reason, tag)
 
 JOB_MARK = "metasched-job-"
 
@@ -93,10 +93,6 @@ CANCEL = (
 _PS_LINE = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\S+)\s+(\S+\s+\S+\s+\d+\s+\d\d:\d\d:\d\d\s+\d{4})\s(.*)$")
 
 
-def validate_name(name: str) -> str | None:
-    return control_character_reason(name)
-
-
 def exit_file(job: Job) -> str:
     return posixpath.join(job.pwd, f".{tag(job)}.exit")
 
@@ -111,7 +107,6 @@ class LocalBackend(Backend):
     OPTIONS = ('grace', 'final_as_owner', 'tz', 'setsid', 'recovery_grace')
     starts_on_submit = True     # the launcher starts the job at once: RUNNING, not QUEUED
 
-    validate_name = staticmethod(validate_name)
 
 
     def submit_argv(self, job: Job, run_as: str | None) -> list[str]:

@@ -31,7 +31,7 @@ import re
 
 from ..model import Job
 from .base import (Backend, FinalState, NativeJob, NativeState, ProcessMatcher, SubmitRefused,
-                   as_user, control_character_reason, epoch_ms_to_utc_iso, first_line, path_reason,
+                   as_user, epoch_ms_to_utc_iso, first_line, path_reason,
                    tag, untag)
 
 CLIENT_PREFIX = "client:"
@@ -81,9 +81,9 @@ CANCEL = (
 _REPORT_LINE = re.compile(r"^\t([A-Za-z][A-Za-z -]*?) : ?(.*)$")
 
 
-def validate_name(name: str) -> str | None:
-    """YARN accepts any application name, but -list prints one tab-separated line per application."""
-    return control_character_reason(name)
+# YARN accepts any application name, but -list prints one tab-separated line per application: the base
+# rule (no control characters) is the one that matters.
+validate_name = Backend.validate_name
 
 
 def _native_state(state: str) -> NativeState:
@@ -103,7 +103,6 @@ class YarnBackend(Backend):
     type = "yarn"
     OPTIONS = ('bin_dir', 'env', 'name_conf', 'setsid', 'final_as_owner', 'recovery_grace')
 
-    validate_name = staticmethod(validate_name)
 
 
     # -- submit -------------------------------------------------------------------------------

@@ -138,25 +138,22 @@ class Database:
     @contextlib.contextmanager
     def write(self):
         """BEGIN IMMEDIATE ... COMMIT; ROLLBACK on any exception. Never put slow I/O inside."""
-        conn = self.conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise Unavailable(f"database busy: {exc}") from None
-        try:
+        with self._transaction("BEGIN IMMEDIATE") as conn:
             yield conn
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            self._rollback(conn)
-            if _is_unavailable(exc):
-                raise Unavailable(f"database unavailable: {exc}") from exc
-            raise
 
     @contextlib.contextmanager
     def read(self):
         """A consistent snapshot across several SELECTs (deferred BEGIN, read only)."""
+        with self._transaction("BEGIN") as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def _transaction(self, begin: str):
         conn = self.conn
-        conn.execute("BEGIN")
+        try:
+            conn.execute(begin)
+        except sqlite3.OperationalError as exc:
+            raise Unavailable(f"database busy or unavailable: {exc}") from None
         try:
             yield conn
             conn.execute("COMMIT")
