@@ -256,17 +256,19 @@ class Engine:
                     report.errors[f"enforce {obj.address}:{obj.port}"] = "; ".join(agent.errors)[:300]
             else:
                 report.errors[f"node {obj.address}:{obj.port}"] = agent.error
-            node_rows.append((obj, agent))
-        usage = self._decayed_usage(queues, [n for n, a in node_rows if a.ok], now)
+            # the node is up when it answered the round trip; an agent that failed there (no python3, sudo
+            # refused) is the node's last error, not a reason to call it down
+            node_rows.append((obj, agent, res.error is None))
+        usage = self._decayed_usage(queues, [n for n, a, _ in node_rows if a.ok], now)
         stamp = utcnow()
         with self.db.write():
             for qid, ok, err in queue_rows:
                 self.repo.set_queue_health(id=qid, reachable=int(ok), last_error=err, now=stamp)
             for qid, value in usage.items():
                 self.repo.set_queue_usage(id=qid, usage=value)
-            for n, agent in node_rows:
+            for n, agent, answered in node_rows:
                 self.repo.set_node_health(
-                    id=n.id, reachable=int(agent.ok), last_seen=stamp if agent.ok else None,
+                    id=n.id, reachable=int(answered), last_seen=stamp if answered else None,
                     last_error=agent.error, now=stamp, load=agent.load, ncpus=agent.ncpus,
                     enforcement=self._enforcement_view(n, queues, agent) if agent.ok else None)
         self.queue_usage = usage
