@@ -53,11 +53,23 @@ def build_request(groups: list[tuple[Queue, float, ProcessMatcher, list[int]]], 
 
 
 def command(request: dict, helper: str | None) -> str:
-    """The one command line run on the node: the installed helper through sudo, or the agent inline."""
-    payload = json.dumps(request, separators=(",", ":"))
+    """One agent call as one command line: the installed helper through sudo, or the agent inline."""
+    return shlex.join(_agent_argv(helper) + [payload(request)])
+
+
+def serve_command(helper: str | None) -> str:
+    """The agent kept running (--serve): one request line in, one answer line out, every cycle."""
+    return shlex.join(_agent_argv(helper) + ["--serve"])
+
+
+def payload(request: dict) -> str:
+    return json.dumps(request, separators=(",", ":"))
+
+
+def _agent_argv(helper: str | None) -> list[str]:
     if helper:
-        return shlex.join(["sudo", "-n", helper, payload])
-    return shlex.join(["python3", "-I", "-S", "-c", agent_program(), payload])
+        return ["sudo", "-n", helper]
+    return ["python3", "-I", "-S", "-c", agent_program()]
 
 
 @dataclass

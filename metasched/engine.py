@@ -70,6 +70,15 @@ class CycleReport:
     shares: dict = field(default_factory=dict)
 
 
+def _guarded(call) -> Result:
+    """A failing call is a value in the result, never an exception that stops the cycle."""
+    try:
+        return call()
+    except Exception as exc:
+        log.exception("node call failed")
+        return Result(None, error=f"{type(exc).__name__}: {exc}")
+
+
 class _Phases:
     """Times the phases of a cycle into its summary (observe_ms, reconcile_ms, dispatch_ms)."""
 
@@ -101,6 +110,7 @@ class Engine:
         self.holder = holder or holder_id()
         self.lease_seconds = lease_seconds or 2.5 * config.poller.interval
         self.last_change_probe: tuple[str, int] | None = None
+        self.agents: dict[int, object] = {}          # node id -> the node agent kept running (--serve)
         self.holding = False                         # this engine holds the lease (as far as it knows)
         self.lease_until = 0.0                       # wall-clock time our lease runs out, unless renewed
         self.shares: dict[int, float] = {}          # the last decision's CPU shares, applied by the agents
@@ -145,7 +155,13 @@ class Engine:
             raise SubmitRefused("jobs never run as root")
         return None if job.owner == self.transport_user(node_id) else job.owner
 
+    def close_agents(self) -> None:
+        for stream in self.agents.values():
+            stream.close()
+        self.agents.clear()
+
     def close(self) -> None:
+        self.close_agents()
         for t in self.transports.values():
             t.close()
 
@@ -182,6 +198,7 @@ class Engine:
     # -- the cycle ----------------------------------------------------------------------------
     def run_once(self, now: float) -> CycleReport | None:
         if not self.hold_lease(now):
+            self.close_agents()      # another worker polls now: no idle agents of ours left on the nodes
             return None
         t0 = time.monotonic()
         report = CycleReport(started_at=epoch_to_time(now))
@@ -231,13 +248,14 @@ class Engine:
         enforcement of the last decided shares), all in parallel."""
         calls, kinds = [], []
         for q in queues:
-            calls.append((self.transports[q.master_node_id], command_line(self.backend(q).status_argv()), None))
+            cmd = command_line(self.backend(q).status_argv())
+            calls.append(lambda t=self.transports[q.master_node_id], c=cmd: t.run(c))
             kinds.append(("queue", q))
         for n in nodes:
-            calls.append((self.transports[n.id], self.agent_command(n, queues, jobs),
-                          self.config.ssh.command_timeout))
+            calls.append(lambda n=n, r=self.agent_request(n, queues, jobs): self._agent_call(n, r))
             kinds.append(("node", n))
-        results = fan_out(calls, self.config.ssh.max_parallel)
+        with ThreadPoolExecutor(max_workers=max(1, min(self.config.ssh.max_parallel, len(calls)))) as pool:
+            results = list(pool.map(_guarded, calls))
         statuses: dict[int, QueueStatus] = {}
         queue_rows, node_rows = [], []
         for (kind, obj), res in zip(kinds, results):
@@ -274,8 +292,8 @@ class Engine:
         self.queue_usage = usage
         return statuses
 
-    def agent_command(self, node, queues, jobs) -> str:
-        method = self.config.enforcement.method
+    def agent_request(self, node, queues, jobs) -> dict:
+        """What the node agent must do on this node: one group per scheduler, its share and its trees."""
         groups = []
         for q in queues:
             pgids = [int(j.scheduler_job_id) for j in jobs
@@ -284,8 +302,37 @@ class Engine:
                      and (j.scheduler_job_id or "").isdigit()]
             share = self.shares.get(q.id, 100.0 / max(1, len(queues)))
             groups.append((q, share, self.backend(q).process_matcher(), pgids))
-        request = enforcement.build_request(groups, method=method, parent=self.config.enforcement.parent_group)
-        return enforcement.command(request, self.config.enforcement.helper)
+        return enforcement.build_request(groups, method=self.config.enforcement.method,
+                                         parent=self.config.enforcement.parent_group)
+
+    def _agent_call(self, node, request: dict) -> Result:
+        """One request to the node's agent, kept running over its own channel (--serve) between cycles: a
+        line each way instead of a new SSH session and Python interpreter per node per cycle. A stream that
+        died with its connection is opened again once, in the same cycle."""
+        t0 = time.monotonic()
+        timeout = self.config.ssh.command_timeout
+        for _ in range(2):
+            stream = self.agents.get(node.id)
+            fresh = stream is None
+            if fresh:
+                try:
+                    stream = self.transports[node.id].open_stream(
+                        enforcement.serve_command(self.config.enforcement.helper))
+                except Exception as exc:       # cannot connect: the node is down this cycle
+                    return Result(None, error=str(exc), elapsed=time.monotonic() - t0)
+                self.agents[node.id] = stream
+            try:
+                line = stream.request(enforcement.payload(request), timeout)
+                return Result(0, line, "", elapsed=time.monotonic() - t0)
+            except Exception as exc:
+                stream.close()
+                self.agents.pop(node.id, None)
+                if fresh or isinstance(exc, (TimeoutError, socket.timeout)):   # only a dead stream is retried
+                    if isinstance(exc, EOFError):   # the agent could not start there: the node answered
+                        return Result(1, "", f"node agent: {exc}", elapsed=time.monotonic() - t0)
+                    return Result(None, error=f"node agent on {node.address}:{node.port}: {exc or type(exc).__name__}",
+                                  elapsed=time.monotonic() - t0)
+        return Result(None, error="unreachable")    # not reached: the second try is always fresh
 
     def _decayed_usage(self, queues, nodes_ok, now: float) -> dict[int, float]:
         """CPU seconds each scheduler used since the last cycle (all nodes), decayed for the dynamic policy."""

@@ -480,22 +480,43 @@ def run(request: Any, dry_run: bool = False, allow_overrides: bool = True,
             "elapsed_ms": round((time.time() - t0) * 1000.0, 3)}
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """Request as the first non-flag argument, else on stdin. Always prints one JSON line."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    dry_run = "--dry-run" in args
-    args = [a for a in args if a != "--dry-run"]
+def answer(text: str, dry_run: bool) -> Dict[str, Any]:
+    """One request (JSON text) to one response; never raises: the engine must always get an answer."""
     try:
-        text = args[0] if args else sys.stdin.buffer.read().decode("utf-8")
         try:
             request = json.loads(text)
         except ValueError as e:
             raise RequestError("request is not JSON: %s" % e)
-        response = run(request, dry_run=dry_run, allow_overrides="SUDO_UID" not in os.environ)
+        return run(request, dry_run=dry_run, allow_overrides="SUDO_UID" not in os.environ)
     except RequestError as e:
-        response = {"ok": False, "version": 1, "errors": [str(e)]}
-    except Exception as e:  # the engine must always get an answer it can parse
-        response = {"ok": False, "version": 1, "errors": ["internal error: %s: %s" % (type(e).__name__, e)]}
+        return {"ok": False, "version": 1, "errors": [str(e)]}
+    except Exception as e:
+        return {"ok": False, "version": 1, "errors": ["internal error: %s: %s" % (type(e).__name__, e)]}
+
+
+def serve(dry_run: bool) -> int:
+    """--serve: one request per line on stdin, one answer line each, until stdin ends. The engine keeps
+    this running over one SSH channel per node, so a cycle costs a line each way instead of starting a
+    Python interpreter (and an SSH session) on every node every cycle."""
+    while True:
+        line = sys.stdin.buffer.readline()
+        if not line:
+            return 0
+        if not line.strip():
+            continue
+        sys.stdout.write(json.dumps(answer(line.decode("utf-8"), dry_run), sort_keys=True) + "\n")
+        sys.stdout.flush()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Request as the first non-flag argument, else on stdin (or, with --serve, one per line). Always
+    prints one JSON line per request."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    dry_run = "--dry-run" in args
+    if "--serve" in args:
+        return serve(dry_run)
+    args = [a for a in args if a != "--dry-run"]
+    response = answer(args[0] if args else sys.stdin.buffer.read().decode("utf-8"), dry_run)
     sys.stdout.write(json.dumps(response, sort_keys=True) + "\n")
     sys.stdout.flush()
     return 0 if response["ok"] else 1

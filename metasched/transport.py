@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import socket
 import subprocess
 import threading
@@ -55,11 +56,49 @@ class LocalTransport:
             return Result(None, error=f"cannot run /bin/sh: {exc}", elapsed=time.monotonic() - t0)
         return Result(p.returncode, p.stdout, p.stderr, elapsed=time.monotonic() - t0)
 
+    def open_stream(self, command: str) -> "LocalStream":
+        return LocalStream(command)
+
     def close(self) -> None:
         pass
 
     def describe(self) -> str:
         return "local"
+
+
+class LocalStream:
+    """A long-running command on this machine, spoken to one line at a time."""
+
+    def __init__(self, command: str):
+        self.proc = subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, start_new_session=True)
+        self.buf = b""
+
+    def request(self, line: str, timeout: float) -> str:
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise TimeoutError(f"no answer within {timeout:g}s")
+            data = os.read(fd, 65536)
+            if not data:
+                self.proc.wait(timeout=1)
+                err = self.proc.stderr.read().decode("utf-8", "replace").strip()
+                raise EOFError(err.splitlines()[-1] if err else f"exited with status {self.proc.returncode}")
+            self.buf += data
+        line_out, _, self.buf = self.buf.partition(b"\n")
+        return line_out.decode("utf-8", "replace")
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=2)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
 
 
 class SshTransport:
@@ -136,21 +175,41 @@ class SshTransport:
                 self._client.close()
                 self._client = None
 
+    def _connection(self):
+        """The live connection, or TransportError saying why there is none."""
+        import paramiko
+        try:
+            return self._get()
+        except paramiko.BadHostKeyException as exc:
+            raise TransportError(f"host key mismatch for {self.describe()}: {exc}") from None
+        except paramiko.SSHException as exc:
+            msg = str(exc)
+            if "not found in known_hosts" in msg:
+                msg = f"host key of {self.describe()} is not in known_hosts ({self.known_hosts}): refused"
+            raise TransportError(f"ssh: {msg}") from None
+        except (OSError, TransportError) as exc:
+            raise TransportError(f"cannot connect to {self.describe()}: {exc}") from None
+
+    def open_stream(self, command: str) -> "SshStream":
+        """A long-running command on the node over its own channel of the persistent connection."""
+        import paramiko
+        client = self._connection()
+        try:
+            chan = client.get_transport().open_session(timeout=self.connect_timeout)
+            chan.exec_command(command)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            self._drop()
+            raise TransportError(f"ssh to {self.describe()} failed: {exc or type(exc).__name__}") from None
+        return SshStream(chan)
+
     def run(self, command: str, timeout: float | None = None, stdin: str | None = None) -> Result:
         import paramiko
         t0 = time.monotonic()
         timeout = timeout or self.command_timeout
         try:
-            client = self._get()
-        except paramiko.BadHostKeyException as exc:
-            return Result(None, error=f"host key mismatch for {self.describe()}: {exc}", elapsed=time.monotonic() - t0)
-        except paramiko.SSHException as exc:
-            msg = str(exc)
-            if "not found in known_hosts" in msg:
-                msg = f"host key of {self.describe()} is not in known_hosts ({self.known_hosts}): refused"
-            return Result(None, error=f"ssh: {msg}", elapsed=time.monotonic() - t0)
-        except (OSError, TransportError) as exc:
-            return Result(None, error=f"cannot connect to {self.describe()}: {exc}", elapsed=time.monotonic() - t0)
+            client = self._connection()
+        except TransportError as exc:
+            return Result(None, error=str(exc), elapsed=time.monotonic() - t0)
         chan = None
         try:
             chan = client.get_transport().open_session(timeout=timeout)
@@ -175,6 +234,38 @@ class SshTransport:
 
     def close(self) -> None:
         self._drop()
+
+
+class SshStream:
+    """A long-running command on a node, spoken to one line at a time over one SSH channel."""
+
+    def __init__(self, chan):
+        self.chan = chan
+        self.buf = b""
+
+    def request(self, line: str, timeout: float) -> str:
+        self.chan.settimeout(timeout)
+        self.chan.sendall(line.encode() + b"\n")
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no answer within {timeout:g}s")
+            data = self.chan.recv(65536)
+            if not data:
+                err = b""
+                while self.chan.recv_stderr_ready():
+                    err += self.chan.recv_stderr(65536)
+                text = err.decode("utf-8", "replace").strip()
+                raise EOFError(text.splitlines()[-1] if text else "the remote command ended")
+            self.buf += data
+        line_out, _, self.buf = self.buf.partition(b"\n")
+        return line_out.decode("utf-8", "replace")
+
+    def close(self) -> None:
+        try:
+            self.chan.close()
+        except Exception:
+            pass
 
 
 def _read_all(chan, timeout: float) -> tuple[str, str]:
