@@ -220,8 +220,10 @@ def main() -> None:
         print(f"{queue:<10} {raw:>18.1f} j/s {e2e:>18.1f} j/s {e2e / raw:>5.2f}x {api:>7.1f} j/s")
     (l1, v1), (ln, vn) = per_nodes.items()
     print(f"\nIdle poll cycle (median of {args.cycles}): {l1} {v1:.1f} ms, {ln} {vn:.1f} ms, ratio {vn / v1:.2f}x")
-    print(f"Node agent round trip alone (median): frontend only {agents[0]:.1f} ms, all {len(lab.nodes)} nodes "
-          f"at once {agents[1]:.1f} ms ({agents[1] / agents[0]:.2f}x: the agents share {os.cpu_count()} cores here)")
+    print(f"For comparison, a one-shot node agent (a new session and Python per node per cycle, which the "
+          f"service no longer does: it keeps one agent running per node): frontend only {agents[0]:.1f} ms, "
+          f"all {len(lab.nodes)} nodes at once {agents[1]:.1f} ms ({agents[1] / agents[0]:.2f}x: they share "
+          f"{os.cpu_count()} cores here)")
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 
 
