@@ -696,7 +696,7 @@ class Engine:
         for job in jobs:
             try:
                 self.run_as(job, q.master_node_id)
-                lines.append(command_line(backend.submit_argv(job, None)))
+                lines.append(backend.batch_line(job))
                 ready.append(job)
             except (SubmitRefused, ValueError) as exc:
                 outcomes.append((job, None, str(exc), False))
@@ -706,7 +706,7 @@ class Engine:
             res = transport.run(command_line(backend.submit_argv(ready[0], run_as)))
             answers = [(res.rc, res.stdout, res.stderr)]
         else:
-            res = transport.run(command_line(batch_argv(lines, run_as)))
+            res = transport.run(command_line(batch_argv(lines, run_as, backend.batch_preamble)))
             answers = parse_batch(res.stdout, len(ready))
             if res.error is None and res.rc != 0 and not any(answers):
                 # nothing ran at all (sudo refused, no shell): the reason holds for every job of the batch

@@ -107,6 +107,13 @@ class Backend:
         """Return the native id, or raise SubmitRefused with the scheduler's reason."""
         raise NotImplementedError
 
+    # -- several submissions in one round trip (see batch_argv) --------------------------------
+    batch_preamble = ""
+
+    def batch_line(self, job: Job) -> str:
+        """The command line that submits this job inside a batch (already running as its owner)."""
+        return command_line(self.submit_argv(job, None))
+
     # -- observe ------------------------------------------------------------------------------
     def status_argv(self) -> list[str]:
         """ONE command listing every job of every user in the scheduler."""
@@ -274,8 +281,11 @@ def path_reason(job: Job) -> str | None:
 # every element is quoted) are passed as positional parameters to this constant script, which runs them
 # one by one and frames each one's stdout, exit status and stderr with markers. The job's own processes
 # never keep fd 3 (the round trip's stdout) open.
+# $1 is the backend's preamble (constant shell text, e.g. function definitions its lines call), the rest
+# are the command lines. Each runs inside the command substitution's subshell: a `cd` or `exit` in it
+# stays there.
 BATCH_SCRIPT = (
-    'exec 3>&1; i=0; for c in "$@"; do '
+    'exec 3>&1; eval "$1"; shift; i=0; for c in "$@"; do '
     'e=$( { eval "$c"; } 2>&1 1>&3 3>&- ); r=$?; '
     'printf "\\n@@metasched-rc %d %d\\n%s\\n@@metasched-end %d\\n" "$i" "$r" "$e" "$i"; '
     'i=$((i+1)); done'
@@ -283,8 +293,8 @@ BATCH_SCRIPT = (
 _BATCH_RE = re.compile(r"\n?@@metasched-rc (\d+) (\d+)\n(.*?)\n@@metasched-end \1\n", re.S)
 
 
-def batch_argv(command_lines: list[str], run_as: str | None) -> list[str]:
-    return as_user(["sh", "-c", BATCH_SCRIPT, "sh", *command_lines], run_as)
+def batch_argv(command_lines: list[str], run_as: str | None, preamble: str = "") -> list[str]:
+    return as_user(["sh", "-c", BATCH_SCRIPT, "sh", preamble, *command_lines], run_as)
 
 
 def parse_batch(stdout: str, n: int) -> list[tuple[int, str, str] | None]:

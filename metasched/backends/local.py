@@ -36,7 +36,7 @@ import re
 
 from ..model import Job
 from .base import (Backend, FinalState, NativeJob, NativeState, ProcessMatcher, SubmitRefused,
-                   as_user, first_line, local_to_utc_iso, path_reason, tag)
+                   as_user, command_line, first_line, local_to_utc_iso, path_reason, tag)
 
 JOB_MARK = "metasched-job-"
 
@@ -109,14 +109,22 @@ class LocalBackend(Backend):
 
 
 
-    def submit_argv(self, job: Job, run_as: str | None) -> list[str]:
+    def _launch_args(self, job: Job) -> list[str]:
         reason = path_reason(job)
         if reason:
             raise ValueError(reason)
         out, err = output_files(job)
-        argv = ["sh", "-c", LAUNCH, "sh", WRAP, str(self.options.get("setsid", "setsid")), job.pwd,
-                out, err, exit_file(job), str(job.id), job.path, *job.options]
-        return as_user(argv, run_as)
+        return [WRAP, str(self.options.get("setsid", "setsid")), job.pwd, out, err, exit_file(job), str(job.id),
+                job.path, *job.options]
+
+    def submit_argv(self, job: Job, run_as: str | None) -> list[str]:
+        return as_user(["sh", "-c", LAUNCH, "sh", *self._launch_args(job)], run_as)
+
+    # In a batch the launcher is a function of the batch's own shell: one fork per job, no new sh.
+    batch_preamble = "ms_launch() { " + LAUNCH + "; }"
+
+    def batch_line(self, job: Job) -> str:
+        return command_line(["ms_launch", *self._launch_args(job)])
 
     def parse_submit(self, job: Job, rc: int, stdout: str, stderr: str) -> str:
         if rc != 0:
