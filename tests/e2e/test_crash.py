@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.e2e.test_local_e2e import CONFIG, FINAL, live_members, script, workdir  # noqa: F401
-from tests.server.conftest import Server
+from tests.server.conftest import Server, proc_table
 
 N_JOBS = 200
 
@@ -33,11 +33,8 @@ def holder_pid(srv: Server, killed=(), timeout: float = 20.0) -> int:
 
 
 def live_members_of(pid: int) -> bool:
-    try:
-        stat = open(f"/proc/{pid}/stat").read()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
+    fields = proc_table().get(pid)
+    return fields is not None and fields[0] != "Z"
 
 
 def submit_all(srv: Server, path: str, tokens) -> list[int]:
@@ -112,15 +109,7 @@ def test_killing_the_lease_holder_never_runs_a_job_twice(server_factory, crash_s
 
 def kill_server(srv: Server) -> None:
     """SIGKILL the master and every worker at the same moment (the whole service dies)."""
-    children = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                stat = open(f"/proc/{name}/stat").read()
-            except OSError:
-                continue
-            if int(stat[stat.rindex(")") + 2:].split()[1]) == srv.proc.pid:
-                children.append(int(name))
+    children = [pid for pid, f in proc_table().items() if int(f[1]) == srv.proc.pid]
     for pid in [srv.proc.pid] + children:
         try:
             os.kill(pid, signal.SIGKILL)

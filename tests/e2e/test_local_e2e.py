@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from tests.server.conftest import proc_table, wait_job
+
 CONFIG = {
     "policy": {"name": "shared"},
     "nodes": [{"ip": "127.0.0.1", "transport": "local"}],
@@ -50,14 +52,7 @@ def script(path, text: str, owner) -> str:
 
 
 def wait_for(srv, user, job_id, states, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    job = None
-    while time.monotonic() < deadline:
-        job = srv.as_user(user, "GET", f"/jobs/{job_id}").json()
-        if job["status"] in states:
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} never reached {states}: {job}")
+    return wait_job(srv, user, job_id, states, timeout)
 
 
 def submit(srv, user, body):
@@ -108,17 +103,7 @@ def test_cancel_running_job_kills_its_process_group(srv, users, workdir):
 
 def live_members(pgid: int) -> list[int]:
     """Processes of the group that are not zombies (this machine's pid 1 does not reap orphans)."""
-    out = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                stat = open(f"/proc/{name}/stat").read()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2:].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                out.append(int(name))
-    return out
+    return [pid for pid, f in proc_table().items() if int(f[2]) == pgid and f[0] != "Z"]
 
 
 def test_cancel_pending_hold_release_and_edit(srv, users, workdir):

@@ -11,7 +11,7 @@ import tempfile
 import time
 
 from tests.lab.fixtures import lab_config
-from tests.server.conftest import Server, start_server
+from tests.server.conftest import Server, start_server, wait_job  # noqa: F401 (used by the lab tests)
 
 FINAL = {"COMPLETED", "ERROR", "CANCELLED"}
 
@@ -82,18 +82,6 @@ def submit(srv: Server, user: str, body: dict) -> dict:
     r = srv.as_user(user, "POST", "/jobs", body)
     assert r.status == 201, r
     return r.json()
-
-
-def wait_job(srv: Server, user: str, job_id: int, states, timeout: float = 60.0) -> dict:
-    deadline = time.monotonic() + timeout
-    job = None
-    while time.monotonic() < deadline:
-        job = srv.as_user(user, "GET", f"/jobs/{job_id}").json()
-        if job["status"] in states:
-            return job
-        time.sleep(0.2)
-    events = srv.as_user(user, "GET", f"/jobs/{job_id}/events").json()
-    raise AssertionError(f"job {job_id} never reached {sorted(states)} in {timeout} s: {job}\nevents: {events}")
 
 
 def wait_until(what: str, fn, timeout: float = 30.0, interval: float = 0.2):

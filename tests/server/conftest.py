@@ -275,3 +275,32 @@ def pytest_runtest_makereport(item, call):
         servers = [v for v in getattr(item, "funcargs", {}).values() if isinstance(v, Server)]
         for s in servers:
             rep.sections.append((f"metasched stderr ({s.workdir})", s.stderr()[-20000:]))
+
+
+# -- helpers shared by the tests that run jobs -----------------------------------------------------
+
+def wait_job(srv: Server, user: str, job_id: int, states, timeout: float = 60.0) -> dict:
+    """Poll GET /jobs/{id} as ``user`` until the job is in one of ``states``; fail with its history."""
+    deadline = time.monotonic() + timeout
+    job = None
+    while time.monotonic() < deadline:
+        job = srv.as_user(user, "GET", f"/jobs/{job_id}").json()
+        if job["status"] in states:
+            return job
+        time.sleep(0.1)
+    events = srv.as_user(user, "GET", f"/jobs/{job_id}/events").json()
+    raise AssertionError(f"job {job_id} never reached {sorted(states)} in {timeout} s: {job}\nevents: {events}")
+
+
+def proc_table() -> dict[int, list[str]]:
+    """pid -> the fields of /proc/<pid>/stat after the command name (state, ppid, pgrp, ...)."""
+    out = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            out[int(name)] = stat[stat.rindex(")") + 2:].split()
+    return out
