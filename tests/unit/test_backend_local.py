@@ -213,3 +213,17 @@ def test_as_another_user_through_sudo(workdir):
     assert (fs.status, fs.exit_code) == ("ERROR", 5)
     assert Path(output_files(j)[0]).read_text() == "alice\n"
     assert Path(exit_file(j)).stat().st_uid == owner.pw_uid
+
+
+def test_a_half_written_exit_file_is_never_a_final_state_nor_not_found():
+    """The wrapper writes the exit file in place; caught between create and write it reads "exit" with no
+    number: ask again (parse_final) and never resubmit an interrupted dispatch (parse_final_by_tag)."""
+    b = LocalBackend({})
+    j = Job(id=7, name="x", queue_id=1, owner="alice", status=JobStatus.RUNNING, path="/bin/true", pwd="/tmp",
+            scheduler_job_id="4242")
+    assert b.parse_final(j, 0, "exit \n", "") is None
+    with pytest.raises(RuntimeError):
+        b.parse_final_by_tag(dataclasses.replace(j, status=JobStatus.DISPATCHING, scheduler_job_id=None),
+                             0, "exit \n", "")
+    assert b.parse_final_by_tag(dataclasses.replace(j, scheduler_job_id=None), 0, "gone\n", "") is None
+    assert b.parse_final_by_tag(dataclasses.replace(j, scheduler_job_id=None), 0, "exit 3\n", "")[1].exit_code == 3
