@@ -12,6 +12,7 @@ our queue and is submitted again.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import pwd
@@ -422,7 +423,8 @@ class Engine:
                 changes.append(Change(job, new, f"adopted {q.name} job {nj.native_id} after an interrupted dispatch",
                                       scheduler_job_id=nj.native_id, started_at=nj.start_time))
                 if nj.state in (NativeState.FINISHED, NativeState.ERROR):
-                    finals.append(job)
+                    # already over: ask how it ended by its native id, as the job it now is
+                    finals.append(dataclasses.replace(job, status=new, scheduler_job_id=nj.native_id))
                 continue
             nj = st.by_native.get(job.scheduler_job_id or "")
             if nj is None or nj.state is NativeState.FINISHED:
