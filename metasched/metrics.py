@@ -86,7 +86,7 @@ def collect(services: Services) -> list[Family]:
     info = Family("metasched_info", "gauge", "The running metasched version.").add(1, version=__version__)
     jobs = Family("metasched_jobs", "gauge", "Jobs per queue and state (as GET /queues counts them).")
     disp = Family("metasched_dispatches_total", "counter",
-                  "Jobs the poller handed to their scheduler (transitions to QUEUED).")
+                  "Jobs the poller handed to their scheduler (DISPATCHING to QUEUED, or to RUNNING for local).")
     refused = Family("metasched_dispatch_failures_total", "counter",
                      "Submissions the scheduler refused (transitions to ERROR, reason 'scheduler refused').")
     queue_up = Family("metasched_queue_up", "gauge",

@@ -314,3 +314,13 @@ def split_run_as(argv: list[str]) -> tuple[str | None, list[str]]:
     if len(argv) > 5 and argv[:3] == ["sudo", "-n", "-u"] and argv[4] == "--":
         return argv[3], argv[5:]
     return None, argv
+
+
+def launcher_pid(rc: int, stdout: str, stderr: str) -> str:
+    """The pid a detaching launcher printed (local jobs, YARN clients); its refusal as SubmitRefused."""
+    if rc != 0:
+        raise SubmitRefused(first_line(stderr, stdout) or f"launcher exited with status {rc}")
+    pid = first_line(stdout)
+    if not pid.isdigit():
+        raise RuntimeError(f"launcher printed no process id: {first_line(stdout, stderr)!r}")
+    return pid

@@ -35,8 +35,7 @@ import posixpath
 import re
 
 from ..model import Job
-from .base import (Backend, FinalState, NativeJob, NativeState, ProcessMatcher, SubmitRefused,
-                   as_user, command_line, first_line, local_to_utc_iso, path_reason, tag)
+from .base import (launcher_pid, Backend, FinalState, NativeJob, NativeState, ProcessMatcher, as_user, command_line, first_line, local_to_utc_iso, path_reason, tag)
 
 JOB_MARK = "metasched-job-"
 
@@ -130,12 +129,7 @@ class LocalBackend(Backend):
         return command_line(["ms_launch", *self._launch_args(job)])
 
     def parse_submit(self, job: Job, rc: int, stdout: str, stderr: str) -> str:
-        if rc != 0:
-            raise SubmitRefused(first_line(stderr, stdout) or f"launcher exited with status {rc}")
-        pid = first_line(stdout)
-        if not pid.isdigit():
-            raise RuntimeError(f"launcher printed no process id: {first_line(stdout, stderr)!r}")
-        return pid
+        return launcher_pid(rc, stdout, stderr)
 
     def status_argv(self) -> list[str]:
         return ["ps", "-ww", "-e", "-o", "pid=,pgid=,user:64=,lstart=,args="]

@@ -30,8 +30,7 @@ import posixpath
 import re
 
 from ..model import Job
-from .base import (Backend, FinalState, NativeJob, NativeState, ProcessMatcher, SubmitRefused,
-                   as_user, epoch_ms_to_utc_iso, first_line, path_reason,
+from .base import (launcher_pid, Backend, FinalState, NativeJob, NativeState, ProcessMatcher, as_user, epoch_ms_to_utc_iso, first_line, path_reason,
                    tag, untag)
 
 CLIENT_PREFIX = "client:"
@@ -120,12 +119,7 @@ class YarnBackend(Backend):
         return as_user(argv, run_as)
 
     def parse_submit(self, job: Job, rc: int, stdout: str, stderr: str) -> str:
-        if rc != 0:
-            raise SubmitRefused(first_line(stderr, stdout) or f"launcher exited with status {rc}")
-        pid = first_line(stdout)
-        if not pid.isdigit():
-            raise RuntimeError(f"launcher printed no process id: {first_line(stdout, stderr)!r}")
-        return f"{CLIENT_PREFIX}{pid}"
+        return f"{CLIENT_PREFIX}{launcher_pid(rc, stdout, stderr)}"
 
     # -- observe ------------------------------------------------------------------------------
     def status_argv(self) -> list[str]:

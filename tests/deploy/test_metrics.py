@@ -119,7 +119,7 @@ def poller_writes(srv) -> None:
             repo.insert_poll_cycle(holder="frontend:4242:poller", started_at=now, duration_ms=123.5,
                                    summary={"dispatched": 2}, errors={"node 127.0.0.2:2222": "connection refused"})
             for job, (mid, end, reason) in zip(pending, [
-                    (JobStatus.DISPATCHING, JobStatus.QUEUED, "queued in local as 17"),
+                    (JobStatus.DISPATCHING, JobStatus.RUNNING, "running on local as 17"),   # no native queue
                     (JobStatus.DISPATCHING, JobStatus.QUEUED, "queued in local as 18"),
                     (JobStatus.DISPATCHING, JobStatus.ERROR, "scheduler refused: no such file")]):
                 for old, new, why in [(JobStatus.TO_BE_QUEUED, mid, "dispatching"), (mid, end, reason)]:
@@ -155,11 +155,13 @@ def test_metrics_match_the_api(srv):
             assert value(samples, "metasched_jobs", queue=q["name"], state=state) == n, (q["name"], state)
             total += n
     assert total == len(made)
-    assert value(samples, "metasched_jobs", queue="local", state="QUEUED") == 2
+    assert value(samples, "metasched_jobs", queue="local", state="QUEUED") == 1
+    assert value(samples, "metasched_jobs", queue="local", state="RUNNING") == 1
     assert value(samples, "metasched_jobs", queue="local", state="HELD") == 1
 
     events = [e for jid in made for e in srv.root("GET", f"/jobs/{jid}/events").json()["items"]]
-    dispatched = sum(e["actor"] == "poller" and e["new_status"] == "QUEUED" for e in events)
+    dispatched = sum(e["actor"] == "poller" and e["old_status"] == "DISPATCHING" and
+                     e["new_status"] in ("QUEUED", "RUNNING") for e in events)
     refused = sum(e["actor"] == "poller" and e["new_status"] == "ERROR" and
                   e["reason"].startswith("scheduler refused") for e in events)
     assert (dispatched, refused) == (2, 1)

@@ -71,9 +71,7 @@ def test_job_runs_detached_in_its_pwd_and_its_exit_code_is_kept(workdir):
     b = backend()
     j = make_job(workdir, script(workdir, 'echo "out $1 $(pwd)"; echo err >&2; sleep 1; exit 3\n'),
                  options=("arg one",))
-    t0 = time.monotonic()
-    j = submit(b, j)
-    assert time.monotonic() - t0 < 0.9          # the launcher returns without waiting for the job
+    j = submit(b, j)                            # returns at once: the final check below finds it running
     pgid = int(j.scheduler_job_id)
     assert os.getpgid(pgid) == pgid             # the job leads its own process group
 
@@ -114,9 +112,10 @@ def test_cancel_kills_a_job_that_ignores_term_after_grace(workdir):
     b = backend(grace=1)
     j = submit(b, make_job(workdir, script(workdir, "trap '' TERM; sleep 30 & wait; sleep 30\n"), jid=44))
     time.sleep(0.3)
-    t0 = time.monotonic()
     run(b.cancel_argv(j, None))
-    assert time.monotonic() - t0 < 0.9           # the KILL follow-up does not block the cycle
+    # the KILL follow-up does not block the cycle: cancel returned while the job (ignoring TERM) still runs
+    alive = subprocess.run(["ps", "-o", "stat=", "-g", j.scheduler_job_id], capture_output=True, text=True)
+    assert [s for s in alive.stdout.split() if not s.startswith("Z")]
     fs = wait_final(b, dataclasses.replace(j, cancel_requested=True))
     assert fs.status == "CANCELLED"
     time.sleep(0.2)
