@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 from . import enforcement, policies
 from .backends import get_backend
-from .backends.base import (Backend, FinalState, NativeJob, NativeState, SubmitRefused, batch_argv,
-                            command_line, parse_batch, split_run_as)
+from .backends.base import (Backend, FinalState, NativeJob, NativeState, SubmitRefused, command_line,
+                            parse_batch)
 from .config import Config
 from .db.core import Database, epoch_to_time, parse_time, utcnow
 from .db.repository import Repository, row_to_node, row_to_queue
@@ -438,15 +438,9 @@ class Engine:
                 cancels.append(job)
         return changes, finals, cancels
 
-    def _final_argv(self, job: Job, q: Queue) -> list[str] | None:
-        backend = self.backend(q)
-        if job.scheduler_job_id is None:
-            return None if backend.final_by_tag_argv is None else backend.final_by_tag_argv(job)
-        return backend.final_argv(job)
-
-    def _batched_by_queue(self, items: dict[int, list[tuple[str | None, str]]], qmap) -> dict[int, list[Result]]:
-        """Run command lines on each scheduler's master, grouped per owner into batches; one Result each,
-        in order. Schedulers and up to PARALLEL_BATCHES batches per scheduler at once."""
+    def _batched_by_queue(self, items: dict[int, list[tuple[str | None, object]]], qmap) -> dict[int, list[Result]]:
+        """Ask the backends' final_entry() questions on each scheduler's master, grouped per owner into
+        batches; one Result each, in order. Schedulers and up to PARALLEL_BATCHES batches per scheduler at once."""
         out: dict[int, list[Result]] = {}
 
         def one_queue(qid: int) -> None:
@@ -462,7 +456,8 @@ class Engine:
 
             def run_chunk(chunk) -> None:
                 run_as, idxs = chunk
-                res = transport.run(command_line(batch_argv([entries[i][1] for i in idxs], run_as)))
+                res = transport.run(command_line(self.backend(qmap[qid]).final_batch_argv(
+                    [entries[i][1] for i in idxs], run_as)))
                 parsed = parse_batch(res.stdout, len(idxs)) if res.error is None else [None] * len(idxs)
                 for i, answer in zip(idxs, parsed):
                     if answer is not None:
@@ -487,13 +482,13 @@ class Engine:
         changes: list[Change] = []
         for j in finals:
             q = qmap[j.queue_id]
-            argv = self._final_argv(j, q)
-            if argv is None:   # an interrupted dispatch the scheduler does not list and cannot look up
+            backend = self.backend(q)
+            if j.scheduler_job_id is None and backend.final_by_tag_argv is None:
+                # an interrupted dispatch the scheduler does not list and cannot look up
                 changes.append(Change(j, JobStatus.TO_BE_QUEUED,
                                       f"dispatch was interrupted before {q.name} got the job; submitting again"))
                 continue
-            run_as, inner = split_run_as(argv)
-            items[q.id].append((run_as, command_line(inner)))
+            items[q.id].append(backend.final_entry(j))
             asked.append(j)
         answers = self._batched_by_queue(items, qmap)
         results = []
@@ -708,7 +703,7 @@ class Engine:
             res = transport.run(command_line(backend.submit_argv(ready[0], run_as)))
             answers = [(res.rc, res.stdout, res.stderr)]
         else:
-            res = transport.run(command_line(batch_argv(lines, run_as, backend.batch_preamble)))
+            res = transport.run(command_line(backend.batch_submit_argv(lines, run_as)))
             answers = parse_batch(res.stdout, len(ready))
             if res.error is None and res.rc != 0 and not any(answers):
                 # nothing ran at all (sudo refused, no shell): the reason holds for every job of the batch

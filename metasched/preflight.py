@@ -41,13 +41,13 @@ SCHEDULER_COMMANDS = {
     "sge": ("qsub", "qstat", "qacct", "qdel"),
     "slurm": ("sbatch", "squeue", "scontrol", "scancel"),
     "yarn": ("yarn", "setsid"),
-    "local": ("ps", "setsid"),
+    "local": ("ps", "python3"),
 }
-SUDO_COMMANDS = {          # what runs after `sudo -n -u <owner> --`
-    "sge": ("qsub", "qdel"),
-    "slurm": ("sbatch", "scancel"),
+SUDO_COMMANDS = {          # what runs after `sudo -n -u <owner> --` (sh: several submissions in one round trip)
+    "sge": ("qsub", "qdel", "sh"),
+    "slurm": ("sbatch", "scancel", "sh"),
     "yarn": ("sh",),
-    "local": ("sh",),
+    "local": ("sh", "python3"),
 }
 
 

@@ -110,9 +110,15 @@ class Backend:
     # -- several submissions in one round trip (see batch_argv) --------------------------------
     batch_preamble = ""
 
-    def batch_line(self, job: Job) -> str:
-        """The command line that submits this job inside a batch (already running as its owner)."""
+    def batch_line(self, job: Job):
+        """This job's part of a batch: by default the command line that submits it (already running as its
+        owner). Raises ValueError when the job cannot be submitted at all."""
         return command_line(self.submit_argv(job, None))
+
+    def batch_submit_argv(self, lines: list, run_as: str | None) -> list[str]:
+        """One round trip submitting the jobs whose batch_line()s these are, as run_as; its output is read by
+        parse_batch (one framed answer per job, in order)."""
+        return batch_argv(lines, run_as, self.batch_preamble)
 
     # -- observe ------------------------------------------------------------------------------
     def status_argv(self) -> list[str]:
@@ -130,6 +136,18 @@ class Backend:
     def parse_final(self, job: Job, rc: int, stdout: str, stderr: str) -> FinalState | None:
         """How the job ended, or None while the scheduler's accounting does not know yet."""
         raise NotImplementedError
+
+    # Several final-state questions of one owner go in one round trip (see batch_argv).
+    def final_entry(self, job: Job):
+        """(the user who asks, or None for the service user; this job's question in a batch): by default
+        final_argv, or final_by_tag_argv for a job without a native id, as a command line."""
+        argv = self.final_argv(job) if job.scheduler_job_id is not None else self.final_by_tag_argv(job)
+        run_as, inner = split_run_as(argv)
+        return run_as, command_line(inner)
+
+    def final_batch_argv(self, entries: list, run_as: str | None) -> list[str]:
+        """One round trip asking the final_entry() questions, as run_as; its output is read by parse_batch."""
+        return batch_argv(entries, run_as)
 
     # -- recovery of an interrupted dispatch (optional) -----------------------------------------
     # A job left DISPATCHING by a crash has no native id. If the scheduler no longer lists it, these ask

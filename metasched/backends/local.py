@@ -1,10 +1,11 @@
 """Local backend: runs the job script on the scheduler's node, detached, as its owner.
 
 Design (why):
-- The launcher (``sh -c LAUNCH``, run as the owner) changes to pwd, checks that the script is an
-  executable file (else the submission is refused at once), and starts the job under ``setsid``: the
-  job becomes a session and process-group leader, so native id = pid = pgid, printed by the launcher.
-  The job's stdout/stderr go to ``<pwd>/<tag>.o<our id>`` / ``.e<our id>``.
+- The launcher (HELPER: a short ``python3 -I -S`` run as the owner, one per round trip whatever the
+  number of jobs) changes to pwd, checks that the script is an executable file (else the submission is
+  refused at once), and spawns the job in a new session: the job becomes a session and process-group
+  leader, so native id = pid = pgid, printed by the launcher. The job's stdout/stderr go to
+  ``<pwd>/<tag>.o<our id>`` / ``.e<our id>``. The node needs python3 (the node agent needs it anyway).
 - The session leader is a small constant ``sh`` wrapper (WRAP) that runs the script (exec'd directly:
   the kernel honours its shebang) and then writes its exit status
   to ``<pwd>/.<tag>.exit``. It traps TERM (with a no-op handler, which children do not inherit) so
@@ -27,7 +28,8 @@ Design (why):
   write its status (KILL, reboot) is "gone": CANCELLED if a cancel was requested, else ERROR.
 
 Options: ``grace`` (seconds between TERM and KILL, default 10), ``final_as_owner`` (default True),
-``tz`` (zone of the node's clock for ps lstart, default "UTC"), ``setsid`` (path, default "setsid").
+``tz`` (zone of the node's clock for ps lstart, default "UTC"), ``python`` (the launcher's interpreter on
+the node, default "python3"; any Python 3.8 or later).
 """
 from __future__ import annotations
 
@@ -35,52 +37,123 @@ import posixpath
 import re
 
 from ..model import Job
-from .base import (launcher_pid, Backend, FinalState, NativeJob, NativeState, ProcessMatcher, as_user, command_line, first_line, local_to_utc_iso, path_reason, tag)
+from .base import (launcher_pid, Backend, FinalState, NativeJob, NativeState, ProcessMatcher, as_user,
+                   first_line, local_to_utc_iso, path_reason, tag)
 
 JOB_MARK = "metasched-job-"
 
-# The session leader. $0 = metasched-job-<id>, $1 = exit file, $2... = the script and its arguments.
-# One line, no tabs: ps prints it verbatim, and it is the prefix that identifies our jobs.
+# The session leader. $0 = metasched-job-<id>, $1 = exit file, $2 = stdout file, $3 = stderr file,
+# $4... = the script and its arguments. One line, no tabs: ps prints it verbatim, and it is the prefix
+# that identifies our jobs.
+# The job opens its own output files (as Grid Engine's shepherd and slurmstepd do on the node): creating
+# two files is most of the cost of starting a trivial job, and here it runs in the job's process, beside
+# the launcher's next spawn, not in front of it. If they cannot be created the wrapper exits without an
+# exit file (the job is "gone"); the launcher checks beforehand that they can be.
 # The exit status goes straight into the file: no temporary file and mv, one process less per job (about
 # 17% more launches per second on 2 cores). A reader that catches the file half written sees "exit" with
 # no number and asks again next cycle (parse_final returns None, parse_final_by_tag raises).
-WRAP = ('x=$1; shift; trap : TERM; "$@"; rc=$?; '
+WRAP = ('x=$1; exec > "$2" 2> "$3"; shift 3; trap : TERM; "$@"; rc=$?; '
         'echo "$rc" > "$x"')
 ARGS_PREFIX = f"sh -c {WRAP} {JOB_MARK}"
 # The prefix is matched with a quoted ``case "$a" in "$3"*)`` pattern: dash mishandles backslashes in
 # quoted pattern expansions, and ps would rewrite tabs or newlines. Keep it to plain characters.
 assert not set(ARGS_PREFIX) & set("\\\t\n"), "WRAP must stay a plain one-line text"
 
-# $1 = WRAP, $2 = setsid, $3 = pwd, $4 = stdout file, $5 = stderr file, $6 = exit file, $7 = our id,
-# $8 = script, $9... = its arguments.
-LAUNCH = (
-    'w=$1; s=$2; cd -- "$3" || exit 1; o=$4; e=$5; x=$6; n=$7; shift 7; '
-    'if [ ! -f "$1" ] || [ ! -x "$1" ]; then '
-    'printf "%s\\n" "metasched: not an executable file: $1" >&2; exit 1; fi; '
-    'if [ -e "$x" ]; then rm -f "$x"; fi; '
-    '"$s" sh -c "$w" "metasched-job-$n" "$x" "$@" > "$o" 2> "$e" < /dev/null & '
-    # Report the pid only once setsid has made it a group leader (a cancel right after the submit
-    # must find the group); give up waiting after about 2 s (the job is running anyway).
-    # (read from /proc/PID/stat without forking: the launcher runs once per job, often hundreds per batch)
-    # (read from /proc/PID/stat without forking, spinning briefly before sleeping: the launcher runs once
-    # per job, often hundreds per batch, and setsid takes well under a millisecond)
-    'p=$!; i=0; while [ "$i" -lt 300 ]; do { read -r l < "/proc/$p/stat"; } 2>/dev/null || break; '
-    'l=${l##*) }; set -- $l; [ "$3" = "$p" ] && break; i=$((i+1)); [ "$i" -gt 200 ] && sleep 0.02; done; '
-    'echo "$p"'
-)
-
-# $1 = exit file, $2 = pgid, $3 = expected command-line prefix of the leader.
-FINAL = (
-    # the exit file first (no fork: read is a builtin); ps only for a job that has not recorded its end
-    'if [ -f "$1" ] && [ ! -h "$1" ] && [ -O "$1" ]; then read -r v < "$1"; printf "exit %s\\n" "$v"; exit 0; fi; '
-    'a=$(ps -ww -o args= -p "$2" 2>/dev/null); '
-    'if [ -f "$1" ] && [ ! -h "$1" ] && [ -O "$1" ]; then read -r v < "$1"; printf "exit %s\\n" "$v"; exit 0; fi; '
-    'case "$a" in "$3"*) echo running;; *) echo gone;; esac'
-)
-
-# $1 = exit file.
-FINAL_BY_TAG = ('if [ -f "$1" ] && [ ! -h "$1" ] && [ -O "$1" ]; then read -r v < "$1"; printf "exit %s\\n" "$v"; '
-                'else echo gone; fi')
+# The helper, run as the owner (a short ``python3 -I -S``: no site, no user paths, only built-in modules),
+# ONE per round trip whatever the number of jobs: the per-job work of a round trip costs no new process.
+# - launch: checks the script and that the output can be written, removes a stale exit file, starts WRAP with
+#   ``posix_spawn(setsid=True)``: glibc spawns with CLONE_VFORK, so when the call returns the job is
+#   already its own session and group leader (a cancel right after the submit finds the group) and its
+#   pid is the native id. No ``setsid`` binary, no shell per job, no polling of /proc: about four times
+#   the launches per second of the shell launcher it replaced. SIGPIPE and SIGXFSZ are reset to their
+#   defaults for the job (Python ignores SIGPIPE; subprocess restores it the same way).
+# - final: how a job ended: its exit file (opened without following a symlink, a regular file owned by
+#   the caller), else whether its group leader still runs our wrapper for this job (/proc/<pgid>/cmdline,
+#   what ``ps -o args`` prints), else the exit file again (it may have ended meanwhile): prints
+#   "exit <status>", "running" or "gone" (by tag: the exit file or "gone").
+# argv: operation (launch | final), form ("framed": one answer per record framed like BATCH_SCRIPT's,
+# for parse_batch; "plain": one record, its answer on stdout or its refusal on stderr with status 1),
+# for launch WRAP, then records: the number of fields that follow and the fields.
+#   launch record: our id, pwd, stdout file, stderr file, exit file, script, its arguments.
+#   final record: "pgid", exit file, pgid, expected command-line prefix | "tag", exit file.
+HELPER = r"""
+import os, signal, stat, sys
+op, form, a = sys.argv[1], sys.argv[2], sys.argv[3:]
+os.closerange(3, 1 << 16)
+def launch(jid, pwd, out, err, ext, script, *args):
+    try:
+        os.chdir(pwd)
+    except OSError as e:
+        return 1, "", "metasched: cannot enter pwd %s: %s" % (pwd, e.strerror)
+    try:
+        st = os.stat(script)
+    except OSError:
+        st = None
+    if st is None or not stat.S_ISREG(st.st_mode) or not os.access(script, os.X_OK):
+        return 1, "", "metasched: not an executable file: " + script
+    if not os.access(pwd, os.W_OK):
+        return 1, "", "metasched: cannot write in pwd %s (the job's output and exit status go there)" % pwd
+    for f in (out, err):
+        try:
+            st = os.stat(f)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode) or not os.access(f, os.W_OK):
+            return 1, "", "metasched: cannot write the job's output file " + f
+    try:
+        os.unlink(ext)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        return 1, "", "metasched: cannot remove the old exit file %s: %s" % (ext, e.strerror)
+    try:
+        pid = os.posix_spawn("/bin/sh", ["sh", "-c", wrap, "metasched-job-" + jid, ext, out, err, script, *args],
+                             os.environ, setsid=True, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+                             file_actions=[(os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, null, 1),
+                                           (os.POSIX_SPAWN_DUP2, null, 2)])
+    except OSError as e:
+        return 1, "", "metasched: cannot start %s: %s" % (e.filename or script, e.strerror)
+    return 0, "%d\n" % pid, ""
+def status(ext):
+    try:
+        fd = os.open(ext, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            return None
+        return "exit %s\n" % os.read(fd, 64).decode("ascii", "replace").split("\n")[0].strip()
+    finally:
+        os.close(fd)
+def final(kind, ext, pgid=None, prefix=None):
+    v = status(ext)
+    if v or kind == "tag":
+        return 0, v or "gone\n", ""
+    try:
+        with open("/proc/%s/cmdline" % pgid, "rb") as f:
+            args = f.read().rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "surrogateescape")
+    except OSError:
+        args = ""
+    v = status(ext)
+    return 0, v or ("running\n" if args.startswith(prefix) else "gone\n"), ""
+if op == "launch":
+    wrap, a, act = a[0], a[1:], launch
+    null = os.open(os.devnull, os.O_RDWR)
+else:
+    act = final
+i = n = 0
+while i < len(a):
+    k = int(a[i])
+    rc, o, e = act(*a[i + 1:i + 1 + k])
+    i += 1 + k
+    if form == "plain":
+        os.write(1 if rc == 0 else 2, (o or e + "\n").encode("utf-8", "surrogateescape"))
+        sys.exit(rc)
+    os.write(1, ("%s\n@@metasched-rc %d %d\n%s\n@@metasched-end %d\n" % (o, n, rc, e, n)).encode(
+        "utf-8", "surrogateescape"))
+    n += 1
+"""
 
 # $1 = pgid, $2 = grace seconds, $3 = expected command-line prefix of the leader.
 CANCEL = (
@@ -106,27 +179,30 @@ def output_files(job: Job) -> tuple[str, str]:
 
 class LocalBackend(Backend):
     type = "local"
-    OPTIONS = ('grace', 'final_as_owner', 'tz', 'setsid', 'recovery_grace')
+    OPTIONS = ('grace', 'final_as_owner', 'tz', 'python', 'recovery_grace')
     starts_on_submit = True     # the launcher starts the job at once: RUNNING, not QUEUED
 
-
-
-    def _launch_args(self, job: Job) -> list[str]:
+    def _launch_fields(self, job: Job) -> list[str]:
         reason = path_reason(job)
         if reason:
             raise ValueError(reason)
         out, err = output_files(job)
-        return [WRAP, str(self.options.get("setsid", "setsid")), job.pwd, out, err, exit_file(job), str(job.id),
-                job.path, *job.options]
+        fields = [str(job.id), job.pwd, out, err, exit_file(job), job.path, *job.options]
+        return [str(len(fields)), *fields]
+
+    def _helper(self, op: str, form: str, fields: list[str], run_as: str | None) -> list[str]:
+        return as_user([str(self.options.get("python", "python3")), "-I", "-S", "-c", HELPER, op, form, *fields],
+                       run_as)
 
     def submit_argv(self, job: Job, run_as: str | None) -> list[str]:
-        return as_user(["sh", "-c", LAUNCH, "sh", *self._launch_args(job)], run_as)
+        return self._helper("launch", "plain", [WRAP, *self._launch_fields(job)], run_as)
 
-    # In a batch the launcher is a function of the batch's own shell: one fork per job, no new sh.
-    batch_preamble = "ms_launch() { " + LAUNCH + "; }"
+    # In a batch, one helper starts every job of the round trip.
+    def batch_line(self, job: Job) -> list[str]:
+        return self._launch_fields(job)
 
-    def batch_line(self, job: Job) -> str:
-        return command_line(["ms_launch", *self._launch_args(job)])
+    def batch_submit_argv(self, lines: list, run_as: str | None) -> list[str]:
+        return self._helper("launch", "framed", [WRAP, *(f for fields in lines for f in fields)], run_as)
 
     def parse_submit(self, job: Job, rc: int, stdout: str, stderr: str) -> str:
         return launcher_pid(rc, stdout, stderr)
@@ -156,9 +232,22 @@ class LocalBackend(Backend):
                                   start_time=local_to_utc_iso(lstart, "%a %b %d %H:%M:%S %Y", tz)))
         return jobs
 
+    def _asker(self, job: Job) -> str | None:
+        return job.owner if self.options.get("final_as_owner", True) else None
+
+    def _final_fields(self, job: Job) -> list[str]:
+        if job.scheduler_job_id is None:
+            return ["2", "tag", exit_file(job)]
+        return ["4", "pgid", exit_file(job), _pgid(job), f"{ARGS_PREFIX}{job.id} "]
+
     def final_argv(self, job: Job) -> list[str]:
-        argv = ["sh", "-c", FINAL, "sh", exit_file(job), _pgid(job), f"{ARGS_PREFIX}{job.id} "]
-        return as_user(argv, job.owner) if self.options.get("final_as_owner", True) else argv
+        return self._helper("final", "plain", self._final_fields(job), self._asker(job))
+
+    def final_entry(self, job: Job):
+        return self._asker(job), self._final_fields(job)
+
+    def final_batch_argv(self, entries: list, run_as: str | None) -> list[str]:
+        return self._helper("final", "framed", [f for fields in entries for f in fields], run_as)
 
     def parse_final(self, job: Job, rc: int, stdout: str, stderr: str) -> FinalState | None:
         line = first_line(stdout)
@@ -177,14 +266,13 @@ class LocalBackend(Backend):
         if line == "gone":
             if job.cancel_requested:
                 return FinalState("CANCELLED", None, "cancelled")
-            return FinalState("ERROR", None, "the job ended without recording an exit status "
-                                             "(killed, or the node restarted)")
+            return FinalState("ERROR", None, "the job ended without recording an exit status (killed, its "
+                                             "output files could not be created, or the node restarted)")
         return None   # sudo or ps failed: ask again next cycle
 
     def final_by_tag_argv(self, job: Job) -> list[str]:
         """An interrupted dispatch: did the job run (its exit file exists)? It is not running (not in ps)."""
-        argv = ["sh", "-c", FINAL_BY_TAG, "sh", exit_file(job)]
-        return as_user(argv, job.owner) if self.options.get("final_as_owner", True) else argv
+        return self.final_argv(job)
 
     def parse_final_by_tag(self, job: Job, rc: int, stdout: str, stderr: str):
         line = first_line(stdout)

@@ -2,6 +2,7 @@
 (visudo, systemd-analyze, nginx in test_nginx.py, sh) and against the code it must agree with."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -12,7 +13,9 @@ import tempfile
 import pytest
 
 from metasched import preflight
+from metasched.backends import get_backend
 from metasched.config import ServerConfig
+from metasched.model import Job, JobStatus
 
 from .conftest import REPO, SITE, SOCKET_IN_SITE, require_binary
 
@@ -61,6 +64,25 @@ def test_sudoers_lets_owners_commands_run_as_anyone_but_root_and_only_the_agent_
     assert aliases[as_root.group(1)] == ["/usr/local/libexec/metasched-node-agent"]
     assert re.search(r"^DEST=\$\{METASCHED_AGENT_DEST:-/usr/local/libexec/metasched-node-agent\}$",
                      read(INSTALLER), re.M)
+
+
+@pytest.mark.parametrize("kind", sorted(preflight.SUDO_COMMANDS))
+def test_every_command_a_backend_runs_as_the_owner_is_one_preflight_checks(kind):
+    """What the sudoers rule must allow is what the backends really run after `sudo -n -u <owner> --`
+    (single and batched submits, final-state questions, cancels): preflight checks exactly that list."""
+    backend = get_backend(kind, {})
+    job = Job(id=7, name="x", queue_id=1, owner="alice", status=JobStatus.DISPATCHING, path="/home/alice/j.sh",
+              pwd="/home/alice")
+    ran = dataclasses.replace(job, status=JobStatus.RUNNING,
+                              scheduler_job_id="client:4242" if kind == "yarn" else "4242")
+    lines = [backend.batch_line(job), backend.batch_line(job)]
+    argvs = [backend.submit_argv(job, "alice"), backend.batch_submit_argv(lines, "alice"),
+             backend.cancel_argv(ran, "alice"), backend.final_argv(ran)]
+    for j in (ran,) + ((job,) if backend.final_by_tag_argv else ()):
+        run_as, entry = backend.final_entry(j)
+        argvs.append(backend.final_batch_argv([entry, entry], run_as))
+    as_owner = {argv[5] for argv in argvs if argv[:5] == ["sudo", "-n", "-u", "alice", "--"]}
+    assert as_owner and as_owner <= set(preflight.SUDO_COMMANDS[kind]), as_owner
 
 
 # -- systemd unit ----------------------------------------------------------------------------------

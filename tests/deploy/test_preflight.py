@@ -53,7 +53,7 @@ def test_local_node_passes_with_a_row_per_check(tmp_path):
     assert by_check["config"][2] == "ok"
     assert by_check["database"][2] == "ok" and "will be created" in by_check["database"][3]
     assert by_check["local"][:3] == ["127.0.0.1 (local)", "local", "ok"]
-    assert by_check["local commands"][2:] == ["ok", "ps setsid"]
+    assert by_check["local commands"][2:] == ["ok", "ps python3"]
     assert "0 failed - ready to start" in p.stdout
 
 
@@ -157,7 +157,7 @@ def test_sudo_checks_pass_for_the_service_user(lab_sudo_rule):
     rows = collect_as("metascheduler", dict(LOCAL, auth={"admins": ["alice"], "proxy_user": "www-data"}))
     got = {r["check"]: r for r in rows}
     assert got["sudo as alice"]["result"] == "ok", rows
-    assert got["sudo as alice"]["detail"] == "metascheduler may run sh"
+    assert got["sudo as alice"]["detail"] == "metascheduler may run sh python3"
     assert got["sudo as root refused"]["result"] == "ok", rows
     assert not [r for r in rows if r["result"] == "FAIL"], rows
 

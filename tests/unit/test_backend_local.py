@@ -6,6 +6,7 @@ import dataclasses
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -95,6 +96,29 @@ def test_completed_job(workdir):
     b = backend()
     j = submit(b, make_job(workdir, script(workdir, "exit 0\n"), jid=42))
     assert wait_final(b, j).status == "COMPLETED"
+
+
+def test_job_starts_with_default_signal_dispositions(workdir):
+    """The launcher is Python, which ignores SIGPIPE: a job must not inherit that (`yes | head` would
+    then print "Broken pipe" errors instead of ending quietly), nor SIGINT/SIGQUIT ignored."""
+    b = backend()
+    j = submit(b, make_job(workdir, script(workdir, "grep SigIgn /proc/$$/status; yes | head -n 1\n"), jid=60))
+    assert wait_final(b, j).status == "COMPLETED"
+    out, err = output_files(j)
+    lines = Path(out).read_text().splitlines()
+    ignored = int(lines[0].split()[1], 16)
+    for sig in (signal.SIGPIPE, signal.SIGINT, signal.SIGQUIT, signal.SIGXFSZ):
+        assert not ignored & (1 << (sig - 1)), f"{sig.name} is ignored in the job"
+    assert lines[1:] == ["y"] and Path(err).read_text() == ""
+
+
+def test_output_that_cannot_be_written_is_refused_at_submit(workdir):
+    b = backend()
+    j = make_job(workdir, script(workdir, "exit 0\n"), jid=61)
+    os.mkdir(output_files(j)[1])                       # the stderr file's name is taken by a directory
+    r = run(b.submit_argv(j, None))
+    with pytest.raises(SubmitRefused, match=r"cannot write the job's output file .*\.e61"):
+        b.parse_submit(j, r.returncode, r.stdout, r.stderr)
 
 
 def test_cancel_term_is_recorded_as_cancelled(workdir):
@@ -212,6 +236,23 @@ def test_as_another_user_through_sudo(workdir):
     assert (fs.status, fs.exit_code) == ("ERROR", 5)
     assert Path(output_files(j)[0]).read_text() == "alice\n"
     assert Path(exit_file(j)).stat().st_uid == owner.pw_uid
+
+
+def test_a_pwd_the_owner_cannot_write_is_refused_at_submit(workdir):
+    """Output and exit status go to pwd: a directory the owner may enter but not write is refused with
+    that reason, not started as a job that could never record how it ended."""
+    if os.getuid() != 0 or shutil.which("sudo") is None:
+        pytest.skip("needs root and sudo to act as another user")
+    try:
+        pwd.getpwnam("alice")
+    except KeyError:
+        pytest.skip("needs an ordinary user 'alice' (useradd alice)")
+    workdir.chmod(0o755)                          # root's directory: alice may read it, not write
+    j = make_job(workdir, script(workdir, "exit 0\n"), jid=62, owner="alice")
+    r = run(get_backend("local", {}).submit_argv(j, "alice"))
+    with pytest.raises(SubmitRefused, match="cannot write in pwd"):
+        LocalBackend().parse_submit(j, r.returncode, r.stdout, r.stderr)
+    assert list(workdir.iterdir()) == [workdir / "job.sh"]
 
 
 def test_a_half_written_exit_file_is_never_a_final_state_nor_not_found():

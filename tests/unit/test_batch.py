@@ -18,8 +18,8 @@ def job(i: int, d, path: str, options=()) -> Job:
                options=tuple(options), pwd=str(d))
 
 
-def run_batch(lines: list[str], preamble: str = "") -> list:
-    p = subprocess.run(["/bin/sh", "-c", command_line(batch_argv(lines, None, preamble))],
+def run_batch(lines: list[str], preamble: str = "", argv=None) -> list:
+    p = subprocess.run(["/bin/sh", "-c", command_line(argv or batch_argv(lines, None, preamble))],
                        capture_output=True, text=True, timeout=60)
     return parse_batch(p.stdout, len(lines))
 
@@ -40,7 +40,8 @@ def test_local_batch_launches_each_job_with_its_arguments_verbatim(tmp_path):
     backend = LocalBackend({})
     jobs = [job(0, tmp_path, str(script), opts), job(1, tmp_path, str(tmp_path / "missing.sh")),
             job(2, tmp_path, str(script), ["second"])]
-    answers = run_batch([backend.batch_line(j) for j in jobs], backend.batch_preamble)
+    lines = [backend.batch_line(j) for j in jobs]
+    answers = run_batch(lines, argv=backend.batch_submit_argv(lines, None))
     assert answers[0][0] == 0 and answers[0][1].strip().isdigit()          # the launcher printed the pgid
     assert answers[1][0] == 1 and "not an executable file" in answers[1][2]  # refused, with its reason
     assert answers[2][0] == 0 and answers[2][1].strip().isdigit()
