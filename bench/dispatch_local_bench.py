@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Dispatch benchmark on the `local` backend (issue: engine): N trivial jobs through the whole system.
 
-The real service (gunicorn, 2 workers, poller) on config like config/local.config; N jobs submitted by
+The real service (gunicorn, 2 workers, poller) on config/local.config; N jobs submitted by
 root on behalf of alice over the unix socket from 8 threads; then, from the database, the time each job
 took from its submission (created_at) to RUNNING (the launcher answered with its process group), and the
-dispatch rate. Baseline in the same run: the same launcher run sequentially, one `sudo -n -u alice`
-round trip per job (sudo, sh, setsid), as a naive dispatcher would.
+dispatch rate. Baseline in the same run: a naive launcher run sequentially, one `sudo -n -u alice`
+round trip per job (sudo, sh, setsid), as a one-command-per-job dispatcher would.
 
 Run as root from the repository:  python3 bench/dispatch_local_bench.py [--jobs 1000]
 """
@@ -23,17 +23,17 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import yaml
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 
 from tests.server.conftest import ensure_user, start_server  # noqa: E402
 
-CONFIG = {
-    "policy": {"name": "shared"},
-    "nodes": [{"ip": "127.0.0.1", "transport": "local"}],
-    "schedulers": [{"name": "local", "type": "local", "master": 0, "weight": 100}],
-    "poller": {"interval": 2, "wakeup": 0.2, "max_dispatch_per_cycle": 1000},
-    "enforcement": {"method": "none"},
-}
+# The demo's own configuration (config/local.config: defaults for everything but the poll interval), the
+# server settings left to the test harness.
+with open(os.path.join(REPO, "config", "local.config"), encoding="utf-8") as _f:
+    CONFIG = {k: v for k, v in yaml.safe_load(_f).items() if k != "server"}
 
 
 def ts(s: str) -> float:

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 from . import enforcement, policies
 from .backends import get_backend
-from .backends.base import (Backend, FinalState, NativeJob, NativeState, SubmitRefused, command_line,
-                            parse_batch)
+from .backends.base import (Backend, BatchAnswers, FinalState, NativeJob, NativeState, SubmitRefused,
+                            command_line, parse_batch)
 from .config import Config
 from .db.core import Database, epoch_to_time, parse_time, utcnow
 from .db.repository import Repository, row_to_node, row_to_queue
@@ -38,6 +38,7 @@ log = logging.getLogger("metasched.engine")
 KEEP_CYCLES = 1000
 BATCH_MAX = 100          # jobs submitted per round trip to a scheduler's master
 BATCH_BYTES = 96 * 1024  # and at most this much command line (well under ARG_MAX and sshd's limits)
+RECORD_EVERY = 0.05      # seconds between recordings of the jobs a running batch has already started
 PARALLEL_BATCHES = 3     # round trips in flight at once per scheduler (channels of one SSH connection)
 
 
@@ -651,9 +652,11 @@ class Engine:
                 log.warning("lease lost while dispatching to %s; leaving %d jobs to the next holder",
                             q.name, len(batch))
                 return
-            outcomes = self._submit_batch(q, run_as, batch)
-            with lock:
-                self._record_submits(q, outcomes, report)
+            def record(outcomes) -> None:
+                with lock:
+                    self._record_submits(q, outcomes, report)
+
+            self._submit_batch(q, run_as, batch, record)
 
         def submit_all(qid: int) -> None:
             q = qmap[qid]
@@ -685,8 +688,10 @@ class Engine:
         if batch:
             yield owner, batch
 
-    def _submit_batch(self, q: Queue, run_as: str | None, jobs: list[Job]):
-        """[(job, native id, problem, outcome unknown)] for one round trip."""
+    def _submit_batch(self, q: Queue, run_as: str | None, jobs: list[Job], record) -> None:
+        """One round trip. record([(job, native id, problem, outcome unknown)]) is called every RECORD_EVERY
+        seconds with the answers that arrived meanwhile (a job counts as dispatched as soon as its scheduler
+        answered, not when the whole batch did) and once at the end; every job is in exactly one call."""
         backend = self.backend(q)
         transport = self.transports[q.master_node_id]
         outcomes, ready, lines = [], [], []
@@ -698,30 +703,62 @@ class Engine:
             except (SubmitRefused, ValueError) as exc:
                 outcomes.append((job, None, str(exc), False))
         if not ready:
-            return outcomes
+            record(outcomes)
+            return
         if len(ready) == 1:
             res = transport.run(command_line(backend.submit_argv(ready[0], run_as)))
-            answers = [(res.rc, res.stdout, res.stderr)]
-        else:
-            res = transport.run(command_line(backend.batch_submit_argv(lines, run_as)))
-            answers = parse_batch(res.stdout, len(ready))
-            if res.error is None and res.rc != 0 and not any(answers):
-                # nothing ran at all (sudo refused, no shell): the reason holds for every job of the batch
-                answers = [(res.rc, "", res.stderr)] * len(ready)
-        for job, answer in zip(ready, answers):
-            if res.error is not None and answer is None:
-                outcomes.append((job, None, res.error, True))
-            elif answer is None:
-                outcomes.append((job, None, "the batch stopped before this job", True))
-            else:
-                rc, out, err = answer
-                try:
-                    outcomes.append((job, backend.parse_submit(job, rc, out, err), None, False))
-                except SubmitRefused as exc:
-                    outcomes.append((job, None, str(exc) or err.strip() or f"exit status {rc}", False))
-                except Exception as exc:   # it may exist: the next cycle looks for it by our tag
-                    outcomes.append((job, None, str(exc), True))
-        return outcomes
+            record(outcomes + [self._submit_outcome(backend, ready[0], res, (res.rc, res.stdout, res.stderr))])
+            return
+        stream, done, guard, over = BatchAnswers(len(ready)), set(), threading.Lock(), threading.Event()
+
+        def on_output(text: str) -> None:
+            with guard:
+                for i, answer in stream.feed(text):
+                    if i not in done:
+                        done.add(i)
+                        outcomes.append(self._submit_outcome(backend, ready[i], None, answer))
+
+        def flush() -> None:
+            with guard:
+                got = outcomes[:]
+                outcomes.clear()
+            if got:
+                record(got)
+
+        def flusher() -> None:
+            while not over.wait(RECORD_EVERY):
+                flush()
+
+        recorder = threading.Thread(target=flusher, name="dispatch-record", daemon=True)
+        recorder.start()
+        try:
+            res = transport.run(command_line(backend.batch_submit_argv(lines, run_as)), on_output=on_output)
+        finally:
+            over.set()
+            recorder.join()
+        answers = parse_batch(res.stdout, len(ready))
+        if res.error is None and res.rc != 0 and not any(answers):
+            # nothing ran at all (sudo refused, no shell): the reason holds for every job of the batch
+            answers = [(res.rc, "", res.stderr)] * len(ready)
+        for i, (job, answer) in enumerate(zip(ready, answers)):
+            if i not in done:
+                outcomes.append(self._submit_outcome(backend, job, res, answer))
+        record(outcomes)
+
+    @staticmethod
+    def _submit_outcome(backend: Backend, job: Job, res: Result | None, answer):
+        """(job, native id, problem, outcome unknown) from one job's answer; res: the round trip, when over."""
+        if answer is None:
+            if res is not None and res.error is not None:
+                return job, None, res.error, True
+            return job, None, "the batch stopped before this job", True
+        rc, out, err = answer
+        try:
+            return job, backend.parse_submit(job, rc, out, err), None, False
+        except SubmitRefused as exc:
+            return job, None, str(exc) or err.strip() or f"exit status {rc}", False
+        except Exception as exc:   # it may exist: the next cycle looks for it by our tag
+            return job, None, str(exc), True
 
     def _record_submits(self, q: Queue, outcomes, report: CycleReport) -> None:
         now = utcnow()

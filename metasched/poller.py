@@ -75,6 +75,7 @@ class PollerThread:
     def _loop(self) -> None:
         next_full = time.monotonic()
         while not self._stop.is_set():
+            busy = False
             try:
                 if self.engine is None:
                     self.engine = self._make_engine()
@@ -88,6 +89,9 @@ class PollerThread:
                     self.is_holder = report is not None
                     if report is not None:
                         self.cycles += 1
+                        # submissions that arrived while it dispatched are looked for at once, not after
+                        # a wake-up period: under a stream of submissions, cycles follow each other
+                        busy = report.summary.get("dispatched", 0) > 0
                     # a worker without the lease asks for it twice an interval: with the lease lasting 2.5
                     # intervals, a dead holder is replaced within three intervals
                     next_full = time.monotonic() + (self.interval if self.is_holder else self.interval / 2)
@@ -95,7 +99,8 @@ class PollerThread:
                 log.exception("poll cycle failed; retrying next interval")
                 next_full = time.monotonic() + self.interval
             wait = max(0.0, min(self.wakeup if self.is_holder else self.interval / 2, next_full - time.monotonic()))
-            self._wake.wait(wait)
+            if not busy:
+                self._wake.wait(wait)
         self.db.close()
 
     def _beat(self) -> None:

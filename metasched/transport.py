@@ -6,17 +6,22 @@ exception that stops the fan-out (:func:`fan_out`).
 """
 from __future__ import annotations
 
+import codecs
 import logging
 import os
 import select
+import signal
 import socket
 import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Callable
 
 log = logging.getLogger("metasched.transport")
+
+OutputCallback = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -44,17 +49,38 @@ class LocalTransport:
     def __init__(self, command_timeout: float = 30.0):
         self.command_timeout = command_timeout
 
-    def run(self, command: str, timeout: float | None = None, stdin: str | None = None) -> Result:
+    def run(self, command: str, timeout: float | None = None, stdin: str | None = None,
+            on_output: OutputCallback | None = None) -> Result:
+        """on_output, when given, receives the command's stdout as it arrives (text chunks, in order, from
+        this thread); the Result still carries all of it."""
         t0 = time.monotonic()
+        timeout = timeout or self.command_timeout
         try:
-            p = subprocess.run(["/bin/sh", "-c", command], input=stdin, capture_output=True, text=True,
-                               timeout=timeout or self.command_timeout, start_new_session=True)
-        except subprocess.TimeoutExpired:
-            return Result(None, error=f"command timed out after {timeout or self.command_timeout:g}s",
-                          elapsed=time.monotonic() - t0)
+            proc = subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.PIPE if stdin is not None
+                                    else subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    start_new_session=True)
         except OSError as exc:
             return Result(None, error=f"cannot run /bin/sh: {exc}", elapsed=time.monotonic() - t0)
-        return Result(p.returncode, p.stdout, p.stderr, elapsed=time.monotonic() - t0)
+        try:
+            if stdin is not None:
+                try:
+                    proc.stdin.write(stdin.encode())
+                except BrokenPipeError:
+                    pass
+                proc.stdin.close()
+            out, err = _read_pipes(proc.stdout.fileno(), proc.stderr.fileno(), t0 + timeout, on_output)
+            rc = proc.wait(timeout=max(0.1, t0 + timeout - time.monotonic()))
+        except (TimeoutError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)     # its own session: the shell and what it started
+            except ProcessLookupError:
+                pass
+            proc.wait()
+            return Result(None, error=f"command timed out after {timeout:g}s", elapsed=time.monotonic() - t0)
+        finally:
+            proc.stdout.close()
+            proc.stderr.close()
+        return Result(rc, out, err, elapsed=time.monotonic() - t0)
 
     def open_stream(self, command: str) -> "LocalStream":
         return LocalStream(command)
@@ -202,7 +228,9 @@ class SshTransport:
             raise TransportError(f"ssh to {self.describe()} failed: {exc or type(exc).__name__}") from None
         return SshStream(chan)
 
-    def run(self, command: str, timeout: float | None = None, stdin: str | None = None) -> Result:
+    def run(self, command: str, timeout: float | None = None, stdin: str | None = None,
+            on_output: OutputCallback | None = None) -> Result:
+        """See LocalTransport.run."""
         import paramiko
         t0 = time.monotonic()
         timeout = timeout or self.command_timeout
@@ -218,7 +246,7 @@ class SshTransport:
             if stdin is not None:
                 chan.sendall(stdin.encode())
             chan.shutdown_write()
-            out, err = _read_all(chan, timeout)
+            out, err = _read_all(chan, timeout, on_output)
             rc = chan.recv_exit_status()
             return Result(rc, out, err, elapsed=time.monotonic() - t0)
         except (socket.timeout, TimeoutError):
@@ -268,13 +296,50 @@ class SshStream:
             pass
 
 
-def _read_all(chan, timeout: float) -> tuple[str, str]:
+def _read_all(chan, timeout: float, on_output: OutputCallback | None = None) -> tuple[str, str]:
     """Read stdout to EOF, then stderr, before asking for the exit status (reading the status first
     deadlocks on large output). The channel's timeout bounds every blocking read."""
     chan.settimeout(timeout)
-    out = chan.makefile("rb").read()
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    out = []
+    while True:
+        data = chan.recv(65536)
+        text = decoder.decode(data, final=not data)
+        if text:
+            out.append(text)
+            if on_output is not None:
+                on_output(text)
+        if not data:
+            break
     err = chan.makefile_stderr("rb").read()
-    return out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+    return "".join(out), err.decode("utf-8", "replace")
+
+
+def _read_pipes(out_fd: int, err_fd: int, deadline: float, on_output: OutputCallback | None) -> tuple[str, str]:
+    """Both pipes of a local command to EOF (neither can fill up and block the command), stdout handed to
+    on_output as it arrives. TimeoutError past the deadline."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    out: list[str] = []
+    err = bytearray()
+    open_fds = [out_fd, err_fd]
+    while open_fds:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        ready, _, _ = select.select(open_fds, [], [], left)
+        for fd in ready:
+            data = os.read(fd, 65536)
+            if not data:
+                open_fds.remove(fd)
+            if fd == err_fd:
+                err += data
+                continue
+            text = decoder.decode(data, final=not data)
+            if text:
+                out.append(text)
+                if on_output is not None:
+                    on_output(text)
+    return "".join(out), err.decode("utf-8", "replace")
 
 
 def fan_out(calls: list, max_parallel: int = 8) -> list[Result]:

@@ -76,9 +76,11 @@ WHERE status IN (SELECT value FROM json_each(:statuses))
 ORDER BY id;
 
 -- name: latest_job_change
--- Cheap "is there new work?" probe for the poller between cycles.
+-- Cheap "is there new work?" probe for the poller between cycles: new, released or edited jobs, and cancels
+-- of jobs not yet over. Only the active states are read (through jobs_by_status), never the finished history.
 SELECT coalesce(max(updated_at), '') AS at, count(*) AS n FROM jobs
-WHERE status IN ('TO_BE_QUEUED', 'DISPATCHING') OR cancel_requested = 1 AND status NOT IN ('COMPLETED', 'ERROR', 'CANCELLED');
+WHERE status IN ('TO_BE_QUEUED', 'DISPATCHING', 'HELD', 'QUEUED', 'RUNNING')
+  AND (status IN ('TO_BE_QUEUED', 'DISPATCHING') OR cancel_requested = 1);
 
 -- name: set_waiting_reason
 -- Why a job still waits in our queue; written only when it changed (no event: not a transition).

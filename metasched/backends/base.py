@@ -315,15 +315,31 @@ def batch_argv(command_lines: list[str], run_as: str | None, preamble: str = "")
     return as_user(["sh", "-c", BATCH_SCRIPT, "sh", preamble, *command_lines], run_as)
 
 
+class BatchAnswers:
+    """The framed answers of a batch, read while its output arrives: feed() returns the answers completed
+    by this piece of output, [(index, (rc, stdout, stderr))]; an answer is complete once its end marker is in."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.buf = ""
+
+    def feed(self, text: str) -> list[tuple[int, tuple[int, str, str]]]:
+        self.buf += text
+        got, pos = [], 0
+        for m in _BATCH_RE.finditer(self.buf):
+            i = int(m.group(1))
+            if 0 <= i < self.n:
+                got.append((i, (int(m.group(2)), self.buf[pos:m.start()], m.group(3))))
+            pos = m.end()
+        self.buf = self.buf[pos:]
+        return got
+
+
 def parse_batch(stdout: str, n: int) -> list[tuple[int, str, str] | None]:
     """[(rc, stdout, stderr) or None when that command never reported], one per command line."""
     out: list[tuple[int, str, str] | None] = [None] * n
-    pos = 0
-    for m in _BATCH_RE.finditer(stdout):
-        i = int(m.group(1))
-        if 0 <= i < n:
-            out[i] = (int(m.group(2)), stdout[pos:m.start()], m.group(3))
-        pos = m.end()
+    for i, answer in BatchAnswers(n).feed(stdout):
+        out[i] = answer
     return out
 
 

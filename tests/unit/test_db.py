@@ -244,3 +244,15 @@ def test_connections_are_per_thread(db):
     t.start()
     t.join()
     assert seen[0] is not db.conn
+
+
+@pytest.mark.parametrize("name, params", [
+    ("latest_job_change", {}),
+    ("list_jobs_in_states", {"statuses": '["TO_BE_QUEUED", "DISPATCHING", "QUEUED", "RUNNING"]'}),
+])
+def test_the_pollers_frequent_queries_never_read_the_finished_history(db, name, params):
+    """The poller runs these every cycle and every wake-up check; the jobs table keeps every finished job
+    forever, so they must go through an index on status, not scan the table."""
+    plan = [r[3] for r in db.conn.execute("EXPLAIN QUERY PLAN " + getattr(QUERIES, name), params).fetchall()]
+    assert any("USING INDEX jobs_by_status" in step for step in plan), plan
+    assert not any(re.match(r"SCAN jobs\b", step) for step in plan), plan

@@ -1,0 +1,79 @@
+"""Engine.dispatch against a real shell: a job counts as dispatched as soon as its scheduler answered,
+not when the whole round trip (up to a hundred submissions) is over."""
+from __future__ import annotations
+
+import shlex
+import threading
+import time
+
+from metasched import config as cfgmod
+from metasched.backends.sge import GridEngineBackend
+from metasched.db.core import Database, utcnow
+from metasched.db.repository import Repository, row_to_queue
+from metasched.engine import CycleReport, Engine
+from metasched.identity import Authority
+from metasched.model import JobStatus
+from metasched.services import Services
+from metasched.transport import LocalTransport
+
+CFG = cfgmod.parse({"policy": {"name": "shared"}, "nodes": [{"ip": "127.0.0.1", "transport": "local"}],
+                    "schedulers": [{"name": "SGE", "master": 0, "weight": 100}]})
+
+
+class GatedBackend(GridEngineBackend):
+    """Answers like a batch of qsub would (framed, one native id per job), but the second answer only once
+    the test opens the gate: the first job's answer is then known while the round trip still runs."""
+
+    def __init__(self, gate: str):
+        super().__init__({})
+        self.gate = gate
+
+    def batch_line(self, job):
+        return str(job.id)
+
+    def batch_submit_argv(self, lines, run_as):
+        frame = 'printf "%s\\n\\n@@metasched-rc {i} 0\\n\\n@@metasched-end {i}\\n" "{nid}"'
+        script = "; ".join([frame.format(i=0, nid=f"40{lines[0]}"),
+                            f"while [ ! -e {shlex.quote(self.gate)} ]; do sleep 0.05; done",
+                            frame.format(i=1, nid=f"40{lines[1]}")])
+        return ["sh", "-c", script]
+
+    def parse_submit(self, job, rc, stdout, stderr):
+        return stdout.strip()
+
+
+def test_each_job_is_recorded_when_its_answer_arrives_not_when_the_batch_ends(tmp_path):
+    db = Database(str(tmp_path / "db.sqlite3"))
+    db.migrate()
+    Services(db, CFG, Authority(CFG.auth)).sync_config()
+    repo = Repository(db)
+    with db.write():
+        jobs = [repo.insert_job(name=f"j{i}", queue_id=1, owner="alice", status=JobStatus.TO_BE_QUEUED,
+                                path="/home/alice/j.sh", options=(), pwd="/home/alice", now=utcnow())
+                for i in range(2)]
+        q = row_to_queue(repo.list_queues()[0])
+    gate = tmp_path / "gate"
+    engine = Engine(db, CFG, transports={q.master_node_id: LocalTransport(60)},
+                    backends={q.id: GatedBackend(str(gate))})
+    report = CycleReport(started_at=utcnow())
+    runner = threading.Thread(target=engine.dispatch, args=(jobs, [j.id for j in jobs], {q.id: q}, report))
+    runner.start()
+    try:
+        seen = None
+        for _ in range(400):
+            with db.read():
+                seen = [repo.get_job(j.id) for j in jobs]
+            if seen[0].status is JobStatus.QUEUED:
+                break
+            time.sleep(0.05)
+        assert seen[0].status is JobStatus.QUEUED and seen[0].scheduler_job_id == f"40{jobs[0].id}"
+        assert seen[1].status is JobStatus.DISPATCHING       # its answer has not come yet
+    finally:
+        gate.touch()
+        runner.join(30)
+    with db.read():
+        final = [repo.get_job(j.id) for j in jobs]
+    assert [(j.status, j.scheduler_job_id) for j in final] == [
+        (JobStatus.QUEUED, f"40{jobs[0].id}"), (JobStatus.QUEUED, f"40{jobs[1].id}")]
+    assert report.summary["dispatched"] == 2
+    db.close()

@@ -1,0 +1,62 @@
+"""LocalTransport.run for real through /bin/sh: output handed over while the command runs, both pipes read
+(a chatty stderr never blocks the command), a timeout ends the command and what it started."""
+from __future__ import annotations
+
+import os
+import threading
+
+from metasched.transport import LocalTransport
+
+
+def test_output_reaches_the_callback_before_the_command_ends(tmp_path):
+    gate = tmp_path / "gate"
+    seen: list[str] = []
+    first = threading.Event()
+
+    def on_output(text: str) -> None:
+        seen.append(text)
+        if "first" in "".join(seen):
+            first.set()
+
+    t = LocalTransport(30)
+    box = {}
+    runner = threading.Thread(target=lambda: box.update(res=t.run(
+        f'echo first; while [ ! -e {gate} ]; do sleep 0.05; done; echo second; echo oops >&2; exit 4',
+        on_output=on_output)))
+    runner.start()
+    assert first.wait(20), "the first line was not handed over while the command waited"
+    assert runner.is_alive() and "second" not in "".join(seen)
+    gate.touch()
+    runner.join(20)
+    res = box["res"]
+    assert (res.rc, res.stdout, res.stderr, res.error) == (4, "first\nsecond\n", "oops\n", None)
+    assert "".join(seen) == res.stdout
+
+
+def test_large_stdout_and_stderr_together_do_not_block():
+    res = LocalTransport(30).run("i=0; while [ $i -lt 2000 ]; do echo \"err line $i of some length\" >&2; "
+                                 "echo \"out line $i of some length\"; i=$((i+1)); done")
+    assert res.rc == 0 and res.stdout.count("\n") == 2000 and res.stderr.count("\n") == 2000
+
+
+def test_multibyte_text_split_across_reads_is_decoded_whole():
+    res = LocalTransport(30).run("head -c 65535 /dev/zero | tr '\\0' x; printf 'é%.0s' $(seq 100)")
+    assert res.stdout.endswith("é" * 100) and "\ufffd" not in res.stdout
+
+
+def test_stdin_is_passed():
+    assert LocalTransport(30).run("cat", stdin="hello").stdout == "hello"
+
+
+def test_timeout_ends_the_command_and_its_children(tmp_path):
+    pidfile = tmp_path / "pid"
+    res = LocalTransport(30).run(f"sleep 60 & echo $! > {pidfile}; wait", timeout=1)
+    assert res.rc is None and "timed out" in res.error
+    pid = int(pidfile.read_text())
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat") as f:
+            alive = f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except ProcessLookupError:
+        alive = False
+    assert not alive, "the command's child outlived the timeout"
