@@ -723,7 +723,13 @@ class Engine:
                 got = outcomes[:]
                 outcomes.clear()
             if got:
-                record(got)
+                try:
+                    record(got)
+                except Exception:            # e.g. the database busy for too long: try again at the end
+                    log.exception("recording %d dispatched jobs failed; retrying at the end of the batch",
+                                  len(got))
+                    with guard:
+                        outcomes[:0] = got
 
         def flusher() -> None:
             while not over.wait(RECORD_EVERY):
@@ -743,7 +749,8 @@ class Engine:
         for i, (job, answer) in enumerate(zip(ready, answers)):
             if i not in done:
                 outcomes.append(self._submit_outcome(backend, job, res, answer))
-        record(outcomes)
+        if outcomes:
+            record(outcomes)
 
     @staticmethod
     def _submit_outcome(backend: Backend, job: Job, res: Result | None, answer):
