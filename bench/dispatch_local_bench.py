@@ -61,6 +61,36 @@ def creation_cost(directory: str, n: int = 300) -> float:
 NAIVE = 'cd -- "$1" && { setsid "$2" > "$3" 2> "$4" < /dev/null & echo $!; }'
 
 
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu() -> float:
+    """CPU seconds the whole machine has been busy (every core), from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (sum(v) - v[3] - v[4]) / CLK
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds used so far by a process and its living descendants (the server: master and workers)."""
+    parent, cpu = {}, {}
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    st = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parent[int(p)] = int(st[1])
+            cpu[int(p)] = (int(st[11]) + int(st[12])) / CLK
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += cpu.get(pid, 0.0)
+        todo += [c for c, pp in parent.items() if pp == pid]
+    return total
+
+
 def baseline(n: int, workdir: str, script: str) -> float:
     """Sequential launches, one `sudo -n -u alice sh -c` round trip each (one-job-per-command dispatch)."""
     t0 = time.monotonic()
@@ -96,6 +126,7 @@ def main() -> int:
     srv = start_server(users, workers=2, config=CONFIG, poller=True)
     try:
         body = {"queue": "local", "path": script, "owner": "alice"}
+        cpu0, srv0, me0 = machine_cpu(), tree_cpu(srv.proc.pid), sum(os.times()[:2])
         t0 = time.time()
         if args.rate:
             codes = []
@@ -116,6 +147,14 @@ def main() -> int:
             if n == 0:
                 break
             time.sleep(0.2)
+        # the CPU their whole life took: until every job is over (the poller has read its exit status)
+        while time.time() < deadline:
+            if not db.execute("SELECT count(*) FROM jobs WHERE status NOT IN ('COMPLETED', 'ERROR', "
+                              "'CANCELLED')").fetchone()[0]:
+                break
+            time.sleep(0.2)
+        cpu_all, cpu_srv = machine_cpu() - cpu0, tree_cpu(srv.proc.pid) - srv0
+        cpu_me = sum(os.times()[:2]) - me0
         # dispatched = the launcher answered (a local job runs at once: DISPATCHING -> RUNNING)
         rows = db.execute("SELECT j.created_at, e.at FROM jobs j JOIN job_events e ON e.job_id = j.id "
                           "AND e.old_status = 'DISPATCHING' AND e.new_status IN ('QUEUED', 'RUNNING')").fetchall()
@@ -141,6 +180,9 @@ def main() -> int:
     print(f"{'submit -> dispatched latency p99 (s)':48} {pct(lat, 99):>12.3f}")
     print(f"{'baseline: sequential sudo + sh + setsid (jobs/s)':48} {base:>12.0f}")
     print(f"{'poll cycles / avg ms / max ms':48} {cycles[0]:>4} {cycles[1] or 0:>6.0f} {cycles[2] or 0:>6.0f}")
+    print(f"CPU seconds from the first submit to the last job's end ({os.cpu_count()} cores): machine {cpu_all:.2f} "
+          f"({cpu_all / args.jobs * 1000:.1f} ms per job) = server {cpu_srv:.2f} + this client {cpu_me:.2f} + "
+          f"launchers, jobs, sudo, ps and the rest {cpu_all - cpu_srv - cpu_me:.2f}")
     for s in phases:
         print("   cycle", s)
     print("targets: p50 <= 1 s, >= 200 jobs/s dispatched")
