@@ -227,6 +227,7 @@ class Engine:
             self.cancel(cancels, qmap, report)
             updated = self.apply(changes, report)
         jobs = [updated.get(j.id, j) for j in jobs]
+        ended = [j for j in updated.values() if j.status.final]
 
         decision = policies.decide(self.snapshot(jobs, queues, nodes, statuses, mode), now)
         report.shares = decision.shares
@@ -235,6 +236,7 @@ class Engine:
             chosen = set(decision.dispatch)
             self.dispatch([j for j in jobs if j.id in chosen], decision.dispatch, qmap, report)
             self.record_waiting(decision.waiting)
+        self.forget(ended, qmap)
 
         report.duration_ms = (time.monotonic() - t0) * 1000
         with self.db.write():
@@ -539,6 +541,21 @@ class Engine:
                 changes.append(Change(job, None, f"not listed by {q.name}; waiting for it to report how the "
                                       f"job ended", event_only=True))
         return changes
+
+    def forget(self, ended: list[Job], qmap) -> None:
+        """Remove what the schedulers left behind for jobs whose final state is now committed (after the
+        dispatch: it never delays a job). A failure leaves a file behind, nothing more."""
+        items: dict[int, list] = defaultdict(list)
+        for j in ended:
+            entry = self.backend(qmap[j.queue_id]).forget_entry(j)
+            if entry is not None:
+                items[j.queue_id].append(entry)
+        if items:
+            for qid, results in self._batched_by_queue(items, qmap).items():
+                failed = [r for r in results if not r.ok]
+                if failed:
+                    log.info("%s: %d finished jobs' files not removed: %s", qmap[qid].name, len(failed),
+                             failed[0].error or failed[0].stderr.strip()[:200])
 
     def _cancel_reason(self, job: Job) -> str:
         with self.db.read():

@@ -149,6 +149,11 @@ class Backend:
         """One round trip asking the final_entry() questions, as run_as; its output is read by parse_batch."""
         return batch_argv(entries, run_as)
 
+    def forget_entry(self, job: Job):
+        """For a job whose final state is recorded: (who, entry for final_batch_argv) removing what the
+        backend left behind to learn how it ended (the local exit file), or None (nothing to remove)."""
+        return None
+
     # -- recovery of an interrupted dispatch (optional) -----------------------------------------
     # A job left DISPATCHING by a crash has no native id. If the scheduler no longer lists it, these ask
     # its accounting by our tag whether it already ran: parse_final_by_tag returns (native id or None,

@@ -9,7 +9,9 @@ Design (why):
 - The session leader is a small constant ``sh`` wrapper (WRAP) that runs the script (exec'd directly:
   the kernel honours its shebang) and then writes its exit status
   to ``<pwd>/.<tag>.exit``. It traps TERM (with a no-op handler, which children do not inherit) so
-  that a cancel lets it record the job's status. The exit file survives a restart of the service.
+  that a cancel lets it record the job's status. The exit file survives a restart of the service; it is
+  removed once the job's final state is committed (forget_entry), so users' directories do not fill up
+  with one hidden file per job.
 - Why the exit file lives in the job's pwd and not in a shared state dir such as a sticky
   /tmp/metasched-local: in a shared sticky directory another user can create ``<id>.exit`` first
   (a file or a symlink) and the owner's write then fails or lands elsewhere: one user could forge or block
@@ -75,7 +77,8 @@ assert not set(ARGS_PREFIX) & set("\\\t\n"), "WRAP must stay a plain one-line te
 # for parse_batch; "plain": one record, its answer on stdout or its refusal on stderr with status 1),
 # for launch WRAP, then records: the number of fields that follow and the fields.
 #   launch record: our id, pwd, stdout file, stderr file, exit file, script, its arguments.
-#   final record: "pgid", exit file, pgid, expected command-line prefix | "tag", exit file.
+#   final record: "pgid", exit file, pgid, expected command-line prefix | "tag", exit file |
+#   "forget", exit file (removed once the job's final state is recorded; a regular file of the caller's only).
 HELPER = r"""
 import os, signal, stat, sys
 op, form, a = sys.argv[1], sys.argv[2], sys.argv[3:]
@@ -127,6 +130,14 @@ def status(ext):
     finally:
         os.close(fd)
 def final(kind, ext, pgid=None, prefix=None):
+    if kind == "forget":
+        try:
+            st = os.lstat(ext)
+            if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid():
+                os.unlink(ext)
+        except OSError:
+            pass
+        return 0, "forgotten\n", ""
     v = status(ext)
     if v or kind == "tag":
         return 0, v or "gone\n", ""
@@ -248,6 +259,11 @@ class LocalBackend(Backend):
 
     def final_batch_argv(self, entries: list, run_as: str | None) -> list[str]:
         return self._helper("final", "framed", [f for fields in entries for f in fields], run_as)
+
+    def forget_entry(self, job: Job):
+        if job.scheduler_job_id is None:
+            return None                     # never started: no exit file
+        return self._asker(job), ["2", "forget", exit_file(job)]
 
     def parse_final(self, job: Job, rc: int, stdout: str, stderr: str) -> FinalState | None:
         line = first_line(stdout)

@@ -81,6 +81,14 @@ def test_jobs_succeed_and_fail_with_their_exit_codes_as_their_owner(srv, users, 
     # a local job runs as soon as the launcher starts it: there is no native queue to wait in
     assert [e["new_status"] for e in events] == ["TO_BE_QUEUED", "DISPATCHING", "RUNNING", "ERROR"]
     assert done1["started_at"] and done1["started_at"] <= done1["finished_at"]
+    # the hidden file that carried each exit status is removed once the final state is recorded: only the
+    # scripts and the jobs' output files stay in the user's directory
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and [p for p in os.listdir(workdir["alice"]) if p.endswith(".exit")]:
+        time.sleep(0.1)
+    left = sorted(os.listdir(workdir["alice"]))
+    assert left == sorted(["ok.sh", "bad.sh"] + [f"ms{j['id']}_{j['name']}.{k}{j['id']}"
+                                                  for j in (j1, j2) for k in "oe"]), left
 
 
 def test_cancel_running_job_kills_its_process_group(srv, users, workdir):

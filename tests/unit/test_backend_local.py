@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from metasched.backends import get_backend
-from metasched.backends.base import NativeState, SubmitRefused, command_line
+from metasched.backends.base import NativeState, SubmitRefused, command_line, parse_batch
 from metasched.backends.local import ARGS_PREFIX, LocalBackend, exit_file, output_files
 from metasched.model import Job, JobStatus
 
@@ -191,6 +191,24 @@ def test_forged_exit_file_symlink_is_not_trusted(workdir):
     os.symlink(target, exit_file(j))
     p = run(b.final_argv(j))
     assert p.stdout.strip() == "gone"
+
+
+def test_forget_removes_the_exit_file_and_nothing_else(workdir):
+    """Once the final state is recorded the exit file goes; a symlink planted in its place is not followed
+    (its target stays) and a job that never started has nothing to remove."""
+    b = backend()
+    j = submit(b, make_job(workdir, script(workdir, "exit 0\n"), jid=63))
+    assert wait_final(b, j).status == "COMPLETED"
+    victim = workdir / "victim"
+    victim.write_text("keep me\n")
+    other = make_job(workdir, workdir / "x.sh", jid=64, scheduler_job_id="999999")
+    os.symlink(victim, exit_file(other))
+    entries = [b.forget_entry(j)[1], b.forget_entry(other)[1]]
+    p = run(b.final_batch_argv(entries, None))
+    assert [a[0] for a in parse_batch(p.stdout, 2)] == [0, 0], p.stderr
+    assert not Path(exit_file(j)).exists() and Path(output_files(j)[0]).exists()
+    assert victim.read_text() == "keep me\n"
+    assert b.forget_entry(make_job(workdir, workdir / "x.sh", jid=65)) is None
 
 
 def test_status_parser_ignores_other_processes_and_non_leaders():
