@@ -5,7 +5,9 @@ Options (all optional):
   env           {"SLURM_CONF": "/etc/slurm/slurm.conf"}: rendered as an ``env K=V`` prefix after sudo.
   sbatch_args   list of extra sbatch arguments from the site config (e.g. ["-p", "debug"]).
   jobcomp_file  path of the jobcomp/filetxt log (slurm.conf JobCompLoc): the fallback for how a job
-                ended once slurmctld forgot it (MinJobAge). Must be readable by the service user.
+                ended once slurmctld forgot it (MinJobAge), and where an interrupted dispatch that
+                slurmctld no longer lists is looked up by our tag (without it such a job is submitted
+                again). Must be readable by the service user.
   tz            IANA zone of the clock squeue prints start times in (default "UTC").
 
 Output files: ``<pwd>/<tag>.o<native id>`` and ``.e<native id>`` (``-o <tag>.o%j``, relative, which
@@ -51,6 +53,17 @@ FINAL_SCRIPT = (
     '[ -n "$f" ] || exit 0; '
     'grep -e "^JobId=$id " "$f" | tail -n 1; exit 0'
 )
+
+# An interrupted dispatch that slurmctld no longer lists (it ran and was forgotten after MinJobAge, e.g. the
+# service was down longer than that): its last jobcomp line by our tag. $1 = jobcomp file, $2 = tag.
+# Only the log's last JOBCOMP_TAIL bytes are read (about 100,000 jobs): after a crash every interrupted
+# dispatch is one question, and a cluster's log grows without bound. A job that ended further back is
+# submitted again, as without a jobcomp log.
+JOBCOMP_TAIL = 64 * 1024 * 1024
+# No log file yet: no job ever ended, so this one did not either (it would be listed while running).
+FINAL_BY_TAG_SCRIPT = ('f=$1; n=$2; c=$3; [ -n "$f" ] && [ -e "$f" ] || exit 0; '
+                       '[ -f "$f" ] && [ -r "$f" ] || { echo "cannot read $f" >&2; exit 1; }; '
+                       'tail -c "$c" "$f" | grep -F -e " Name=$n JobState=" | tail -n 1; exit 0')
 
 
 def validate_name(name: str) -> str | None:
@@ -131,6 +144,22 @@ class SlurmBackend(Backend):
     def final_argv(self, job: Job) -> list[str]:
         return ["sh", "-c", FINAL_SCRIPT, "sh", _native_id(job),
                 str(self.options.get("jobcomp_file") or ""), *self._cmd("scontrol")]
+
+    def final_by_tag_argv(self, job: Job) -> list[str]:
+        """The jobcomp log by our tag (jobcomp_file): did a job slurmctld no longer lists already run?"""
+        return ["sh", "-c", FINAL_BY_TAG_SCRIPT, "sh", str(self.options.get("jobcomp_file") or ""), tag(job),
+                str(JOBCOMP_TAIL)]
+
+    def parse_final_by_tag(self, job: Job, rc: int, stdout: str, stderr: str):
+        if rc != 0:   # the log exists but cannot be read: never take that for "it never ran"
+            raise RuntimeError(f"cannot look job {job.id} up in the jobcomp log: {first_line(stderr, stdout)}")
+        for line in reversed(stdout.splitlines()):
+            m = re.match(r"^JobId=(\d+) UserId=([^(\s]+)\(", line)
+            # anyone can name a job like ours: only the owner's counts
+            if m and m.group(2) == job.owner and f" Name={tag(job)} JobState=" in line:
+                fs = self.parse_final(replace(job, scheduler_job_id=m.group(1)), 0, line, "")
+                return (m.group(1), fs) if fs is not None else None
+        return None     # no jobcomp log configured, or the job never reached Slurm: submitted again
 
     def parse_final(self, job: Job, rc: int, stdout: str, stderr: str) -> FinalState | None:
         nid = job.scheduler_job_id or ""

@@ -6,6 +6,7 @@ the integration suite stands on real daemons.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import shlex
 import socket
@@ -15,6 +16,10 @@ import uuid
 import paramiko
 import pytest
 
+from metasched.backends.base import command_line, tag
+from metasched.backends.slurm import SlurmBackend
+from metasched.model import Job, JobStatus
+from metasched.transport import LocalTransport
 from tests.lab.fixtures import lab_config
 from tests.lab.lab import ssh_exec
 
@@ -150,6 +155,24 @@ def test_slurm_runs_a_job_as_its_owner_and_records_its_exit_code(lab, master):
                                     f"sudo -n -u bob rm {out_file}").split("\n", 1)
     assert owner == "bob"
     assert content.splitlines() == ["bob", "hello from slurm"]
+
+
+def test_slurm_jobcomp_finds_an_interrupted_dispatch_by_its_tag(lab, master):
+    """The real jobcomp log read the way recovery reads it: a job named with our tag (as the engine names
+    it) that ran and ended is found, with its native id and exit status, even once slurmctld forgets it."""
+    ours = Job(id=900000000 + uuid.uuid4().int % 99999999, name="rec", queue_id=2, owner="alice",
+               status=JobStatus.DISPATCHING, path="/bin/sh", pwd="/home/alice")
+    job_id = run_ok(master, f"printf '#!/bin/sh\\nexit 3\\n' | sudo -n -u alice sbatch --parsable "
+                            f"-J {tag(ours)} -o /dev/null -D /home/alice").strip()
+    poll("the jobcomp line", lambda: next(
+        (l for l in lab.jobcomp_path.read_text().splitlines() if l.startswith(f"JobId={job_id} ")), ""))
+    backend = SlurmBackend({"jobcomp_file": str(lab.jobcomp_path)})
+    res = LocalTransport(30).run(command_line(backend.final_by_tag_argv(ours)))
+    native, fs = backend.parse_final_by_tag(ours, res.rc, res.stdout, res.stderr)
+    assert (native, fs.status, fs.exit_code) == (job_id, "ERROR", 3)
+    other = dataclasses.replace(ours, owner="bob")        # the same name submitted by someone else: not ours
+    res = LocalTransport(30).run(command_line(backend.final_by_tag_argv(other)))
+    assert backend.parse_final_by_tag(other, res.rc, res.stdout, res.stderr) is None
 
 
 def test_scheduler_clients_answer_from_inside_a_namespace_node(lab):

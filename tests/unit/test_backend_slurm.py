@@ -194,3 +194,32 @@ def test_final_state_carries_the_start_time_for_jobs_never_seen_running():
     assert (fs.status, fs.started_at) == ("COMPLETED", "2026-11-28T00:11:05Z")
     cancelled = SlurmBackend({}).parse_final(job(scheduler_job_id="609"), 0, text, "")
     assert (cancelled.status, cancelled.started_at) == ("CANCELLED", None)
+
+
+def test_an_interrupted_dispatch_is_found_in_the_jobcomp_log_by_its_tag(tmp_path):
+    """A job submitted just before a crash, run and forgotten by slurmctld (MinJobAge) before the next
+    poller looked: its jobcomp line (by our tag, the owner's only) says it ran, so it is not submitted again."""
+    line = (DATA / "jobcomp-sample.txt").read_text().splitlines()[1]      # JobId=610 alice Name=wrap COMPLETED
+    ours = job(id=7, name="x", owner="alice", status=JobStatus.DISPATCHING, scheduler_job_id=None)
+    tagged = line.replace("Name=wrap ", "Name=ms7_x ")
+    jobcomp = tmp_path / "jobcomp's $(x).txt"
+    jobcomp.write_text("\n".join([
+        tagged.replace("JobId=610 UserId=alice(1001)", "JobId=700 UserId=bob(1002)"),     # bob named his job like ours
+        tagged.replace("JobId=610 ", "JobId=701 ").replace("Name=ms7_x ", "Name=ms7_xy "),  # another name
+        tagged.replace("JobId=610 ", "JobId=702 ").replace("ExitCode=0:0", "ExitCode=4:0").replace(
+            "JobState=COMPLETED", "JobState=FAILED"),
+        line]) + "\n")
+
+    def lookup(backend, j):
+        p = subprocess.run(["sh", "-c", command_line(backend.final_by_tag_argv(j))], capture_output=True,
+                           text=True, timeout=10)
+        return backend.parse_final_by_tag(j, p.returncode, p.stdout, p.stderr)
+
+    native, fs = lookup(SlurmBackend({"jobcomp_file": str(jobcomp)}), ours)
+    assert (native, fs.status, fs.exit_code) == ("702", "ERROR", 4)
+    assert fs.started_at == "2026-11-28T00:10:59Z"
+    assert lookup(SlurmBackend({"jobcomp_file": str(jobcomp)}), job(id=8, name="x", owner="alice")) is None
+    assert lookup(SlurmBackend({}), ours) is None                                   # no log configured
+    assert lookup(SlurmBackend({"jobcomp_file": str(tmp_path / "none")}), ours) is None   # no job ended yet
+    with pytest.raises(RuntimeError, match="cannot read"):          # never "not found" when it cannot tell
+        lookup(SlurmBackend({"jobcomp_file": str(tmp_path)}), ours)
