@@ -2,8 +2,8 @@
 (a chatty stderr never blocks the command), a timeout ends the command and what it started."""
 from __future__ import annotations
 
-import os
 import threading
+import time
 
 from metasched.transport import LocalTransport
 
@@ -53,10 +53,15 @@ def test_timeout_ends_the_command_and_its_children(tmp_path):
     res = LocalTransport(30).run(f"sleep 60 & echo $! > {pidfile}; wait", timeout=1)
     assert res.rc is None and "timed out" in res.error
     pid = int(pidfile.read_text())
-    try:
-        os.kill(pid, 0)
-        with open(f"/proc/{pid}/stat") as f:
-            alive = f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except ProcessLookupError:
-        alive = False
-    assert not alive, "the command's child outlived the timeout"
+
+    def alive() -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 10          # SIGKILL is delivered asynchronously: let it land
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(), "the command's child outlived the timeout"
