@@ -442,8 +442,8 @@ class Engine:
         return changes, finals, cancels
 
     def _batched_by_queue(self, items: dict[int, list[tuple[str | None, object]]], qmap) -> dict[int, list[Result]]:
-        """Ask the backends' final_entry() questions on each scheduler's master, grouped per owner into
-        batches; one Result each, in order. Schedulers and up to PARALLEL_BATCHES batches per scheduler at once."""
+        """Run the backends' final_entry() / forget_entry() entries (through final_batch_argv) on each
+        scheduler's master, grouped per owner into batches; one Result each, in order. Schedulers and up to PARALLEL_BATCHES batches per scheduler at once."""
         out: dict[int, list[Result]] = {}
 
         def one_queue(qid: int) -> None:
@@ -759,13 +759,12 @@ class Engine:
         finally:
             over.set()
             recorder.join()
-        answers = parse_batch(res.stdout, len(ready))
-        if res.error is None and res.rc != 0 and not any(answers):
-            # nothing ran at all (sudo refused, no shell): the reason holds for every job of the batch
-            answers = [(res.rc, "", res.stderr)] * len(ready)
-        for i, (job, answer) in enumerate(zip(ready, answers)):
+        # every framed answer went through on_output; a job without one never reported, unless nothing ran
+        # at all (sudo refused, no shell): then that reason holds for every job of the batch
+        unframed = (res.rc, "", res.stderr) if res.error is None and res.rc != 0 and not done else None
+        for i, job in enumerate(ready):
             if i not in done:
-                outcomes.append(self._submit_outcome(backend, job, res, answer))
+                outcomes.append(self._submit_outcome(backend, job, res, unframed))
         if outcomes:
             record(outcomes)
 

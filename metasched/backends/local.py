@@ -205,6 +205,10 @@ class LocalBackend(Backend):
         return as_user([str(self.options.get("python", "python3")), "-I", "-S", "-c", HELPER, op, form, *fields],
                        run_as)
 
+    def _framed(self, op: str, head: list[str], records: list, run_as: str | None) -> list[str]:
+        """One helper for several records (each its field count and fields), answers framed for parse_batch."""
+        return self._helper(op, "framed", [*head, *(f for fields in records for f in fields)], run_as)
+
     def submit_argv(self, job: Job, run_as: str | None) -> list[str]:
         return self._helper("launch", "plain", [WRAP, *self._launch_fields(job)], run_as)
 
@@ -213,7 +217,7 @@ class LocalBackend(Backend):
         return self._launch_fields(job)
 
     def batch_submit_argv(self, lines: list, run_as: str | None) -> list[str]:
-        return self._helper("launch", "framed", [WRAP, *(f for fields in lines for f in fields)], run_as)
+        return self._framed("launch", [WRAP], lines, run_as)
 
     def parse_submit(self, job: Job, rc: int, stdout: str, stderr: str) -> str:
         return launcher_pid(rc, stdout, stderr)
@@ -258,7 +262,7 @@ class LocalBackend(Backend):
         return self._asker(job), self._final_fields(job)
 
     def final_batch_argv(self, entries: list, run_as: str | None) -> list[str]:
-        return self._helper("final", "framed", [f for fields in entries for f in fields], run_as)
+        return self._framed("final", [], entries, run_as)
 
     def forget_entry(self, job: Job):
         if job.scheduler_job_id is None:

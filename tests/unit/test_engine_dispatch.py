@@ -7,6 +7,7 @@ import threading
 import time
 
 from metasched import config as cfgmod
+from metasched.backends.base import SubmitRefused
 from metasched.backends.sge import GridEngineBackend
 from metasched.db.core import Database, utcnow
 from metasched.db.repository import Repository, row_to_queue
@@ -39,6 +40,8 @@ class GatedBackend(GridEngineBackend):
         return ["sh", "-c", script]
 
     def parse_submit(self, job, rc, stdout, stderr):
+        if rc != 0:
+            raise SubmitRefused(stderr.strip())
         return stdout.strip()
 
 
@@ -77,3 +80,47 @@ def test_each_job_is_recorded_when_its_answer_arrives_not_when_the_batch_ends(tm
         (JobStatus.QUEUED, f"40{jobs[0].id}"), (JobStatus.QUEUED, f"40{jobs[1].id}")]
     assert report.summary["dispatched"] == 2
     db.close()
+
+
+class ScriptedBackend(GatedBackend):
+    """The whole batch is one fixed shell script."""
+
+    def __init__(self, script: str):
+        super().__init__("")
+        self.script = script
+
+    def batch_submit_argv(self, lines, run_as):
+        return ["sh", "-c", self.script]
+
+
+def dispatch_with(tmp_path, script: str):
+    db = Database(str(tmp_path / "db.sqlite3"))
+    db.migrate()
+    Services(db, CFG, Authority(CFG.auth)).sync_config()
+    repo = Repository(db)
+    with db.write():
+        jobs = [repo.insert_job(name=f"j{i}", queue_id=1, owner="alice", status=JobStatus.TO_BE_QUEUED,
+                                path="/home/alice/j.sh", options=(), pwd="/home/alice", now=utcnow())
+                for i in range(2)]
+        q = row_to_queue(repo.list_queues()[0])
+    engine = Engine(db, CFG, transports={q.master_node_id: LocalTransport(60)}, backends={q.id: ScriptedBackend(script)})
+    report = CycleReport(started_at=utcnow())
+    engine.dispatch(jobs, [j.id for j in jobs], {q.id: q}, report)
+    with db.read():
+        out = [repo.get_job(j.id) for j in jobs]
+    db.close()
+    return out, report
+
+
+def test_a_batch_refused_as_a_whole_gives_every_job_the_reason(tmp_path):
+    jobs, report = dispatch_with(tmp_path, 'echo "sudo: a password is required" >&2; exit 1')
+    assert [j.status for j in jobs] == [JobStatus.ERROR, JobStatus.ERROR]
+    assert all(j.reason == "scheduler refused: sudo: a password is required" for j in jobs), jobs
+    assert report.summary["refused"] == 2
+
+
+def test_a_batch_that_stops_early_leaves_the_unanswered_job_to_the_next_cycle(tmp_path):
+    jobs, report = dispatch_with(tmp_path, 'printf "4001\\n\\n@@metasched-rc 0 0\\n\\n@@metasched-end 0\\n"; exit 1')
+    assert (jobs[0].status, jobs[0].scheduler_job_id) == (JobStatus.QUEUED, "4001")
+    assert jobs[1].status is JobStatus.DISPATCHING and "outcome unknown" in jobs[1].reason
+    assert report.summary["dispatched"] == 1
