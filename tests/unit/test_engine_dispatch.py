@@ -45,7 +45,8 @@ class GatedBackend(GridEngineBackend):
         return stdout.strip()
 
 
-def test_each_job_is_recorded_when_its_answer_arrives_not_when_the_batch_ends(tmp_path):
+def two_jobs(tmp_path, backend):
+    """A database with two jobs of alice waiting, and an engine dispatching them through `backend`."""
     db = Database(str(tmp_path / "db.sqlite3"))
     db.migrate()
     Services(db, CFG, Authority(CFG.auth)).sync_config()
@@ -55,9 +56,13 @@ def test_each_job_is_recorded_when_its_answer_arrives_not_when_the_batch_ends(tm
                                 path="/home/alice/j.sh", options=(), pwd="/home/alice", now=utcnow())
                 for i in range(2)]
         q = row_to_queue(repo.list_queues()[0])
+    engine = Engine(db, CFG, transports={q.master_node_id: LocalTransport(60)}, backends={q.id: backend})
+    return db, repo, jobs, q, engine
+
+
+def test_each_job_is_recorded_when_its_answer_arrives_not_when_the_batch_ends(tmp_path):
     gate = tmp_path / "gate"
-    engine = Engine(db, CFG, transports={q.master_node_id: LocalTransport(60)},
-                    backends={q.id: GatedBackend(str(gate))})
+    db, repo, jobs, q, engine = two_jobs(tmp_path, GatedBackend(str(gate)))
     report = CycleReport(started_at=utcnow())
     runner = threading.Thread(target=engine.dispatch, args=(jobs, [j.id for j in jobs], {q.id: q}, report))
     runner.start()
@@ -94,16 +99,7 @@ class ScriptedBackend(GatedBackend):
 
 
 def dispatch_with(tmp_path, script: str):
-    db = Database(str(tmp_path / "db.sqlite3"))
-    db.migrate()
-    Services(db, CFG, Authority(CFG.auth)).sync_config()
-    repo = Repository(db)
-    with db.write():
-        jobs = [repo.insert_job(name=f"j{i}", queue_id=1, owner="alice", status=JobStatus.TO_BE_QUEUED,
-                                path="/home/alice/j.sh", options=(), pwd="/home/alice", now=utcnow())
-                for i in range(2)]
-        q = row_to_queue(repo.list_queues()[0])
-    engine = Engine(db, CFG, transports={q.master_node_id: LocalTransport(60)}, backends={q.id: ScriptedBackend(script)})
+    db, repo, jobs, q, engine = two_jobs(tmp_path, ScriptedBackend(script))
     report = CycleReport(started_at=utcnow())
     engine.dispatch(jobs, [j.id for j in jobs], {q.id: q}, report)
     with db.read():
