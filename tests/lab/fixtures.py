@@ -15,6 +15,9 @@ What a test gets from ``lab`` (see tests/lab/lab.py):
 """
 from __future__ import annotations
 
+import fcntl
+import os
+import time
 from typing import Any
 
 import pytest
@@ -22,6 +25,7 @@ import pytest
 from .lab import Lab, LabError, LabUnavailable, check_prerequisites
 
 _timings: dict[str, float] = {}
+LAB_LOCK = os.environ.get("METASCHED_LAB_LOCK", "/run/metasched-lab.lock")
 
 
 @pytest.fixture(scope="session")
@@ -31,11 +35,18 @@ def lab():
         check_prerequisites()
     except LabUnavailable as e:
         pytest.fail(str(e), pytrace=False)
+    # One lab per machine (its daemons use fixed ports and /etc/slurm): a second pytest session on the same
+    # machine waits here for the first to finish instead of failing on busy ports.
+    lock = open(LAB_LOCK, "a+")
+    t0 = time.monotonic()
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    _timings["lab_lock_wait"] = time.monotonic() - t0
     the_lab = Lab()
     try:
         the_lab.start()
     except LabError as e:
         _timings.update(the_lab.timings)
+        lock.close()
         pytest.fail(f"the metasched lab did not start: {e}", pytrace=False)
     try:
         yield the_lab
@@ -44,6 +55,7 @@ def lab():
             the_lab.stop()
         finally:
             _timings.update(the_lab.timings)
+            lock.close()
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
