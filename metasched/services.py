@@ -18,6 +18,7 @@ from .identity import Authority, Caller, hash_secret, new_secret
 from .model import FINAL_STATES, UNDISPATCHED_STATES, Job, JobStatus, Policy, can_transition
 
 MAX_PAGE = 1000
+MAX_NAME = 200   # characters of a job name (the API's schema says the same)
 FOREIGN_STATES = ("PENDING", "RUNNING")   # what a foreign job can be while its scheduler lists it
 MODE_KEY = "mode"
 
@@ -304,7 +305,7 @@ class Services:
         self.authority.check_owner(owner)
         path = self._check_script(body["path"])
         pwd = self._check_path(body.get("pwd") or posixpath.dirname(path) or "/", "pwd")
-        name = body.get("name") or posixpath.basename(path)
+        name = body.get("name") or posixpath.basename(path)[:MAX_NAME]   # a default must fit the limit too
         options = self._check_options(body.get("options", []))
         now = self.now()
         with self.db.write():

@@ -17,7 +17,7 @@ from ..identity import ANONYMOUS, peer_uid
 from ..model import JobStatus
 from ..services import Services
 from . import schemas as S
-from .validation import validate
+from .validation import BAD_TEXT, TEXT_RULE, check_text, parse_body, validate
 
 log = logging.getLogger("metasched.web")
 
@@ -25,7 +25,31 @@ STATUS_OF = [
     (E.Invalid, falcon.HTTP_400), (E.Unauthenticated, falcon.HTTP_401), (E.Forbidden, falcon.HTTP_403),
     (E.NotFound, falcon.HTTP_404), (E.Conflict, falcon.HTTP_409), (E.Unavailable, falcon.HTTP_503),
 ]
-ID = "int(min=1, max=9223372036854775807)"   # anything else in an id position is a 404, never a 500
+ID = "id"   # a job, queue, node or token id in a path: see IdConverter
+
+
+class IdConverter(falcon.routing.BaseConverter):
+    """1..2**63-1 in plain ASCII digits without a leading zero. Falcon's ``int`` converter takes what
+    Python's int() takes: '+1', '01', '1_0' and '１' (a full-width digit) all named job 1 or 10. Anything
+    else in an id position is a 404, never a 500."""
+
+    _RE = re.compile(r"[1-9][0-9]{0,18}")
+
+    def convert(self, value: str):
+        if not self._RE.fullmatch(value):
+            return None
+        n = int(value)
+        return n if n <= 9223372036854775807 else None
+
+
+def _dumps(media) -> bytes:
+    """Response JSON as UTF-8. A text that UTF-8 cannot encode (a lone surrogate stored before the API
+    refused them) is sent as a \\u escape instead of failing the response: every stored job stays readable,
+    listable and cancellable."""
+    try:
+        return json.dumps(media, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return json.dumps(media).encode()
 
 
 # -- error mapping ------------------------------------------------------------------------------
@@ -127,15 +151,11 @@ def read_body(req, schema: dict, optional: bool = False) -> dict:
     if req.content_type is None or req.content_type.split(";")[0].strip().lower() != "application/json":
         raise falcon.HTTPUnsupportedMediaType(title="unsupported media type",
                                               description="send the body as Content-Type: application/json")
-    raw = req.bounded_stream.read()
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise E.Invalid(f"body is not valid JSON: {exc}") from None
+    body = parse_body(req.bounded_stream.read())
     if not isinstance(body, dict):
-        raise E.Invalid("body: expected a JSON object")
-    validate(body, schema)
-    return body
+        raise E.Invalid("body: expected a JSON object", field="body")
+    check_text(body)
+    return validate(body, schema)
 
 
 # -- serialization ------------------------------------------------------------------------------
@@ -325,6 +345,8 @@ def _query(req, allowed: set[str]) -> dict:
     for k, v in req.params.items():
         if isinstance(v, list):
             raise E.Invalid(f"{k}: give it once", field=k)
+        if BAD_TEXT.search(v):     # the query string is decoded with U+FFFD for bad UTF-8: only NUL is left
+            raise E.Invalid(f"{k}: must be {TEXT_RULE}", field=k)
         out[k] = v
     return out
 
@@ -367,6 +389,9 @@ def create_app(services: Services, extra_routes: list[tuple[str, object]] | None
     from .openapi import build_document
     app = falcon.App(middleware=[BodyLimitMiddleware(services.config.server.max_body_bytes),
                                  IdentityMiddleware(services)])
+    app.router_options.converters["id"] = IdConverter
+    json_handler = falcon.media.JSONHandler(dumps=_dumps)
+    app.resp_options.media_handlers.update({falcon.MEDIA_JSON: json_handler})
     app.req_options.strip_url_path_trailing_slash = True
     app.req_options.auto_parse_qs_csv = False
     app.resp_options.secure_cookies_by_default = True

@@ -8,6 +8,8 @@ from .. import __version__
 from . import schemas as S
 
 _ERR = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+_BAD_TOKEN = dict(_ERR, description="only when the Authorization header carries a token that is invalid, expired "
+                                    "or revoked; without that header this route answers anyone")
 
 
 def _resp(schema_name: str | None, description: str = "ok") -> dict:
@@ -41,7 +43,7 @@ WRITE_ERRORS = (400, 401, 404, 409, 413, 415)
 PATHS = {
     "/": {"get": _op("Service, version, who you are", {"200": _resp("Status")}, errors=())},
     "/status": {"get": _op("Service, version, who you are, the poller's last cycle", {"200": _resp("Status")},
-                           errors=(401,))},
+                           errors=())},
     "/cluster/mode": {
         "get": _op("The cluster policy and weights", {"200": _resp("Mode")}),
         "put": _op("Change the policy (admins); recorded as an event, survives restarts",
@@ -117,8 +119,8 @@ def register(path: str, operations: dict, components: dict | None = None) -> Non
 
 def _with_common_errors(paths: dict) -> dict:
     """Statuses any operation can answer: 401 (an invalid, expired or revoked token is refused on every
-    route, the public ones too), 503 (the database is busy or unavailable), and 413 for every method
-    that takes a body (the limit is checked before routing)."""
+    route, the public ones too: there it is the only 401), 503 (the database is busy or unavailable),
+    and 413 for every method that takes a body (the limit is checked before routing)."""
     out = {}
     for path, ops in paths.items():
         out[path] = {}
@@ -126,7 +128,7 @@ def _with_common_errors(paths: dict) -> dict:
             common = (401, 503, 413) if method in ("post", "put", "patch") else (401, 503)
             responses = dict(op["responses"])
             for code in common:
-                responses.setdefault(str(code), _ERR)
+                responses.setdefault(str(code), _BAD_TOKEN if code == 401 else _ERR)
             out[path][method] = dict(op, responses=responses)
     return out
 

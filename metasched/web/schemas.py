@@ -1,49 +1,80 @@
 """JSON schemas of every request and response body: enforced on requests, published in /openapi.json,
-checked against real responses by the web tests."""
+checked against real responses by the web tests.
+
+Every text field of a request says what text it takes (``pattern``, and ``x-pattern-error``: the words of
+the 400 when it does not match); none takes NUL, and no text anywhere in a body may hold a lone
+surrogate (validation.check_text: a pattern cannot say that)."""
 from __future__ import annotations
 
 from ..model import JobStatus, Policy
+from ..services import MAX_NAME
+from .validation import TEXT_RULE
 
 STATUSES = [s.value for s in JobStatus]
 FOREIGN_STATES = ["PENDING", "RUNNING"]
-QUEUE_REF = {"oneOf": [{"type": "integer", "minimum": 1}, {"type": "string", "minLength": 1, "maxLength": 255}],
+
+
+def text(max_length: int, min_length: int = 0, pattern: str = r"^[^\x00]*$",
+         error: str = "must not contain NUL characters", description: str = "") -> dict:
+    """A request's text field: at most max_length characters of TEXT_RULE matching pattern."""
+    out = {"type": "string", "maxLength": max_length, "pattern": pattern, "x-pattern-error": error,
+           "description": (description + ": " if description else "") + TEXT_RULE}
+    if min_length:
+        out["minLength"] = min_length
+    return out
+
+
+# Paths: '/'-separated components, each empty, '.' or a name; never '..'. The API collapses '.' and
+# repeated '/'. It does not resolve '..' by itself: '/a/link/../x' is not '/a/x' when link is a symlink,
+# and '/x/..' would be '/', which names no script. So the path the schema allows is the path the job gets.
+_NAME_COMPONENT = r"(?:[^/.\x00\n][^/\x00\n]*|\.[^/.\x00\n][^/\x00\n]*|\.\.[^/\x00\n]+)"
+PATH_RULE = "an absolute path without '..' components, NUL or newline characters"
+
+
+def user_name(description: str) -> dict:
+    return text(32, 1, r"^[a-z_][a-z0-9_-]{0,31}\$?$", "is not a valid user name", description)
+
+
+QUEUE_REF = {"oneOf": [{"type": "integer", "minimum": 1}, text(255, 1)],
              "description": "queue id, or the scheduler's name"}
-ABS_PATH = {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": "^/",
-            "description": "absolute path on the scheduler's nodes"}
-NAME = {"type": "string", "minLength": 1, "maxLength": 200}
-ARGS = {"type": "array", "maxItems": 256, "items": {"type": "string", "maxLength": 4096},
+SCRIPT_PATH = text(4096, 1, rf"^(?:/\.?)*/{_NAME_COMPONENT}(?:/(?:\.?|{_NAME_COMPONENT}))*$", f"must be the script's (or jar's) path: {PATH_RULE}, not '/'",
+                   "absolute path of the job's script or jar on the scheduler's nodes")
+DIRECTORY = text(4096, 1, rf"^(?:/(?:\.?|{_NAME_COMPONENT}))+$", f"must be {PATH_RULE}",
+                 "working directory on the scheduler's nodes (default: the script's directory)")
+NAME = text(MAX_NAME, 1, r"^[^\x00-\x1f\x7f]*$", "must not contain control characters (newline, tab, ...)",
+            f"job name (default: the script's file name, cut to {MAX_NAME} characters)")
+ARGS = {"type": "array", "maxItems": 256, "items": text(4096),
         "description": "arguments passed to the script, each one verbatim"}
 TIME = {"type": ["string", "null"], "description": "UTC, ISO 8601"}
 
 JOB_SUBMIT = {
     "type": "object", "additionalProperties": False, "required": ["queue", "path"],
     "properties": {
-        "queue": QUEUE_REF, "path": ABS_PATH, "name": NAME, "options": ARGS,
-        "pwd": ABS_PATH | {"description": "working directory (default: the script's directory)"},
+        "queue": QUEUE_REF, "path": SCRIPT_PATH, "name": NAME, "options": ARGS, "pwd": DIRECTORY,
         "hold": {"type": "boolean", "description": "submit it held: not dispatched until released"},
-        "owner": {"type": "string", "minLength": 1, "maxLength": 32,
-                  "description": "admins only: submit on behalf of this user (default: the caller)"},
+        "owner": user_name("admins only: submit on behalf of this user (default: the caller)"),
     },
 }
 JOB_PATCH = {
     "type": "object", "additionalProperties": False, "minProperties": 1,
-    "properties": {"queue": QUEUE_REF, "path": ABS_PATH, "name": NAME, "options": ARGS, "pwd": ABS_PATH},
+    "properties": {"queue": QUEUE_REF, "path": SCRIPT_PATH, "name": NAME, "options": ARGS, "pwd": DIRECTORY},
 }
 MODE_PUT = {
     "type": "object", "additionalProperties": False, "minProperties": 1,
     "properties": {
         "policy": {"type": "string", "enum": [p.value for p in Policy]},
         "high_priority": {"oneOf": [QUEUE_REF["oneOf"][0], QUEUE_REF["oneOf"][1], {"type": "null"}]},
-        "weights": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0, "maximum": 100},
+        "weights": {"type": "object", "propertyNames": QUEUE_REF["oneOf"][1],
+                    "additionalProperties": {"type": "integer", "minimum": 0, "maximum": 100},
                     "description": "queue id or name -> weight 0..100 (shared, dynamic)"},
     },
 }
 TOKEN_CREATE = {
     "type": "object", "additionalProperties": False,
     "properties": {
-        "description": {"type": "string", "maxLength": 200},
+        "description": text(200, description="what the token is for"),
         "expires_in_days": {"type": "number", "exclusiveMinimum": 0, "maximum": 3650},
-        "user": {"type": "string", "minLength": 1, "maxLength": 32, "description": "admins only"},
+        "user": user_name("admins only: a token for this user"),
     },
 }
 

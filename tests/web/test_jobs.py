@@ -40,7 +40,7 @@ def test_submit(alice):
 
 def test_submit_defaults_and_queue_by_id(alice):
     q = queue_ids(alice)["Slurm"]
-    job = alice.post_json("/jobs", {"queue": q, "path": "/home/alice//d/../x.sh"}, status=201).json
+    job = alice.post_json("/jobs", {"queue": q, "path": "/home/alice//./x.sh"}, status=201).json
     assert (job["queue"], job["path"], job["name"], job["pwd"]) == (q, "/home/alice/x.sh", "x.sh", "/home/alice")
     assert alice.post_json("/jobs", {"queue": str(q), "path": "/x.sh"}, status=201).json["queue"] == q
 
