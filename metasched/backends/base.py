@@ -288,14 +288,19 @@ def control_character_reason(name: str) -> str | None:
     return None
 
 
+_UNUSABLE = re.compile("[\x00\ud800-\udfff]")
+
+
 def path_reason(job: Job) -> str | None:
     """Paths must be absolute: a relative path or one starting with '-' would be read as an option."""
     if not job.path or not job.path.startswith("/"):
         return f"path must be an absolute path, got {job.path!r}"
     if not job.pwd or not job.pwd.startswith("/"):
         return f"pwd must be an absolute path, got {job.pwd!r}"
-    if "\x00" in job.path or "\x00" in job.pwd or any("\x00" in o for o in job.options):
-        return "path, pwd and options must not contain NUL characters"
+    if any(_UNUSABLE.search(t) for t in (job.path, job.pwd, *job.options)):
+        # the API refuses both; a lone surrogate could be stored by earlier releases (in options), and
+        # no command line can carry it: the job fails with this reason instead of stalling its owner's queue
+        return "path, pwd and options must not contain NUL characters or lone surrogates"
     return None
 
 
