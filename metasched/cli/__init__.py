@@ -13,7 +13,7 @@ import sys
 from ..model import Policy
 from . import commands as C
 from .client import Client, CliError, resolve_endpoint
-from .render import use_colour
+from .render import escape, use_colour
 from .watch import cmd_watch
 
 EPILOG = """\
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx = C.Context(Client(endpoint), endpoint, json=args.json, colour=use_colour())
         return args.func(args, ctx)
     except CliError as exc:
-        print(f"metasched: {exc.message}", file=sys.stderr)
+        print(f"metasched: {escape(exc.message)}", file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt:
         print(file=sys.stderr)

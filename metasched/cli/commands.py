@@ -46,7 +46,8 @@ class Context:
         return self._queues
 
     def queue_name(self, queue_id) -> str:
-        return next((q["name"] for q in self.queues() if q["id"] == queue_id), str(queue_id))
+        """The queue's name, escaped for printing."""
+        return render.escape(next((q["name"] for q in self.queues() if q["id"] == queue_id), str(queue_id)))
 
     def me(self) -> dict:
         """Who the service thinks we are (user, admin): the only reliable answer over a token."""
@@ -64,7 +65,7 @@ def queue_ref(value: str) -> int | str:
 
 
 def warn(message: str) -> None:
-    print(f"metasched: {message}", file=sys.stderr)
+    print(f"metasched: {render.escape(message)}", file=sys.stderr)
 
 
 # -- submit -------------------------------------------------------------------------------------
@@ -94,7 +95,7 @@ def cmd_submit(a, ctx: Context) -> int:
     elif ctx.json:
         ctx.emit_json(job)
     else:
-        ctx.print(f"submitted job {job['id']} ({job['name']}) to queue {ctx.queue_name(job['queue'])}: "
+        ctx.print(f"submitted job {job['id']} ({render.escape(job['name'])}) to queue {ctx.queue_name(job['queue'])}: "
                   f"{render.state(job['status'], ctx.colour)}")
     return 0
 
@@ -221,10 +222,10 @@ def foreign_jobs(a, ctx: Context) -> int:
 
 def job_fields(ctx: Context, j: dict) -> str:
     status = render.state(j["status"], ctx.colour)
-    if ctx.colour and isinstance(status, render.Cell):
-        status = f"\033[{status.colour}m{status}\033[0m"
     if j.get("cancel_requested") and j["status"] not in FINAL:
-        status += " (cancel requested)"
+        colour = getattr(status, "colour", None)
+        status = render.Cell(f"{status} (cancel requested)")
+        status.colour = colour
     return render.fields([
         ("job", j["id"]), ("name", j["name"]), ("owner", j["owner"]),
         ("queue", f"{ctx.queue_name(j['queue'])} ({j['queue']})"), ("state", status), ("reason", j["reason"]),
@@ -233,7 +234,7 @@ def job_fields(ctx: Context, j: dict) -> str:
         ("submitted", render.long_time(j["created_at"])), ("dispatched", render.long_time(j["submitted_at"])),
         ("started", render.long_time(j["started_at"])), ("finished", render.long_time(j["finished_at"])),
         ("run time", render.duration(j["started_at"], j["finished_at"]) if j["started_at"] else None),
-    ])
+    ], ctx.colour)
 
 
 def cmd_show(a, ctx: Context) -> int:
@@ -364,7 +365,7 @@ def cmd_queues(a, ctx: Context) -> int:
         ctx.print(queues_table(ctx, data["items"], ctx.call("GET", "/cluster/mode")))
         errors = [f"{q['name']}: {q['last_error']}" for q in data["items"] if q.get("last_error")]
         for e in errors:
-            ctx.print(f"  {e}")
+            ctx.print(f"  {render.escape(e)}")
     return 0
 
 
@@ -448,7 +449,7 @@ def cmd_token(a, ctx: Context) -> int:
             ctx.emit_json(tok)
             return 0
         # the secret alone on stdout (so `metasched token create > FILE` works); the rest on stderr
-        print(f"token {tok['id']} for {tok['user']}, expires {render.long_time(tok['expires_at'])}.\n"
+        print(f"token {tok['id']} for {render.escape(tok['user'])}, expires {render.long_time(tok['expires_at'])}.\n"
               f"This is the only time the secret is shown. Keep it in ~/.config/metasched/token (chmod 600)\n"
               f"or in METASCHED_TOKEN, and use it with --url (or METASCHED_URL):", file=sys.stderr)
         ctx.print(tok["token"])
@@ -458,7 +459,7 @@ def cmd_token(a, ctx: Context) -> int:
         if ctx.json:
             ctx.emit_json(tok)
         else:
-            ctx.print(f"token {tok['id']} of {tok['user']} revoked")
+            ctx.print(f"token {tok['id']} of {render.escape(tok['user'])} revoked")
         return 0
     data = ctx.call("GET", "/tokens")
     if ctx.json:

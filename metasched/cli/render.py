@@ -1,11 +1,32 @@
 """Output for people: aligned tables, short local times, state colours (only on a terminal, never with
-NO_COLOR set). Scripts use ``--json`` instead, which bypasses all of this."""
+NO_COLOR set). Scripts use ``--json`` instead, which bypasses all of this (JSON escapes control characters).
+
+Everything printed that a user (or a scheduler) wrote goes through :func:`escape`: a job's name, path or
+arguments must not be able to move an admin's cursor, clear their screen or retitle their terminal.
+``table`` and ``fields`` escape every cell; messages escape what they quote."""
 from __future__ import annotations
 
 import datetime as _dt
 import os
+import re
 import shlex
 import sys
+
+# C0 controls, DEL, C1 controls (U+009B is a one-character CSI on many terminals), the bidirectional
+# controls that reorder what is shown, line and paragraph separators, and lone surrogates (which no
+# terminal encoding can even carry).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def _escaped(m: re.Match) -> str:
+    o = ord(m.group())
+    return f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}"
+
+
+def escape(text) -> str:
+    """``text`` with every unsafe character written as a visible escape (``\\x1b``, ``\\u009b``, ``\\u202e``)."""
+    text = str(text)
+    return _UNSAFE.sub(_escaped, text) if _UNSAFE.search(text) else text
 
 STATE_COLOURS = {
     "TO_BE_QUEUED": "34",    # blue
@@ -30,6 +51,17 @@ class Cell(str):
     colour: str | None = None
 
 
+def _safe(v) -> str:
+    """A cell or field value, escaped; a Cell keeps its colour."""
+    if v is None or v == "":
+        return "-"
+    if isinstance(v, Cell):
+        c = Cell(escape(v))
+        c.colour = v.colour
+        return c
+    return escape(v)
+
+
 def state(value: str | None, colour: bool) -> str:
     text = value or "-"
     if not colour or value not in STATE_COLOURS:
@@ -41,8 +73,7 @@ def state(value: str | None, colour: bool) -> str:
 
 def table(headers: list[str], rows: list[list], colour: bool = False) -> str:
     """Left-aligned columns separated by two spaces; the last column is not padded."""
-    cells = [[("-" if v is None or v == "" else v) if isinstance(v, str) or v is None else str(v) for v in r]
-             for r in rows]
+    cells = [[_safe(v) for v in r] for r in rows]
     widths = [len(h) for h in headers]
     for r in cells:
         for i, v in enumerate(r):
@@ -64,10 +95,16 @@ def table(headers: list[str], rows: list[list], colour: bool = False) -> str:
     return "\n".join(out)
 
 
-def fields(pairs: list[tuple[str, object]]) -> str:
-    """``key: value`` lines with the values aligned."""
+def fields(pairs: list[tuple[str, object]], colour: bool = False) -> str:
+    """``key: value`` lines with the values aligned (a Cell value in its colour when ``colour``)."""
     width = max(len(k) for k, _ in pairs) + 1
-    return "\n".join(f"{k + ':':<{width}} {'-' if v is None or v == '' else v}" for k, v in pairs)
+
+    def value(v) -> str:
+        text = _safe(v)
+        if colour and isinstance(text, Cell) and text.colour:
+            return f"\033[{text.colour}m{text}\033[0m"
+        return text
+    return "\n".join(f"{k + ':':<{width}} {value(v)}" for k, v in pairs)
 
 
 # -- time -------------------------------------------------------------------------------------
