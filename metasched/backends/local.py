@@ -3,23 +3,27 @@
 Design (why):
 - The launcher (HELPER: a short ``python3 -I -S`` run as the owner, one per round trip whatever the
   number of jobs) changes to pwd, checks that the script is an executable file (else the submission is
-  refused at once), and spawns the job in a new session: the job becomes a session and process-group
-  leader, so native id = pid = pgid, printed by the launcher. The job's stdout/stderr go to
-  ``<pwd>/<tag>.o<our id>`` / ``.e<our id>``. The node needs python3 (the node agent needs it anyway).
+  refused at once), creates the job's output files and spawns the job in a new session: the job becomes
+  a session and process-group leader, so native id = pid = pgid, printed by the launcher. The node needs
+  python3 (the node agent needs it anyway).
+- Output: ``<pwd>/<tag>.o<our id>`` / ``.e<our id>``, created by the launcher, as the owner, mode 0600,
+  with O_CREAT|O_EXCL|O_NOFOLLOW, and handed to the job as its stdout/stderr. A name that already exists
+  is reused only when it is a regular file of the owner (it is removed and created again); anything else
+  (another user's file in a world-writable pwd, a symlink, a FIFO) refuses the submission, naming the
+  file: the job's output is never written into a file someone else made (and can read).
 - The session leader is a small constant ``sh`` wrapper (WRAP) that runs the script (exec'd directly:
-  the kernel honours its shebang) and then writes its exit status
-  to ``<pwd>/.<tag>.exit``. It traps TERM (with a no-op handler, which children do not inherit) so
-  that a cancel lets it record the job's status. The exit file survives a restart of the service; it is
-  removed once the job's final state is committed (forget_entry), so users' directories do not fill up
-  with one hidden file per job.
-- Why the exit file lives in the job's pwd and not in a shared state dir such as a sticky
-  /tmp/metasched-local: in a shared sticky directory another user can create ``<id>.exit`` first
-  (a file or a symlink) and the owner's write then fails or lands elsewhere: one user could forge or block
-  another user's result. The pwd belongs to the owner, who can always write there (their output
-  files go there too). Reading it is done as the owner too (Debian 12 homes are 0700): final_argv
-  wraps itself in ``sudo -n -u <owner>`` (option ``final_as_owner``, default True), and it only
-  trusts a regular file (not a symlink) owned by the owner. The owner can of course write any status
-  for their own job; that is acceptable: it is their job.
+  the kernel honours its shebang) and then writes its exit status to the exit file. It traps TERM (with
+  a no-op handler, which children do not inherit) so that a cancel lets it record the job's status. The
+  exit file survives a restart of the service; it is removed once the job's final state is committed
+  (forget_entry), so the directory does not fill up with one file per job.
+- The exit file is ``~owner/.metasched/<tag>.exit`` on the node: a directory the launcher creates mode
+  0700 and trusts only when it is the owner's own directory, not a symlink, in a home no one else may
+  write. Not the job's pwd: in a world-writable pwd (a 1777 scratch directory) another user could
+  pre-create ``.<tag>.exit`` and block the launch or forge the result. Not a shared state directory
+  such as a sticky /tmp/metasched-local either, for the same reason. Reading it is done as the owner
+  (homes are 0700): final_argv wraps itself in ``sudo -n -u <owner>`` (option ``final_as_owner``,
+  default True), and it only trusts a regular file (not a symlink) owned by the owner. The owner can of
+  course write any status for their own job; that is acceptable: it is their job.
 - Status: ONE ``ps`` listing; our jobs are the processes that lead their own group and whose command
   line starts with the wrapper's exact text followed by ``metasched-job-<our id>``. The owner column
   comes from the kernel; the engine must still check it against the job's owner before adopting
@@ -44,18 +48,13 @@ from .base import (launcher_pid, Backend, FinalState, NativeJob, NativeState, Pr
 
 JOB_MARK = "metasched-job-"
 
-# The session leader. $0 = metasched-job-<id>, $1 = exit file, $2 = stdout file, $3 = stderr file,
-# $4... = the script and its arguments. One line, no tabs: ps prints it verbatim, and it is the prefix
-# that identifies our jobs.
-# The job opens its own output files (as Grid Engine's shepherd and slurmstepd do on the node): creating
-# two files is most of the cost of starting a trivial job, and here it runs in the job's process, beside
-# the launcher's next spawn, not in front of it. If they cannot be created the wrapper exits without an
-# exit file (the job is "gone"); the launcher checks beforehand that they can be.
+# The session leader. $0 = metasched-job-<id>, $1 = exit file, $2... = the script and its arguments; its
+# stdout and stderr are the job's output files (opened by the launcher). One line, no tabs: ps prints it
+# verbatim, and it is the prefix that identifies our jobs.
 # The exit status goes straight into the file: no temporary file and mv, one process less per job (about
 # 17% more launches per second on 2 cores). A reader that catches the file half written sees "exit" with
 # no number and asks again next cycle (parse_final returns None, parse_final_by_tag raises).
-WRAP = ('x=$1; exec > "$2" 2> "$3"; shift 3; trap : TERM; "$@"; rc=$?; '
-        'echo "$rc" > "$x"')
+WRAP = 'x=$1; shift; trap : TERM; "$@"; rc=$?; echo "$rc" > "$x"'
 ARGS_PREFIX = f"sh -c {WRAP} {JOB_MARK}"
 # The prefix is matched with a quoted ``case "$a" in "$3"*)`` pattern: dash mishandles backslashes in
 # quoted pattern expansions, and ps would rewrite tabs or newlines. Keep it to plain characters.
@@ -63,8 +62,9 @@ assert not set(ARGS_PREFIX) & set("\\\t\n"), "WRAP must stay a plain one-line te
 
 # The helper, run as the owner (a short ``python3 -I -S``: no site, no user paths, only built-in modules),
 # ONE per round trip whatever the number of jobs: the per-job work of a round trip costs no new process.
-# - launch: checks the script and that the output can be written, removes a stale exit file, starts WRAP with
-#   ``posix_spawn(setsid=True)``: glibc spawns with CLONE_VFORK, so when the call returns the job is
+# - launch: checks the script, creates the output files (see the module docstring; mode 0600, never a file
+#   someone else made), removes a stale exit file, starts WRAP with ``posix_spawn(setsid=True)``, the output
+#   files as its stdout and stderr: glibc spawns with CLONE_VFORK, so when the call returns the job is
 #   already its own session and group leader (a cancel right after the submit finds the group) and its
 #   pid is the native id. No ``setsid`` binary, no shell per job, no polling of /proc: about four times
 #   the launches per second of the shell launcher it replaced. SIGPIPE and SIGXFSZ are reset to their
@@ -73,6 +73,8 @@ assert not set(ARGS_PREFIX) & set("\\\t\n"), "WRAP must stay a plain one-line te
 #   the caller), else whether its group leader still runs our wrapper for this job (/proc/<pgid>/cmdline,
 #   what ``ps -o args`` prints), else the exit file again (it may have ended meanwhile): prints
 #   "exit <status>", "running" or "gone" (by tag: the exit file or "gone").
+# An exit file "~/DIR/NAME" is in the caller's home, in a private DIR (launch creates it and checks it is
+# theirs, see private(); final and forget only look).
 # argv: operation (launch | final), form ("framed": one answer per record framed like BATCH_SCRIPT's,
 # for parse_batch; "plain": one record, its answer on stdout or its refusal on stderr with status 1),
 # for launch WRAP, then records: the number of fields that follow and the fields.
@@ -80,42 +82,103 @@ assert not set(ARGS_PREFIX) & set("\\\t\n"), "WRAP must stay a plain one-line te
 #   final record: "pgid", exit file, pgid, expected command-line prefix | "tag", exit file |
 #   "forget", exit file (removed once the job's final state is recorded; a regular file of the caller's only).
 HELPER = r"""
-import os, signal, stat, sys
+import os, pwd, signal, stat, sys
 op, form, a = sys.argv[1], sys.argv[2], sys.argv[3:]
 os.closerange(3, 1 << 16)
-def launch(jid, pwd, out, err, ext, script, *args):
+me = os.geteuid()
+checked = {}
+class Refused(Exception):
+    pass
+def private(d):
+    home = os.path.dirname(d)
     try:
-        os.chdir(pwd)
+        st = os.stat(home)
     except OSError as e:
-        return 1, "", "metasched: cannot enter pwd %s: %s" % (pwd, e.strerror)
+        raise Refused("your home %s: %s (the job's exit status is kept there)" % (home, e.strerror))
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        raise Refused("your home %s is writable by others: the job's exit status cannot be kept safe there" % home)
+    try:
+        os.mkdir(d, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise Refused("cannot create %s for the job's exit status: %s" % (d, e.strerror))
+    st = os.lstat(d)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != me:
+        raise Refused("%s is not a directory of yours: remove it (it keeps the jobs' exit status)" % d)
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        os.chmod(d, 0o700)
+def resolve(ext, make=False):
+    if not ext.startswith("~/"):
+        return ext
+    ext = pwd.getpwuid(me).pw_dir.rstrip("/") + ext[1:]
+    d = os.path.dirname(ext)
+    if make:
+        if d not in checked:
+            try:
+                private(d)
+                checked[d] = None
+            except Refused as e:
+                checked[d] = e
+        if checked[d] is not None:
+            raise checked[d]
+    return ext
+def output(f):
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for attempt in (0, 1):
+        try:
+            return os.open(f, flags, 0o600)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise Refused("cannot create the job's output file %s: %s" % (f, e.strerror))
+        st = os.lstat(f)
+        if stat.S_ISREG(st.st_mode) and st.st_uid == me and not attempt:
+            os.unlink(f)
+            continue
+        what = ("a directory" if stat.S_ISDIR(st.st_mode) else "a symbolic link" if stat.S_ISLNK(st.st_mode)
+                else "another user's file" if st.st_uid != me else "not a regular file")
+        raise Refused("the job's output file %s exists and is %s: refusing to write the job's output there"
+                      % (f, what))
+def launch(jid, pwd_, out, err, ext, script, *args):
+    try:
+        os.chdir(pwd_)
+    except OSError as e:
+        return 1, "", "metasched: cannot enter pwd %s: %s" % (pwd_, e.strerror)
     try:
         st = os.stat(script)
     except OSError:
         st = None
     if st is None or not stat.S_ISREG(st.st_mode) or not os.access(script, os.X_OK):
         return 1, "", "metasched: not an executable file: " + script
-    if not os.access(pwd, os.W_OK):
-        return 1, "", "metasched: cannot write in pwd %s (the job's output and exit status go there)" % pwd
-    for f in (out, err):
+    if not os.access(pwd_, os.W_OK):
+        return 1, "", "metasched: cannot write in pwd %s (the job's output goes there)" % pwd_
+    fds, made = [], []
+    try:
+        ext = resolve(ext, True)
         try:
-            st = os.stat(f)
-        except OSError:
-            continue
-        if stat.S_ISDIR(st.st_mode) or not os.access(f, os.W_OK):
-            return 1, "", "metasched: cannot write the job's output file " + f
-    try:
-        os.unlink(ext)
-    except FileNotFoundError:
-        pass
-    except OSError as e:
-        return 1, "", "metasched: cannot remove the old exit file %s: %s" % (ext, e.strerror)
-    try:
-        pid = os.posix_spawn("/bin/sh", ["sh", "-c", wrap, "metasched-job-" + jid, ext, out, err, script, *args],
+            os.unlink(ext)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise Refused("cannot remove the old exit file %s: %s" % (ext, e.strerror))
+        for f in (out, err):
+            fds.append(output(f))
+            made.append(f)
+        pid = os.posix_spawn("/bin/sh", ["sh", "-c", wrap, "metasched-job-" + jid, ext, script, *args],
                              os.environ, setsid=True, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
-                             file_actions=[(os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, null, 1),
-                                           (os.POSIX_SPAWN_DUP2, null, 2)])
+                             file_actions=[(os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, fds[0], 1),
+                                           (os.POSIX_SPAWN_DUP2, fds[1], 2)])
+        made = []
+    except Refused as e:
+        return 1, "", "metasched: %s" % e
     except OSError as e:
         return 1, "", "metasched: cannot start %s: %s" % (e.filename or script, e.strerror)
+    finally:
+        for fd in fds:
+            os.close(fd)
+        for f in made:
+            os.unlink(f)
     return 0, "%d\n" % pid, ""
 def status(ext):
     try:
@@ -124,16 +187,17 @@ def status(ext):
         return None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != me:
             return None
         return "exit %s\n" % os.read(fd, 64).decode("ascii", "replace").split("\n")[0].strip()
     finally:
         os.close(fd)
 def final(kind, ext, pgid=None, prefix=None):
+    ext = resolve(ext)
     if kind == "forget":
         try:
             st = os.lstat(ext)
-            if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid():
+            if stat.S_ISREG(st.st_mode) and st.st_uid == me:
                 os.unlink(ext)
         except OSError:
             pass
@@ -180,7 +244,9 @@ _PS_LINE = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\S+)\s+(\S+\s+\S+\s+\d+\s+\d\d:\d\d
 
 
 def exit_file(job: Job) -> str:
-    return posixpath.join(job.pwd, f".{tag(job)}.exit")
+    """Where the job's exit status is kept: in the owner's home on the node (the helper expands ``~``),
+    in a directory only they can write (the helper's private())."""
+    return f"~/.metasched/{tag(job)}.exit"
 
 
 def output_files(job: Job) -> tuple[str, str]:

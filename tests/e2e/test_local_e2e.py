@@ -81,11 +81,14 @@ def test_jobs_succeed_and_fail_with_their_exit_codes_as_their_owner(srv, users, 
     # a local job runs as soon as the launcher starts it: there is no native queue to wait in
     assert [e["new_status"] for e in events] == ["TO_BE_QUEUED", "DISPATCHING", "RUNNING", "ERROR"]
     assert done1["started_at"] and done1["started_at"] <= done1["finished_at"]
-    # the hidden file that carried each exit status is removed once the final state is recorded: only the
-    # scripts and the jobs' output files stay in the user's directory
+    # the file that carried each exit status (in alice's private ~/.metasched) is removed once the final
+    # state is recorded; only the scripts and the jobs' output files are in the job's directory
+    private = pathlib.Path(alice.pw_dir) / ".metasched"
+    kept = lambda: [p.name for p in private.glob("ms*.exit") if p.name.startswith((f"ms{j1['id']}_", f"ms{j2['id']}_"))]  # noqa: E731
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and [p for p in os.listdir(workdir["alice"]) if p.endswith(".exit")]:
+    while time.monotonic() < deadline and kept():
         time.sleep(0.1)
+    assert kept() == []
     left = sorted(os.listdir(workdir["alice"]))
     assert left == sorted(["ok.sh", "bad.sh"] + [f"ms{j['id']}_{j['name']}.{k}{j['id']}"
                                                   for j in (j1, j2) for k in "oe"]), left
@@ -140,3 +143,43 @@ def test_status_shows_the_last_poll_cycle(srv):
     st = srv.root("GET", "/status").json()
     assert st["poller"]["lease"]["holder"]
     assert st["poller"]["last_cycle"]["duration_ms"] >= 0
+
+
+def test_a_shared_world_writable_pwd_leaks_nothing_and_decides_nothing(srv, users, workdir):
+    """Issue 21: in a 1777 directory bob pre-created alice's next output file (mode 0666, to read it) and
+    the file the exit status used to be kept in (so that her job would fail). Now her job that would
+    write into bob's file is refused, naming it, and bob's planted exit file changes nothing."""
+    alice, bob = users["alice"], users["bob"]
+    shared = workdir["alice"].parent / "scratch"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    s = script(shared / "job.sh", "echo alice secret\n", alice)
+
+    def plant(path: pathlib.Path, text: str) -> None:
+        pid = os.fork()
+        if pid == 0:                      # as bob: his file, mode 0666
+            try:
+                os.setgid(bob.pw_gid)
+                os.setuid(bob.pw_uid)
+                os.umask(0)
+                path.write_text(text)
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        assert path.stat().st_uid == bob.pw_uid
+
+    nxt = submit(srv, "alice", {"queue": "local", "path": s, "pwd": str(shared), "name": "spy", "hold": True})
+    plant(shared / f"ms{nxt['id']}_spy.o{nxt['id']}", "")
+    srv.as_user("alice", "POST", f"/jobs/{nxt['id']}/release")
+    spied = wait_for(srv, "alice", nxt["id"], FINAL)
+    assert spied["status"] == "ERROR" and f"ms{nxt['id']}_spy.o{nxt['id']}" in spied["reason"], spied
+    assert (shared / f"ms{nxt['id']}_spy.o{nxt['id']}").read_text() == ""
+
+    victim = submit(srv, "alice", {"queue": "local", "path": s, "pwd": str(shared), "name": "victim", "hold": True})
+    plant(shared / f".ms{victim['id']}_victim.exit", "1\n")
+    srv.as_user("alice", "POST", f"/jobs/{victim['id']}/release")
+    done = wait_for(srv, "alice", victim["id"], FINAL)
+    assert (done["status"], done["exit_code"]) == ("COMPLETED", 0), done
+    out = shared / f"ms{victim['id']}_victim.o{victim['id']}"
+    assert out.read_text() == "alice secret\n"
+    assert (out.stat().st_uid, out.stat().st_mode & 0o777) == (alice.pw_uid, 0o600)

@@ -29,8 +29,13 @@ def workdir():
     # Not pytest's tmp_path (0700 under root's tree): the other-user test needs to enter it.
     d = Path(tempfile.mkdtemp(prefix="ms-local-", dir="/tmp"))
     d.chmod(0o755)
+    # where the jobs of this user (and of alice, in the sudo tests) keep their exit status
+    private = [Path(os.path.expanduser("~/.metasched")), Path(os.path.expanduser("~alice/.metasched"))]
+    before = {f for p in private for f in p.glob("ms*.exit")}
     yield d
     shutil.rmtree(d, ignore_errors=True)
+    for f in {f for p in private for f in p.glob("ms*.exit")} - before:
+        f.unlink()
 
 
 def script(d: Path, body: str, name: str = "job.sh") -> Path:
@@ -117,8 +122,9 @@ def test_output_that_cannot_be_written_is_refused_at_submit(workdir):
     j = make_job(workdir, script(workdir, "exit 0\n"), jid=61)
     os.mkdir(output_files(j)[1])                       # the stderr file's name is taken by a directory
     r = run(b.submit_argv(j, None))
-    with pytest.raises(SubmitRefused, match=r"cannot write the job's output file .*\.e61"):
+    with pytest.raises(SubmitRefused, match=r"output file .*\.e61 exists and is a directory"):
         b.parse_submit(j, r.returncode, r.stdout, r.stderr)
+    assert sorted(p.name for p in workdir.iterdir()) == ["job.sh", "ms61_hello.e61"]   # nothing left behind
 
 
 def test_cancel_term_is_recorded_as_cancelled(workdir):
@@ -183,13 +189,23 @@ def test_not_executable_is_refused_at_submit(workdir):
         b.parse_submit(j, r.returncode, r.stdout, r.stderr)
 
 
+def exit_path(j: Job) -> Path:
+    """The job's exit file as the launcher (running as this process's user) names it."""
+    return Path(os.path.expanduser(exit_file(j)))
+
+
 def test_forged_exit_file_symlink_is_not_trusted(workdir):
     b = backend()
     j = make_job(workdir, workdir / "x.sh", jid=49, scheduler_job_id="999999")
     target = workdir / "elsewhere"
     target.write_text("0\n")
-    os.symlink(target, exit_file(j))
-    p = run(b.final_argv(j))
+    exit_path(j).parent.mkdir(mode=0o700, exist_ok=True)
+    exit_path(j).unlink(missing_ok=True)
+    os.symlink(target, exit_path(j))
+    try:
+        p = run(b.final_argv(j))
+    finally:
+        exit_path(j).unlink()
     assert p.stdout.strip() == "gone"
 
 
@@ -202,20 +218,22 @@ def test_forget_removes_the_exit_file_and_nothing_else(workdir):
     victim = workdir / "victim"
     victim.write_text("keep me\n")
     other = make_job(workdir, workdir / "x.sh", jid=64, scheduler_job_id="999999")
-    os.symlink(victim, exit_file(other))
+    exit_path(other).unlink(missing_ok=True)
+    os.symlink(victim, exit_path(other))
     entries = [b.forget_entry(j)[1], b.forget_entry(other)[1]]
     p = run(b.final_batch_argv(entries, None))
     assert [a[0] for a in parse_batch(p.stdout, 2)] == [0, 0], p.stderr
-    assert not Path(exit_file(j)).exists() and Path(output_files(j)[0]).exists()
+    assert not exit_path(j).exists() and Path(output_files(j)[0]).exists()
+    os.unlink(exit_path(other))
     assert victim.read_text() == "keep me\n"
     assert b.forget_entry(make_job(workdir, workdir / "x.sh", jid=65)) is None
 
 
 def test_status_parser_ignores_other_processes_and_non_leaders():
     b = LocalBackend()
-    out = (f"  101   101 alice{' ' * 59} Sat Nov 28 00:03:17 2026 {ARGS_PREFIX}5 /h/.ms5_x.exit /h/job.sh a b\n"
+    out = (f"  101   101 alice{' ' * 59} Sat Nov 28 00:03:17 2026 {ARGS_PREFIX}5 /h/.metasched/ms5_x.exit /h/job.sh a b\n"
            f"  102   101 alice{' ' * 59} Sat Nov 28 00:03:17 2026 /h/job.sh a b\n"
-           f"  103   103 bob{' ' * 61} Sat Nov  8 00:03:17 2026 {ARGS_PREFIX}6 /h/.ms6_y.exit /h/y\n"
+           f"  103   103 bob{' ' * 61} Sat Nov  8 00:03:17 2026 {ARGS_PREFIX}6 /h/.metasched/ms6_y.exit /h/y\n"
            f"  104   104 root{' ' * 60} Sat Nov 28 00:03:17 2026 sshd: /usr/sbin/sshd -D\n")
     jobs = b.parse_status(0, out, "")
     assert [(j.native_id, j.our_id, j.owner) for j in jobs] == [("101", 5, "alice"), ("103", 6, "bob")]
@@ -253,12 +271,13 @@ def test_as_another_user_through_sudo(workdir):
     fs = wait_final(b, j)
     assert (fs.status, fs.exit_code) == ("ERROR", 5)
     assert Path(output_files(j)[0]).read_text() == "alice\n"
-    assert Path(exit_file(j)).stat().st_uid == owner.pw_uid
+    exit_status = Path(owner.pw_dir) / exit_file(j)[2:]
+    assert exit_status.stat().st_uid == owner.pw_uid and exit_status.parent.stat().st_mode & 0o777 == 0o700
 
 
 def test_a_pwd_the_owner_cannot_write_is_refused_at_submit(workdir):
-    """Output and exit status go to pwd: a directory the owner may enter but not write is refused with
-    that reason, not started as a job that could never record how it ended."""
+    """Output goes to pwd: a directory the owner may enter but not write is refused with that reason, not
+    started as a job whose output would be lost."""
     if os.getuid() != 0 or shutil.which("sudo") is None:
         pytest.skip("needs root and sudo to act as another user")
     try:
@@ -285,3 +304,104 @@ def test_a_half_written_exit_file_is_never_a_final_state_nor_not_found():
                              0, "exit \n", "")
     assert b.parse_final_by_tag(dataclasses.replace(j, scheduler_job_id=None), 0, "gone\n", "") is None
     assert b.parse_final_by_tag(dataclasses.replace(j, scheduler_job_id=None), 0, "exit 3\n", "")[1].exit_code == 3
+
+
+# -- a world-writable pwd shared with other users (issue 21) -----------------------------------------
+
+def _users():
+    if os.getuid() != 0 or shutil.which("sudo") is None:
+        pytest.fail("needs root and sudo to act as alice and bob: run tests/lab/setup-machine.sh")
+    try:
+        return pwd.getpwnam("alice"), pwd.getpwnam("bob")
+    except KeyError:
+        pytest.fail("needs the users alice and bob: run tests/lab/setup-machine.sh")
+
+
+def as_bob(*argv) -> None:
+    subprocess.run(["sudo", "-n", "-u", "bob", "--", *argv], check=True, capture_output=True, timeout=20)
+
+
+@pytest.fixture
+def scratch(workdir):
+    """A 1777 directory (like /tmp or a shared scratch space) with alice's job script in it."""
+    alice, bob = _users()
+    workdir.chmod(0o1777)
+    s = script(workdir, "echo secret output; echo secret error >&2; exit 0\n")
+    os.chown(s, alice.pw_uid, alice.pw_gid)
+    return workdir, s, alice
+
+
+def _launch_as_alice(j):
+    b = get_backend("local", {})
+    r = run(b.submit_argv(j, "alice"))
+    return b, r
+
+
+@pytest.mark.parametrize("plant", ["file", "symlink", "fifo"])
+def test_output_files_someone_else_made_are_never_written(scratch, plant):
+    d, s, alice = scratch
+    j = make_job(d, s, jid=71, name="victim", owner="alice")
+    out = output_files(j)[0]
+    if plant == "file":
+        as_bob("sh", "-c", f"umask 0; : > {out}")                      # mode 0666, bob's
+    elif plant == "symlink":
+        as_bob("sh", "-c", f"umask 0; : > {d}/bob-reads-this; ln -s {d}/bob-reads-this {out}")
+    else:
+        as_bob("mkfifo", "-m", "0666", out)
+    b, r = _launch_as_alice(j)
+    with pytest.raises(SubmitRefused, match=rf"output file {out} exists and is"):
+        b.parse_submit(j, r.returncode, r.stdout, r.stderr)
+    for f in d.iterdir():                                              # nothing of alice's was written
+        if f.is_file() and not f.is_symlink():
+            assert f == s or f.read_text() == "", f
+
+
+def test_output_files_are_the_owners_alone_and_the_exit_status_is_out_of_reach(scratch):
+    """Bob planted .ms72_victim.exit in the shared pwd (where the exit status used to be kept): it neither
+    blocks the launch nor decides how the job ended; the output files are alice's, mode 0600."""
+    d, s, alice = scratch
+    j = make_job(d, s, jid=72, name="victim", owner="alice")
+    as_bob("sh", "-c", f"umask 0; echo 1 > {d}/.ms72_victim.exit; echo 1 > {d}/.{Path(exit_file(j)).name}")
+    b, r = _launch_as_alice(j)
+    j = dataclasses.replace(j, scheduler_job_id=b.parse_submit(j, r.returncode, r.stdout, r.stderr))
+    fs = wait_final(b, j)
+    assert (fs.status, fs.exit_code) == ("COMPLETED", 0)
+    for f, text in zip(output_files(j), ("secret output\n", "secret error\n")):
+        st = os.lstat(f)
+        assert (st.st_uid, st.st_mode & 0o777) == (alice.pw_uid, 0o600), f
+        assert Path(f).read_text() == text
+    kept = Path(alice.pw_dir) / exit_file(j)[2:]
+    assert kept.parent.stat().st_uid == alice.pw_uid and kept.parent.stat().st_mode & 0o777 == 0o700
+    assert kept.read_text() == "0\n"
+
+
+def test_an_old_output_file_of_the_owner_is_replaced(scratch):
+    d, s, alice = scratch
+    j = make_job(d, s, jid=73, name="victim", owner="alice")
+    out = Path(output_files(j)[0])
+    out.write_text("old\n")
+    os.chown(out, alice.pw_uid, alice.pw_gid)
+    out.chmod(0o644)
+    b, r = _launch_as_alice(j)
+    j = dataclasses.replace(j, scheduler_job_id=b.parse_submit(j, r.returncode, r.stdout, r.stderr))
+    assert wait_final(b, j).status == "COMPLETED"
+    assert out.read_text() == "secret output\n" and out.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_private_directory_that_is_not_the_owners_refuses_the_launch(scratch):
+    d, s, alice = scratch
+    private = Path(alice.pw_dir) / ".metasched"
+    moved = None
+    if private.exists():
+        moved = private.with_name(".metasched-test-moved")
+        private.rename(moved)
+    try:
+        private.symlink_to(d)                                   # not a directory of alice's own
+        j = make_job(d, s, jid=74, name="victim", owner="alice")
+        b, r = _launch_as_alice(j)
+        with pytest.raises(SubmitRefused, match=r"\.metasched is not a directory of yours"):
+            b.parse_submit(j, r.returncode, r.stdout, r.stderr)
+    finally:
+        private.unlink()
+        if moved is not None:
+            moved.rename(private)
