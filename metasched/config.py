@@ -81,6 +81,7 @@ class ServerConfig:
     port: int = 8000
     socket: str | None = "/run/metasched/api.sock"
     database: str = "/db/db.sqlite3"
+    database_group: str | None = None   # may read the database (0640); None: the service user only (0600)
     workers: int = 2
     max_body_bytes: int = 64 * 1024
     page_limit: int = 100
@@ -314,6 +315,7 @@ def parse(raw: Any, source: str = "<memory>", overrides: dict | None = None) -> 
         "port": lambda v, p: _int(v, p, 0, 65535),
         "socket": lambda v, p: _str(v, p, allow_none=True),
         "database": _str,
+        "database_group": lambda v, p: None if v is None else _validate_group(_str(v, p), p),
         "workers": lambda v, p: _int(v, p, 1, 64),
         "max_body_bytes": lambda v, p: _int(v, p, 1024, 64 * 1024 * 1024),
         "page_limit": lambda v, p: _int(v, p, 1, 10000),

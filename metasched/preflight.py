@@ -6,7 +6,9 @@ required fails. Warnings (``warn``) point at risky settings and checks it could 
 change the exit status.
 
 What it checks, with the same code paths the service uses (``metasched.transport``):
-- the config (already parsed by the caller) and the database directory;
+- the config (already parsed by the caller) and the database directory; that the database, its WAL/SHM
+  files and any other SQLite file in its directory (backups) are readable by the service user only (or
+  ``server.database_group``): they hold every user's jobs;
 - identity settings (the trusted proxy user exists; a unix socket without ``auth.proxy_user`` is a
   warning, because nginx relaying over it would act as its own user);
 - SSH prerequisites (known_hosts, key file), then every node: one command over its transport;
@@ -21,6 +23,7 @@ against real sshd/Grid Engine/Slurm nodes with :func:`collect`.
 """
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 import shlex
@@ -115,6 +118,58 @@ def check_database(cfg: Config) -> list[Row]:
     if not os.access(path, os.W_OK):
         return [Row(FRONTEND, "database", FAIL, f"{path} is not writable by {_current_user()}")]
     return [Row(FRONTEND, "database", OK, f"{path}: schema version {version} (migrated at start)")]
+
+
+def check_database_privacy(cfg: Config) -> list[Row]:
+    """The database files are the service user's alone (or server.database_group's). A file of ours that
+    start would fix is a warning; one we cannot fix (another owner), or a backup, is a failure."""
+    from .db.core import SQLITE_MAGIC, database_files, exposure, private_mode
+    path = os.path.abspath(cfg.server.database)
+    parent = os.path.dirname(path)
+    group = cfg.server.database_group
+    who = f"the service user and group {group}" if group else "the service user only"
+    rows = []
+    if group:
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            return [Row(FRONTEND, "database files", FAIL, f"server.database_group: no such group {group!r}")]
+    ours = database_files(path)
+    if ours:
+        bad = [(f, exposure(f, group)) for f in ours]
+        bad = [(f, why) for f, why in bad if why]
+        if not bad:
+            rows.append(Row(FRONTEND, "database files", OK, f"{', '.join(os.path.basename(f) for f in ours)}: "
+                                                            f"mode {private_mode(group):04o}, readable by {who}"))
+        for f, why in bad:
+            fixable = os.lstat(f).st_uid == os.geteuid()
+            rows.append(Row(FRONTEND, "database files", WARN if fixable else FAIL,
+                            f"{f}: {why}; " + ("metasched-api makes it private at start" if fixable else
+                                               f"it belongs to uid {os.lstat(f).st_uid}: chown it to the service "
+                                               f"user (metasched-api then makes it private)")))
+    backups = []
+    try:
+        names = sorted(os.listdir(parent))
+    except OSError:
+        names = []
+    for name in names:
+        f = os.path.join(parent, name)
+        if f in (path, path + "-wal", path + "-shm", path + "-journal") or not os.path.isfile(f):
+            continue
+        try:
+            with open(f, "rb") as fh:
+                if fh.read(16) != SQLITE_MAGIC:
+                    continue
+        except OSError:
+            continue
+        why = exposure(f, group)
+        if why:
+            backups.append(f"{name} ({why})")
+    if backups:
+        rows.append(Row(FRONTEND, "database backups", FAIL,
+                        f"readable by more than {who} in {parent}: {'; '.join(backups)}: chmod "
+                        f"{private_mode(group):03o} them (write backups with umask 077)"))
+    return rows
 
 
 def check_identity(cfg: Config) -> list[Row]:
@@ -280,7 +335,8 @@ def check_agent(cfg: Config, node: NodeConfig, transport) -> list[Row]:
 # -- all together ---------------------------------------------------------------------------------
 
 def collect(cfg: Config, transport_factory: TransportFactory = make_transport) -> list[Row]:
-    rows = check_config(cfg) + check_database(cfg) + check_identity(cfg) + check_ssh_setup(cfg)
+    rows = (check_config(cfg) + check_database(cfg) + check_database_privacy(cfg) + check_identity(cfg)
+            + check_ssh_setup(cfg))
     transports = {i: transport_factory(cfg, n) for i, n in enumerate(cfg.nodes)}
     try:
         reach, up = check_reach(cfg, transports)

@@ -7,8 +7,12 @@ connection and builds its own app. Every worker hosts a poller thread; the lease
 from __future__ import annotations
 
 import argparse
+import errno
+import fcntl
 import logging
 import os
+import socket
+import stat
 import sys
 
 from . import __version__
@@ -57,8 +61,9 @@ def config_from_args(args) -> Config:
 
 
 def prepare_database(cfg: Config) -> None:
-    """Create and migrate the database and record the configured nodes and queues (in the master)."""
-    from .db.core import Database
+    """Create and migrate the database and record the configured nodes and queues (in the master). The
+    file and its WAL/SHM are made private first (db.core.make_private)."""
+    from .db.core import Database, make_private
     from .identity import Authority
     from .services import Services
     path = cfg.server.database
@@ -68,6 +73,7 @@ def prepare_database(cfg: Config) -> None:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise MetaschedError(f"--database-file: directory {parent} is not writable by this user "
                              f"(SQLite needs to create the WAL files beside the database)")
+    make_private(path, cfg.server.database_group)
     db = Database(path)
     try:
         db.migrate()
@@ -116,17 +122,84 @@ def binds(cfg: Config) -> list[str]:
     return out
 
 
-def run_gunicorn(cfg: Config, access_log: bool, log_level: str, app_factory=None) -> None:
-    """Serve ``app_factory(cfg)`` (default: :func:`make_app`) in gunicorn workers. bench/api_bench.py passes
-    a trivial app here, so that the stack's ceiling is measured with exactly the service's settings."""
-    from gunicorn.app.base import BaseApplication
+# -- the listeners: never take over a running service's -------------------------------------------
 
-    sock_dir = os.path.dirname(cfg.server.socket) if cfg.server.socket else None
-    if sock_dir and not os.path.isdir(sock_dir):
+_held_locks: list[int] = []     # lock files held for the life of this process (and its workers)
+
+
+def claim_listeners(cfg: Config) -> None:
+    """Make sure this start cannot cut a running service off: one line (MetaschedError) when the TCP
+    port is taken, or when the unix socket belongs to a service that answers; a stale socket (nobody
+    listens) is removed. gunicorn itself would unlink any socket at the path and bind its own, even a
+    live one. A lock file beside the socket (``<socket>.lock``, held while this service runs) keeps two
+    starts at the same moment from both taking a stale socket."""
+    if cfg.server.port:
+        _check_port(cfg.server.host, cfg.server.port)
+    path = cfg.server.socket
+    if not path:
+        return
+    sock_dir = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(sock_dir):
         try:
             os.makedirs(sock_dir, mode=0o755)
         except OSError as exc:
             raise MetaschedError(f"--socket: cannot create {sock_dir}: {exc.strerror}") from None
+    lock = path + ".lock"
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise MetaschedError(f"--socket: cannot open the lock file {lock}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise MetaschedError(f"--socket: {path} belongs to another metasched-api that is running or starting "
+                             f"(it holds {lock}); stop it first, or give another --socket") from None
+    _held_locks.append(fd)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise MetaschedError(f"--socket: {path} exists and is not a socket; remove it or give another --socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        try:
+            os.unlink(path)           # stale: left by a service that died
+        except FileNotFoundError:
+            pass
+        return
+    except OSError as exc:            # a full backlog (EAGAIN), a timeout: someone is there
+        raise MetaschedError(f"--socket: {path} is in use (connecting to it: {exc.strerror or exc}); "
+                             f"another metasched-api is running") from None
+    finally:
+        probe.close()
+    raise MetaschedError(f"--socket: {path} is in use: another metasched-api is running there; stop it first, "
+                         f"or give another --socket")
+
+
+def _check_port(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)     # as gunicorn binds
+    try:
+        s.bind((host, port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise MetaschedError(f"--port: {host}:{port} is in use (another metasched-api?); stop it first, or "
+                                 f"give another --port") from None
+        raise MetaschedError(f"--host/--port: cannot listen on {host}:{port}: {exc.strerror}") from None
+    finally:
+        s.close()
+
+
+def run_gunicorn(cfg: Config, access_log: bool, log_level: str, app_factory=None) -> None:
+    """Serve ``app_factory(cfg)`` (default: :func:`make_app`) in gunicorn workers. bench/api_bench.py passes
+    a trivial app here, so that the stack's ceiling is measured with exactly the service's settings."""
+    from gunicorn.app.base import BaseApplication
 
     def worker_exit(server, worker):
         if _worker_poller is not None:
@@ -167,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             from .preflight import run_check
             return run_check(cfg)
+        claim_listeners(cfg)
         prepare_database(cfg)
         run_gunicorn(cfg, args.access_log, args.log_level)
     except MetaschedError as exc:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import grp
 import os
+import stat
 import pathlib
 import re
 import sqlite3
@@ -20,7 +22,7 @@ import threading
 import time
 from importlib import resources
 
-from ..errors import Unavailable
+from ..errors import MetaschedError, Unavailable
 
 BUSY_TIMEOUT_MS = 10_000
 SCHEMA_VERSION = 2
@@ -229,6 +231,81 @@ def _split_statements(script: str) -> list[str]:
     if buf.strip():
         raise ValueError(f"incomplete SQL statement at end of migration: {buf[:60]!r}")
     return stmts
+
+
+# -- who may read the file ------------------------------------------------------------------------
+# The database holds every user's jobs (names, paths, arguments) and token hashes: readable by the
+# service user only, or also by a configured group (server.database_group: mode 0640, that group). SQLite
+# creates the -wal and -shm files with the main file's mode, so the main file is created private and the
+# others are tightened at start (they may be left from a run that predates this rule).
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def database_files(path: str) -> list[str]:
+    """The database and the files SQLite keeps beside it, those that exist."""
+    return [f for f in (path, path + "-wal", path + "-shm", path + "-journal") if os.path.lexists(f)]
+
+
+def private_mode(group: str | None) -> int:
+    return 0o640 if group else 0o600
+
+
+def exposure(path: str, group: str | None) -> str | None:
+    """Why the file at ``path`` is readable by more than the service user (and ``group``), or None."""
+    st = os.lstat(path)
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o007:
+        return f"mode {mode:04o}: every local user can read it"
+    if mode & 0o070:
+        gid = grp.getgrnam(group).gr_gid if group and _group_exists(group) else None
+        if st.st_gid != gid:
+            try:
+                name = grp.getgrgid(st.st_gid).gr_name
+            except KeyError:
+                name = str(st.st_gid)
+            return f"mode {mode:04o}: group {name} can read it" + ("" if group else " (server.database_group is not set)")
+        if mode & 0o020:
+            return f"mode {mode:04o}: group {group} can write it"
+    return None
+
+
+def make_private(path: str, group: str | None) -> None:
+    """Create the database file if it does not exist, and make it and its WAL/SHM files private (mode
+    private_mode(group); group ``group`` when given). MetaschedError when that cannot be done."""
+    mode = private_mode(group)
+    gid = -1
+    if group:
+        if not _group_exists(group):
+            raise MetaschedError(f"server.database_group: no such group {group!r}")
+        gid = grp.getgrnam(group).gr_gid
+    for f in [path] + [f for f in database_files(path) if f != path]:
+        create = os.O_CREAT if f == path else 0
+        try:
+            fd = os.open(f, os.O_RDONLY | create | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+        except FileNotFoundError:
+            continue          # a -wal or -shm that SQLite removed meanwhile
+        except OSError as exc:
+            raise MetaschedError(f"--database-file: cannot open {f}: {exc.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            if gid != -1 and st.st_gid != gid:
+                os.fchown(fd, -1, gid)
+            if stat.S_IMODE(st.st_mode) != mode:
+                os.fchmod(fd, mode)
+        except OSError as exc:
+            who = f"group {group}" if group else "the service user only"
+            raise MetaschedError(f"--database-file: cannot make {f} readable by {who}: {exc.strerror}"
+                                 + (f" (the service user must be a member of {group})" if group else "")) from None
+        finally:
+            os.close(fd)
+
+
+def _group_exists(name: str) -> bool:
+    try:
+        grp.getgrnam(name)
+        return True
+    except KeyError:
+        return False
 
 
 QUERIES = Queries()

@@ -176,3 +176,49 @@ def test_without_an_ordinary_admin_the_sudo_row_says_no_test_user(lab_sudo_rule)
     assert got["sudo as a job owner"]["result"] == "warn"
     assert "no test user" in got["sudo as a job owner"]["detail"]
     assert got["sudo as root refused"]["result"] == "ok"
+
+
+# -- the database is the service user's alone (issue 21) ------------------------------------------
+
+def _make_db(path, mode: int) -> None:
+    import sqlite3
+    c = sqlite3.connect(path)
+    c.execute("CREATE TABLE t (x)")
+    c.commit()
+    c.close()
+    os.chmod(path, mode)
+
+
+def test_a_world_readable_database_or_backup_is_reported(tmp_path):
+    _make_db(str(tmp_path / "db.sqlite3"), 0o644)
+    _make_db(str(tmp_path / "db-2026-11-30.bak"), 0o644)         # a backup made with the admin's umask
+    (tmp_path / "notes.txt").write_text("not a database")
+    os.chmod(tmp_path / "notes.txt", 0o644)
+    p = run_check(tmp_path, dict(LOCAL, auth={"proxy_user": "www-data"}))
+    rows = {r[1]: r for r in rows_of(p.stdout)}
+    assert rows["database files"][2] == "warn", p.stdout
+    assert "mode 0644: every local user can read it" in rows["database files"][3]
+    assert "makes it private at start" in rows["database files"][3]
+    assert rows["database backups"][2] == "FAIL" and "db-2026-11-30.bak" in rows["database backups"][3]
+    assert "notes.txt" not in p.stdout
+    assert p.returncode == 1
+
+
+def test_a_private_database_is_ok(tmp_path):
+    _make_db(str(tmp_path / "db.sqlite3"), 0o600)
+    p = run_check(tmp_path, dict(LOCAL, auth={"proxy_user": "www-data"}))
+    rows = {r[1]: r for r in rows_of(p.stdout)}
+    assert rows["database files"][2:] == ["ok", "db.sqlite3: mode 0600, readable by the service user only"]
+    assert "database backups" not in rows
+    assert p.returncode == 0, p.stdout
+
+
+def test_a_group_may_read_it_when_configured(tmp_path):
+    _make_db(str(tmp_path / "db.sqlite3"), 0o640)
+    os.chown(tmp_path / "db.sqlite3", -1, pwd.getpwnam("bob").pw_gid)
+    p = run_check(tmp_path, dict(LOCAL, auth={"proxy_user": "www-data"}))
+    row = [r for r in rows_of(p.stdout) if r[1] == "database files"][0]
+    assert row[2] == "warn" and "group bob can read it (server.database_group is not set)" in row[3]
+    p = run_check(tmp_path, dict(LOCAL, auth={"proxy_user": "www-data"}, server={"database_group": "bob"}))
+    row = [r for r in rows_of(p.stdout) if r[1] == "database files"][0]
+    assert row[2:] == ["ok", "db.sqlite3: mode 0640, readable by the service user and group bob"], p.stdout

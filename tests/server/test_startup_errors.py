@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -75,3 +76,70 @@ def test_unusable_database_path(tmp_path, where):
     else:   # root may write anywhere, except where the kernel says no
         db = "/proc/metasched-test.sqlite3"
     assert_one_line_error(run_service(tmp_path, BASE_CONFIG, "--database-file", str(db)), "database")
+
+
+# -- a second start never cuts a running service off (issue 21) -----------------------------------
+
+def _inode(path: str) -> int:
+    return os.lstat(path).st_ino
+
+
+def test_a_second_start_leaves_the_running_service_alone(server_factory, tmp_path):
+    first = server_factory()
+    before = _inode(first.socket_path)
+    cfg = tmp_path / "svc.config"
+    cfg.write_text(yaml.safe_dump(BASE_CONFIG))
+    env = dict(os.environ, PYTHONPATH=REPO)
+    for args in (["--port", "0"], ["--port", str(first.port), "--host", "127.0.0.1"]):
+        proc = subprocess.run([sys.executable, "-m", "metasched", str(cfg), "--socket", first.socket_path,
+                               "--database-file", str(tmp_path / "db.sqlite3"), "--no-poller", *args],
+                              capture_output=True, text=True, env=env, timeout=60)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1, proc.stderr
+        assert ("in use" in lines[0] or "running" in lines[0]), lines[0]
+        assert _inode(first.socket_path) == before                    # not replaced
+        assert first.root("GET", "/status").status == 200             # still serving its socket
+        assert first.as_user("alice", "GET", "/jobs").status == 200
+    assert not (tmp_path / "db.sqlite3").exists()                     # it stopped before touching anything
+
+
+def test_a_stale_socket_is_replaced(tmp_path, server_factory):
+    import socket as _socket
+    stale = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    path = str(tmp_path / "api.sock")
+    stale.bind(path)                  # left behind by a service that died: nobody listens
+    stale.close()
+    proc = subprocess.Popen([sys.executable, "-m", "metasched", str(_config(tmp_path)), "--socket", path,
+                             "--port", "0", "--database-file", str(tmp_path / "db.sqlite3"), "--no-poller"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=REPO))
+    try:
+        from .conftest import UnixHTTPConnection, http_request
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                if http_request(UnixHTTPConnection(path), "GET", "/status").status == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "never answered on the stale socket's path"
+            time.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_something_else_at_the_socket_path_is_left_alone(tmp_path):
+    (tmp_path / "api.sock").write_text("an admin's file\n")
+    proc = run_service(tmp_path, BASE_CONFIG, "--database-file", str(tmp_path / "db.sqlite3"))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "not a socket" in proc.stderr
+    assert (tmp_path / "api.sock").read_text() == "an admin's file\n"
+
+
+def _config(tmp_path):
+    cfg = tmp_path / "svc.config"
+    cfg.write_text(yaml.safe_dump(BASE_CONFIG))
+    return cfg
