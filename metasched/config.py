@@ -83,6 +83,10 @@ class ServerConfig:
     database: str = "/db/db.sqlite3"
     database_group: str | None = None   # may read the database (0640); None: the service user only (0600)
     workers: int = 2
+    threads: int = 4                # per worker: complete requests run in these (see web/worker.py)
+    request_timeout: float = 10.0   # seconds a client has to send a whole request once it began
+    keepalive: float = 15.0         # seconds an idle connection stays open
+    max_connections_per_peer: int = 128   # per worker and user (unix socket) or address (TCP)
     max_body_bytes: int = 64 * 1024
     page_limit: int = 100
 
@@ -317,6 +321,10 @@ def parse(raw: Any, source: str = "<memory>", overrides: dict | None = None) -> 
         "database": _str,
         "database_group": lambda v, p: None if v is None else _validate_group(_str(v, p), p),
         "workers": lambda v, p: _int(v, p, 1, 64),
+        "threads": lambda v, p: _int(v, p, 1, 256),
+        "request_timeout": _num,
+        "keepalive": _num,
+        "max_connections_per_peer": lambda v, p: _int(v, p, 1, 100000),
         "max_body_bytes": lambda v, p: _int(v, p, 1024, 64 * 1024 * 1024),
         "page_limit": lambda v, p: _int(v, p, 1, 10000),
     })

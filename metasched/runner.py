@@ -196,6 +196,20 @@ def _check_port(host: str, port: int) -> None:
         s.close()
 
 
+WORKER_CONNECTIONS = 4096     # open connections per worker (idle, streaming or busy); then accept waits
+
+
+def _proxy_peers(cfg: Config) -> list:
+    """The trusted proxy (nginx) speaks for many users: the per-peer connection limit does not apply."""
+    import pwd
+    if not cfg.auth.proxy_user:
+        return []
+    try:
+        return [("uid", pwd.getpwnam(cfg.auth.proxy_user).pw_uid)]
+    except KeyError:
+        return []
+
+
 def run_gunicorn(cfg: Config, access_log: bool, log_level: str, app_factory=None) -> None:
     """Serve ``app_factory(cfg)`` (default: :func:`make_app`) in gunicorn workers. bench/api_bench.py passes
     a trivial app here, so that the stack's ceiling is measured with exactly the service's settings."""
@@ -206,10 +220,20 @@ def run_gunicorn(cfg: Config, access_log: bool, log_level: str, app_factory=None
             _worker_poller.stop()
 
     class App(BaseApplication):
+        # read by the worker (metasched.web.worker.BufferedWorker): the settings gunicorn has no name for
+        worker_options = {
+            "max_body_bytes": cfg.server.max_body_bytes, "request_timeout": cfg.server.request_timeout,
+            "keepalive": cfg.server.keepalive,
+            "max_connections_per_peer": cfg.server.max_connections_per_peer,
+            "exempt_peers": _proxy_peers(cfg),
+        }
+
         def load_config(self):
             self.cfg.set("bind", binds(cfg))
             self.cfg.set("workers", cfg.server.workers)
-            self.cfg.set("worker_class", "sync")
+            self.cfg.set("worker_class", "metasched.web.worker.BufferedWorker")
+            self.cfg.set("threads", cfg.server.threads)
+            self.cfg.set("worker_connections", WORKER_CONNECTIONS)
             self.cfg.set("timeout", 60)
             self.cfg.set("graceful_timeout", 10)
             self.cfg.set("umask", 0o000)   # the socket is world-connectable: identity is the peer's uid
@@ -220,6 +244,8 @@ def run_gunicorn(cfg: Config, access_log: bool, log_level: str, app_factory=None
                 self.cfg.set("accesslog", "-")
             self.cfg.set("worker_exit", worker_exit)
             self.cfg.set("limit_request_line", 8190)
+            self.cfg.set("limit_request_fields", 100)
+            self.cfg.set("limit_request_field_size", 8190)
             if "control_socket_disable" in self.cfg.settings:
                 # gunicorn >= 25 opens ~/.gunicorn/gunicorn.ctl by default: shared by every instance of the
                 # user, and we never use it

@@ -54,7 +54,7 @@ def _dumps(media) -> bytes:
 
 # -- error mapping ------------------------------------------------------------------------------
 
-def _error_body(status: str, title: str, description: str, details: dict | None = None) -> dict:
+def error_body(status: str, title: str, description: str, details: dict | None = None) -> dict:
     """title, description and the HTTP status always; a domain error's details beside them, never over them."""
     body = {k: v for k, v in (details or {}).items() if k not in ("title", "description", "status")}
     body.update(title=title, description=description, status=int(status.split()[0]))
@@ -64,7 +64,7 @@ def _error_body(status: str, title: str, description: str, details: dict | None 
 def _handle_domain_error(req, resp, ex: E.MetaschedError, params):
     status = next((s for cls, s in STATUS_OF if isinstance(ex, cls)), falcon.HTTP_500)
     resp.status = status
-    resp.media = _error_body(status, ex.title, ex.message, ex.details)
+    resp.media = error_body(status, ex.title, ex.message, ex.details)
     if isinstance(ex, E.Unauthenticated):
         resp.set_header("WWW-Authenticate", 'Bearer realm="metasched"')
 
@@ -74,14 +74,14 @@ def _handle_unexpected(req, resp, ex, params):
         raise ex
     log.exception("unexpected error on %s %s", req.method, req.path)
     resp.status = falcon.HTTP_500
-    resp.media = _error_body(falcon.HTTP_500, "internal error", "the service failed; see its log")
+    resp.media = error_body(falcon.HTTP_500, "internal error", "the service failed; see its log")
 
 
 def _serialize_http_error(req, resp, ex: falcon.HTTPError):
     code = int(str(ex.status).split()[0])
     default = {404: f"no resource at {req.path}", 405: f"{req.method} is not allowed on {req.path}"}
     resp.content_type = falcon.MEDIA_JSON
-    resp.text = json.dumps(_error_body(str(ex.status), ex.title or "error",
+    resp.text = json.dumps(error_body(str(ex.status), ex.title or "error",
                                        ex.description or default.get(code, ex.title or "")))
 
 
@@ -127,6 +127,11 @@ class IdentityMiddleware:
             Services.require(req.context.caller)
 
 
+def body_too_large(length: int, limit: int) -> str:
+    """The 413's description (here and in the worker, which refuses a large body before reading it)."""
+    return f"request body is {length} bytes; the limit is {limit}"
+
+
 class BodyLimitMiddleware:
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
@@ -134,9 +139,8 @@ class BodyLimitMiddleware:
     def process_request(self, req, resp):
         if req.method in ("POST", "PUT", "PATCH") and req.content_length:
             if req.content_length > self.max_bytes:
-                raise falcon.HTTPContentTooLarge(
-                    title="body too large",
-                    description=f"request body is {req.content_length} bytes; the limit is {self.max_bytes}")
+                raise falcon.HTTPContentTooLarge(title="body too large",
+                                                 description=body_too_large(req.content_length, self.max_bytes))
 
 
 def read_body(req, schema: dict, optional: bool = False) -> dict:

@@ -117,18 +117,42 @@ def register(path: str, operations: dict, components: dict | None = None) -> Non
     COMPONENTS.update(components or {})
 
 
+def _before(description: str) -> dict:
+    return dict(_ERR, description=f"answered by the server before the API sees the request: {description}")
+
+
+# What the server (metasched.web.worker) answers itself, for any path: the same JSON error body.
+_SERVER_ERRORS = {
+    "400": _before("a malformed request line or header field, or a request that ended early"),
+    "408": _before("the request was not complete within server.request_timeout seconds of its first byte"),
+    "414": _before("the request line is longer than 8190 bytes"),
+    "429": _before("the user (unix socket) or address (TCP) already holds server.max_connections_per_peer "
+                   "connections to this worker"),
+    "431": _before("more than 100 header fields, or one longer than 8190 bytes"),
+}
+_BODY_ERRORS = {
+    "411": _before("the body is not sent with a Content-Length (chunked transfer coding is refused)"),
+    "413": _before("the body is larger than server.max_body_bytes (refused before it is read)"),
+    "417": _before("an Expect header other than 100-continue"),
+}
+
+
 def _with_common_errors(paths: dict) -> dict:
     """Statuses any operation can answer: 401 (an invalid, expired or revoked token is refused on every
     route, the public ones too: there it is the only 401), 503 (the database is busy or unavailable),
-    and 413 for every method that takes a body (the limit is checked before routing)."""
+    413 for every method that takes a body (the limit is checked before routing), and what the server
+    answers before the API (_SERVER_ERRORS; _BODY_ERRORS for methods with a body)."""
     out = {}
     for path, ops in paths.items():
         out[path] = {}
         for method, op in ops.items():
-            common = (401, 503, 413) if method in ("post", "put", "patch") else (401, 503)
+            body = method in ("post", "put", "patch")
+            common = (401, 503, 413) if body else (401, 503)
             responses = dict(op["responses"])
             for code in common:
                 responses.setdefault(str(code), _BAD_TOKEN if code == 401 else _ERR)
+            for code, resp in {**_SERVER_ERRORS, **(_BODY_ERRORS if body else {})}.items():
+                responses.setdefault(code, resp)
             out[path][method] = dict(op, responses=responses)
     return out
 

@@ -1,6 +1,6 @@
 """The real service: ``python3 -m metasched`` under gunicorn, on a temp unix socket and a loopback TCP port.
 
-The server is a subprocess started exactly as an admin would start it (the runner, sync workers,
+The server is a subprocess started exactly as an admin would start it (the runner, its worker class,
 ``--no-poller``); readiness is a successful ``GET /status`` over the socket, never a sleep; it is
 stopped by its pid (SIGTERM, then wait). Its stderr goes to a file that is attached to the report of
 any failing test that used it.
@@ -110,8 +110,9 @@ def _decode(raw: bytes) -> Response:
 
 
 def request_as(user: pwd.struct_passwd, sock_path: str, method: str, path: str, body=None,
-               headers: dict | None = None) -> Response:
-    """Send one request over the unix socket from a process running as ``user`` (uid, gid, no groups)."""
+               headers: dict | None = None, timeout: float = 30.0) -> Response:
+    """Send one request over the unix socket from a process running as ``user`` (uid, gid, no groups);
+    ``timeout`` bounds each socket operation."""
     rfd, wfd = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: never return into pytest
@@ -121,7 +122,7 @@ def request_as(user: pwd.struct_passwd, sock_path: str, method: str, path: str, 
             os.setgroups([])
             os.setgid(user.pw_gid)
             os.setuid(user.pw_uid)
-            out = _encode(http_request(UnixHTTPConnection(sock_path), method, path, body, headers))
+            out = _encode(http_request(UnixHTTPConnection(sock_path, timeout), method, path, body, headers))
         except BaseException as exc:  # noqa: BLE001 - reported to the parent
             out = json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode()
             code = 1
@@ -174,8 +175,8 @@ class Server:
         """Over the unix socket as this process's user (root)."""
         return http_request(UnixHTTPConnection(self.socket_path), method, path, body, headers)
 
-    def as_user(self, name: str, method: str, path: str, body=None, headers=None) -> Response:
-        return request_as(self.users[name], self.socket_path, method, path, body, headers)
+    def as_user(self, name: str, method: str, path: str, body=None, headers=None, timeout: float = 30.0) -> Response:
+        return request_as(self.users[name], self.socket_path, method, path, body, headers, timeout)
 
     def tcp(self, method: str, path: str, body=None, headers=None) -> Response:
         return http_request(http.client.HTTPConnection("127.0.0.1", self.port, timeout=30), method, path,
