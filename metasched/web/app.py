@@ -245,9 +245,8 @@ class JobsResource(Base):
                     raise E.Invalid(f"status: {s!r} is not one of {', '.join(S.STATUSES)}", field="status") from None
         after = _int_param(params, "after", 0, 0)
         limit = _int_param(params, "limit", self.page_limit, 1, 1000)
-        queue = params.get("queue")
-        jobs, more = self.svc.list_jobs(req.context.caller, statuses=statuses, queue=queue, owner=params.get("owner") or None,
-                                  after=after, limit=limit)
+        jobs, more = self.svc.list_jobs(req.context.caller, statuses=statuses, queue=params.get("queue") or None,
+                                        owner=params.get("owner") or None, after=after, limit=limit)
         nxt = None
         if more:
             q = {k: v for k, v in params.items() if k not in ("after",)}
@@ -275,7 +274,7 @@ class ForeignJobsResource(Base):
         params = _query(req, {"queue", "owner", "after", "limit"})
         after = _int_param(params, "after", 0, 0)
         limit = _int_param(params, "limit", self.page_limit, 1, 1000)
-        rows = self.svc.list_foreign_jobs(req.context.caller, queue=params.get("queue"),
+        rows = self.svc.list_foreign_jobs(req.context.caller, queue=params.get("queue") or None,
                                           owner=params.get("owner") or None, after=after, limit=limit)
         nxt = None
         if len(rows) == limit:

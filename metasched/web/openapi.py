@@ -63,8 +63,8 @@ PATHS = {
         "get": _op("List jobs (yours; admins: everyone's), oldest first, a page at a time",
                    {"200": _resp("JobList")}, errors=(400, 401, 403), params=[
                        _query("status", {"type": "string"}, "comma-separated states"),
-                       _query("queue", {"type": "string"}, "queue id or name"),
-                       _query("owner", {"type": "string"}, "admins only"),
+                       _query("queue", {"type": "string"}, "queue id or name (empty: any)"),
+                       _query("owner", {"type": "string"}, "admins only (empty: anyone's)"),
                        _query("after", {"type": "integer", "minimum": 0}, "cursor: list ids greater than this"),
                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size")]),
     },
@@ -86,8 +86,8 @@ PATHS = {
         "get": _op("Jobs submitted directly to the schedulers (yours; admins: everyone's), oldest first, a page "
                    "at a time; metasched only observes them", {"200": _resp("ForeignJobList")},
                    errors=(400, 401, 403), params=[
-                       _query("queue", {"type": "string"}, "queue id or name"),
-                       _query("owner", {"type": "string"}, "admins only"),
+                       _query("queue", {"type": "string"}, "queue id or name (empty: any)"),
+                       _query("owner", {"type": "string"}, "admins only (empty: anyone's)"),
                        _query("after", {"type": "integer", "minimum": 0}, "cursor: list ids greater than this"),
                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size")]),
     },
@@ -137,8 +137,22 @@ _BODY_ERRORS = {
 }
 
 
+def operation_id(method: str, path: str) -> str:
+    """Every operation's id, from its method and path: get_jobs_job_id, post_jobs_job_id_hold."""
+    words = [w.strip("{}").replace("-", "_") for w in path.split("/") if w]
+    return "_".join([method] + words) if words else f"{method}_root"
+
+
+# Where a created job's id goes next (OpenAPI links: clients and schemathesis follow them).
+_JOB_LINKS = {f"{verb}_job{suffix}": {"operationId": operation_id(method, path), "parameters": {"job_id": "$response.body#/id"}}
+              for verb, suffix, method, path in [
+                  ("get", "", "get", "/jobs/{job_id}"), ("edit", "", "patch", "/jobs/{job_id}"),
+                  ("cancel", "", "delete", "/jobs/{job_id}"), ("hold", "", "post", "/jobs/{job_id}/hold"),
+                  ("release", "", "post", "/jobs/{job_id}/release"), ("get", "_events", "get", "/jobs/{job_id}/events")]}
+
+
 def _with_common_errors(paths: dict) -> dict:
-    """Statuses any operation can answer: 401 (an invalid, expired or revoked token is refused on every
+    """Every operation with its operationId, and the statuses any operation can answer: 401 (an invalid, expired or revoked token is refused on every
     route, the public ones too: there it is the only 401), 503 (the database is busy or unavailable),
     413 for every method that takes a body (the limit is checked before routing), and what the server
     answers before the API (_SERVER_ERRORS; _BODY_ERRORS for methods with a body)."""
@@ -153,7 +167,9 @@ def _with_common_errors(paths: dict) -> dict:
                 responses.setdefault(str(code), _BAD_TOKEN if code == 401 else _ERR)
             for code, resp in {**_SERVER_ERRORS, **(_BODY_ERRORS if body else {})}.items():
                 responses.setdefault(code, resp)
-            out[path][method] = dict(op, responses=responses)
+            if (method, path) == ("post", "/jobs"):
+                responses["201"] = dict(responses["201"], links=_JOB_LINKS)
+            out[path][method] = dict(op, operationId=operation_id(method, path), responses=responses)
     return out
 
 
