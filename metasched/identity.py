@@ -19,6 +19,7 @@ import re
 import secrets
 import socket
 import struct
+import time
 from dataclasses import dataclass
 
 from .config import AuthConfig
@@ -68,11 +69,20 @@ def user_name(uid: int) -> str | None:
         return None
 
 
-class Authority:
-    """Decides admin rights and which user names may own jobs."""
+CACHE_SECONDS = 10.0    # how long who a uid or a user name is (name, admin) is remembered
 
-    def __init__(self, auth: AuthConfig, service_uid: int | None = None):
+
+class Authority:
+    """Decides admin rights and which user names may own jobs.
+
+    Who a socket peer or a token's user is (the passwd and group lookups: a few hundred microseconds of
+    a request's time when /etc/passwd is read each time) is remembered for CACHE_SECONDS: a renamed
+    account, or a user added to or removed from the admin group, takes effect within that time."""
+
+    def __init__(self, auth: AuthConfig, service_uid: int | None = None, clock=time.monotonic):
         self.auth = auth
+        self._clock = clock
+        self._cache: dict = {}
         self.service_uid = os.geteuid() if service_uid is None else service_uid
         self.service_user = user_name(self.service_uid)
         self.proxy_uid = None
@@ -112,7 +122,21 @@ class Authority:
             return False
         return True
 
+    def _remembered(self, key, make):
+        now = self._clock()
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        value = make()
+        if len(self._cache) > 10000:
+            self._cache.clear()
+        self._cache[key] = (now + CACHE_SECONDS, value)
+        return value
+
     def caller(self, user: str, via: str) -> Caller:
+        return self._remembered(("user", user, via), lambda: self._caller(user, via))
+
+    def _caller(self, user: str, via: str) -> Caller:
         try:
             uid = pwd.getpwnam(user).pw_uid
         except KeyError:
@@ -123,6 +147,9 @@ class Authority:
         """The user a socket peer is. System accounts (uid below auth.min_uid: www-data, nobody...) get no
         identity this way, except root and the service user: a web server in front of the socket must
         forward a token, or be the configured proxy."""
+        return self._remembered(("uid", uid), lambda: self._socket_caller(uid))
+
+    def _socket_caller(self, uid: int) -> Caller | None:
         if self.proxy_uid is not None and uid == self.proxy_uid:
             return None
         if uid not in (0, self.service_uid) and not self.ordinary_uid(uid):

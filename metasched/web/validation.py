@@ -53,10 +53,17 @@ def _parse_float(text: str) -> float:
     return value
 
 
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_int=_parse_int, parse_float=_parse_float)
+
+
 def parse_body(raw: bytes):
     """The JSON value of a request body; Invalid for anything that is not JSON the API could use."""
     try:
-        return json.loads(raw, parse_constant=_refuse_constant, parse_int=_parse_int, parse_float=_parse_float)
+        # what json.loads does with bytes (UTF-8, -16 or -32), with one decoder made once
+        text = raw.decode(json.detect_encoding(raw), "surrogatepass")
+        if text.startswith("\ufeff"):
+            raise Invalid("body is not valid JSON: it starts with a byte order mark", field="body")
+        return _DECODER.decode(text)
     except Invalid:
         raise
     except RecursionError:
@@ -126,12 +133,13 @@ def validate(value, schema: dict, path: str = ""):
     if "oneOf" in schema:
         same_type = None     # the error of the alternative whose type the value has: the one that says why
         for sub in schema["oneOf"]:
+            st = sub.get("type")
+            if st is not None and not any(_TYPES[x](value) for x in (st if isinstance(st, list) else [st])):
+                continue            # cheaper than the Invalid it would raise (its error is made below if need be)
             try:
                 return validate(value, sub, path)
             except Invalid as exc:
-                st = sub.get("type")
-                if same_type is None and st is not None and any(
-                        _TYPES[x](value) for x in (st if isinstance(st, list) else [st])):
+                if same_type is None and st is not None:
                     same_type = exc
         if same_type is not None:
             raise same_type
