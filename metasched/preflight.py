@@ -172,6 +172,49 @@ def check_database_privacy(cfg: Config) -> list[Row]:
     return rows
 
 
+def check_socket(cfg: Config) -> list[Row]:
+    """The unix socket's path: free or stale (taken at start), or a running service's (a start would
+    refuse: it never replaces a live socket)."""
+    if not cfg.server.socket:
+        return []
+    from .runner import socket_state
+    path = cfg.server.socket
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(parent) and not os.access(parent, os.W_OK | os.X_OK):
+        return [Row(FRONTEND, "socket", FAIL, f"{parent} is not writable by {_current_user()}")]
+    state, detail = socket_state(path)
+    if state == "live":
+        return [Row(FRONTEND, "socket", WARN, detail + " (a second start would refuse, leaving it alone)")]
+    if state == "other":
+        return [Row(FRONTEND, "socket", FAIL, detail)]
+    return [Row(FRONTEND, "socket", OK, detail + ("" if state == "stale" else "; created at start, "
+                                                                               "connectable by every local user"))]
+
+
+def check_local_job_files(cfg: Config) -> list[Row]:
+    """local schedulers: where their jobs' files go, and whether the test user's home can keep an exit
+    status safe (the launcher refuses a home others may write)."""
+    rows = []
+    user = sudo_test_user(cfg)
+    for s in cfg.schedulers:
+        if s.type.value != "local":
+            continue
+        detail = "output files created 0600 by the owner in the job's directory; exit status in ~owner/.metasched (0700)"
+        result = OK
+        if user and cfg.nodes[s.master].transport == "local":
+            home = pwd.getpwnam(user).pw_dir
+            try:
+                st = os.stat(home)
+            except OSError as exc:
+                result, detail = WARN, f"{user}'s home {home}: {exc.strerror}: their jobs would be refused"
+            else:
+                if st.st_mode & 0o022 and not st.st_mode & 0o1000:
+                    result, detail = WARN, (f"{user}'s home {home} is writable by others: their jobs would be "
+                                            f"refused (the exit status could not be kept safe there)")
+        rows.append(Row(FRONTEND, f"{s.name} job files", result, detail))
+    return rows
+
+
 def check_identity(cfg: Config) -> list[Row]:
     rows = []
     if cfg.auth.proxy_user:
@@ -335,8 +378,8 @@ def check_agent(cfg: Config, node: NodeConfig, transport) -> list[Row]:
 # -- all together ---------------------------------------------------------------------------------
 
 def collect(cfg: Config, transport_factory: TransportFactory = make_transport) -> list[Row]:
-    rows = (check_config(cfg) + check_database(cfg) + check_database_privacy(cfg) + check_identity(cfg)
-            + check_ssh_setup(cfg))
+    rows = (check_config(cfg) + check_database(cfg) + check_database_privacy(cfg) + check_socket(cfg)
+            + check_identity(cfg) + check_local_job_files(cfg) + check_ssh_setup(cfg))
     transports = {i: transport_factory(cfg, n) for i, n in enumerate(cfg.nodes)}
     try:
         reach, up = check_reach(cfg, transports)

@@ -156,29 +156,38 @@ def claim_listeners(cfg: Config) -> None:
         raise MetaschedError(f"--socket: {path} belongs to another metasched-api that is running or starting "
                              f"(it holds {lock}); stop it first, or give another --socket") from None
     _held_locks.append(fd)
+    state, detail = socket_state(path)
+    if state == "stale":
+        try:
+            os.unlink(path)           # left by a service that died
+        except FileNotFoundError:
+            pass
+    elif state != "free":
+        raise MetaschedError(f"--socket: {detail}")
+
+
+def socket_state(path: str) -> tuple[str, str]:
+    """What is at the unix socket's path: ("free" | "stale" | "live" | "other", a sentence). The one
+    place that decides it, for the start (claim_listeners) and for --check."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        return
+        return "free", f"{path} is free"
     if not stat.S_ISSOCK(st.st_mode):
-        raise MetaschedError(f"--socket: {path} exists and is not a socket; remove it or give another --socket")
+        return "other", f"{path} exists and is not a socket; remove it or give another --socket"
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(2)
     try:
         probe.connect(path)
     except (ConnectionRefusedError, FileNotFoundError):
-        try:
-            os.unlink(path)           # stale: left by a service that died
-        except FileNotFoundError:
-            pass
-        return
+        return "stale", f"{path} is a stale socket (nobody listens): it is replaced at start"
     except OSError as exc:            # a full backlog (EAGAIN), a timeout: someone is there
-        raise MetaschedError(f"--socket: {path} is in use (connecting to it: {exc.strerror or exc}); "
-                             f"another metasched-api is running") from None
+        return "live", (f"{path} is in use (connecting to it: {exc.strerror or exc}); another metasched-api "
+                        f"is running")
     finally:
         probe.close()
-    raise MetaschedError(f"--socket: {path} is in use: another metasched-api is running there; stop it first, "
-                         f"or give another --socket")
+    return "live", (f"{path} is in use: another metasched-api is running there; stop it first, or give "
+                    f"another --socket")
 
 
 def _check_port(host: str, port: int) -> None:

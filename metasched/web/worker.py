@@ -713,7 +713,8 @@ class BufferedWorker(Worker):
         c.out = error_response(exc.status, exc.title, exc.description)
         c.deadline = time.monotonic() + self.limits.write_timeout
         if self.cfg.accesslog and c.req is None:
-            self.log.access_log.info('%s - - "-" %s -', c.peer[1], exc.status)
+            who = f"uid={c.peer[1]}" if c.peer[0] == "uid" else c.peer[1]
+            self.log.access_log.info('%s - - [%s] "-" %s -', who, http_date(), exc.status)
         self._on_writable(c)
         if c.fd in self.conns and c.out:
             self._interest(c, EVENT_READ | EVENT_WRITE)
@@ -755,6 +756,6 @@ class BufferedWorker(Worker):
 
     def _access(self, c: Conn, req: Request, status_headers: list, seconds: float) -> None:
         status = status_headers[0].split(" ", 1)[0] if status_headers else "500"
-        who = c.peer[1]
+        who = f"uid={c.peer[1]}" if c.peer[0] == "uid" else c.peer[1]
         self.log.access_log.info('%s - - [%s] "%s %s HTTP/%d.%d" %s - %.1fms', who, http_date(), req.method,
                                  req.target, req.version[0], req.version[1], status, seconds * 1000)

@@ -112,7 +112,8 @@ def collect_as(user: str, raw: dict) -> list[dict]:
     pw = pwd.getpwnam(user)
     workdir = tempfile.mkdtemp(prefix="metasched-pf-")
     os.chown(workdir, pw.pw_uid, pw.pw_gid)
-    cfg = cfgmod.parse(raw, source="t", overrides={"server": {"database": os.path.join(workdir, "db")}})
+    cfg = cfgmod.parse(raw, source="t", overrides={"server": {"database": os.path.join(workdir, "db"),
+                                                              "socket": os.path.join(workdir, "api.sock")}})
     rfd, wfd = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -222,3 +223,30 @@ def test_a_group_may_read_it_when_configured(tmp_path):
     p = run_check(tmp_path, dict(LOCAL, auth={"proxy_user": "www-data"}, server={"database_group": "bob"}))
     row = [r for r in rows_of(p.stdout) if r[1] == "database files"][0]
     assert row[2:] == ["ok", "db.sqlite3: mode 0640, readable by the service user and group bob"], p.stdout
+
+
+# -- the socket and the local scheduler's files (issue 21) ------------------------------------------
+
+def test_socket_row_says_free_stale_or_in_use(tmp_path, server_factory):
+    import socket as _socket
+    raw = dict(LOCAL, auth={"proxy_user": "www-data"})
+    cfg = cfgmod.parse(raw, source="t", overrides={"server": {"database": str(tmp_path / "db"),
+                                                              "socket": str(tmp_path / "api.sock")}})
+    assert [(r.result, "is free" in r.detail) for r in preflight.check_socket(cfg)] == [("ok", True)]
+    stale = _socket.socket(_socket.AF_UNIX)
+    stale.bind(str(tmp_path / "api.sock"))
+    stale.close()
+    row = preflight.check_socket(cfg)[0]
+    assert row.result == "ok" and "stale" in row.detail
+    live = server_factory()
+    cfg = cfgmod.parse(raw, source="t", overrides={"server": {"database": str(tmp_path / "db"),
+                                                              "socket": live.socket_path}})
+    row = preflight.check_socket(cfg)[0]
+    assert row.result == "warn" and "another metasched-api is running" in row.detail
+
+
+def test_local_scheduler_row_names_where_its_files_go(tmp_path):
+    cfg = cfgmod.parse(dict(LOCAL, auth={"admins": ["alice"]}), source="t",
+                       overrides={"server": {"database": str(tmp_path / "db")}})
+    row = {r.check: r for r in preflight.check_local_job_files(cfg)}["local job files"]
+    assert row.result == "ok" and "0600" in row.detail and "~owner/.metasched" in row.detail
