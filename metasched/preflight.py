@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Callable, TextIO
 
 from .config import Config, NodeConfig, SchedulerConfig
-from .transport import LocalTransport, Result, SshTransport, fan_out
+from .transport import Result, fan_out, for_node
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 FRONTEND = "-"          # the node column of checks made on this machine, not on a node
@@ -64,11 +64,7 @@ TransportFactory = Callable[[Config, NodeConfig], object]
 
 def make_transport(cfg: Config, node: NodeConfig):
     """The transport the service would use for this node (same classes, same options)."""
-    if node.transport == "local":
-        return LocalTransport(cfg.ssh.command_timeout)
-    return SshTransport(node.ip, node.port, user=cfg.ssh.user, key_file=cfg.ssh.key_file,
-                        known_hosts=cfg.ssh.known_hosts, connect_timeout=cfg.ssh.connect_timeout,
-                        command_timeout=cfg.ssh.command_timeout)
+    return for_node(cfg, node.ip, node.port, node.transport)
 
 
 def node_label(node: NodeConfig) -> str:

@@ -359,3 +359,12 @@ def _safe(transport, command, timeout) -> Result:
     except Exception as exc:  # a failing node is a value in the result
         log.exception("transport %s failed", transport.describe())
         return Result(None, error=f"{type(exc).__name__}: {exc}")
+
+
+def for_node(cfg, address: str, port: int, kind: str = "ssh"):
+    """The transport the service uses for one node (the poller and the pre-flight check alike)."""
+    if kind == "local":
+        return LocalTransport(cfg.ssh.command_timeout)
+    return SshTransport(address, port, user=cfg.ssh.user, key_file=cfg.ssh.key_file,
+                        known_hosts=cfg.ssh.known_hosts, connect_timeout=cfg.ssh.connect_timeout,
+                        command_timeout=cfg.ssh.command_timeout)

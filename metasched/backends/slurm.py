@@ -25,7 +25,7 @@ from dataclasses import replace
 from ..model import Job
 from .base import (Backend, FinalState, NativeJob, NativeState, ProcessMatcher, SubmitRefused,
                    as_user, control_character_reason, first_line, local_to_utc_iso, path_reason,
-                   tag, untag)
+                   tag, tag_fields)
 
 # squeue fields: id | user | state | partition | start time | reason | name (LAST: it may contain '|').
 SQUEUE_FORMAT = "%i|%u|%T|%P|%S|%r|%j"
@@ -132,7 +132,7 @@ class SlurmBackend(Backend):
             if nid in seen:
                 dupes.add(nid)
             seen[nid] = NativeJob(
-                native_id=nid, our_id=untag(name), owner=user, name=name, state=nstate, queue=partition,
+                native_id=nid, **tag_fields(name), owner=user, name=name, state=nstate, queue=partition,
                 start_time=local_to_utc_iso(start, "%Y-%m-%dT%H:%M:%S", tz)
                 if nstate is not NativeState.PENDING else None,
                 reason=None if reason in ("", "None") else reason,
