@@ -189,15 +189,15 @@ class GridEngineBackend(Backend):
         return replace(fs, started_at=start)
 
     def _parse_final(self, job: Job, rc: int, stdout: str, stderr: str) -> FinalState | None:
-        text = f"{stdout}\n{stderr}"
         records = [r for r in _qacct_records(stdout) if r.get("jobnumber") == job.scheduler_job_id]
         # Ids repeat after a spool reset: only records whose name carries our id and token are ours.
         ours = [r for r in records if is_tag_of(r.get("jobname"), job)]
         if not ours:
-            if job.cancel_requested and "not found" in text:
-                # qdel'ed before it ran: Grid Engine never writes an accounting record for it.
-                return FinalState("CANCELLED", None, "cancelled before it started")
-            return None   # accounting has not caught up (or this is another job's record)
+            # Accounting has not caught up, or the job was qdel'ed before it ran (Grid Engine then never
+            # writes a record). Not told apart here: a cancelled job qacct does not know becomes CANCELLED
+            # only once the recovery grace has passed (engine/reconcile.py), so that a job that ran and whose
+            # record is still being flushed keeps its real end.
+            return None
         rec = ours[-1]
         failed_text = rec.get("failed", "0").strip()
         failed = _int(failed_text) or 0

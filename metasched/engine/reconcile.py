@@ -133,8 +133,11 @@ def resolve(questions: list[Question], answers: list[Result], *, qmap: dict[int,
             grace = backend.recovery_grace()
             if mono - first >= grace:
                 recovery.forget([job.id])
-                changes.append(Change(job, JobStatus.CANCELLED, f"{cancelled_by(job)}; {q.name} kept no record "
-                                                                f"of how it ended"))
+                if job.status is JobStatus.QUEUED and job.started_at is None:
+                    why = f"{cancelled_by(job)} before it started"
+                else:
+                    why = f"{cancelled_by(job)}; {q.name} kept no record of how it ended"
+                changes.append(Change(job, JobStatus.CANCELLED, why))
                 continue
         changes.append(Change(job, None, f"not listed by {q.name}; waiting for it to report how the job ended"))
     return changes

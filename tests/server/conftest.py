@@ -110,7 +110,7 @@ def _decode(raw: bytes) -> Response:
 
 
 def request_as(user: pwd.struct_passwd, sock_path: str, method: str, path: str, body=None,
-               headers: dict | None = None) -> Response:
+               headers: dict | None = None, timeout: float = 30.0) -> Response:
     """Send one request over the unix socket from a process running as ``user`` (uid, gid, no groups)."""
     rfd, wfd = os.pipe()
     pid = os.fork()
@@ -121,7 +121,7 @@ def request_as(user: pwd.struct_passwd, sock_path: str, method: str, path: str, 
             os.setgroups([])
             os.setgid(user.pw_gid)
             os.setuid(user.pw_uid)
-            out = _encode(http_request(UnixHTTPConnection(sock_path), method, path, body, headers))
+            out = _encode(http_request(UnixHTTPConnection(sock_path, timeout), method, path, body, headers))
         except BaseException as exc:  # noqa: BLE001 - reported to the parent
             out = json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode()
             code = 1
@@ -171,12 +171,12 @@ class Server:
     env: dict = field(default_factory=dict)
 
     # requests ------------------------------------------------------------------------------
-    def root(self, method: str, path: str, body=None, headers=None) -> Response:
+    def root(self, method: str, path: str, body=None, headers=None, timeout: float = 30.0) -> Response:
         """Over the unix socket as this process's user (root)."""
-        return http_request(UnixHTTPConnection(self.socket_path), method, path, body, headers)
+        return http_request(UnixHTTPConnection(self.socket_path, timeout), method, path, body, headers)
 
-    def as_user(self, name: str, method: str, path: str, body=None, headers=None) -> Response:
-        return request_as(self.users[name], self.socket_path, method, path, body, headers)
+    def as_user(self, name: str, method: str, path: str, body=None, headers=None, timeout: float = 30.0) -> Response:
+        return request_as(self.users[name], self.socket_path, method, path, body, headers, timeout)
 
     def tcp(self, method: str, path: str, body=None, headers=None) -> Response:
         return http_request(http.client.HTTPConnection("127.0.0.1", self.port, timeout=30), method, path,

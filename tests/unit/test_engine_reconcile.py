@@ -135,3 +135,18 @@ def test_an_answer_nobody_can_parse_fails_that_job_only():
     out = resolve_one(j, Result(0, "garbage", ""), Recovery(), mono=0.0, by_tag=False, report=report)
     assert [c.new for c in out] == [None]           # waiting for an answer it understands
     assert backoff(1, 10) == 10 and backoff(3, 10) == 40 and backoff(30, 10) == 600
+
+
+def test_a_cancelled_job_accounting_does_not_know_waits_the_grace_before_it_is_cancelled():
+    """qacct's records lag: a job that ran and was cancelled must not be taken for one that never started."""
+    rec = Recovery()
+    not_found = Result(1, "", "error: job id 4242 not found\n")
+    ran = job(JobStatus.RUNNING, "4242", cancel_requested=True, started_at="2026-12-01T00:00:00Z")
+    assert [c.new for c in resolve_one(ran, not_found, rec, mono=0.0, by_tag=False)] == [None]
+    out = resolve_one(ran, not_found, rec, mono=31.0, by_tag=False)
+    assert [(c.new, c.reason) for c in out] == [(JobStatus.CANCELLED, "cancelled by alice; SGE kept no record of "
+                                                                      "how it ended")]
+    pending = job(JobStatus.QUEUED, "4242", cancel_requested=True)
+    resolve_one(pending, not_found, rec, mono=100.0, by_tag=False)
+    out = resolve_one(pending, not_found, rec, mono=131.0, by_tag=False)
+    assert [(c.new, c.reason) for c in out] == [(JobStatus.CANCELLED, "cancelled by alice before it started")]
