@@ -22,7 +22,7 @@ log = logging.getLogger("metasched.poller")
 class PollerThread:
     def __init__(self, config: Config, db: Database | None = None, engine_factory=None):
         self.config = config
-        self.db = db or Database(config.server.database)
+        self.db = db or Database(config.server.database, synchronous="FULL")
         self.interval = config.poller.interval
         self.wakeup = min(config.poller.wakeup, self.interval)
         self._engine_factory = engine_factory

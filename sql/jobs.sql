@@ -86,8 +86,11 @@ WHERE status IN ('TO_BE_QUEUED', 'DISPATCHING', 'HELD', 'QUEUED', 'RUNNING')
 
 -- name: prune_finished_jobs
 -- Retention: the oldest finished jobs (and, by ON DELETE CASCADE, their events), a bounded number at a time.
+-- The newest job always stays: SQLite gives a new row max(id) + 1, so job ids are never reused.
 DELETE FROM jobs WHERE id IN (
-    SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < :before ORDER BY finished_at LIMIT :limit);
+    SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < :before
+                          AND id < (SELECT max(id) FROM jobs)
+    ORDER BY finished_at LIMIT :limit);
 
 -- name: cancel_requested_among
 -- Of these jobs (a JSON array of ids), those whose cancel was requested: checked right before their submit.

@@ -313,3 +313,14 @@ def test_the_pollers_frequent_queries_never_read_the_finished_history(db, name, 
     plan = [r[3] for r in db.conn.execute("EXPLAIN QUERY PLAN " + getattr(QUERIES, name), params).fetchall()]
     assert any("USING INDEX jobs_by_status" in step for step in plan), plan
     assert not any(re.match(r"SCAN jobs\b", step) for step in plan), plan
+
+
+def test_the_pollers_commits_are_synced_before_it_acts(tmp_path):
+    """synchronous=FULL for the poller (a DISPATCHING mark must survive a power loss before its submit goes
+    out), NORMAL for the API (see docs/exactly-once.md)."""
+    from metasched import config as cfgmod
+    from metasched.poller import PollerThread
+    cfg = cfgmod.parse(dict(CONFIG, server={"database": str(tmp_path / "p.sqlite3")}))
+    poller = PollerThread(cfg)
+    assert poller.db.conn.execute("PRAGMA synchronous").fetchone()[0] == 2          # FULL
+    assert Database(str(tmp_path / "p.sqlite3")).conn.execute("PRAGMA synchronous").fetchone()[0] == 1
