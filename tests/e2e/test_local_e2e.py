@@ -84,13 +84,14 @@ def test_jobs_succeed_and_fail_with_their_exit_codes_as_their_owner(srv, users, 
     # the file that carried each exit status (in alice's private ~/.metasched) is removed once the final
     # state is recorded; only the scripts and the jobs' output files are in the job's directory
     private = pathlib.Path(alice.pw_dir) / ".metasched"
-    kept = lambda: [p.name for p in private.glob("ms*.exit") if p.name.startswith((f"ms{j1['id']}_", f"ms{j2['id']}_"))]  # noqa: E731
+    theirs = {f"{j['native_name']}.exit" for j in (j1, j2)}
+    kept = lambda: [p.name for p in private.glob("ms*.exit") if p.name in theirs]  # noqa: E731
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and kept():
         time.sleep(0.1)
     assert kept() == []
     left = sorted(os.listdir(workdir["alice"]))
-    assert left == sorted(["ok.sh", "bad.sh"] + [f"ms{j['id']}_{j['name']}.{k}{j['id']}"
+    assert left == sorted(["ok.sh", "bad.sh"] + [f"{j['native_name']}.{k}{j['id']}"
                                                   for j in (j1, j2) for k in "oe"]), left
 
 
@@ -168,18 +169,20 @@ def test_a_shared_world_writable_pwd_leaks_nothing_and_decides_nothing(srv, user
         os.waitpid(pid, 0)
         assert path.stat().st_uid == bob.pw_uid
 
+    # the native name (its token) is unguessable; say bob learnt it (ps shows a running job's)
     nxt = submit(srv, "alice", {"queue": "local", "path": s, "pwd": str(shared), "name": "spy", "hold": True})
-    plant(shared / f"ms{nxt['id']}_spy.o{nxt['id']}", "")
+    out = f"{nxt['native_name']}.o{nxt['id']}"
+    plant(shared / out, "")
     srv.as_user("alice", "POST", f"/jobs/{nxt['id']}/release")
     spied = wait_for(srv, "alice", nxt["id"], FINAL)
-    assert spied["status"] == "ERROR" and f"ms{nxt['id']}_spy.o{nxt['id']}" in spied["reason"], spied
-    assert (shared / f"ms{nxt['id']}_spy.o{nxt['id']}").read_text() == ""
+    assert spied["status"] == "ERROR" and out in spied["reason"], spied
+    assert (shared / out).read_text() == ""
 
     victim = submit(srv, "alice", {"queue": "local", "path": s, "pwd": str(shared), "name": "victim", "hold": True})
-    plant(shared / f".ms{victim['id']}_victim.exit", "1\n")
+    plant(shared / f".{victim['native_name']}.exit", "1\n")
     srv.as_user("alice", "POST", f"/jobs/{victim['id']}/release")
     done = wait_for(srv, "alice", victim["id"], FINAL)
     assert (done["status"], done["exit_code"]) == ("COMPLETED", 0), done
-    out = shared / f"ms{victim['id']}_victim.o{victim['id']}"
+    out = shared / f"{victim['native_name']}.o{victim['id']}"
     assert out.read_text() == "alice secret\n"
     assert (out.stat().st_uid, out.stat().st_mode & 0o777) == (alice.pw_uid, 0o600)

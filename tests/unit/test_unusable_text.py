@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from metasched import config as cfgmod
+from metasched import config as cfgmod, lifecycle
 from metasched.backends import BACKENDS
 from metasched.backends.sge import GridEngineBackend
 from metasched.db.core import Database, utcnow
@@ -42,7 +42,8 @@ class EchoBackend(GridEngineBackend):
         return ["sh", "-c", 'echo "40$1"', "sh", str(job.id), *job.options]
 
 
-def test_a_stored_surrogate_fails_its_job_and_the_owners_next_job_is_dispatched(tmp_path):
+def test_a_stored_surrogate_fails_its_job_and_the_owners_next_job_is_dispatched(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))                  # the node fence's file goes there
     cfg = cfgmod.parse({"policy": {"name": "shared"}, "nodes": [{"ip": "127.0.0.1", "transport": "local"}],
                         "schedulers": [{"name": "SGE", "master": 0, "weight": 100}]})
     db = Database(str(tmp_path / "db.sqlite3"))
@@ -50,14 +51,17 @@ def test_a_stored_surrogate_fails_its_job_and_the_owners_next_job_is_dispatched(
     Services(db, cfg, Authority(cfg.auth)).sync_config()
     repo = Repository(db)
     with db.write():
-        bad = repo.insert_job(name="bad", queue_id=1, owner="alice", status=JobStatus.TO_BE_QUEUED,
-                              path="/home/alice/j.sh", options=["\ud800"], pwd="/home/alice", now=utcnow())
-        good = repo.insert_job(name="good", queue_id=1, owner="alice", status=JobStatus.TO_BE_QUEUED,
-                               path="/home/alice/j.sh", options=["x"], pwd="/home/alice", now=utcnow())
+        bad, good = (lifecycle.create(repo, name=name, queue_id=1, owner="alice", status=JobStatus.TO_BE_QUEUED,
+                                      path="/home/alice/j.sh", options=options, pwd="/home/alice", actor="alice",
+                                      reason="submitted", now=utcnow())
+                     for name, options in (("bad", ["\ud800"]), ("good", ["x"])))
         q = row_to_queue(repo.list_queues()[0])
     engine = Engine(db, cfg, transports={q.master_node_id: LocalTransport(60)}, backends={q.id: EchoBackend({})})
-    engine.dispatch([bad], [bad.id], {q.id: q}, CycleReport(started_at=utcnow()))
-    engine.dispatch([good], [good.id], {q.id: q}, CycleReport(started_at=utcnow()))
+    assert engine.lease.acquire()
+    with db.read():
+        engine.installation = repo.get_setting("installation")[0]
+    engine.dispatcher().dispatch([bad], {q.id: q}, CycleReport(started_at=utcnow()))
+    engine.dispatcher().dispatch([good], {q.id: q}, CycleReport(started_at=utcnow()))
     with db.read():
         bad, good = repo.get_job(bad.id), repo.get_job(good.id)
     db.close()

@@ -107,7 +107,8 @@ def test_a_stored_job_with_a_lone_surrogate_is_readable_listable_and_cancellable
     with services.db.write():
         queue_id = services.repo.list_queues()[0]["id"]
         bad = services.repo.insert_job(name="n", queue_id=queue_id, owner="alice", status=JobStatus.HELD,
-                                       path="/x/ok.sh", options=["\ud800", "a\udfffb"], pwd="/x", now=services.now())
+                                       path="/x/ok.sh", options=["\ud800", "a\udfffb"], pwd="/x", token=None,
+                                       now=services.now())
         services.repo.insert_job_event(job_id=bad.id, old_status=None, new_status=JobStatus.HELD, actor="alice",
                                        reason="submitted held", now=services.now())
     good = submit()
