@@ -24,6 +24,12 @@ Design (why):
   (homes are 0700): final_argv wraps itself in ``sudo -n -u <owner>`` (option ``final_as_owner``,
   default True), and it only trusts a regular file (not a symlink) owned by the owner. The owner can of
   course write any status for their own job; that is acceptable: it is their job.
+- Jobs started by the earlier release (LEGACY_WRAP: its wrapper opened the output files itself and kept
+  the exit status in ``<pwd>/.<tag>.exit``) may still run after an upgrade: the status listing, cancel,
+  enforcement and the final-state question recognise both wrappers' command lines, and the final state
+  is read from the private exit file or, when there is none, from the old place in the pwd, trusted only
+  as a regular file of the owner's with a single link (no other user can make one; in a 1777 pwd they
+  can still block that old job's write, as before the fix, and it then ends "gone"). Forget removes both.
 - Status: ONE ``ps`` listing; our jobs are the processes that lead their own group and whose command
   line starts with the wrapper's exact text followed by ``metasched-job-<our id>``. The owner column
   comes from the kernel; the engine must still check it against the job's owner before adopting
@@ -60,6 +66,15 @@ ARGS_PREFIX = f"sh -c {WRAP} {JOB_MARK}"
 # quoted pattern expansions, and ps would rewrite tabs or newlines. Keep it to plain characters.
 assert not set(ARGS_PREFIX) & set("\\\t\n"), "WRAP must stay a plain one-line text"
 
+# The earlier release's wrapper: $1 = exit file (in the pwd), $2 and $3 = the output files, which it opened
+# itself, $4... = the script and its arguments. Never started any more; the jobs it started are still
+# recognised (see the module docstring), so a job running across an upgrade reaches its truthful end.
+LEGACY_WRAP = ('x=$1; exec > "$2" 2> "$3"; shift 3; trap : TERM; "$@"; rc=$?; '
+               'echo "$rc" > "$x"')
+LEGACY_ARGS_PREFIX = f"sh -c {LEGACY_WRAP} {JOB_MARK}"
+PREFIXES = (ARGS_PREFIX, LEGACY_ARGS_PREFIX)
+assert not set(LEGACY_ARGS_PREFIX) & set("\\\t\n")
+
 # The helper, run as the owner (a short ``python3 -I -S``: no site, no user paths, only built-in modules),
 # ONE per round trip whatever the number of jobs: the per-job work of a round trip costs no new process.
 # - launch: checks the script, creates the output files (see the module docstring; mode 0600, never a file
@@ -79,8 +94,11 @@ assert not set(ARGS_PREFIX) & set("\\\t\n"), "WRAP must stay a plain one-line te
 # for parse_batch; "plain": one record, its answer on stdout or its refusal on stderr with status 1),
 # for launch WRAP, then records: the number of fields that follow and the fields.
 #   launch record: our id, pwd, stdout file, stderr file, exit file, script, its arguments.
-#   final record: "pgid", exit file, pgid, expected command-line prefix | "tag", exit file |
-#   "forget", exit file (removed once the job's final state is recorded; a regular file of the caller's only).
+#   final record: "pgid", exit file, legacy exit file, pgid, expected command-line prefixes (WRAP's and
+#   LEGACY_WRAP's) | "tag", exit file, legacy exit file | "forget", exit file, legacy exit file (removed once
+#   the job's final state is recorded; regular files of the caller's only).
+#   The legacy exit file (in the pwd, where the earlier release kept it) counts only when there is no
+#   exit file, and only as a regular file of the caller's with one link.
 HELPER = r"""
 import os, pwd, signal, stat, sys
 op, form, a = sys.argv[1], sys.argv[2], sys.argv[3:]
@@ -180,29 +198,34 @@ def launch(jid, pwd_, out, err, ext, script, *args):
         for f in made:
             os.unlink(f)
     return 0, "%d\n" % pid, ""
-def status(ext):
+def status(ext, single=False):
     try:
         fd = os.open(ext, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != me:
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != me or (single and st.st_nlink != 1):
             return None
         return "exit %s\n" % os.read(fd, 64).decode("ascii", "replace").split("\n")[0].strip()
     finally:
         os.close(fd)
-def final(kind, ext, pgid=None, prefix=None):
+def ended(ext, old):
+    return status(ext) or status(old, True)
+def forget(f):
+    try:
+        st = os.lstat(f)
+        if stat.S_ISREG(st.st_mode) and st.st_uid == me:
+            os.unlink(f)
+    except OSError:
+        pass
+def final(kind, ext, old, pgid=None, prefix=None, old_prefix=None):
     ext = resolve(ext)
     if kind == "forget":
-        try:
-            st = os.lstat(ext)
-            if stat.S_ISREG(st.st_mode) and st.st_uid == me:
-                os.unlink(ext)
-        except OSError:
-            pass
+        forget(ext)
+        forget(old)
         return 0, "forgotten\n", ""
-    v = status(ext)
+    v = ended(ext, old)
     if v or kind == "tag":
         return 0, v or "gone\n", ""
     try:
@@ -210,8 +233,8 @@ def final(kind, ext, pgid=None, prefix=None):
             args = f.read().rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "surrogateescape")
     except OSError:
         args = ""
-    v = status(ext)
-    return 0, v or ("running\n" if args.startswith(prefix) else "gone\n"), ""
+    v = ended(ext, old)
+    return 0, v or ("running\n" if args.startswith((prefix, old_prefix)) else "gone\n"), ""
 if op == "launch":
     wrap, a, act = a[0], a[1:], launch
     null = os.open(os.devnull, os.O_RDWR)
@@ -230,13 +253,14 @@ while i < len(a):
     n += 1
 """
 
-# $1 = pgid, $2 = grace seconds, $3 = expected command-line prefix of the leader.
+# $1 = pgid, $2 = grace seconds, $3 and $4 = the expected command-line prefixes of the leader (WRAP's and
+# LEGACY_WRAP's, for this job).
 CANCEL = (
     'p=$1; g=$2; a=$(ps -ww -o args= -p "$p" 2>/dev/null); '
-    'case "$a" in "$3"*) ;; *) echo "not running"; exit 0;; esac; '
+    'case "$a" in "$3"*|"$4"*) ;; *) echo "not running"; exit 0;; esac; '
     'kill -s TERM -- "-$p" 2>/dev/null || exit 0; '
     '( sleep "$g"; a=$(ps -ww -o args= -p "$p" 2>/dev/null); '
-    'case "$a" in "$3"*) kill -s KILL -- "-$p";; esac ) > /dev/null 2>&1 < /dev/null & '
+    'case "$a" in "$3"*|"$4"*) kill -s KILL -- "-$p";; esac ) > /dev/null 2>&1 < /dev/null & '
     'echo "terminating"'
 )
 
@@ -256,6 +280,16 @@ def exit_file(job: Job) -> str:
     """Where the job's exit status is kept: in the owner's home on the node (the helper expands ``~``),
     in a directory only they can write (the helper's private())."""
     return f"~/.metasched/{tag(job)}.exit"
+
+
+def legacy_exit_file(job: Job) -> str:
+    """Where the earlier release's wrapper (LEGACY_WRAP) wrote the job's exit status: in its pwd."""
+    return posixpath.join(job.pwd, f".{tag(job)}.exit")
+
+
+def _prefixes(job: Job) -> list[str]:
+    """The command-line prefixes of this job's wrapper, as WRAP and as LEGACY_WRAP started it."""
+    return [f"{prefix}{marker(job)} " for prefix in PREFIXES]
 
 
 def output_files(job: Job) -> tuple[str, str]:
@@ -310,9 +344,10 @@ class LocalBackend(Backend):
             if not m:
                 continue
             pid, pgid, user, lstart, args = m.groups()
-            if pid != pgid or not args.startswith(ARGS_PREFIX):
+            prefix = next((p for p in PREFIXES if args.startswith(p)), None)
+            if pid != pgid or prefix is None:
                 continue
-            our = _MARK_RE.match(args[len(ARGS_PREFIX):])
+            our = _MARK_RE.match(args[len(prefix):])
             if not our:
                 continue
             our_id = int(our.group(1))
@@ -327,8 +362,8 @@ class LocalBackend(Backend):
 
     def _final_fields(self, job: Job) -> list[str]:
         if job.scheduler_job_id is None:
-            return ["2", "tag", exit_file(job)]
-        return ["4", "pgid", exit_file(job), _pgid(job), f"{ARGS_PREFIX}{marker(job)} "]
+            return ["3", "tag", exit_file(job), legacy_exit_file(job)]
+        return ["6", "pgid", exit_file(job), legacy_exit_file(job), _pgid(job), *_prefixes(job)]
 
     def final_argv(self, job: Job) -> list[str]:
         return self._helper("final", "plain", self._final_fields(job), self._asker(job))
@@ -342,7 +377,7 @@ class LocalBackend(Backend):
     def forget_entry(self, job: Job):
         if job.scheduler_job_id is None:
             return None                     # never started: no exit file
-        return self._asker(job), ["2", "forget", exit_file(job)]
+        return self._asker(job), ["3", "forget", exit_file(job), legacy_exit_file(job)]
 
     def parse_final(self, job: Job, rc: int, stdout: str, stderr: str) -> FinalState | None:
         line = first_line(stdout)
@@ -381,10 +416,10 @@ class LocalBackend(Backend):
 
     def cancel_argv(self, job: Job, run_as: str | None) -> list[str]:
         grace = str(int(self.options.get("grace", 10)))
-        return as_user(["sh", "-c", CANCEL, "sh", _pgid(job), grace, f"{ARGS_PREFIX}{marker(job)} "], run_as)
+        return as_user(["sh", "-c", CANCEL, "sh", _pgid(job), grace, *_prefixes(job)], run_as)
 
     def process_matcher(self) -> ProcessMatcher:
-        return ProcessMatcher(trees_by_args_regex="^" + re.escape(ARGS_PREFIX) + r"\d+(-[a-z]{6})? ",
+        return ProcessMatcher(trees_by_args_regex="^(?:" + "|".join(map(re.escape, PREFIXES)) + r")\d+(-[a-z]{6})? ",
                               include_process_group=True)
 
 

@@ -6,6 +6,8 @@ import os
 import pathlib
 import pwd
 import shutil
+import sqlite3
+import subprocess
 import tempfile
 import time
 
@@ -186,3 +188,44 @@ def test_a_shared_world_writable_pwd_leaks_nothing_and_decides_nothing(srv, user
     out = shared / f"{victim['native_name']}.o{victim['id']}"
     assert out.read_text() == "alice secret\n"
     assert (out.stat().st_uid, out.stat().st_mode & 0o777) == (alice.pw_uid, 0o600)
+
+
+def test_a_job_the_earlier_release_started_reaches_its_end_after_the_upgrade(srv, users, workdir):
+    """The earlier release's wrapper (it opened the output files itself and wrote the exit status into
+    <pwd>/.<tag>.exit) started this job; then the service was upgraded. The row is what that release
+    recorded (RUNNING, the pgid); the new service follows the job to its truthful end and tidies up."""
+    from tests.unit.test_backend_local import EARLIER_LAUNCH, EARLIER_WRAP
+    alice = users["alice"]
+    d = workdir["alice"]
+    s = script(d / "old.sh", "sleep 2\necho from the earlier release\nexit 4\n", alice)
+    j = submit(srv, "alice", {"queue": "local", "path": s, "name": "old", "hold": True})
+    tag, marker = j["native_name"], j["native_name"][2:].split("_")[0]
+    started = subprocess.run(
+        ["sudo", "-n", "-u", "alice", "--", "python3", "-I", "-S", "-c", EARLIER_LAUNCH, str(d),
+         "sh", "-c", EARLIER_WRAP, f"metasched-job-{marker}", f"{d}/.{tag}.exit", f"{d}/{tag}.o{j['id']}",
+         f"{d}/{tag}.e{j['id']}", s], capture_output=True, text=True, timeout=20, check=True)
+    pgid = int(started.stdout)
+    try:
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        db = sqlite3.connect(srv.db_path, timeout=10, isolation_level=None)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("UPDATE jobs SET status = 'RUNNING', scheduler_job_id = ?, submitted_at = ?, started_at = ?, "
+                       "updated_at = ?, version = version + 1 WHERE id = ?", (str(pgid), now, now, now, j["id"]))
+            db.execute("INSERT INTO job_events (job_id, at, old_status, new_status, actor, reason) "
+                       "VALUES (?, ?, 'HELD', 'RUNNING', 'poller', 'the earlier release started it')", (j["id"], now))
+            db.execute("COMMIT")
+        finally:
+            db.close()
+        time.sleep(1.2)                     # a cycle sees it running (not "gone"): it has not ended yet
+        assert srv.as_user("alice", "GET", f"/jobs/{j['id']}").json()["status"] == "RUNNING"
+        done = wait_for(srv, "alice", j["id"], FINAL)
+        assert (done["status"], done["exit_code"], done["reason"]) == ("ERROR", 4, "exit code 4"), done
+        assert (d / f"{tag}.o{j['id']}").read_text() == "from the earlier release\n"
+        deadline = time.monotonic() + 20    # its exit file, where that release kept it, is removed
+        while (d / f".{tag}.exit").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not (d / f".{tag}.exit").exists()
+    finally:
+        if live_members(pgid):
+            os.killpg(pgid, 9)

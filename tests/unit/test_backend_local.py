@@ -16,7 +16,8 @@ import pytest
 
 from metasched.backends import get_backend
 from metasched.backends.base import NativeState, SubmitRefused, command_line, parse_batch
-from metasched.backends.local import ARGS_PREFIX, LocalBackend, exit_file, output_files
+from metasched.backends.base import tag
+from metasched.backends.local import ARGS_PREFIX, LocalBackend, exit_file, legacy_exit_file, output_files
 from metasched.model import Job, JobStatus
 
 
@@ -405,3 +406,96 @@ def test_a_private_directory_that_is_not_the_owners_refuses_the_launch(scratch):
         private.unlink()
         if moved is not None:
             moved.rename(private)
+
+
+# -- jobs the earlier release started, running across the upgrade -------------------------------------
+# Verbatim what the earlier release's launcher started (posix_spawn with setsid, in the pwd, stdio on
+# /dev/null): its wrapper opened the output files itself and wrote the exit status into <pwd>/.<tag>.exit.
+EARLIER_WRAP = 'x=$1; exec > "$2" 2> "$3"; shift 3; trap : TERM; "$@"; rc=$?; echo "$rc" > "$x"'
+EARLIER_LAUNCH = ("import os, sys; os.chdir(sys.argv[1]); null = os.open(os.devnull, os.O_RDWR); "
+                  "print(os.posix_spawn('/bin/sh', sys.argv[2:], os.environ, setsid=True, file_actions="
+                  "[(os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, null, 1), (os.POSIX_SPAWN_DUP2, null, 2)]))")
+
+
+def start_as_the_earlier_release(j: Job, started: list) -> Job:
+    out, err = output_files(j)
+    argv = ["sh", "-c", EARLIER_WRAP, f"metasched-job-{j.id}-{j.token}", f"{j.pwd}/.{tag(j)}.exit", out, err,
+            j.path, *j.options]
+    p = subprocess.run(["sudo", "-n", "-u", j.owner, "--", "python3", "-I", "-S", "-c", EARLIER_LAUNCH, j.pwd,
+                        *argv], capture_output=True, text=True, timeout=20, check=True)
+    started.append(int(p.stdout))
+    return dataclasses.replace(j, scheduler_job_id=p.stdout.strip(), status=JobStatus.RUNNING)
+
+
+@pytest.fixture
+def alices(workdir):
+    """alice's directory, and the process groups the earlier release started (killed at the end)."""
+    alice, bob = _users()
+    os.chown(workdir, alice.pw_uid, alice.pw_gid)
+    started: list[int] = []
+    yield workdir, alice, started
+    for pgid in started:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_a_job_the_earlier_release_started_is_followed_to_its_end_after_the_upgrade(alices):
+    d, alice, started = alices
+    s = script(d, "sleep 1; echo out $1; echo err >&2; exit 3\n")
+    os.chown(s, alice.pw_uid, alice.pw_gid)
+    b = get_backend("local", {})                                          # final and forget as the owner
+    j = start_as_the_earlier_release(make_job(d, s, jid=81, owner="alice", token="qwerty", options=("a b",)),
+                                     started)
+    ps = subprocess.run(b.status_argv(), capture_output=True, text=True, timeout=20)
+    seen = [n for n in b.parse_status(ps.returncode, ps.stdout, ps.stderr) if n.native_id == j.scheduler_job_id]
+    assert len(seen) == 1 and seen[0].is_of(j) and seen[0].state is NativeState.RUNNING
+    p = run(b.final_argv(j))
+    assert p.stdout.strip() == "running" and b.parse_final(j, p.returncode, p.stdout, p.stderr) is None
+    fs = wait_final(b, j)
+    assert (fs.status, fs.exit_code, fs.reason) == ("ERROR", 3, "exit code 3")
+    assert Path(output_files(j)[0]).read_text() == "out a b\n"
+    old = Path(legacy_exit_file(j))
+    assert old.read_text() == "3\n"
+    who, entry = b.forget_entry(j)
+    p = run(b.final_batch_argv([entry], who))
+    assert parse_batch(p.stdout, 1)[0][0] == 0, p.stderr
+    assert not old.exists()
+
+
+def test_a_job_the_earlier_release_started_is_cancelled_after_the_upgrade(alices):
+    d, alice, started = alices
+    s = script(d, "sleep 30 & wait\n")
+    os.chown(s, alice.pw_uid, alice.pw_gid)
+    b = get_backend("local", {"grace": 1})
+    j = start_as_the_earlier_release(make_job(d, s, jid=82, owner="alice", token="asdfgh"), started)
+    time.sleep(0.3)
+    p = run(b.cancel_argv(j, "alice"))
+    assert p.stdout.strip() == "terminating", p
+    fs = wait_final(b, dataclasses.replace(j, cancel_requested=True))
+    assert (fs.status, fs.exit_code) == ("CANCELLED", 143)
+    m = b.process_matcher()
+    import re
+    assert re.search(m.trees_by_args_regex, f"sh -c {EARLIER_WRAP} metasched-job-82-asdfgh /x/.e /x/o /x/e /x/j.sh")
+
+
+def test_the_old_exit_file_counts_only_as_the_owners_own(alices):
+    """An interrupted dispatch of the earlier release is looked up by tag: its exit file in the pwd says it
+    ran; one that another user made, or a hard link to the owner's file, says nothing."""
+    d, alice, started = alices
+    d.chmod(0o1777)
+    b = get_backend("local", {})
+    j = make_job(d, d / "x.sh", jid=83, owner="alice", token="zxcvbn")
+    old = Path(legacy_exit_file(j))
+    as_bob("sh", "-c", f"umask 0; echo 0 > {old}")
+    p = run(b.final_argv(j))
+    assert p.stdout.strip() == "gone" and b.parse_final_by_tag(j, p.returncode, p.stdout, p.stderr) is None
+    old.unlink()
+    mine = d / "alices"
+    subprocess.run(["sudo", "-n", "-u", "alice", "--", "sh", "-c", f"echo 0 > {mine}; ln {mine} {old}"], check=True)
+    assert run(b.final_argv(j)).stdout.strip() == "gone"
+    old.unlink()
+    subprocess.run(["sudo", "-n", "-u", "alice", "--", "sh", "-c", f"echo 4 > {old}"], check=True)
+    p = run(b.final_argv(j))
+    assert b.parse_final_by_tag(j, p.returncode, p.stdout, p.stderr)[1].exit_code == 4
