@@ -68,6 +68,7 @@ IDLE, HEAD, BODY, APP, WRITE, STREAM, DRAIN = "idle", "head", "body", "app", "wr
 MAX_HEAD_BYTES = 64 * 1024          # the whole request head (request line and header fields)
 DRAIN_SECONDS = 2.0                 # how long a refused request's remaining bytes are read and dropped
 DRAIN_BYTES = 16 * 1024 * 1024      # ... and at most this many
+REFUSED_PER_PEER = 8                # connections over a peer's limit closed gracefully at a time (429)
 ACCEPT_BATCH = 64                   # connections accepted per wake-up of a listener
 
 _METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -208,11 +209,12 @@ class FairQueue:
 
 
 class Conn:
-    __slots__ = ("sock", "fd", "peer", "client", "server", "buf", "state", "deadline", "req", "out", "close_after",
-                 "stream", "pumping", "wake_pending", "drained", "registered", "started")
+    __slots__ = ("sock", "fd", "peer", "slot", "client", "server", "buf", "state", "deadline", "req", "out",
+                 "close_after", "stream", "pumping", "wake_pending", "drained", "registered", "started")
 
-    def __init__(self, sock, peer, client, server):
+    def __init__(self, sock, peer, client, server, slot=None):
         self.sock, self.fd, self.peer, self.client, self.server = sock, sock.fileno(), peer, client, server
+        self.slot = peer if slot is None else slot      # what it counts against in Worker.peers
         self.buf = bytearray()
         self.state = IDLE
         self.deadline = 0.0
@@ -400,19 +402,33 @@ class BufferedWorker(Worker):
                 peer = ("ip", addr[0])
                 client, server = addr, listener.getsockname()
             if self.peers[peer] >= self.limits.per_peer and peer not in self.limits.exempt_peers:
-                try:
-                    sock.send(error_response(429, "too many connections",
-                                             f"at most {self.limits.per_peer} connections at a time from one "
-                                             f"{'user' if peer[0] == 'uid' else 'address'}; close some first"))
-                except OSError:
-                    pass
-                sock.close()
+                self._too_many(sock, peer, client, server)
                 continue
             c = Conn(sock, peer, client, server)
             self.conns[c.fd] = c
             self.peers[peer] += 1
             c.deadline = time.monotonic() + self.limits.keepalive
             self._interest(c, EVENT_READ)
+
+    def _too_many(self, sock, peer, client, server) -> None:
+        """A 429 for a connection over the peer's limit. Closed gracefully like any refusal (the client may
+        still be sending its request: closing at once would cost it the answer) while the peer has fewer
+        than REFUSED_PER_PEER such refusals under way, so a flood of connections cannot fill the worker
+        with refusals; beyond that it is sent and the connection closed at once."""
+        exc = HttpError(429, f"at most {self.limits.per_peer} connections at a time from one "
+                             f"{'user' if peer[0] == 'uid' else 'address'}; close some first", "too many connections")
+        slot = ("refused", peer)
+        if self.peers[slot] < REFUSED_PER_PEER:
+            c = Conn(sock, peer, client, server, slot)
+            self.conns[c.fd] = c
+            self.peers[slot] += 1
+            self._refuse(c, exc)
+            return
+        try:
+            sock.send(error_response(exc.status, exc.title, exc.description))
+        except OSError:
+            pass
+        sock.close()
 
     # -- reading a request --------------------------------------------------------------------------
     def _on_readable(self, c: Conn) -> None:
@@ -735,9 +751,9 @@ class BufferedWorker(Worker):
         if self.conns.get(c.fd) is not c:
             return
         del self.conns[c.fd]
-        self.peers[c.peer] -= 1
-        if not self.peers[c.peer]:
-            del self.peers[c.peer]
+        self.peers[c.slot] -= 1
+        if not self.peers[c.slot]:
+            del self.peers[c.slot]
         if c.registered:
             self.sel.unregister(c.sock)
             c.registered = 0

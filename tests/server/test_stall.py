@@ -178,6 +178,40 @@ def test_a_body_shorter_than_its_length_creates_nothing_and_is_answered(server_f
     assert srv.root("GET", "/jobs?owner=bob").json()["items"] == []
 
 
+def late_request(user, sock_path: str, request: bytes, delay: float = 0.5) -> tuple[bytes, bytes, bytes]:
+    """As ``user``: connect, wait ``delay`` seconds, send ``request``, read until the server closes.
+    (head, separator, body) of the answer; an error in the child is raised here."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setgid(user.pw_gid)
+            os.setuid(user.pw_uid)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(PER_REQUEST_TIMEOUT)
+            s.connect(sock_path)
+            time.sleep(delay)
+            answer = b""
+            try:
+                s.sendall(request)
+            except OSError as exc:
+                answer = f"send failed: {exc!r}".encode()
+            while not answer.startswith(b"send failed"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+            os.write(w, answer)
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        answer = f.read()
+    os.waitpid(pid, 0)
+    return answer.partition(b"\r\n\r\n")
+
+
 def test_more_connections_than_a_user_may_hold_get_429_and_others_are_served(server_factory, users):
     srv = server_factory(workers=1, config=dict(BASE_CONFIG, server={"max_connections_per_peer": 5}))
     bob = Attacker(users["bob"], srv.socket_path, 5, 0)
@@ -186,6 +220,11 @@ def test_more_connections_than_a_user_may_hold_get_429_and_others_are_served(ser
         r = srv.as_user("bob", "GET", "/status", timeout=PER_REQUEST_TIMEOUT)
         assert r.status == 429, r
         assert "at most 5 connections" in r.json()["description"]
+        # a client that sends its request a moment after connecting still reads the 429 (it was not
+        # closed under it: its send would fail with EPIPE and the answer be lost)
+        head, _, payload = late_request(users["bob"], srv.socket_path, b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 429"), head
+        assert json.loads(payload)["status"] == 429
         assert srv.as_user("alice", "GET", "/status", timeout=PER_REQUEST_TIMEOUT).status == 200
     finally:
         bob.stop()
