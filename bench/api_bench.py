@@ -376,7 +376,9 @@ class IdleHolder:
 # -- data ---------------------------------------------------------------------------------------
 
 def prefill(db_path: str, n: int) -> list[int]:
-    """n jobs through the repository (the same statements the service runs), one transaction."""
+    """n jobs through the repository and the one transition writer (the statements a submit runs), one
+    transaction."""
+    from metasched import lifecycle
     from metasched.db.core import Database, utcnow
     from metasched.db.repository import Repository
     from metasched.model import JobStatus
@@ -387,10 +389,9 @@ def prefill(db_path: str, n: int) -> list[int]:
     with db.write():
         queue_id = db.conn.execute("SELECT id FROM queues WHERE name = 'local'").fetchone()[0]
         for i in range(n):
-            job = repo.insert_job(name=f"prefill-{i}", queue_id=queue_id, owner=OWNER, status=JobStatus.TO_BE_QUEUED,
-                                  path="/bin/true", options=["-x", str(i)], pwd="/bin", now=now)
-            repo.insert_job_event(job_id=job.id, old_status=None, new_status=JobStatus.TO_BE_QUEUED, actor="root",
-                                  reason="submitted", now=now)
+            job = lifecycle.create(repo, name=f"prefill-{i}", queue_id=queue_id, owner=OWNER,
+                                   status=JobStatus.TO_BE_QUEUED, path="/bin/true", options=["-x", str(i)], pwd="/bin",
+                                   actor="root", reason="submitted", now=now)
             ids.append(job.id)
     db.close()
     return ids
@@ -398,6 +399,7 @@ def prefill(db_path: str, n: int) -> list[int]:
 
 def _raw_sqlite_worker(db_path: str, t_start: float, t_end: float, out) -> None:
     from metasched.db.core import QUERIES, Database, utcnow
+    from metasched.lifecycle import new_token
     conn = Database(db_path).connect()       # same pragmas as the service
     queue_id = conn.execute("SELECT id FROM queues WHERE name = 'local'").fetchone()[0]
     lat, errors = [], 0
@@ -411,7 +413,7 @@ def _raw_sqlite_worker(db_path: str, t_start: float, t_end: float, out) -> None:
             conn.execute("BEGIN IMMEDIATE")
             row = conn.execute(QUERIES.insert_job, dict(name="raw", queue_id=queue_id, owner=OWNER,
                                                         status="TO_BE_QUEUED", path="/bin/true", options=opts,
-                                                        pwd="/bin", now=now)).fetchone()
+                                                        pwd="/bin", token=new_token(), now=now)).fetchone()
             conn.execute(QUERIES.insert_job_event, dict(job_id=row["id"], old_status=None,
                                                         new_status="TO_BE_QUEUED", actor="root",
                                                         reason="submitted", now=now))

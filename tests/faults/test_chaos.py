@@ -29,12 +29,12 @@ def test_chaos_never_runs_a_job_twice_and_never_loses_one(scenario):
             faults["unanswered request"] += 1
             return None
     def resume(pid: int) -> None:
-        """SIGCONT; gunicorn's arbiter kills a worker paused longer than its timeout (60 s, on a busy
-        machine): that is one more fault, not an error of the test."""
+        """SIGCONT. A paused worker may be gone by then: gunicorn's arbiter kills a worker paused longer than
+        its timeout (60 s: a busy machine), and the whole service is killed once. Not an error of the test."""
         try:
             os.kill(pid, signal.SIGCONT)
         except ProcessLookupError:
-            faults["paused worker killed by the arbiter"] += 1
+            faults["paused worker gone before its resume"] += 1
     cancels: dict[int, int] = {}                 # job id -> DELETE status
     edits: dict[int, int] = {}
     faults = collections.Counter()
@@ -105,11 +105,13 @@ def test_chaos_never_runs_a_job_twice_and_never_loses_one(scenario):
           f"duplicate runs {len(twice)}, lost jobs {len(not_run)}, stuck jobs 0, aborted cycles {aborted}")
     assert not twice, f"jobs that ran more than once: {twice}"
     assert not cancelled_early & set(runs), "a job cancelled before it was dispatched ran"
-    assert not never and not not_run, (never, not_run)
+    assert not never and not not_run, (never, not_run, [(j["id"], j["status"], j["reason"]) for j in jobs.values()
+                                                        if ids[j["id"]] in never + not_run][:10])
     assert set(states) <= {"COMPLETED", "CANCELLED"}, [(j["id"], j["status"], j["reason"]) for j in jobs.values()
                                                        if j["status"] not in ("COMPLETED", "CANCELLED")]
     assert sc.cycle_after(srv, cycle["id"])      # the poller keeps cycling
-    assert aborted == 0
+    assert aborted == 0, [line for s in sc.servers for line in srv_stderr(s).splitlines()
+                          if "poll cycle failed" in line][:5]
 
 
 def struct_offset(sc) -> float:
