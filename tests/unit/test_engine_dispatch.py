@@ -131,3 +131,18 @@ def test_a_batch_that_stops_early_leaves_the_unanswered_job_to_the_next_cycle(tm
     assert (jobs[0].status, jobs[0].scheduler_job_id) == (JobStatus.QUEUED, "4001")
     assert jobs[1].status is JobStatus.DISPATCHING and "outcome unknown" in jobs[1].reason
     assert report.summary["dispatched"] == 1
+
+
+def test_a_holder_whose_cycle_makes_no_progress_stops_renewing_its_lease(tmp_path, monkeypatch):
+    """A round trip that hangs (a remote command that closed its output but keeps running) must not keep the
+    lease alive for ever through the heartbeat: after stall_limit seconds without progress it lapses."""
+    db, repo, jobs, q, engine = two_jobs(tmp_path, ScriptedBackend("true"), monkeypatch)
+    clock = {"now": engine.clock.mono()}
+    engine.clock = type(engine.clock)(wall=engine.clock.wall, mono=lambda: clock["now"])
+    engine.progress = clock["now"]
+    assert engine.hold_lease()
+    clock["now"] += engine.stall_limit - 1
+    assert engine.hold_lease()                      # still within the limit: renewed
+    clock["now"] += 2
+    assert not engine.hold_lease() and not engine.holding
+    db.close()
