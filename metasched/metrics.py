@@ -12,10 +12,10 @@ is the same one the REST API shows (``GET /queues`` counts, ``GET /cluster/nodes
 """
 from __future__ import annotations
 
+import datetime as _dt
 import math
 
 from . import __version__
-from .db.core import parse_time
 from .model import JobStatus
 from .services import Services
 from .web import openapi
@@ -68,7 +68,8 @@ def render(families: list[Family]) -> str:
 # -- what we expose -------------------------------------------------------------------------------
 
 def _epoch(iso: str | None) -> float | None:
-    return parse_time(iso).timestamp() if iso else None
+    """Unix time of one of the service's UTC timestamps ('2026-11-28T00:11:14.123456Z')."""
+    return _dt.datetime.fromisoformat(iso).timestamp() if iso else None
 
 
 def collect(services: Services) -> list[Family]:
