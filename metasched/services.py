@@ -10,13 +10,13 @@ import functools
 import posixpath
 from dataclasses import dataclass
 
-from . import __version__, lifecycle
+from . import lifecycle
 from .config import Config
 from .db.core import Database, format_time, parse_time, utcnow
 from .db.repository import Repository
 from .errors import Conflict, Forbidden, Invalid, JobStateConflict, NotFound, Unauthenticated
 from .identity import Authority, Caller, hash_secret, new_secret
-from .model import (FINAL_STATES, UNDISPATCHED_STATES, ClusterEvent, ForeignJob, Job, JobEvent, JobStatus,
+from .model import (FINAL_STATES, UNDISPATCHED_STATES, ClusterEvent, Job, JobEvent, JobStatus,
                     LeaseRecord, Node, Policy, PollCycle, Queue, Token, can_transition)
 
 MAX_PAGE = 1000

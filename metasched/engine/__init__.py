@@ -19,19 +19,17 @@ clock (rows, display); durations and deadlines use the host's boot-time clock, r
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import pwd
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 
 from .. import enforcement, lifecycle, policies
 from ..backends import get_backend
 from ..backends.base import Backend, SubmitRefused, command_line, parse_batch
 from ..config import Config
-from ..db.core import Database, epoch_to_time, utcnow
+from ..db.core import Database, epoch_to_time
 from ..db.repository import Repository
 from ..model import ACTIVE_STATES, Job, JobStatus, Policy, Queue
 from ..transport import Result, for_node
