@@ -41,7 +41,6 @@ def test_chaos_never_runs_a_job_twice_and_never_loses_one(scenario):
     stopped: list[int] = []
 
     def chaos():
-        nonlocal srv
         action = rnd.choice(["kill", "kill", "stop", "step", "cancel", "cancel", "edit", "edit"])
         if action in ("kill", "stop"):
             pid = answered(lambda: sc.holder_pid(srv, exclude=set(stopped), timeout=30))
@@ -121,3 +120,4 @@ def struct_offset(sc) -> float:
 
 def srv_stderr(srv) -> str:
     return srv.stderr()
+
