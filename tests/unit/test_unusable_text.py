@@ -9,7 +9,7 @@ from metasched import config as cfgmod, lifecycle
 from metasched.backends import BACKENDS
 from metasched.backends.sge import GridEngineBackend
 from metasched.db.core import Database, utcnow
-from metasched.db.repository import Repository, row_to_queue
+from metasched.db.repository import Repository
 from metasched.engine import CycleReport, Engine
 from metasched.identity import Authority
 from metasched.model import Job, JobStatus
@@ -55,11 +55,11 @@ def test_a_stored_surrogate_fails_its_job_and_the_owners_next_job_is_dispatched(
                                       path="/home/alice/j.sh", options=options, pwd="/home/alice", actor="alice",
                                       reason="submitted", now=utcnow())
                      for name, options in (("bad", ["\ud800"]), ("good", ["x"])))
-        q = row_to_queue(repo.list_queues()[0])
+        q = repo.list_queues()[0]
     engine = Engine(db, cfg, transports={q.master_node_id: LocalTransport(60)}, backends={q.id: EchoBackend({})})
     assert engine.lease.acquire()
     with db.read():
-        engine.installation = repo.get_setting("installation")[0]
+        engine.installation = repo.get_setting("installation").value
     engine.dispatcher().dispatch([bad], {q.id: q}, CycleReport(started_at=utcnow()))
     engine.dispatcher().dispatch([good], {q.id: q}, CycleReport(started_at=utcnow()))
     with db.read():

@@ -105,7 +105,7 @@ def test_a_stored_job_with_a_lone_surrogate_is_readable_listable_and_cancellable
     text, where "\\ud800" is ASCII (a name or path with one was refused by sqlite3, with a 500). One such
     job no longer makes its owner's queue unreadable for them and for admins."""
     with services.db.write():
-        queue_id = services.repo.list_queues()[0]["id"]
+        queue_id = services.repo.list_queues()[0].id
         bad = services.repo.insert_job(name="n", queue_id=queue_id, owner="alice", status=JobStatus.HELD,
                                        path="/x/ok.sh", options=["\ud800", "a\udfffb"], pwd="/x", token=None,
                                        now=services.now())
