@@ -17,10 +17,13 @@ Scale (a thousand nodes from one frontend), what this module does and why:
   again only when the file changes (inode, size or modification time), so an admin's edit is honoured at
   the next connect. Lookups are a dict access. paramiko's own loader compares each line with every earlier
   one (quadratic: 111 ms per connect at 1,024 lines) and every SSHClient loads it again.
-* **Connections open in parallel, bounded** (:func:`connect_all`): the TCP connects of all nodes are in
-  flight together on one selector (a dark node costs one connect timeout in total, not one per batch),
-  and at most ``max_parallel`` SSH handshakes run at a time. The handshake itself runs in paramiko's
-  reader thread; our worker threads only wait and exit when the batch is done.
+* **Connections open in parallel, bounded** (:func:`connect_all`): up to a window of nodes (64 by
+  default) are in progress at once, their TCP connects on one selector in this thread (dark nodes hold a
+  window slot each for one connect timeout, together: not one timeout per batch), each node's SSH handshake
+  started as soon as its TCP connect is done, at most ``max_parallel`` at a time. The window exists because
+  answering a thousand SYNs and key exchanges at once is itself a load (on one machine it starved the farm's
+  sshds: connects timed out). The handshake itself runs in paramiko's reader thread; our worker threads
+  only wait and exit when the batch is done.
 * **An idle connection costs nothing.** paramiko's reader thread (one per connection, inherent to
   paramiko: a Transport *is* a thread) blocks in ``recv`` on our socket with the socket's timeout, which
   paramiko sets to ``Transport._active_check_timeout`` (0.1 s): every idle connection wakes ten times a
@@ -949,32 +952,106 @@ def _read_channel(chan, end: float, on_output: OutputCallback | None = None) -> 
 # many nodes
 # ---------------------------------------------------------------------------------------------
 
-def connect_all(transports: Iterable, max_parallel: int = 8, deadline: float | None = None) -> list[str | None]:
-    """Connect every transport that is not connected, in parallel: the TCP connects of all of them at once
-    (one selector, no thread), then at most ``max_parallel`` SSH handshakes at a time, each as soon as its TCP
-    connect is done. Each node gets its own connect timeout, cut at ``deadline``. Returns, in order, None for
-    a connected transport, else the reason it is not (errors are values; nothing raises)."""
+def connect_all(transports: Iterable, max_parallel: int = 8, deadline: float | None = None,
+                window: int | None = None) -> list[str | None]:
+    """Connect every transport that is not connected, in parallel, from this thread plus ``max_parallel``
+    handshake workers: up to ``window`` nodes (default ``max(64, 4 * max_parallel)``) are in progress at a time,
+    their TCP connects on one selector, each handed to a worker for the SSH handshake as soon as it connects.
+    So a few dark nodes hold a few window slots for one connect timeout (not a worker each), and the nodes'
+    sshds are not all woken at once (on one machine, a farm of 1,024 answering at once starves the kernel of the
+    CPU it needs to answer SYNs: connects time out). The TCP connect and the handshake each get the node's
+    connect timeout (the handshake's from when a worker takes it up: waiting behind other nodes is not the
+    node's fault), both cut at ``deadline``. Returns, in order, None for a connected transport, else the reason
+    it is not (errors are values; nothing raises)."""
     transports = list(transports)
     results: list[str | None] = [None] * len(transports)
     todo = [(i, t) for i, t in enumerate(transports) if isinstance(t, SshTransport) and not t.connected]
     if not todo:
         return results
-    with ThreadPoolExecutor(max_workers=max(1, min(max_parallel, len(todo))),
-                            thread_name_prefix="metasched-connect") as pool:
-        futures = {}
-        for i, t, sock_or_error, end in _tcp_connect_all(todo, deadline):
-            if isinstance(sock_or_error, str):
-                results[i] = sock_or_error
-            else:       # the handshake gets what is left of this node's connect timeout
-                futures[i] = pool.submit(_connect_one, t, sock_or_error, end)
-        for i, f in futures.items():
-            results[i] = f.result()
+    window = max(1, window or max(64, 4 * max_parallel))
+    todo.reverse()                          # pop() from the end keeps the callers' order
+    wake_r, wake_w = socket.socketpair()    # a finished handshake frees a slot: wake the selector
+    wake_r.setblocking(False)
+    sel = selectors.DefaultSelector()
+    sel.register(wake_r, selectors.EVENT_READ, None)
+    busy = 0                                # nodes in progress: TCP connecting, queued or in a handshake
+    lock = threading.Lock()
+
+    def handshake(i: int, t: SshTransport, sock: socket.socket) -> None:
+        nonlocal busy
+        results[i] = _connect_one(t, sock, deadline)
+        with lock:
+            busy -= 1
+        try:
+            wake_w.send(b"x")
+        except OSError:
+            pass
+
+    def tcp_done(key, error: str | None) -> None:
+        nonlocal busy
+        i, t = key.data[:2]
+        sel.unregister(key.fileobj)
+        if error is None:
+            key.fileobj.setblocking(True)
+            pool.submit(handshake, i, t, key.fileobj)
+            return
+        key.fileobj.close()
+        results[i] = f"cannot connect to {t.describe()}: {error}"
+        with lock:
+            busy -= 1
+
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, min(max_parallel, len(todo))),
+                                thread_name_prefix="metasched-connect") as pool:
+            while True:
+                now = time.monotonic()
+                for key in [k for k in sel.get_map().values() if k.data is not None and k.data[2] <= now]:
+                    tcp_done(key, f"timed out after {max(0.0, key.data[3]):.3g}s")
+                while todo and busy < window:
+                    i, t = todo.pop()
+                    start = time.monotonic()
+                    end = end_of(t.connect_timeout, deadline, t.connect_timeout)
+                    try:
+                        family, kind, proto, _, addr = socket.getaddrinfo(t.host, t.port, type=socket.SOCK_STREAM)[0]
+                        s = socket.socket(family, kind, proto)
+                    except OSError as exc:
+                        results[i] = f"cannot connect to {t.describe()}: {reason(exc)}"
+                        continue
+                    s.setblocking(False)
+                    err = s.connect_ex(addr)
+                    if err not in (0, errno.EINPROGRESS):
+                        s.close()
+                        results[i] = f"cannot connect to {t.describe()}: {os.strerror(err)}"
+                        continue
+                    with lock:
+                        busy += 1
+                    sel.register(s, selectors.EVENT_WRITE, (i, t, end, end - start))
+                with lock:
+                    if not todo and busy == 0:
+                        break
+                connecting = [k.data[2] for k in sel.get_map().values() if k.data is not None]
+                wait = min(connecting) - time.monotonic() if connecting else 1.0   # else a handshake's end wakes us
+                for key, _ in sel.select(max(0.0, wait)):
+                    if key.data is None:
+                        try:
+                            while wake_r.recv(4096):
+                                pass
+                        except BlockingIOError:
+                            pass
+                        continue
+                    err = key.fileobj.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    tcp_done(key, os.strerror(err) if err else None)
+    finally:
+        for key in list(sel.get_map().values()):
+            key.fileobj.close()
+        sel.close()
+        wake_w.close()
     return results
 
 
-def _connect_one(t: SshTransport, sock: socket.socket, end: float) -> str | None:
+def _connect_one(t: SshTransport, sock: socket.socket, deadline: float | None) -> str | None:
     try:
-        t.connect(end, sock=sock)
+        t.connect(deadline, sock=sock)
         return None
     except TransportError as exc:
         return str(exc)
@@ -983,53 +1060,23 @@ def _connect_one(t: SshTransport, sock: socket.socket, end: float) -> str | None
         return f"cannot connect to {t.describe()}: {reason(exc)}"
 
 
-def _tcp_connect_all(todo: list[tuple[int, SshTransport]], deadline: float | None):
-    """Yield (index, transport, connected socket | reason, the node's connect deadline) as each TCP connect
-    completes or fails."""
-    sel = selectors.DefaultSelector()
-    try:
-        for i, t in todo:
-            start = time.monotonic()
-            end = end_of(t.connect_timeout, deadline, t.connect_timeout)
-            try:
-                family, kind, proto, _, addr = socket.getaddrinfo(t.host, t.port, type=socket.SOCK_STREAM)[0]
-                s = socket.socket(family, kind, proto)
-            except OSError as exc:
-                yield i, t, f"cannot connect to {t.describe()}: {reason(exc)}", end
-                continue
-            s.setblocking(False)
-            err = s.connect_ex(addr)
-            if err not in (0, errno.EINPROGRESS):
-                s.close()
-                yield i, t, f"cannot connect to {t.describe()}: {os.strerror(err)}", end
-                continue
-            sel.register(s, selectors.EVENT_WRITE, (i, t, end, end - start))
-        while sel.get_map():
-            now = time.monotonic()
-            for key in list(sel.get_map().values()):
-                i, t, end, budget = key.data
-                if end <= now:
-                    sel.unregister(key.fileobj)
-                    key.fileobj.close()
-                    yield i, t, f"cannot connect to {t.describe()}: timed out after {max(0.0, budget):.3g}s", end
-            if not sel.get_map():
-                break
-            first = min(key.data[2] for key in sel.get_map().values())
-            for key, _ in sel.select(max(0.0, first - time.monotonic())):
-                i, t, end = key.data[:3]
-                s = key.fileobj
-                sel.unregister(s)
-                err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                if err:
-                    s.close()
-                    yield i, t, f"cannot connect to {t.describe()}: {os.strerror(err)}", end
-                else:
-                    s.setblocking(True)
-                    yield i, t, s, end
-    finally:
-        for key in list(sel.get_map().values()):
-            key.fileobj.close()
-        sel.close()
+def open_streams(transports: Sequence, command: str, max_parallel: int = 8,
+                 deadline: float | None = None) -> list:
+    """``transport.open_stream(command)`` on every transport, at most ``max_parallel`` at a time (a channel open
+    and an exec request each wait for the node's reply). Returns, in order, the stream or the reason (a str)."""
+    def one(t):
+        try:
+            return t.open_stream(command, deadline=deadline)
+        except TransportError as exc:
+            return str(exc)
+        except Exception as exc:
+            log.exception("opening a stream on %s failed", t.describe())
+            return f"{t.describe()}: {reason(exc)}"
+    if len(transports) <= 1:
+        return [one(t) for t in transports]
+    with ThreadPoolExecutor(max_workers=min(max_parallel, len(transports)),
+                            thread_name_prefix="metasched-streams") as pool:
+        return list(pool.map(one, transports))
 
 
 def fan_out(calls: list, max_parallel: int = 8, deadline: float | None = None) -> list[Result]:

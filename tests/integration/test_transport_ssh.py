@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from metasched.transport import KnownHosts, SshTransport, connect_all, reason, request_all
+from metasched.transport import KnownHosts, SshTransport, connect_all, open_streams, reason, request_all
 from tests.lab.fixtures import running_farm
 
 pytestmark = pytest.mark.lab
@@ -154,7 +154,8 @@ def test_dark_nodes_are_values_connected_at_once_and_asked_at_once(farm):
         farm.restore(2)
         farm.start_sshd(3)
         assert connect_all(ts, 4) == [None] * 4
-        streams = [t.open_stream("cat") for t in ts]
+        streams = open_streams(ts, "cat", max_parallel=2)
+        assert not [s for s in streams if isinstance(s, str)], streams
         farm.blackhole(1)          # node 1 goes dark while its stream is open
         results = in_thread(lambda: request_all([(s, f"ping {i}") for i, s in enumerate(streams)],
                                                 time.monotonic() + 2))
@@ -168,5 +169,24 @@ def test_dark_nodes_are_values_connected_at_once_and_asked_at_once(farm):
         farm.restore(1)
         farm.restore(2)
         farm.start_sshd(3)
+        for t in ts:
+            t.close()
+
+
+def test_connects_in_flight_are_bounded_by_the_window_and_dark_nodes_share_one_timeout(farm):
+    """Two dark nodes fill a window of two: the others start when their connects time out, together (one
+    connect timeout in all, not one each), and are then connected."""
+    ts = [transport(farm, i, connect_timeout=1) for i in (0, 1, 2, 3)]
+    farm.blackhole(0)
+    farm.blackhole(1)
+    try:
+        t0 = time.monotonic()
+        errors = in_thread(lambda: connect_all(ts, max_parallel=1, window=2))
+        took = time.monotonic() - t0
+        assert all("timed out" in e for e in errors[:2]) and errors[2:] == [None, None], errors
+        assert 1.0 <= took < 1.9, took     # the window held the others back; the two timeouts ran together
+    finally:
+        farm.restore(0)
+        farm.restore(1)
         for t in ts:
             t.close()
