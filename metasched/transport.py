@@ -2,7 +2,7 @@
 
 A command is one shell command line built by ``backends.base.command_line`` (every element quoted).
 Results are values: a node that cannot be reached gives a :class:`Result` with ``error`` set, never an
-exception that stops the fan-out (:func:`fan_out`, :func:`request_all`). Every error names its reason
+exception that stops a fan-out (metasched/engine/fanout.py, :func:`request_all`). Every error names its reason
 (:func:`reason`: an exception's text, else its type; never an empty string).
 
 Time: every call takes a ``timeout`` (seconds, relative) and/or a ``deadline`` (absolute, on
@@ -1079,21 +1079,12 @@ def open_streams(transports: Sequence, command: str, max_parallel: int = 8,
         return list(pool.map(one, transports))
 
 
-def fan_out(calls: list, max_parallel: int = 8, deadline: float | None = None) -> list[Result]:
-    """Run [(transport, command, timeout), ...] in parallel (bounded); results in the same order. Every
-    call also ends by ``deadline`` when given."""
-    if not calls:
-        return []
-    if len(calls) == 1:
-        t, cmd, timeout = calls[0]
-        return [_safe(t, cmd, timeout, deadline)]
-    with ThreadPoolExecutor(max_workers=min(max_parallel, len(calls))) as pool:
-        return list(pool.map(lambda c: _safe(*c, deadline), calls))
-
-
-def _safe(transport, command, timeout, deadline=None) -> Result:
-    try:
-        return transport.run(command, timeout, deadline=deadline)
-    except Exception as exc:  # a failing node is a value in the result
-        log.exception("transport %s failed", transport.describe())
-        return Result(None, error=f"{type(exc).__name__}: {reason(exc)}")
+def for_node(cfg, address: str, port: int, kind: str = "ssh"):
+    """The transport the service uses for one node (the poller and the pre-flight check alike). Every SSH
+    transport naming the same known_hosts file shares one parsed copy of it (:class:`KnownHosts`); connect
+    many at once with :func:`connect_all`."""
+    if kind == "local":
+        return LocalTransport(cfg.ssh.command_timeout)
+    return SshTransport(address, port, user=cfg.ssh.user, key_file=cfg.ssh.key_file,
+                        known_hosts=cfg.ssh.known_hosts, connect_timeout=cfg.ssh.connect_timeout,
+                        command_timeout=cfg.ssh.command_timeout)

@@ -179,6 +179,15 @@ CANCEL = (
 _PS_LINE = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\S+)\s+(\S+\s+\S+\s+\d+\s+\d\d:\d\d:\d\d\s+\d{4})\s(.*)$")
 
 
+def marker(job: Job) -> str:
+    """What follows JOB_MARK in the wrapper's $0: our id and the job's token (<id>-<token>), or the id alone
+    for a job created before tokens existed."""
+    return f"{job.id}-{job.token}" if job.token else str(job.id)
+
+
+_MARK_RE = re.compile(r"^(\d+)(?:-([a-z]{6}))? ")
+
+
 def exit_file(job: Job) -> str:
     return posixpath.join(job.pwd, f".{tag(job)}.exit")
 
@@ -198,7 +207,7 @@ class LocalBackend(Backend):
         if reason:
             raise ValueError(reason)
         out, err = output_files(job)
-        fields = [str(job.id), job.pwd, out, err, exit_file(job), job.path, *job.options]
+        fields = [marker(job), job.pwd, out, err, exit_file(job), job.path, *job.options]
         return [str(len(fields)), *fields]
 
     def _helper(self, op: str, form: str, fields: list[str], run_as: str | None) -> list[str]:
@@ -237,12 +246,12 @@ class LocalBackend(Backend):
             pid, pgid, user, lstart, args = m.groups()
             if pid != pgid or not args.startswith(ARGS_PREFIX):
                 continue
-            rest = args[len(ARGS_PREFIX):]
-            our = re.match(r"^(\d+) ", rest)
+            our = _MARK_RE.match(args[len(ARGS_PREFIX):])
             if not our:
                 continue
             our_id = int(our.group(1))
-            jobs.append(NativeJob(native_id=pid, our_id=our_id, owner=user, name=f"{JOB_MARK}{our_id}",
+            jobs.append(NativeJob(native_id=pid, our_id=our_id, our_token=our.group(2), owner=user,
+                                  name=f"{JOB_MARK}{our.group(0).strip()}",
                                   state=NativeState.RUNNING, queue="local",
                                   start_time=local_to_utc_iso(lstart, "%a %b %d %H:%M:%S %Y", tz)))
         return jobs
@@ -253,7 +262,7 @@ class LocalBackend(Backend):
     def _final_fields(self, job: Job) -> list[str]:
         if job.scheduler_job_id is None:
             return ["2", "tag", exit_file(job)]
-        return ["4", "pgid", exit_file(job), _pgid(job), f"{ARGS_PREFIX}{job.id} "]
+        return ["4", "pgid", exit_file(job), _pgid(job), f"{ARGS_PREFIX}{marker(job)} "]
 
     def final_argv(self, job: Job) -> list[str]:
         return self._helper("final", "plain", self._final_fields(job), self._asker(job))
@@ -306,10 +315,10 @@ class LocalBackend(Backend):
 
     def cancel_argv(self, job: Job, run_as: str | None) -> list[str]:
         grace = str(int(self.options.get("grace", 10)))
-        return as_user(["sh", "-c", CANCEL, "sh", _pgid(job), grace, f"{ARGS_PREFIX}{job.id} "], run_as)
+        return as_user(["sh", "-c", CANCEL, "sh", _pgid(job), grace, f"{ARGS_PREFIX}{marker(job)} "], run_as)
 
     def process_matcher(self) -> ProcessMatcher:
-        return ProcessMatcher(trees_by_args_regex="^" + re.escape(ARGS_PREFIX) + r"\d+ ",
+        return ProcessMatcher(trees_by_args_regex="^" + re.escape(ARGS_PREFIX) + r"\d+(-[a-z]{6})? ",
                               include_process_group=True)
 
 
