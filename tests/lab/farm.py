@@ -172,10 +172,18 @@ class NodeFarm:
     def kill_sshd(self, i: int) -> None:
         """Node ``i``'s sshd dies (KILL to its unshare; its PID namespace, sessions and agents go with it)."""
         node = self.nodes[i]
+        sshd = self.sshd_pid(i)
         if node.proc is not None and node.proc.poll() is None:
             os.kill(node.proc.pid, signal.SIGKILL)
             node.proc.wait(timeout=10)
         node.proc = None
+        # unshare is gone at once; its child dies of --kill-child a moment later: until then its listening
+        # socket still completes connects (a test would see an EOF in the handshake, not a refusal)
+        t0 = time.monotonic()
+        while sshd is not None and pid_alive(sshd):
+            if time.monotonic() - t0 > 10:
+                raise LabError(f"farm node {node.name}: sshd {sshd} still alive 10 s after its unshare was killed")
+            time.sleep(0.01)
 
     def start_sshd(self, i: int) -> None:
         """Node ``i``'s sshd again (same address and host key); returns once it listens."""
