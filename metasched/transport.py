@@ -42,13 +42,17 @@ Scale (a thousand nodes from one frontend), what this module does and why:
   stream, then the answers are taken as they arrive from one selector over the channels (paramiko's
   ``Channel.fileno()`` pipes), each node's result handed over as soon as it is known and every node still
   silent at the deadline reported then. A cycle costs the slowest answer, bounded by its deadline, not the
-  sum of batches of a thread pool.
+  sum of batches of a thread pool. :class:`Requests` takes more requests while it waits (the streams of
+  nodes another thread is still connecting join the same selector).
 * **Silence means the connection is gone.** A stream request that gets no answer by its deadline, or a
   channel open or exec request the server never confirms, closes the channel *and drops the connection*:
   the node agent answers in milliseconds and sshd confirms a channel at once, so silence means a dead node
   or path, which TCP itself would notice only after ~15 minutes of retransmissions. The next call
   reconnects (bounded by its connect timeout) instead of waiting on the dead connection again. A slow
-  ``run()`` command keeps the connection (a scheduler command may be slow on a healthy node).
+  ``run()`` command keeps the connection (a scheduler command may be slow on a healthy node). Silence is
+  judged only after :data:`SILENCE` seconds (a call started just before its deadline proves nothing) and
+  not while a stream's command is starting (its caller sets ``patient_until``: an interpreter starting on a
+  loaded node); such a stream stays open and the answer it owes is skipped when it comes.
 """
 from __future__ import annotations
 
@@ -78,6 +82,7 @@ OutputCallback = Callable[[str], None]
 IDLE_WAKE = 30.0      # seconds an idle connection's reader thread sleeps in recv (paramiko's default: 0.1)
 KEEPALIVE = 30        # seconds without traffic before paramiko sends a keepalive
 STDERR_KEPT = 4096    # bytes of a stream's stderr kept to explain why it ended
+SILENCE = 1.0         # seconds without the reply a healthy node gives at once that mean its connection is gone
 
 
 def reason(exc: BaseException) -> str:
@@ -303,12 +308,20 @@ class _PrivateKeys:
 class _LineStream:
     """What both streams share: a line out, a line back, one buffer; :func:`requests` waits on many at once
     through ``fileno()``. A request that got no answer by its deadline ends the stream (:meth:`expire`): a late
-    answer must never be read as the answer to the next request."""
+    answer must never be read as the answer to the next request.
+
+    Except while the command starts: until ``patient_until`` (set by the caller that opened it, e.g. an
+    interpreter starting on a loaded node) and before its first answer, silence at a deadline leaves the
+    stream open; the answer to that request is skipped when it comes (``stale``), so the next answer read is
+    the next request's. After its first answer a stream gets no more patience."""
 
     def __init__(self, desc: str):
         self.desc = desc
         self.buf = b""
         self.ended: str | None = None   # why the stream can no longer be used
+        self.opened = time.monotonic()
+        self.patient_until: float | None = None
+        self.stale = 0                  # answers still to come to requests given up on (skipped)
 
     # -- to implement --------------------------------------------------------------------------
     def fileno(self) -> int:
@@ -347,14 +360,22 @@ class _LineStream:
     def take_line(self) -> str | None:
         """The next complete answer if it has arrived (raises why the stream ended if it never will)."""
         at_end = self._pull()
+        while self.stale and b"\n" in self.buf:
+            self.buf = self.buf.partition(b"\n")[2]
+            self.stale -= 1
         if b"\n" in self.buf:
             line, _, self.buf = self.buf.partition(b"\n")
+            self.patient_until = None       # it answers: from now on silence means it is gone
             return line.decode("utf-8", "replace")
         if at_end:
             exc = self._eof_error()
             self.ended = reason(exc)
             raise exc
         return None
+
+    def patient(self, now: float | None = None) -> bool:
+        """Still starting: silence at a deadline does not end the stream."""
+        return self.patient_until is not None and (now or time.monotonic()) < self.patient_until
 
     def receive(self, deadline: float) -> str:
         """The next answer line; TimeoutError (the stream is then ended) if none by the deadline."""
@@ -503,49 +524,137 @@ class SshStream(_LineStream):
             pass
 
 
+class Requests:
+    """Stream requests answered from one thread, while more are added (:meth:`add`, from any thread) until
+    :meth:`close`: iterate it for ``(key, Result)`` as each answer arrives (see :func:`requests`). It ends when
+    every request added before close() has its result, or at ``deadline``: then every stream still silent
+    is reported (and ended, unless it is still starting or had less than SILENCE seconds), and what was
+    added too late is reported as not asked. Iterate it once, to the end."""
+
+    def __init__(self, deadline: float):
+        self.deadline = deadline
+        self._lock = threading.Lock()
+        self._added: list[tuple[object, _LineStream, str]] = []
+        self._open = True
+        self._wake: socket.socket | None = None     # written by add()/close() while the iteration waits
+
+    def add(self, key, stream: _LineStream, line: str) -> bool:
+        """Send ``line`` on ``stream`` (from the iterating thread); False once the requests are closed."""
+        with self._lock:
+            if not self._open:
+                return False
+            self._added.append((key, stream, line))
+            self._poke()
+        return True
+
+    def close(self) -> None:
+        """No more requests will be added."""
+        with self._lock:
+            self._open = False
+            self._poke()
+
+    def _poke(self) -> None:
+        if self._wake is not None:
+            try:
+                self._wake.send(b"x")
+            except OSError:
+                pass
+
+    def __iter__(self) -> Iterator[tuple[object, Result]]:
+        sel = selectors.DefaultSelector()
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        sel.register(wake_r, selectors.EVENT_READ, None)
+        with self._lock:
+            self._wake = wake_w
+        waiting: dict[int, tuple[object, _LineStream, float]] = {}    # fd -> key, stream, when sent
+        ready: list[int] = []
+        try:
+            while True:
+                with self._lock:
+                    added, self._added = self._added, []
+                    more = self._open
+                for key, stream, line in added:
+                    t = time.monotonic()
+                    try:
+                        stream.send(line, self.deadline)
+                        fd = stream.fileno()
+                    except Exception as exc:
+                        yield key, _failed(stream, exc, t)
+                        continue
+                    waiting[fd] = (key, stream, t)
+                    sel.register(fd, selectors.EVENT_READ, fd)
+                    ready.append(fd)        # an answer may already be buffered
+                for fd in ready:
+                    if fd not in waiting:
+                        continue
+                    key, stream, t = waiting[fd]
+                    try:
+                        line = stream.take_line()
+                    except Exception as exc:
+                        res = _failed(stream, exc, t)
+                    else:
+                        if line is None:
+                            continue
+                        res = Result(0, line, "", elapsed=time.monotonic() - t)
+                    sel.unregister(fd)
+                    del waiting[fd]
+                    yield key, res
+                ready = []
+                if not waiting and not more:
+                    return
+                left = self.deadline - time.monotonic()
+                if left <= 0:
+                    break
+                for k, _ in sel.select(left):
+                    if k.data is None:
+                        try:
+                            while wake_r.recv(4096):
+                                pass
+                        except BlockingIOError:
+                            pass
+                    else:
+                        ready.append(k.data)
+            with self._lock:
+                self._open = False
+                late, self._added = self._added, []
+            for key, stream, _line in late:
+                yield key, Result(None, error=f"{stream.desc}: not asked before the deadline")
+            now = time.monotonic()
+            for fd, (key, stream, t) in waiting.items():
+                budget = self.deadline - t
+                why = f"no answer from {stream.desc} within {max(0.0, budget):.3g}s"
+                if stream.patient(now):
+                    stream.stale += 1
+                    why += (f" (it started {now - stream.opened:.3g}s ago: waiting for its first answer up to "
+                            f"{stream.patient_until - stream.opened:.3g}s)")
+                elif budget < SILENCE:          # too short to judge: keep the stream, skip that answer
+                    stream.stale += 1
+                else:
+                    stream.expire(why)
+                yield key, Result(None, error=why, elapsed=now - t)
+        finally:
+            with self._lock:
+                self._open = False
+                self._wake = None
+            sel.close()
+            wake_r.close()
+            wake_w.close()
+
+
 def requests(pairs: Sequence[tuple[_LineStream, str]], deadline: float) -> Iterator[tuple[int, Result]]:
     """Send each line on its stream, then yield ``(index, Result)`` as each answer arrives, from one thread:
     ``Result(0, line)`` for an answer, ``Result(rc, "", stderr)`` when the remote command ended (the node
-    answered), ``Result(None, error=...)`` when the connection is lost or no answer came by ``deadline``
-    (those streams are ended, see :meth:`_LineStream.expire`; open new ones). Consume it to the end."""
-    t0 = time.monotonic()
-    waiting: dict[int, tuple[int, _LineStream]] = {}
-    sel = selectors.DefaultSelector()
-    try:
-        for i, (stream, line) in enumerate(pairs):
-            try:
-                stream.send(line, deadline)
-                fd = stream.fileno()
-            except Exception as exc:
-                yield i, _failed(stream, exc, t0)
-                continue
-            waiting[fd] = (i, stream)
-            sel.register(fd, selectors.EVENT_READ)
-        ready = list(waiting)     # an answer may already be buffered
-        while waiting:
-            for fd in ready:
-                i, stream = waiting[fd]
-                try:
-                    line = stream.take_line()
-                except Exception as exc:
-                    res = _failed(stream, exc, t0)
-                else:
-                    if line is None:
-                        continue
-                    res = Result(0, line, "", elapsed=time.monotonic() - t0)
-                sel.unregister(fd)
-                del waiting[fd]
-                yield i, res
-            left = deadline - time.monotonic()
-            if not waiting or left <= 0:
-                break
-            ready = [key.fd for key, _ in sel.select(left)]
-        for fd, (i, stream) in waiting.items():
-            why = f"no answer from {stream.desc} within {max(0.0, deadline - t0):.3g}s"
-            stream.expire(why)
-            yield i, Result(None, error=why, elapsed=time.monotonic() - t0)
-    finally:
-        sel.close()
+    answered), ``Result(None, error=...)`` when the connection is lost or no answer came by ``deadline``.
+    A stream that gives no answer is ended (``stream.ended`` says why; open a new one), unless it is still
+    starting (:meth:`_LineStream.patient`) or had less than SILENCE seconds: then it stays open and its
+    late answer will be skipped. Consume it to the end. (:class:`Requests` takes more while it waits.)"""
+    batch = Requests(deadline)
+    for i, (stream, line) in enumerate(pairs):
+        batch.add(i, stream, line)
+    batch.close()
+    yield from batch   # type: ignore[misc]
 
 
 def request_all(pairs: Sequence[tuple[_LineStream, str]], deadline: float) -> list[Result]:
@@ -558,10 +667,11 @@ def request_all(pairs: Sequence[tuple[_LineStream, str]], deadline: float) -> li
 
 def _failed(stream: _LineStream, exc: BaseException, t0: float) -> Result:
     elapsed = time.monotonic() - t0
-    if isinstance(exc, EOFError):       # the command ended, the node answered: rc -1 when its status is unknown
-        return Result(stream.exit_code(), "", reason(exc), elapsed=elapsed)
-    stream.close()
     text = reason(exc)
+    stream.ended = stream.ended or text
+    if isinstance(exc, EOFError):       # the command ended, the node answered: rc -1 when its status is unknown
+        return Result(stream.exit_code(), "", text, elapsed=elapsed)
+    stream.close()
     return Result(None, error=text if stream.desc in text else f"{stream.desc}: {text}", elapsed=elapsed)
 
 
@@ -799,13 +909,15 @@ class SshTransport:
     # -- channels -----------------------------------------------------------------------------
     def _exec(self, transport, command: str, end: float):
         """A channel running ``command``; _Silent if the server does not confirm it by ``end`` (the connection
-        is then dropped)."""
+        is then dropped, if it had at least SILENCE seconds to answer)."""
         import paramiko
+        judge = _left(end) >= SILENCE
         try:
             chan = transport.open_session(timeout=max(0.001, _left(end)))
         except paramiko.SSHException as exc:
             if "Timeout" in str(exc):
-                self.drop(transport)
+                if judge:
+                    self.drop(transport)
                 raise _Silent(f"{self.describe()} did not open a channel") from None
             raise
         timed_out = []
@@ -819,7 +931,8 @@ class SshTransport:
         except BaseException:
             chan.close()
             if timed_out:
-                self.drop(transport)
+                if judge:
+                    self.drop(transport)
                 raise _Silent(f"{self.describe()} did not start the command") from None
             raise
         return chan
@@ -1010,6 +1123,9 @@ def connect_all(transports: Iterable, max_parallel: int = 8, deadline: float | N
                 while todo and busy < window:
                     i, t = todo.pop()
                     start = time.monotonic()
+                    if deadline is not None and start >= deadline:
+                        results[i] = f"cannot connect to {t.describe()}: not tried before the deadline"
+                        continue
                     end = end_of(t.connect_timeout, deadline, t.connect_timeout)
                     try:
                         family, kind, proto, _, addr = socket.getaddrinfo(t.host, t.port, type=socket.SOCK_STREAM)[0]
@@ -1061,12 +1177,18 @@ def _connect_one(t: SshTransport, sock: socket.socket, deadline: float | None) -
 
 
 def open_streams(transports: Sequence, command: str, max_parallel: int = 8,
-                 deadline: float | None = None) -> list:
+                 deadline: float | None = None, start_timeout: float | None = None) -> list:
     """``transport.open_stream(command)`` on every transport, at most ``max_parallel`` at a time (a channel open
-    and an exec request each wait for the node's reply). Returns, in order, the stream or the reason (a str)."""
+    and an exec request each wait for the node's reply). ``start_timeout``: seconds each command may take to
+    give its first answer (:meth:`_LineStream.patient`). Returns, in order, the stream or the reason (a str)."""
     def one(t):
+        if deadline is not None and time.monotonic() >= deadline:
+            return f"{t.describe()}: not tried before the deadline"
         try:
-            return t.open_stream(command, deadline=deadline)
+            stream = t.open_stream(command, deadline=deadline)
+            if start_timeout:
+                stream.patient_until = stream.opened + start_timeout
+            return stream
         except TransportError as exc:
             return str(exc)
         except Exception as exc:

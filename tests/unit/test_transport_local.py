@@ -109,3 +109,30 @@ def test_many_streams_are_asked_at_once_and_each_result_is_a_value():
     assert res[1].rc is None and "no answer" in res[1].error
     assert (res[2].rc, res[2].stderr, res[2].error) == (3, "cannot serve", None)
     assert (res[3].rc, res[3].stdout) == (0, "q3 late")
+
+
+def test_a_stream_still_starting_is_kept_and_its_late_answer_is_not_taken_for_the_next():
+    """An agent that starts slowly (a loaded node) misses the first deadline: the stream stays open, and
+    the answer to that first request is skipped, so the next request gets its own answer. Once it has
+    answered, silence ends the stream as before."""
+    t = LocalTransport(30)
+    slow = t.open_stream("sleep 0.6; while read line; do echo \"$line back\"; done")
+    slow.patient_until = slow.opened + 5
+    try:
+        first = request_all([(slow, "q1")], time.monotonic() + 0.2)[0]
+        assert first.rc is None and "no answer" in first.error and "first answer" in first.error
+        assert slow.ended is None
+        time.sleep(0.6)                   # the answer to q1 arrives meanwhile
+        assert request_all([(slow, "q2")], time.monotonic() + 3)[0].stdout == "q2 back"
+        assert not slow.patient()
+    finally:
+        slow.close()
+    late = t.open_stream("while read line; do sleep 1.5; echo \"$line back\"; done")
+    late.patient_until = late.opened + 0.1      # patience ran out before the deadline
+    try:
+        res = request_all([(late, "q1")], time.monotonic() + 0.3)[0]
+        assert res.rc is None and late.ended is None    # 0.3 s proves nothing (SILENCE): kept
+        res = request_all([(late, "q2")], time.monotonic() + 1.1)[0]
+        assert res.rc is None and late.ended and "first answer" not in res.error   # silent for 1.1 s: ended
+    finally:
+        late.close()
