@@ -1066,7 +1066,7 @@ def _read_channel(chan, end: float, on_output: OutputCallback | None = None) -> 
 # ---------------------------------------------------------------------------------------------
 
 def connect_all(transports: Iterable, max_parallel: int = 8, deadline: float | None = None,
-                window: int | None = None) -> list[str | None]:
+                window: int | None = None, on_connect: Callable[[int], None] | None = None) -> list[str | None]:
     """Connect every transport that is not connected, in parallel, from this thread plus ``max_parallel``
     handshake workers: up to ``window`` nodes (default ``max(64, 4 * max_parallel)``) are in progress at a time,
     their TCP connects on one selector, each handed to a worker for the SSH handshake as soon as it connects.
@@ -1074,8 +1074,10 @@ def connect_all(transports: Iterable, max_parallel: int = 8, deadline: float | N
     sshds are not all woken at once (on one machine, a farm of 1,024 answering at once starves the kernel of the
     CPU it needs to answer SYNs: connects time out). The TCP connect and the handshake each get the node's
     connect timeout (the handshake's from when a worker takes it up: waiting behind other nodes is not the
-    node's fault), both cut at ``deadline``. Returns, in order, None for a connected transport, else the reason
-    it is not (errors are values; nothing raises)."""
+    node's fault), both cut at ``deadline``. ``on_connect(index)``, when given, runs in the handshake's worker
+    as soon as that transport is connected, still inside the window (e.g. open a stream on it: the first
+    nodes are at work while the others connect). Returns, in order, None for a connected transport, else the
+    reason it is not (errors are values; nothing raises)."""
     transports = list(transports)
     results: list[str | None] = [None] * len(transports)
     todo = [(i, t) for i, t in enumerate(transports) if isinstance(t, SshTransport) and not t.connected]
@@ -1093,6 +1095,11 @@ def connect_all(transports: Iterable, max_parallel: int = 8, deadline: float | N
     def handshake(i: int, t: SshTransport, sock: socket.socket) -> None:
         nonlocal busy
         results[i] = _connect_one(t, sock, deadline)
+        if results[i] is None and on_connect is not None:
+            try:
+                on_connect(i)
+            except Exception:
+                log.exception("after connecting %s", t.describe())
         with lock:
             busy -= 1
         try:

@@ -190,3 +190,17 @@ def test_connects_in_flight_are_bounded_by_the_window_and_dark_nodes_share_one_t
         farm.restore(1)
         for t in ts:
             t.close()
+
+
+def test_on_connect_runs_as_each_node_is_connected_and_not_for_the_dark_ones(farm):
+    ts = [transport(farm, i, connect_timeout=1) for i in range(4)]
+    seen = []
+    farm.blackhole(3)
+    try:
+        errors = in_thread(lambda: connect_all(ts, max_parallel=2,
+                                               on_connect=lambda i: seen.append((i, ts[i].connected))))
+        assert sorted(seen) == [(0, True), (1, True), (2, True)] and errors[3], (seen, errors)
+    finally:
+        farm.restore(3)
+        for t in ts:
+            t.close()
