@@ -204,15 +204,17 @@ class AgentStreams:
                 handover.close()
             return Result(0, elapsed=time.monotonic() - t0)
 
+        def ask_new(n: Node, stream) -> None:
+            if not batch.add((n, stream, False), stream, enforcement.payload(requests[n.id])):
+                found(n.id, Result(None, error=f"node agent on {n.address}:{n.port}: not asked before the cycle "
+                                               "deadline (connecting took it)"))
+
         def connect_and_open() -> Result:
             t0 = time.monotonic()
             todo: list[Node] | None = fresh
             try:
                 while todo is not None:
-                    for n, stream in self._open(todo, transports, deadline, found):
-                        if not batch.add((n, stream, False), stream, enforcement.payload(requests[n.id])):
-                            found(n.id, Result(None, error=f"node agent on {n.address}:{n.port}: not asked before "
-                                                           "the cycle deadline (connecting took it)"))
+                    self._open(todo, transports, deadline, found, ask_new)
                     todo = handover.take(deadline)
             finally:
                 batch.close()
@@ -220,26 +222,35 @@ class AgentStreams:
 
         return [ask, connect_and_open]
 
-    def _open(self, fresh: list[Node], transports: dict, deadline: float, found) -> list[tuple[Node, object]]:
-        """Connect (together) and open a stream on each node; the opened ones, the others' reasons to found()."""
+    def _open(self, fresh: list[Node], transports: dict, deadline: float, found,
+              ask: Callable[[Node, object], None]) -> None:
+        """Open a stream on each node and ``ask(node, stream)``; the nodes without a connection are connected
+        together, each stream opened as soon as its node is connected. Why not: to ``found()``."""
         if not fresh:
-            return []
+            return
         t0 = time.monotonic()
-        errors = connect_all([transports[n.id] for n in fresh], self.max_parallel, deadline)
-        for n, err in zip(fresh, errors):
-            if err:
-                found(n.id, Result(None, error=err, elapsed=time.monotonic() - t0))
-        ready = [n for n, err in zip(fresh, errors) if not err]
-        opened = open_streams([transports[n.id] for n in ready], enforcement.serve_command(self.helper),
-                              self.max_parallel, deadline, start_timeout=self.timeout)
-        out = []
-        for n, stream in zip(ready, opened):
+        command = enforcement.serve_command(self.helper)
+
+        def opened(n: Node, stream) -> None:
             if isinstance(stream, str):
                 found(n.id, Result(None, error=stream, elapsed=time.monotonic() - t0))
-            else:
-                self.streams[n.id] = stream
-                out.append((n, stream))
-        return out
+                return
+            self.streams[n.id] = stream
+            ask(n, stream)
+
+        def open_one(n: Node) -> None:
+            opened(n, open_streams([transports[n.id]], command, 1, deadline, start_timeout=self.timeout)[0])
+
+        unconnected = [n for n in fresh if not getattr(transports[n.id], "connected", True)]
+        connected = [n for n in fresh if getattr(transports[n.id], "connected", True)]
+        for n, stream in zip(connected, open_streams([transports[n.id] for n in connected], command,
+                                                     self.max_parallel, deadline, start_timeout=self.timeout)):
+            opened(n, stream)
+        errors = connect_all([transports[n.id] for n in unconnected], self.max_parallel, deadline,
+                             on_connect=lambda i: open_one(unconnected[i]))
+        for n, err in zip(unconnected, errors):
+            if err:
+                found(n.id, Result(None, error=err, elapsed=time.monotonic() - t0))
 
     def _forget(self, node_id: int, stream) -> None:
         stream.close()
