@@ -6,8 +6,9 @@ For each N (default 1, 64, 256, 1024):
 * floor (no service), with its baselines from the same run: known_hosts parsed by paramiko (what every
   SSHClient connect paid) vs once; ``transport.connect_all`` of N fresh connections (wall time and our CPU; the
   farm nodes' sshds run on these cores too); one node-agent request on all N at once from one
-  thread (``transport.request_all``), median of a few rounds; our CPU over 5 s of N idle connections, and the
-  same with paramiko's 0.1 s reader wake-up put back; with 1 and 32 nodes blackholed, one request_all and one
+  thread (``transport.request_all``), median of a few rounds, with our CPU and the whole machine's (the farm
+  saturates both cores: that wall time is this machine's floor for a cycle); our CPU over 5 s of N idle
+  connections, and the same with paramiko's 0.1 s reader wake-up put back; with 1 and 32 nodes blackholed, one request_all and one
   connect_all, each with a 5 s deadline;
 * the service (``python -m metasched``, gunicorn, 2 workers, poller on; node-only config: the ``local``
   scheduler on node 0, interval 5 s, default ssh timeouts and fan-out): start -> all N reachable (GET
@@ -70,6 +71,13 @@ def proc_cpu(pid: int) -> float:
         return 0.0
 
 
+def machine_busy() -> float:
+    """CPU seconds the whole machine has been busy (all cores; /proc/stat without idle and iowait)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (sum(v) - v[3] - v[4]) / TICK
+
+
 def proc_status(pid: int) -> dict[str, str]:
     with open(f"/proc/{pid}/status") as f:
         return dict((k, v.strip()) for k, v in (line.split(":", 1) for line in f if ":" in line))
@@ -115,17 +123,20 @@ def floor(farm: NodeFarm, rounds: int = 5, idle_s: float = 5.0) -> dict:
         if len(streams) < len(ts):
             print(f"  not every stream opened: {next(s for s in opened if isinstance(s, str))}", flush=True)
             nan = float("nan")
-            out.update(request_all_ms=nan, request_all_cpu_s=nan, idle_cpu_per_5s=nan, idle_cpu_per_5s_paramiko_default=nan)
+            out.update(request_all_ms=nan, request_all_cpu_s=nan, request_all_machine_cpu_s=nan, idle_cpu_per_5s=nan,
+                       idle_cpu_per_5s_paramiko_default=nan)
             return out
-        times, cpus = [], []
+        times, cpus, busy = [], [], []
         for _ in range(rounds):
-            c0, t0 = own_cpu(), time.monotonic()
+            c0, b0, t0 = own_cpu(), machine_busy(), time.monotonic()
             res = request_all([(s, AGENT_REQUEST) for s in streams], time.monotonic() + 60)
             times.append(time.monotonic() - t0)
             cpus.append(own_cpu() - c0)
+            busy.append(machine_busy() - b0)
             out["errors"] += sum(1 for r in res if r.error)
         out["request_all_ms"] = statistics.median(times) * 1000
         out["request_all_cpu_s"] = statistics.median(cpus)
+        out["request_all_machine_cpu_s"] = statistics.median(busy)     # ours + the farm's + the kernel's
         # idle: N open connections, nothing sent; then the same with paramiko's 0.1 s reader wake-up
         c0 = own_cpu()
         time.sleep(idle_s)
@@ -324,14 +335,17 @@ def report(results: dict) -> None:
     print(f"\nScale benchmark, {os.cpu_count()} cores, shared with every farm node's sshd and agent (and whatever "
           f"else runs on this machine).")
     print("\nTransport floor, no service (one process: connect_all with max_parallel 8, one agent request on every "
-          "node from one thread). known_hosts: paramiko's parse (paid by every SSHClient connect) vs ours (once)")
+          "node from one thread). known_hosts: paramiko's parse (paid by every SSHClient connect) vs ours (once). "
+          "request_all: wall, our CPU, and the CPU the whole machine spent meanwhile (ours + the farm's sshds, "
+          f"agents and network: at most {os.cpu_count()} x the wall time)")
     print(f"{'N':>5} {'known_hosts':>15} {'connect':>8} {'our CPU':>8} {'agents up':>10} "
-          f"{'request_all':>12} {'our CPU':>8} {'idle CPU/5 s':>20} {'errors':>6}")
+          f"{'request_all':>12} {'our CPU':>8} {'machine':>8} {'idle CPU/5 s':>20} {'errors':>6}")
     for n, r in results.items():
         f = r["floor"]
         print(f"{n:>5} {f['paramiko_known_hosts_ms']:>6.1f}/{f['known_hosts_once_ms']:>5.1f} ms "
               f"{f['connect_s']:>6.2f} s {f['connect_cpu_s']:>6.2f} s "
               f"{f['agents_up_s']:>8.2f} s {f['request_all_ms']:>9.1f} ms {f['request_all_cpu_s']:>6.3f} s "
+              f"{f['request_all_machine_cpu_s']:>6.2f} s "
               f"{f['idle_cpu_per_5s']:>6.3f} s (0.1 s: {f['idle_cpu_per_5s_paramiko_default']:.3f}) {f['errors']:>5}")
     for n, r in results.items():
         f = r["floor"]
