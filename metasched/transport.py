@@ -1074,14 +1074,16 @@ def connect_all(transports: Iterable, max_parallel: int = 8, deadline: float | N
     sshds are not all woken at once (on one machine, a farm of 1,024 answering at once starves the kernel of the
     CPU it needs to answer SYNs: connects time out). The TCP connect and the handshake each get the node's
     connect timeout (the handshake's from when a worker takes it up: waiting behind other nodes is not the
-    node's fault), both cut at ``deadline``. ``on_connect(index)``, when given, runs in the handshake's worker
-    as soon as that transport is connected, still inside the window (e.g. open a stream on it: the first
-    nodes are at work while the others connect). Returns, in order, None for a connected transport, else the
-    reason it is not (errors are values; nothing raises)."""
+    node's fault), both cut at ``deadline``. ``on_connect(index)``, when given, runs in a worker as soon as
+    that transport is connected (at once for one already connected, or not over SSH), a connecting one's
+    still inside the window (e.g. open a stream on it: the first nodes are at work while the others
+    connect). Returns, in order, None for a connected transport, else the reason it is not (errors are
+    values; nothing raises)."""
     transports = list(transports)
     results: list[str | None] = [None] * len(transports)
     todo = [(i, t) for i, t in enumerate(transports) if isinstance(t, SshTransport) and not t.connected]
-    if not todo:
+    ready = [i for i, t in enumerate(transports) if not (isinstance(t, SshTransport) and not t.connected)]
+    if not todo and (on_connect is None or not ready):
         return results
     window = max(1, window or max(64, 4 * max_parallel))
     todo.reverse()                          # pop() from the end keeps the callers' order
@@ -1092,14 +1094,18 @@ def connect_all(transports: Iterable, max_parallel: int = 8, deadline: float | N
     busy = 0                                # nodes in progress: TCP connecting, queued or in a handshake
     lock = threading.Lock()
 
-    def handshake(i: int, t: SshTransport, sock: socket.socket) -> None:
-        nonlocal busy
-        results[i] = _connect_one(t, sock, deadline)
-        if results[i] is None and on_connect is not None:
+    def connected(i: int) -> None:
+        if on_connect is not None:
             try:
                 on_connect(i)
             except Exception:
-                log.exception("after connecting %s", t.describe())
+                log.exception("after connecting %s", transports[i].describe())
+
+    def handshake(i: int, t: SshTransport, sock: socket.socket) -> None:
+        nonlocal busy
+        results[i] = _connect_one(t, sock, deadline)
+        if results[i] is None:
+            connected(i)
         with lock:
             busy -= 1
         try:
@@ -1121,9 +1127,12 @@ def connect_all(transports: Iterable, max_parallel: int = 8, deadline: float | N
             busy -= 1
 
     try:
-        with ThreadPoolExecutor(max_workers=max(1, min(max_parallel, len(todo))),
-                                thread_name_prefix="metasched-connect") as pool:
-            while True:
+        workers = max(1, min(max_parallel, len(todo) + (len(ready) if on_connect else 0)))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="metasched-connect") as pool:
+            if on_connect is not None:
+                for i in ready:
+                    pool.submit(connected, i)
+            while todo or busy:
                 now = time.monotonic()
                 for key in [k for k in sel.get_map().values() if k.data is not None and k.data[2] <= now]:
                     tcp_done(key, f"timed out after {max(0.0, key.data[3]):.3g}s")
