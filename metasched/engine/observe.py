@@ -23,6 +23,8 @@ from .fanout import Call, FanOut, reason
 log = logging.getLogger("metasched.engine")
 
 HANDOVER = 0.5           # seconds the fan-out waits beyond the deadline for calls to end with their own reason
+ASK = ("agents", "ask")              # fan-out keys of a cycle's two agent calls (AgentStreams.plan)
+CONNECT = ("agents", "connect")
 
 
 @dataclass
@@ -158,28 +160,39 @@ class AgentStreams:
     """The node agent kept running per node (--serve) over its own channel: a cycle costs one line each way
     instead of a new SSH session and Python interpreter per node.
 
-    A cycle's requests run as two calls of the fan-out at once (:meth:`plan`), both bounded by the cycle's
-    deadline. The first asks every node from one thread (transport.Requests: one selector over every
-    stream, each answer taken as it comes); the second connects the nodes that have no stream together
-    (transport.connect_all: dark nodes cost one connect timeout in all, and never hold up the nodes that
-    answer), opens their streams in parallel and adds them to the first's requests. A stream of an earlier
-    cycle that ended (the agent exited, the connection was lost) is handed to the second call and opened
-    again, once, in the same cycle. A new agent gets up to ``timeout``
-    for its first answer (an interpreter starting on a loaded node): missing the cycle deadline then does
-    not cost it its connection."""
+    A cycle's requests run as two calls of the fan-out at once (:meth:`plan`). The first asks every node
+    that has a stream, from one thread (transport.Requests: one selector over every stream, each answer
+    taken as it comes), bounded by the cycle's deadline. The second connects the nodes that have none
+    together (transport.connect_all: a window of them at a time; dark nodes cost one connect timeout in
+    all and never hold up the nodes that answer), opens each one's stream as soon as it is connected and
+    adds it to the first call's requests. Connecting is bounded by each node's connect timeout, not by the
+    cycle: at start, a thousand nodes take longer than one cycle, and cutting their handshakes at the
+    deadline would throw that work away; a node still connecting when a cycle ends is reported so
+    ("still connecting"), asked in the next cycle, and not connected twice. A stream of an earlier cycle
+    that ended (the agent exited, the connection was lost) is handed to the second call and opened again,
+    once, in the same cycle. A new agent gets up to ``timeout`` for its first answer (an interpreter
+    starting on a loaded node): missing the cycle deadline then does not cost it its connection."""
 
     def __init__(self, helper: str | None, timeout: float, max_parallel: int = 8):
         self.helper = helper
         self.timeout = timeout
         self.max_parallel = max_parallel
         self.streams: dict[int, object] = {}
+        self.connecting: dict[int, float] = {}     # node id -> since when (monotonic) it is being connected
+        self._generation = 0                       # close() starts a new one: late streams of the old closed
 
     def plan(self, nodes: list[Node], transports: dict, requests: dict[int, dict], deadline: float,
              found: Callable[[int, Result], None]) -> list[Callable[[], Result]]:
         """The two calls of this cycle's agent requests; ``found(node id, Result)`` as each node's result is
         known (its answer line, or why there is none)."""
+        now = time.monotonic()
         held = [(n, self.streams[n.id]) for n in nodes if n.id in self.streams]
-        fresh = [n for n in nodes if n.id not in self.streams]
+        fresh = [n for n in nodes if n.id not in self.streams and n.id not in self.connecting]
+        for n in nodes:
+            if n.id not in self.streams and n.id in self.connecting:
+                found(n.id, Result(None, error=f"node agent on {n.address}:{n.port}: {self.why_missing(n.id)}"))
+        for n in fresh:
+            self.connecting[n.id] = now
         batch = Requests(deadline)          # every answer, from the first call's thread
         handover = _Handover()              # streams of earlier cycles that ended: to open again
         for n, stream in held:
@@ -187,6 +200,7 @@ class AgentStreams:
         left = [len(held)]
         if not held:
             handover.close()
+        generation = self._generation
 
         def ask() -> Result:
             t0 = time.monotonic()
@@ -194,7 +208,7 @@ class AgentStreams:
                 for (n, stream, was_held), res in batch:
                     if stream.ended:          # the agent exited, the connection was lost, or it fell silent
                         self._forget(n.id, stream)
-                    if not (stream.ended and was_held and time.monotonic() < deadline and handover.give(n)):
+                    if not (stream.ended and was_held and time.monotonic() < deadline and self._reopen(n, handover)):
                         found(n.id, res)
                     if was_held:
                         left[0] -= 1
@@ -205,16 +219,14 @@ class AgentStreams:
             return Result(0, elapsed=time.monotonic() - t0)
 
         def ask_new(n: Node, stream) -> None:
-            if not batch.add((n, stream, False), stream, enforcement.payload(requests[n.id])):
-                found(n.id, Result(None, error=f"node agent on {n.address}:{n.port}: not asked before the cycle "
-                                               "deadline (connecting took it)"))
+            batch.add((n, stream, False), stream, enforcement.payload(requests[n.id]))   # else: next cycle
 
         def connect_and_open() -> Result:
             t0 = time.monotonic()
             todo: list[Node] | None = fresh
             try:
                 while todo is not None:
-                    self._open(todo, transports, deadline, found, ask_new)
+                    self._open(todo, transports, found, ask_new, generation)
                     todo = handover.take(deadline)
             finally:
                 batch.close()
@@ -222,10 +234,30 @@ class AgentStreams:
 
         return [ask, connect_and_open]
 
-    def _open(self, fresh: list[Node], transports: dict, deadline: float, found,
-              ask: Callable[[Node, object], None]) -> None:
-        """Open a stream on each node and ``ask(node, stream)``; the nodes without a connection are connected
-        together, each stream opened as soon as its node is connected. Why not: to ``found()``."""
+    def _reopen(self, n: Node, handover: "_Handover") -> bool:
+        """Hand a node whose stream ended to the connecting call; False if it cannot take it."""
+        if n.id in self.connecting:
+            return False
+        self.connecting[n.id] = time.monotonic()
+        if handover.give(n):
+            return True
+        del self.connecting[n.id]
+        return False
+
+    def why_missing(self, node_id: int) -> str | None:
+        """Why a node has no result yet, if this knows (it is still being connected)."""
+        since = self.connecting.get(node_id)
+        if since is not None:
+            return f"still connecting (for {time.monotonic() - since:.3g}s)"
+        if node_id in self.streams:
+            return "connected after this cycle's requests: asked in the next cycle"
+        return None
+
+    def _open(self, fresh: list[Node], transports: dict, found, ask: Callable[[Node, object], None],
+              generation: int) -> None:
+        """Open a stream on each node and ``ask(node, stream)``: the nodes without a connection are connected
+        together, each stream opened as soon as its node is connected (at once if it is). Why not: to
+        ``found()``. Each node is bounded by its own connect timeout."""
         if not fresh:
             return
         t0 = time.monotonic()
@@ -234,21 +266,23 @@ class AgentStreams:
         def opened(n: Node, stream) -> None:
             if isinstance(stream, str):
                 found(n.id, Result(None, error=stream, elapsed=time.monotonic() - t0))
-                return
-            self.streams[n.id] = stream
-            ask(n, stream)
+            elif generation != self._generation:      # closed meanwhile (the lease was lost)
+                stream.close()
+            else:
+                self.streams[n.id] = stream           # before it stops being "connecting": never both absent
+                ask(n, stream)
+            self.connecting.pop(n.id, None)
 
         def open_one(n: Node) -> None:
-            opened(n, open_streams([transports[n.id]], command, 1, deadline, start_timeout=self.timeout)[0])
+            opened(n, open_streams([transports[n.id]], command, 1, start_timeout=self.timeout)[0])
 
-        unconnected = [n for n in fresh if not getattr(transports[n.id], "connected", True)]
-        connected = [n for n in fresh if getattr(transports[n.id], "connected", True)]
-        for n, stream in zip(connected, open_streams([transports[n.id] for n in connected], command,
-                                                     self.max_parallel, deadline, start_timeout=self.timeout)):
-            opened(n, stream)
-        errors = connect_all([transports[n.id] for n in unconnected], self.max_parallel, deadline,
-                             on_connect=lambda i: open_one(unconnected[i]))
-        for n, err in zip(unconnected, errors):
+        try:
+            errors = connect_all([transports[n.id] for n in fresh], self.max_parallel,
+                                 on_connect=lambda i: open_one(fresh[i]))
+        finally:
+            for n in fresh:
+                self.connecting.pop(n.id, None)
+        for n, err in zip(fresh, errors):
             if err:
                 found(n.id, Result(None, error=err, elapsed=time.monotonic() - t0))
 
@@ -258,12 +292,14 @@ class AgentStreams:
             del self.streams[node_id]
 
     def close(self) -> None:
-        for stream in self.streams.values():
+        self._generation += 1
+        for stream in list(self.streams.values()):
             try:
                 stream.close()
             except Exception:
                 log.exception("closing a node agent stream failed")
         self.streams.clear()
+        self.connecting.clear()
 
 
 def observe(fan: FanOut, *, queues: list[Queue], nodes: list[Node], backends: dict[int, Backend],
@@ -271,9 +307,10 @@ def observe(fan: FanOut, *, queues: list[Queue], nodes: list[Node], backends: di
     """The status calls and the agent requests of one cycle, in parallel, bounded by ``deadline``: each status
     call one call of the fan-out, the agent requests of every node two more (AgentStreams.plan). Every round
     trip is itself bounded by the deadline (its thread ends then too, with its own reason); the fan-out
-    waits HANDOVER longer to take those reasons, then reports what is still missing as late. If the agents'
-    calls of an earlier cycle still run (they cannot outlive their deadline; this is a guard), the nodes
-    are reported late at once, not asked again."""
+    waits HANDOVER longer to take those reasons, then reports what is still missing as late (connecting
+    nodes, bounded by their connect timeouts instead, may go on: they are reported as still connecting).
+    If the asking call of an earlier cycle still runs (it cannot outlive its deadline; this is a guard),
+    the nodes are reported late at once, not asked again."""
     calls = []
     for q in queues:
         try:
@@ -295,12 +332,12 @@ def observe(fan: FanOut, *, queues: list[Queue], nodes: list[Node], backends: di
                 answers.setdefault(node_id, res)
 
     if nodes:
-        keys = [("agents", i) for i in range(2)]
-        if any(fan.busy(k) for k in keys):
-            calls.append(Call(("late", "agents"), lambda: Result(
+        if fan.busy(ASK):
+            calls.append(Call(("late", ASK), lambda: Result(
                 None, error="no answer yet to the requests of an earlier cycle (beyond the cycle deadline)")))
         else:
-            calls += [Call(k, fn) for k, fn in zip(keys, agents.plan(nodes, transports, requests, deadline, found))]
+            ask, connect = agents.plan(nodes, transports, requests, deadline, found)
+            calls += [Call(ASK, ask), Call(CONNECT, connect)]
     results = fan.run(calls, deadline=deadline + HANDOVER,
                       late="no answer within the cycle deadline (poller.cycle_deadline)")
     with lock:
@@ -308,11 +345,11 @@ def observe(fan: FanOut, *, queues: list[Queue], nodes: list[Node], backends: di
     obs = Observation()
     for q, res in zip(queues, results):
         obs.statuses[q.id] = parse_status(q, backends[q.id], res)
-    why = next((r.error for r in results[len(queues):] if r.error), "no answer")
+    why = next((r.error for r in results[len(queues):len(queues) + 1] if r.error), "no answer")
     for n in nodes:
         res = answers.get(n.id)
         if res is None:
-            res = Result(None, error=f"node agent on {n.address}:{n.port}: {why}")
+            res = Result(None, error=f"node agent on {n.address}:{n.port}: {agents.why_missing(n.id) or why}")
         agent = (enforcement.parse_answer(res.rc, res.stdout, res.stderr) if res.error is None
                  else enforcement.AgentReport(False, res.error))
         # the node is up when it answered the round trip; an agent that failed there (no python3, sudo

@@ -1,6 +1,7 @@
 """The agent requests of a cycle (engine/observe.py AgentStreams.plan) over local streams: each node's result
 as a value, a silent node held to the deadline without holding up the others, a stream of an earlier cycle
-that ended opened again in the same cycle, a starting agent kept although it missed the deadline."""
+that ended opened again in the same cycle, a starting agent kept although it missed the deadline, a node
+still connecting at the deadline reported so and asked in the next cycle, not connected twice."""
 from __future__ import annotations
 
 import time
@@ -16,12 +17,14 @@ ANSWER = """echo '{"ok": true}'"""
 class Scripted:
     """A transport whose stream runs a fixed shell script instead of the node agent."""
 
-    def __init__(self, script: str):
+    def __init__(self, script: str, delay: float = 0.0):
         self.script = script
+        self.delay = delay          # how long opening takes (a node slow to connect)
         self.opened = 0
 
     def open_stream(self, command: str, deadline: float | None = None) -> LocalStream:
         self.opened += 1
+        time.sleep(self.delay)
         return LocalStream(self.script)
 
     def describe(self) -> str:
@@ -70,5 +73,23 @@ def test_an_agent_that_starts_slowly_keeps_its_stream_and_answers_the_next_cycle
         time.sleep(0.5)
         second = cycle(agents, nodes, transports, 1.5)
         assert second[0][1].stdout == '{"ok": true}' and transports[0].opened == 1
+    finally:
+        agents.close()
+
+
+def test_a_node_still_connecting_at_the_deadline_is_asked_next_cycle_and_not_connected_twice():
+    nodes = [Node(0, "10.0.0.1", 22, 0, True), Node(1, "10.0.0.2", 22, 1, False)]
+    transports = {0: Scripted(f"while read l; do {ANSWER}; done"),
+                  1: Scripted(f"while read l; do {ANSWER}; done", delay=1.5)}
+    agents = AgentStreams(None, timeout=10)
+    try:
+        first = cycle(agents, nodes, transports, 0.5)
+        assert first[0][1].stdout == '{"ok": true}' and 1 not in first, first     # node 1 not done yet
+        assert "still connecting" in agents.why_missing(1)
+        second = cycle(agents, nodes, transports, 0.5)          # its connect is still going on
+        assert "still connecting" in second[1][1].error and transports[1].opened == 1, second
+        time.sleep(1.0)
+        third = cycle(agents, nodes, transports, 1.0)
+        assert third[1][1].stdout == '{"ok": true}' and transports[1].opened == 1, third
     finally:
         agents.close()
