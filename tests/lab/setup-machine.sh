@@ -8,7 +8,7 @@
 set -eu
 
 PACKAGES="gridengine-master gridengine-exec gridengine-client gridengine-common slurm-wlm munge
-openssh-server sudo nginx iproute2 procps debconf-utils python3-venv"
+openssh-server sudo nginx iproute2 procps util-linux debconf-utils python3-venv gcc libc6-dev"
 SERVICE_USER=metascheduler
 JOB_OWNERS="alice bob"
 ADMIN_GROUP=metasched-admins
