@@ -245,7 +245,8 @@ class AgentStreams:
         return False
 
     def why_missing(self, node_id: int) -> str | None:
-        """Why a node has no result yet, if this knows (it is still being connected)."""
+        """Why a node has no result yet, if this knows: it is still being connected, or it was connected
+        after the cycle's requests had ended."""
         since = self.connecting.get(node_id)
         if since is not None:
             return f"still connecting (for {time.monotonic() - since:.3g}s)"
