@@ -85,7 +85,7 @@ class Engine:
         self.lease = Lease(db, self.identity, lease_seconds or 2.5 * config.poller.interval,
                            mono=self.clock.mono, wall=self.clock.wall)
         self.fan = FanOut(max(config.ssh.max_parallel, 8))
-        self.agents = AgentStreams(config.enforcement.helper, config.ssh.command_timeout)
+        self.agents = AgentStreams(config.enforcement.helper, config.ssh.command_timeout, config.ssh.max_parallel)
         self.recovery = Recovery()
         self.last_change_probe: tuple[str, int] | None = None
         self.installation: str | None = None

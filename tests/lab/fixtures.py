@@ -12,16 +12,23 @@ What a test gets from ``lab`` (see tests/lab/lab.py):
   lab.hostname, lab.jobcomp_path, lab.sge_env, lab.sge_bin, lab.sge_queue, lab.slurm_partition
   lab.connect(i) -> paramiko.SSHClient (RejectPolicy, TCP_NODELAY); ssh_exec(client, cmd)
   lab.stop_node_sshd(i) / lab.start_node_sshd(i); lab.start_untrusted_sshd() -> Sshd
+
+``running_farm(n)`` (a context manager, for module fixtures) is a :class:`tests.lab.farm.NodeFarm`: n namespace
+nodes with sshd only, each in its own PID namespace, on their own names and subnet. It needs neither Grid
+Engine nor Slurm, takes no lab lock and can run beside the lab.
 """
 from __future__ import annotations
 
 import fcntl
 import os
 import time
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import pytest
 
+from .farm import NodeFarm
+from .farm import check_prerequisites as check_farm_prerequisites
 from .lab import Lab, LabError, LabUnavailable, check_prerequisites
 
 _timings: dict[str, float] = {}
@@ -83,3 +90,25 @@ def lab_config(lab: Lab, policy: str = "shared", high_priority: int = 0,
             "command_timeout": command_timeout,
         },
     }
+
+
+@contextmanager
+def running_farm(n: int) -> Iterator[NodeFarm]:
+    """n farm nodes for the ``with`` block, stopped (by pid) at its end; an unprovisioned machine fails the test."""
+    try:
+        check_farm_prerequisites()
+    except LabUnavailable as e:
+        pytest.fail(str(e), pytrace=False)
+    farm = NodeFarm(n)
+    try:
+        farm.start()
+    except LabError as e:
+        _timings.update({f"farm{n}_{k}": v for k, v in farm.timings.items()})
+        pytest.fail(f"the metasched farm of {n} nodes did not start: {e}", pytrace=False)
+    try:
+        yield farm
+    finally:
+        try:
+            farm.stop()
+        finally:
+            _timings.update({f"farm{n}_{k}": v for k, v in farm.timings.items()})

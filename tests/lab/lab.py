@@ -304,9 +304,10 @@ class Netns:
         hosts += [f"{a} {n}" for n, a in self.peers.items()]
         (self.etc_dir / "hosts").write_text("\n".join(hosts) + "\n")
 
-    def exec_argv(self, argv: Sequence[str]) -> list[str]:
-        """``argv`` run inside this namespace (``ip netns exec`` execs it: same pid)."""
-        return ["ip", "netns", "exec", self.name, *argv]
+    def exec_argv(self, argv: Sequence[str], own_pids: bool = False) -> list[str]:
+        """``argv`` run inside this namespace (``ip netns exec`` execs it: same pid); with ``own_pids``, in
+        a PID namespace of its own too (:func:`own_pid_namespace`)."""
+        return ["ip", "netns", "exec", self.name, *(own_pid_namespace(argv) if own_pids else argv)]
 
     def _delete(self) -> None:
         # The kernel removes a deleted namespace's veth asynchronously: delete ours explicitly.
@@ -322,6 +323,14 @@ class Netns:
         self._delete()
         self.started = False
         remove_bridge_if_unused()
+
+
+def own_pid_namespace(argv: Sequence[str]) -> list[str]:
+    """``argv`` as the first process (pid 1) of a new PID namespace with its own /proc, as on a machine of its
+    own: a node agent there scans only that node's processes. The pid we hold is ``unshare``'s; it ignores
+    TERM, and KILLing it kills its child (``--kill-child``), whose death as pid 1 ends every process of the
+    namespace (sessions, agents, jobs): teardown stays by pid."""
+    return ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", *argv]
 
 
 def ensure_bridge() -> None:
@@ -378,8 +387,9 @@ class Sshd:
     """One sshd with its own config, host key and pid; can be stopped and started again."""
 
     def __init__(self, name: str, listen_addr: str, port: int, keys: Keys, workdir: Path,
-                 netns: Netns | None = None, trusted: bool = True):
+                 netns: Netns | None = None, trusted: bool = True, own_pids: bool = False):
         self.name = name
+        self.own_pids = own_pids        # in a namespace: its own PID namespace too (own_pid_namespace)
         self.addr = listen_addr
         self.port = port
         self.netns = netns
@@ -429,7 +439,7 @@ class Sshd:
             raise LabError(f"sshd {self.name}: {self.addr}:{self.port} is already in use")
         argv = ["/usr/sbin/sshd", "-D", "-f", str(self.config), "-E", str(self.log)]
         if self.netns is not None:
-            argv = self.netns.exec_argv(argv)
+            argv = self.netns.exec_argv(argv, own_pids=self.own_pids)
         self.proc = _daemon(argv, self.log)
         if self.trusted:
             self.keys.trust(self.addr, self.port, self.host_key)
@@ -446,7 +456,10 @@ class Sshd:
             raise
 
     def stop(self) -> None:
-        """Stop this sshd (open sessions' children die with their connections)."""
+        """Stop this sshd (open sessions' children die with their connections; in its own PID namespace,
+        KILL: unshare ignores TERM, and the namespace dies with its pid 1)."""
+        if self.own_pids and self.proc is not None and self.proc.poll() is None:
+            signal_pid(self.proc.pid, signal.SIGKILL)
         stop_process(self.proc, grace=5, kill_tree=True)
         self.proc = None
 
@@ -801,6 +814,7 @@ class Lab:
     tests/lab/fixtures.py for how tests use it.
     """
     n_nodes: int = 2
+    own_pids: bool = False          # each namespace node's sshd in its own PID namespace (own_pid_namespace)
     hostname: str = field(default_factory=socket.gethostname)
     ssh_user: str = SSH_USER
     users: tuple[str, ...] = JOB_OWNERS
@@ -858,7 +872,7 @@ class Lab:
             self.nodes = [Node("frontend", front.addr, front.port, self._up(front))]
             for name, addr in names.items():
                 ns = self._up(Netns(name, addr, self.hostname, names))
-                sshd = self._up(Sshd(name, addr, 22, self.keys, self.workdir, netns=ns))
+                sshd = self._up(Sshd(name, addr, 22, self.keys, self.workdir, netns=ns, own_pids=self.own_pids))
                 self.nodes.append(Node(name, addr, 22, sshd, ns))
             self.timings["ssh_nodes"] = time.monotonic() - t0
             t1 = time.monotonic()
