@@ -75,10 +75,14 @@ assert not set(ARGS_PREFIX) & set("\\\t\n"), "WRAP must stay a plain one-line te
 #   "exit <status>", "running" or "gone" (by tag: the exit file or "gone").
 # argv: operation (launch | final), form ("framed": one answer per record framed like BATCH_SCRIPT's,
 # for parse_batch; "plain": one record, its answer on stdout or its refusal on stderr with status 1),
-# for launch WRAP, then records: the number of fields that follow and the fields.
+# for launch WRAP and the mark ($0 of the wrapper is <mark><our id>: what ps shows and status matches), then
+# records: the number of fields that follow and the fields.
 #   launch record: our id, pwd, stdout file, stderr file, exit file, script, its arguments.
-#   final record: "pgid", exit file, pgid, expected command-line prefix | "tag", exit file |
-#   "forget", exit file (removed once the job's final state is recorded; a regular file of the caller's only).
+#   final record: "pgid", exit file, pgid, expected command-line prefix, [output files] | "tag", exit file,
+#   [output files] | "forget", exit file (removed once the job's final state is recorded; a regular file of the
+#   caller's only). A non-zero "exit" answer is followed, for each output file, by a line "@@tail" and the
+#   last 8 KiB of that file ("@@" written "@ @" there, so nothing in it passes for batch framing): where the
+#   Spark backend, which reuses this launcher for its drivers, reads why a driver failed.
 HELPER = r"""
 import os, signal, stat, sys
 op, form, a = sys.argv[1], sys.argv[2], sys.argv[3:]
@@ -110,7 +114,7 @@ def launch(jid, pwd, out, err, ext, script, *args):
     except OSError as e:
         return 1, "", "metasched: cannot remove the old exit file %s: %s" % (ext, e.strerror)
     try:
-        pid = os.posix_spawn("/bin/sh", ["sh", "-c", wrap, "metasched-job-" + jid, ext, out, err, script, *args],
+        pid = os.posix_spawn("/bin/sh", ["sh", "-c", wrap, mark + jid, ext, out, err, script, *args],
                              os.environ, setsid=True, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
                              file_actions=[(os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, null, 1),
                                            (os.POSIX_SPAWN_DUP2, null, 2)])
@@ -129,7 +133,27 @@ def status(ext):
         return "exit %s\n" % os.read(fd, 64).decode("ascii", "replace").split("\n")[0].strip()
     finally:
         os.close(fd)
-def final(kind, ext, pgid=None, prefix=None):
+def tail(path):
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return ""
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            return ""
+        os.lseek(fd, max(0, st.st_size - 8192), 0)
+        text = os.read(fd, 8192).decode("utf-8", "replace")
+    finally:
+        os.close(fd)
+    return text.replace("@@", "@ @")
+def final(kind, ext, *rest):
+    pgid, prefix, files = (rest[0], rest[1], rest[2:]) if kind == "pgid" else (None, None, rest)
+    rc, o, e = final_status(kind, ext, pgid, prefix)
+    if o.startswith("exit ") and o.strip() != "exit 0":
+        o += "".join("@@tail\n" + tail(f) for f in files)
+    return rc, o, e
+def final_status(kind, ext, pgid, prefix):
     if kind == "forget":
         try:
             st = os.lstat(ext)
@@ -149,7 +173,7 @@ def final(kind, ext, pgid=None, prefix=None):
     v = status(ext)
     return 0, v or ("running\n" if args.startswith(prefix) else "gone\n"), ""
 if op == "launch":
-    wrap, a, act = a[0], a[1:], launch
+    wrap, mark, a, act = a[0], a[1], a[2:], launch
     null = os.open(os.devnull, os.O_RDWR)
 else:
     act = final
@@ -192,14 +216,24 @@ class LocalBackend(Backend):
     type = "local"
     OPTIONS = ('grace', 'final_as_owner', 'tz', 'python', 'recovery_grace')
     starts_on_submit = True     # the launcher starts the job at once: RUNNING, not QUEUED
+    mark = JOB_MARK             # $0 of the wrapper: <mark><our id> (the Spark backend's drivers use another)
+
+    @property
+    def args_prefix(self) -> str:
+        """What ps shows at the start of a job's wrapper, before its our id."""
+        return f"sh -c {WRAP} {self.mark}"
 
     def _launch_fields(self, job: Job) -> list[str]:
         reason = path_reason(job)
         if reason:
             raise ValueError(reason)
         out, err = output_files(job)
-        fields = [str(job.id), job.pwd, out, err, exit_file(job), job.path, *job.options]
+        fields = [str(job.id), job.pwd, out, err, exit_file(job), *self._command(job)]
         return [str(len(fields)), *fields]
+
+    def _command(self, job: Job) -> list[str]:
+        """What the wrapper runs: the script (an executable file, checked by the launcher) and its arguments."""
+        return [job.path, *job.options]
 
     def _helper(self, op: str, form: str, fields: list[str], run_as: str | None) -> list[str]:
         return as_user([str(self.options.get("python", "python3")), "-I", "-S", "-c", HELPER, op, form, *fields],
@@ -210,14 +244,14 @@ class LocalBackend(Backend):
         return self._helper(op, "framed", [*head, *(f for fields in records for f in fields)], run_as)
 
     def submit_argv(self, job: Job, run_as: str | None) -> list[str]:
-        return self._helper("launch", "plain", [WRAP, *self._launch_fields(job)], run_as)
+        return self._helper("launch", "plain", [WRAP, self.mark, *self._launch_fields(job)], run_as)
 
     # In a batch, one helper starts every job of the round trip.
     def batch_line(self, job: Job) -> list[str]:
         return self._launch_fields(job)
 
     def batch_submit_argv(self, lines: list, run_as: str | None) -> list[str]:
-        return self._framed("launch", [WRAP], lines, run_as)
+        return self._framed("launch", [WRAP, self.mark], lines, run_as)
 
     def parse_submit(self, job: Job, rc: int, stdout: str, stderr: str) -> str:
         return launcher_pid(rc, stdout, stderr)
@@ -235,15 +269,15 @@ class LocalBackend(Backend):
             if not m:
                 continue
             pid, pgid, user, lstart, args = m.groups()
-            if pid != pgid or not args.startswith(ARGS_PREFIX):
+            if pid != pgid or not args.startswith(self.args_prefix):
                 continue
-            rest = args[len(ARGS_PREFIX):]
+            rest = args[len(self.args_prefix):]
             our = re.match(r"^(\d+) ", rest)
             if not our:
                 continue
             our_id = int(our.group(1))
-            jobs.append(NativeJob(native_id=pid, our_id=our_id, owner=user, name=f"{JOB_MARK}{our_id}",
-                                  state=NativeState.RUNNING, queue="local",
+            jobs.append(NativeJob(native_id=pid, our_id=our_id, owner=user, name=f"{self.mark}{our_id}",
+                                  state=NativeState.RUNNING, queue=self.type,
                                   start_time=local_to_utc_iso(lstart, "%a %b %d %H:%M:%S %Y", tz)))
         return jobs
 
@@ -253,7 +287,7 @@ class LocalBackend(Backend):
     def _final_fields(self, job: Job) -> list[str]:
         if job.scheduler_job_id is None:
             return ["2", "tag", exit_file(job)]
-        return ["4", "pgid", exit_file(job), _pgid(job), f"{ARGS_PREFIX}{job.id} "]
+        return ["4", "pgid", exit_file(job), _pgid(job), f"{self.args_prefix}{job.id} "]
 
     def final_argv(self, job: Job) -> list[str]:
         return self._helper("final", "plain", self._final_fields(job), self._asker(job))
@@ -306,10 +340,10 @@ class LocalBackend(Backend):
 
     def cancel_argv(self, job: Job, run_as: str | None) -> list[str]:
         grace = str(int(self.options.get("grace", 10)))
-        return as_user(["sh", "-c", CANCEL, "sh", _pgid(job), grace, f"{ARGS_PREFIX}{job.id} "], run_as)
+        return as_user(["sh", "-c", CANCEL, "sh", _pgid(job), grace, f"{self.args_prefix}{job.id} "], run_as)
 
     def process_matcher(self) -> ProcessMatcher:
-        return ProcessMatcher(trees_by_args_regex="^" + re.escape(ARGS_PREFIX) + r"\d+ ",
+        return ProcessMatcher(trees_by_args_regex="^" + re.escape(self.args_prefix) + r"\d+ ",
                               include_process_group=True)
 
 
