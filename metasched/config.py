@@ -20,6 +20,7 @@ _NAME_TYPES = [
     (re.compile(r"slurm", re.I), SchedulerType.SLURM),
     (re.compile(r"hadoop|yarn", re.I), SchedulerType.YARN),
     (re.compile(r"^local$", re.I), SchedulerType.LOCAL),
+    (re.compile(r"spark", re.I), SchedulerType.SPARK),
 ]
 
 

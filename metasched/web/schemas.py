@@ -87,7 +87,7 @@ QUEUE = {
     "required": ["id", "name", "type", "master_node_id", "weight", "reachable", "jobs", "foreign_jobs"],
     "properties": {
         "id": {"type": "integer"}, "name": {"type": "string"},
-        "type": {"type": "string", "enum": ["sge", "slurm", "yarn", "local"]},
+        "type": {"type": "string", "enum": ["sge", "slurm", "yarn", "local", "spark"]},
         "master_node_id": {"type": "integer"}, "weight": {"type": "integer"},
         "reachable": {"type": ["boolean", "null"]}, "last_error": {"type": ["string", "null"]},
         "jobs": {"type": "object", "properties": {s: {"type": "integer"} for s in STATUSES},

@@ -1,0 +1,301 @@
+"""Spark standalone backend: argv, the launcher and the status helper run for real (through ``sh -c``, as the
+transport would), a stand-in spark-submit where the real one is not needed (the lab tests run the real one),
+parsers on captured real outputs (tests/data/spark)."""
+from __future__ import annotations
+
+import dataclasses
+import http.server
+import json
+import os
+import pwd
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from metasched.backends import get_backend
+from metasched.backends.base import NativeState, command_line, parse_batch, split_run_as, tag
+from metasched.backends.spark import SparkBackend, driver_reason, parse_master, web_url
+from metasched.model import Job, JobStatus
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "spark"
+ME = pwd.getpwuid(os.getuid()).pw_name
+
+
+def run(argv: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", "-c", command_line(argv)], capture_output=True, text=True, timeout=20)
+
+
+@pytest.fixture
+def workdir():
+    d = Path(tempfile.mkdtemp(prefix="ms-spark-", dir="/tmp"))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+# A stand-in for spark-submit: prints its arguments, then behaves as its last argument says.
+FAKE_SUBMIT = """#!/bin/sh
+printf '%s\\n' "$@" > "$(pwd)/argv"
+case "$(eval echo \\${$#})" in
+  raise) echo "sum 1"; printf 'Traceback (most recent call last):\\n  File "a.py", line 2\\nValueError: no\\n'; exit 1;;
+  sleep) sleep 30;;
+esac
+echo "done"
+"""
+
+
+def fake_bin(d: Path) -> Path:
+    b = d / "bin"
+    b.mkdir()
+    (b / "spark-submit").write_text(FAKE_SUBMIT)
+    (b / "spark-submit").chmod(0o755)
+    return b
+
+
+def job(d: Path, jid: int = 51, **kw) -> Job:
+    base = dict(id=jid, name="pi app", queue_id=5, owner=ME, status=JobStatus.DISPATCHING, path=str(d / "app.py"),
+                options=("10",), pwd=str(d))
+    base.update(kw)
+    return Job(**base)
+
+
+def backend(**opts) -> SparkBackend:
+    return get_backend("spark", {"final_as_owner": False, "grace": 1, "master_url": "spark://10.1.2.3:7077", **opts})
+
+
+def submit(b, j) -> Job:
+    p = run(b.submit_argv(j, None))
+    return dataclasses.replace(j, scheduler_job_id=b.parse_submit(j, p.returncode, p.stdout, p.stderr),
+                               status=JobStatus.RUNNING)
+
+
+def wait_final(b, j, timeout=15.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        p = run(b.final_argv(j))
+        fs = b.parse_final(j, p.returncode, p.stdout, p.stderr)
+        if fs is not None:
+            return fs
+        time.sleep(0.1)
+    raise AssertionError("driver did not finish")
+
+
+# -- submit -------------------------------------------------------------------------------------
+
+def test_submit_runs_the_owners_spark_submit_in_client_mode_named_with_our_tag(workdir):
+    b = backend(conf={"spark.ui.enabled": "false", "spark.driver.host": "127.0.0.1"}, executor_cores=1,
+                total_executor_cores=2, env={"JAVA_HOME": "/usr/lib/jvm/x"}, submit_args=["--verbose"])
+    j = job(workdir, options=("a b", "; rm -rf /"))
+    argv = b.submit_argv(j, "alice")
+    assert argv[:5] == ["sudo", "-n", "-u", "alice", "--"]                 # as the owner, never root
+    run_as, inner = split_run_as(argv)
+    assert run_as == "alice" and inner[:4] == ["python3", "-I", "-S", "-c"]   # the local launcher
+    cmd = inner[inner.index(str(j.id), 8) + 5:]                         # the record: id, pwd, out, err, exit file, ...
+    assert cmd == ["/usr/bin/env", "JAVA_HOME=/usr/lib/jvm/x", "spark-submit", "--master", "spark://10.1.2.3:7077",
+                   "--deploy-mode", "client", "--name", tag(j), "--conf", "spark.driver.host=127.0.0.1",
+                   "--conf", "spark.ui.enabled=false", "--executor-cores", "1", "--total-executor-cores", "2",
+                   "--verbose", str(workdir / "app.py"), "a b", "; rm -rf /"]
+    assert "'; rm -rf /'" in command_line(argv)                           # every argument quoted
+
+
+@pytest.mark.parametrize("opts, problem", [({"master_url": "yarn"}, "master_url"),
+                                           ({"conf": {"a=b": "c"}}, "conf"),
+                                           ({"env": {"1X": "y"}}, "env")])
+def test_bad_options_are_refused_before_anything_runs(workdir, opts, problem):
+    with pytest.raises(ValueError, match=problem):
+        backend(**opts).submit_argv(job(workdir), "alice")
+
+
+def test_a_driver_that_ends_well_is_completed_and_its_output_is_in_pwd(workdir):
+    b = backend(bin_dir=str(fake_bin(workdir)))
+    j = submit(b, job(workdir, options=("ok",)))
+    assert os.getpgid(int(j.scheduler_job_id)) == int(j.scheduler_job_id)   # leads its own group
+    fs = wait_final(b, j)
+    assert (fs.status, fs.exit_code) == ("COMPLETED", 0)
+    assert (workdir / f"{tag(j)}.o{j.id}").read_text() == "done\n"
+    assert (workdir / "argv").read_text().splitlines()[:7] == [
+        "--master", "spark://10.1.2.3:7077", "--deploy-mode", "client", "--name", tag(j), str(workdir / "app.py")]
+
+
+def test_a_driver_that_raises_ends_in_error_with_the_python_exception_as_reason(workdir):
+    b = backend(bin_dir=str(fake_bin(workdir)))
+    j = submit(b, job(workdir, options=("raise",)))
+    fs = wait_final(b, j)
+    assert (fs.status, fs.exit_code, fs.reason) == ("ERROR", 1, "ValueError: no (exit code 1)")
+
+
+def test_batched_submits_and_final_questions_are_one_helper_each(workdir):
+    b = backend(bin_dir=str(fake_bin(workdir)))
+    jobs = [job(workdir, jid=60 + i, options=("ok" if i else "raise",)) for i in range(2)]
+    p = run(b.batch_submit_argv([b.batch_line(j) for j in jobs], None))
+    answers = parse_batch(p.stdout, 2)
+    ran = [dataclasses.replace(j, scheduler_job_id=b.parse_submit(j, *a), status=JobStatus.RUNNING)
+           for j, a in zip(jobs, answers)]
+    for j in ran:
+        wait_final(b, j)
+    entries = [b.final_entry(j) for j in ran]
+    p = run(b.final_batch_argv([e for _, e in entries], None))
+    got = [b.parse_final(j, *a) for j, a in zip(ran, parse_batch(p.stdout, 2))]
+    assert [(f.status, f.reason) for f in got] == [("ERROR", "ValueError: no (exit code 1)"), ("COMPLETED", "")]
+
+
+def test_cancel_terminates_the_driver_process_group(workdir):
+    b = backend(bin_dir=str(fake_bin(workdir)))
+    j = submit(b, job(workdir, options=("sleep",)))
+    assert wait_running(b, j)
+    j = dataclasses.replace(j, cancel_requested=True)
+    p = run(b.cancel_argv(j, None))
+    assert p.stdout.strip() == "terminating", p
+    fs = wait_final(b, j)
+    assert fs.status == "CANCELLED"
+
+
+def wait_running(b, j) -> bool:
+    p = run(b.final_argv(j))
+    return p.stdout.strip() == "running"
+
+
+def test_an_interrupted_dispatch_is_found_by_its_exit_file(workdir):
+    b = backend(bin_dir=str(fake_bin(workdir)))
+    j = submit(b, job(workdir, options=("raise",)))
+    wait_final(b, j)
+    lost = dataclasses.replace(j, scheduler_job_id=None, status=JobStatus.DISPATCHING)
+    p = run(b.final_by_tag_argv(lost))
+    native, fs = b.parse_final_by_tag(lost, p.returncode, p.stdout, p.stderr)
+    assert native is None and (fs.status, fs.exit_code) == ("ERROR", 1) and fs.reason.startswith("ValueError: no")
+
+
+# -- status: one master JSON call and our drivers from /proc ------------------------------------------
+
+@pytest.fixture
+def master():
+    """An HTTP server on loopback answering /json/ with a captured master status."""
+    state = {"body": (DATA / "master-active.json").read_bytes(), "status": 200}
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            code = state["status"] if self.path == "/json/" else 404
+            self.send_response(code)
+            self.end_headers()
+            self.wfile.write(state["body"] if code == 200 else b"no")
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    state["url"] = f"http://127.0.0.1:{srv.server_address[1]}"
+    yield state
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_status_lists_our_running_drivers_and_the_foreign_applications(workdir, master):
+    doc = json.loads(master["body"])
+    foreign = dict(doc["activeapps"][0], id="app-20261201102546-0009", name="wordcount", user="bob", state="WAITING")
+    doc["activeapps"].append(foreign)                     # an application somebody started with spark-submit
+    master["body"] = json.dumps(doc).encode()
+    b = backend(bin_dir=str(fake_bin(workdir)), web_url=master["url"])
+    j = submit(b, job(workdir, options=("sleep",)))
+    try:
+        p = run(b.status_argv())
+        listed = b.parse_status(p.returncode, p.stdout, p.stderr)
+    finally:
+        run(b.cancel_argv(j, None))
+    ours = [n for n in listed if n.our_id == j.id]
+    assert [(n.native_id, n.owner, n.state) for n in ours] == [(j.scheduler_job_id, ME, NativeState.RUNNING)]
+    assert ours[0].start_time and ours[0].start_time.endswith("Z")
+    others = [n for n in listed if n.our_id is None]
+    # alice's ms2_sleepy carries our tag: never foreign; bob's wordcount is, and waits for cores
+    assert [(n.native_id, n.owner, n.name, n.state) for n in others] == [
+        ("app-20261201102546-0009", "bob", "wordcount", NativeState.PENDING)]
+
+
+def test_an_unreachable_or_standby_master_makes_the_cycle_distrust_spark(workdir, master):
+    b = backend(web_url=master["url"])
+    master["status"] = 500
+    p = run(b.status_argv())
+    with pytest.raises(RuntimeError, match="Spark master"):
+        b.parse_status(p.returncode, p.stdout, p.stderr)
+    master["status"], master["body"] = 200, json.dumps({"status": "STANDBY", "activeapps": []}).encode()
+    p = run(b.status_argv())
+    with pytest.raises(RuntimeError, match="STANDBY"):
+        b.parse_status(p.returncode, p.stdout, p.stderr)
+    with pytest.raises(RuntimeError):
+        b.parse_status(127, "", "python3: not found")
+
+
+def test_parse_master_on_captured_outputs():
+    active = json.loads((DATA / "master-active.json").read_text())
+    assert parse_master(active) == []                    # its only running application is ours (ms2_sleepy)
+    done = json.loads((DATA / "master-completed.json").read_text())
+    assert parse_master(done) == []                      # completed applications are never listed
+    active["activeapps"][0]["name"] = "etl"
+    [app] = parse_master(active)
+    assert (app.native_id, app.owner, app.state, app.start_time) == (
+        "app-20261201102546-0002", "alice", NativeState.RUNNING, "2026-12-01T10:25:46Z")
+
+
+def test_web_url_defaults_to_port_8080_of_the_master_host():
+    assert web_url({"master_url": "spark://front.example:7077"}) == "http://front.example:8080"
+    assert web_url({}) == "http://localhost:8080"
+    assert web_url({"web_url": "http://m:8090/"}) == "http://m:8090"
+
+
+# -- reasons ------------------------------------------------------------------------------------
+
+def test_driver_reason_on_captured_outputs():
+    assert driver_reason((DATA / "driver-raise.stdout").read_text()) == "ValueError: boom from the driver"
+    assert driver_reason((DATA / "driver-worker-raise.stdout").read_text()) == "KeyError: 'no such key in the worker'"
+    assert driver_reason((DATA / "driver-missing-file.stdout").read_text()).startswith(
+        "python3: can't open file '/tmp/ms18spark/alice/nope.py'")
+    assert driver_reason((DATA / "driver-raise.stderr").read_text()) is None        # log lines only
+    assert driver_reason('Exception in thread "main" org.apache.spark.SparkException: Master removed') == (
+        'Exception in thread "main" org.apache.spark.SparkException: Master removed')
+
+
+# -- enforcement --------------------------------------------------------------------------------
+
+def test_the_matcher_finds_executors_and_drivers_never_the_daemons():
+    m = backend().process_matcher()
+    rx, ex = re.compile(m.trees_by_args_regex), re.compile(m.exclude_args_regex)
+    rows = [line.split("\t") for line in (DATA / "processes.txt").read_text().splitlines()]
+    kinds = {}
+    for comm, user, args in rows:
+        kind = ("daemon" if ex.search(args) else "tree" if rx.search(args) else "other")
+        kinds.setdefault(kind, []).append(args)
+    daemons = kinds["daemon"]
+    assert len(daemons) == 2 and all(re.search(r"deploy\.(master\.Master|worker\.Worker)", a) for a in daemons)
+    trees = kinds["tree"]
+    assert any("CoarseGrainedExecutorBackend" in a for a in trees)       # the executor JVM
+    assert any("org.apache.spark.deploy.SparkSubmit" in a for a in trees)  # the client-mode driver JVM
+    assert not any(rx.search(a) and ex.search(a) for a in daemons)
+    j = job(Path("/h"))
+    assert rx.search(f"{b_prefix()}{j.id} /h/.x.exit /h/x.o51 /h/x.e51 /usr/bin/env spark-submit --master x")
+    assert m.include_process_group
+
+
+def b_prefix() -> str:
+    return backend().args_prefix
+
+
+# -- registry -----------------------------------------------------------------------------------
+
+def test_spark_is_inferred_from_its_name_and_its_options_are_checked():
+    from metasched import config as C
+    from metasched.errors import ConfigError
+    from metasched.model import SchedulerType
+    raw = {"policy": {"name": "shared"}, "nodes": [{"ip": "10.0.0.1"}],
+           "schedulers": [{"name": "Apache Spark", "master": 0, "weight": 50,
+                           "options": {"master_url": "spark://10.0.0.1:7077"}}]}
+    c = C.parse(raw)
+    assert c.schedulers[0].type is SchedulerType.SPARK
+    raw["schedulers"][0]["options"]["deploy_mode"] = "cluster"
+    with pytest.raises(ConfigError, match=r"schedulers\[0\]\.options"):
+        C.parse(raw)
