@@ -32,12 +32,19 @@ def match_for(matcher: ProcessMatcher, pgids: list[int], kind: str = "") -> dict
     """The agent's description of one scheduler's job trees: Grid Engine and Slurm by their per-job
     daemons (descendants of sge_shepherd / slurmstepd), local jobs by process group, YARN containers
     by the agent's own rule (children of the NodeManager or of container-executor, never the
-    NodeManager itself: the backend's launch-script regex describes the same trees)."""
+    NodeManager itself: the backend's launch-script regex describes the same trees), the others by their
+    matcher's command-line rules (local wrappers; Spark drivers and executors, never its daemons)."""
     m: dict = {"roots_by_comm": list(matcher.roots_by_comm), "exclude_comm": list(matcher.exclude_comm)}
     if pgids:
         m["pgids"] = sorted({p for p in pgids if p > 1})
     if kind == "yarn":
         m["yarn_containers"] = True
+    elif matcher.trees_by_args_regex:      # the agent's own YARN rule describes the same trees as its regex
+        m["trees_by_args"] = matcher.trees_by_args_regex
+        if matcher.exclude_args_regex:
+            m["exclude_args"] = matcher.exclude_args_regex
+        if matcher.include_process_group:
+            m["process_group"] = True
     return m
 
 

@@ -299,3 +299,45 @@ def test_spark_is_inferred_from_its_name_and_its_options_are_checked():
     raw["schedulers"][0]["options"]["deploy_mode"] = "cluster"
     with pytest.raises(ConfigError, match=r"schedulers\[0\]\.options"):
         C.parse(raw)
+
+
+def test_the_node_agent_places_executors_and_drivers_in_the_spark_group_never_the_daemons(tmp_path):
+    from metasched import enforcement, node_agent
+    from metasched.model import Queue, SchedulerType
+    from tests.unit.test_node_agent import make_v2, stat_line
+    rows = {comm_args.split("\t")[2] for comm_args in (DATA / "processes.txt").read_text().splitlines()}
+    master = next(a for a in rows if "deploy.master.Master" in a)
+    worker = next(a for a in rows if "deploy.worker.Worker" in a)
+    executor = next(a for a in rows if "CoarseGrainedExecutorBackend" in a)
+    driver = next(a for a in rows if "deploy.SparkSubmit" in a)
+    wrapper = f"{backend().args_prefix}51 /h/.ms51_x.exit /h/ms51_x.o51 /h/ms51_x.e51 /usr/bin/env spark-submit"
+    procs = {  # pid: (comm, ppid, pgrp, cmdline)
+        1: ("init", 0, 1, "/sbin/init"),
+        10: ("java", 1, 10, master), 20: ("java", 1, 20, worker),
+        21: ("java", 20, 20, executor),                                  # in the Worker's process group
+        22: ("python", 21, 22, "python -m pyspark.daemon pyspark.worker"),
+        23: ("python", 22, 22, "python -m pyspark.daemon pyspark.worker"),
+        30: ("sh", 1, 30, wrapper), 31: ("java", 30, 30, driver), 32: ("python", 31, 30, "python /h/app.py"),
+        33: ("sleep", 1, 30, "sleep 100"),                              # left the tree, kept its group
+        40: ("java", 1, 40, driver.replace("ms8_sleepy", "etl")),       # bob's own spark-submit
+        41: ("python", 40, 40, "python etl.py"),
+        50: ("java", 1, 50, "java -jar other.jar"),                     # some other JVM
+        60: ("sh", 1, 60, "sh -c worker"),
+    }
+    root = tmp_path / "proc"
+    for pid, (comm, ppid, pgrp, cmd) in procs.items():
+        (root / str(pid)).mkdir(parents=True)
+        (root / str(pid) / "stat").write_text(stat_line(pid, comm, ppid, pgrp, 0, "S"))
+        (root / str(pid) / "cmdline").write_text(cmd.replace(" ", "\0") + "\0")
+    (root / "uptime").write_text("1.0 1.0\n")
+    q = Queue(id=3, name="Spark", type=SchedulerType.SPARK, master_node_id=1, weight=50, position=0)
+    req = enforcement.build_request([(q, 100.0, backend().process_matcher(), [])], method="cgroup", parent="ms")
+    cg = make_v2(tmp_path)
+    out = node_agent.run(dict(req, proc_root=str(root), cgroup_root=str(cg)), self_pid=60)
+    assert out["ok"], out
+    placed = {int(x) for x in (cg / "ms" / "q3-spark-Spark" / "cgroup.procs").read_text().split()}
+    assert placed == {21, 22, 23, 30, 31, 32, 33, 40, 41}
+    assert out["groups"]["q3-spark-Spark"]["trees"] == 3              # one executor, our driver, bob's driver
+    req["groups"][0]["match"]["trees_by_args"] = "(unclosed"
+    bad = node_agent.answer(json.dumps(dict(req, proc_root=str(root), cgroup_root=str(cg))), dry_run=True)
+    assert not bad["ok"] and "match.trees_by_args" in bad["errors"][0]
