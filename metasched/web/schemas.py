@@ -141,6 +141,10 @@ NODE = {
                         "target_share": {"type": "number", "description": "percent of the node's CPU"},
                         "measured_share": {"type": ["number", "null"],
                                            "description": "percent its group got over the window"},
+                        "written_share": {"type": ["number", "null"],
+                                          "description": "the percent the weight was written for: the target, "
+                                                         "corrected by the feedback step while the measured share "
+                                                         "of a busy group stays off its target"},
                         "weight": {"type": ["integer", "null"],
                                    "description": "cpu.shares, cpu.weight or the nice value written"},
                         "pids": {"type": ["integer", "null"]},
