@@ -326,7 +326,7 @@ def enforce_cgroup(kind, cpu_root, acct_root, parent, groups, members, procs, dr
                 write_value(os.path.join(gdir, "cpu.weight" if kind == "cgroup_v2" else "cpu.shares"), str(weight))
                 moved = place(os.path.join(gdir, procs_name), members[name], errors)
             now_in = read_pids(os.path.join(gdir, procs_name)) & set(procs) | (members[name] if dry_run else set())
-            out[name] = {"weight": weight, "pids": len(now_in), "moved": moved}
+            out[name] = {"weight": weight, "weight_percent": pct, "pids": len(now_in), "moved": moved}
             out[name].update(cgroup_usage(kind, gdir, acct_root, parent, name, now_in, procs, dry_run, errors))
     except OSError as e:
         if e.errno in SETUP_ERRNOS:
@@ -401,7 +401,8 @@ def enforce_nice(groups, members, procs, proc_root, setpriority, dry_run, errors
                 failed.append("%d (%s)" % (pid, e.strerror))
         if failed:
             errors.append("renice %s to %d failed for %d pids: %s" % (name, nice, len(failed), ", ".join(failed[:5])))
-        out[name] = {"weight": nice, "pids": len(members[name]), "moved": moved, "autogroups": 0,
+        out[name] = {"weight": nice, "weight_percent": float(g["weight_percent"]), "pids": len(members[name]),
+                     "moved": moved, "autogroups": 0,
                      "usage_usec": usage_from_procs(members[name], procs), "usage_source": "procs"}
         if autogroups_enabled(proc_root):  # a session led by a job process holds only that job's processes
             for leader in sorted({procs[p].sid for p in members[name]} & members[name]):
