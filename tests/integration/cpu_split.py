@@ -33,6 +33,65 @@ echo $$ > "$1"
 while [ ! -e "$2" ]; do :; done
 '''
 
+# The same with a command forked and exec'd at every turn of the loop (what many shell jobs do): the shell's
+# cutime/cstime hold its reaped children's CPU, so the shell's ticks are still the job's CPU.
+FORK = '''[ -z "$4" ] || taskset -cp "$4" $$ >/dev/null
+echo $$ > "$1"
+( sleep "${3:-300}"; : > "$2" ) &
+while [ ! -e "$2" ]; do /bin/true; done
+'''
+LOOPS = {"busy": BUSY, "fork": FORK}
+
+
+def children_of() -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for e in os.listdir("/proc"):
+        if e.isdigit():
+            f = stat_fields(int(e))
+            if f:
+                out.setdefault(int(f[1]), []).append(int(e))
+    return out
+
+
+def tree(pid: int, kids: dict[int, list[int]] | None = None) -> set[int]:
+    kids = children_of() if kids is None else kids
+    out, todo = {pid}, list(kids.get(pid, ()))
+    while todo:
+        p = todo.pop()
+        if p not in out:
+            out.add(p)
+            todo.extend(kids.get(p, ()))
+    return out
+
+
+def spark_pids() -> set[int]:
+    """The Spark group's processes as the test sees them: every executor JVM and its descendants (the PySpark
+    workers), and every client-mode driver (SparkSubmit JVM) with its descendants."""
+    kids, roots = children_of(), set()
+    for e in os.listdir("/proc"):
+        if e.isdigit():
+            try:
+                cmd = pathlib.Path(f"/proc/{e}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"CoarseGrainedExecutorBackend" in cmd or b"org.apache.spark.deploy.SparkSubmit" in cmd:
+                roots.add(int(e))
+    return set().union(*(tree(r, kids) for r in roots)) if roots else set()
+
+
+def pyspark_workers() -> list[int]:
+    """The PySpark worker processes running tasks: children of a pyspark.daemon that are pyspark.daemon too."""
+    daemons = {}
+    for e in os.listdir("/proc"):
+        if e.isdigit():
+            try:
+                if b"pyspark.daemon" in pathlib.Path(f"/proc/{e}/cmdline").read_bytes():
+                    f = stat_fields(int(e))
+                    daemons[int(e)] = int(f[1]) if f else 0
+            except OSError:
+                continue
+    return sorted(p for p, parent in daemons.items() if parent in daemons)
+
 
 @contextlib.contextmanager
 def installed_agent():
@@ -139,12 +198,12 @@ class Busy:
 
 
 def start_busy(srv, users, directory: pathlib.Path, queue: str, user: str, n: int = 2,
-               safety_seconds: int = 300, tag: str = "", cpu: int | None = None) -> Busy:
-    """Submit n busy-loop jobs as ``user`` and wait until each runs and wrote its pid."""
+               safety_seconds: int = 300, tag: str = "", cpu: int | None = None, loop: str = "busy") -> Busy:
+    """Submit n busy-loop jobs (LOOPS[loop]) as ``user`` and wait until each runs and wrote its pid."""
     stop = directory / f"stop-{queue}{tag}"
     with contextlib.suppress(FileNotFoundError):
         stop.unlink()
-    path = script(directory / "busy.sh", BUSY, users[user])
+    path = script(directory / f"{loop}.sh", LOOPS[loop], users[user])
     b = Busy(queue, user, stop)
     pidfiles = []
     for i in range(n):
