@@ -160,8 +160,8 @@ def feedback_splits(lab, users, dirs, workload: str, feedback: bool, seconds: fl
     app = dirs["alice"] / "app.py"
     app.write_bytes(SPARK_APP.read_bytes())
     os.chown(app, users["alice"].pw_uid, users["alice"].pw_gid)
-    sge = cs.start_busy(srv, users, dirs["alice"], "SGE", "alice", tag=tag, loop=workload)
-    slurm = cs.start_busy(srv, users, dirs["bob"], "Slurm", "bob", tag=tag, loop=workload)
+    sge = cs.start_busy(srv, users, dirs["alice"], "SGE", "alice", tag=tag, loop=workload, safety_seconds=3600)
+    slurm = cs.start_busy(srv, users, dirs["bob"], "Slurm", "bob", tag=tag, loop=workload, safety_seconds=3600)
     try:
         for weights in FEEDBACK_TARGETS:
             spark_share(srv, weights)
@@ -173,13 +173,15 @@ def feedback_splits(lab, users, dirs, workload: str, feedback: bool, seconds: fl
                 wait_until("both Spark tasks running", lambda: len(cs.pyspark_workers()) >= 2, timeout=240,
                            interval=0.2)
             time.sleep(settle)          # the feedback (when on) corrects the weights meanwhile
-            spark_pids = cs.spark_pids() if job else set()
+            trees = [sge.pids, slurm.pids, cs.spark_pids() if job else set()]
             t0 = time.monotonic()
-            u0 = (sge.ticks(), slurm.ticks(), sum(cs.cpu_ticks(p) for p in spark_pids))
+            u0 = [cs.ticks_of(t) for t in trees]
             time.sleep(seconds)
-            u1 = (sge.ticks(), slurm.ticks(), sum(cs.cpu_ticks(p) for p in spark_pids))
+            u1 = [cs.ticks_of(t) for t in trees]
             dt = time.monotonic() - t0
-            used = [b - a for a, b in zip(u0, u1)]
+            if not all(cs.pid_alive(p) for p in sge.pids + slurm.pids):
+                raise SystemExit("a Grid Engine or Slurm job ended during a measurement")
+            used = [cs.used_between(a, b) for a, b in zip(u0, u1)]
             split = [100.0 * u / sum(used) for u in used]
             enf = srv.root("GET", "/cluster/nodes/master").json()["enforcement"]
             written = {r["name"]: r.get("written_share") for r in enf["schedulers"]}
@@ -231,7 +233,7 @@ def main() -> None:
     ap.add_argument("--no-baseline", action="store_true", help="skip the renice-only baseline")
     ap.add_argument("--feedback-only", action="store_true",
                     help="only the feedback comparison (fork-heavy and CPU-bound, with Spark)")
-    ap.add_argument("--settle", type=float, default=15.0, help="seconds after each change before measuring")
+    ap.add_argument("--settle", type=float, default=25.0, help="seconds after each change before measuring")
     args = ap.parse_args()
     users = {u: pwd.getpwnam(u) for u in ("alice", "bob")}
     lock = open(LAB_LOCK, "a+")        # the lab's machine-wide lock (tests/lab/fixtures.py): wait for a test run

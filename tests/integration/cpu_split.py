@@ -79,6 +79,21 @@ def spark_pids() -> set[int]:
     return set().union(*(tree(r, kids) for r in roots)) if roots else set()
 
 
+def pid_alive(pid: int) -> bool:
+    f = stat_fields(pid)
+    return bool(f) and f[0] not in "ZX"
+
+
+def ticks_of(pids) -> dict[int, int]:
+    return {p: cpu_ticks(p) for p in pids}
+
+
+def used_between(before: dict[int, int], after: dict[int, int]) -> int:
+    """CPU ticks the processes used between two ticks_of() samples; one that exited meanwhile counts for
+    nothing (its ticks are gone with it), never less than nothing."""
+    return sum(max(0, after.get(p, 0) - t) for p, t in before.items())
+
+
 def pyspark_workers() -> list[int]:
     """The PySpark worker processes running tasks: children of a pyspark.daemon that are pyspark.daemon too."""
     daemons = {}

@@ -23,7 +23,7 @@ from tests.lab.fixtures import spark_scheduler
 
 pytestmark = pytest.mark.lab
 TARGETS = {"SGE": 50, "Slurm": 30, "Spark": 20}
-SETTLE = 20.0      # seconds for the feedback to correct the weights after every job runs
+SETTLE = 25.0      # seconds for the feedback to correct the weights after every job runs
 WINDOW = 30.0
 APP = pathlib.Path(__file__).resolve().parent / "spark" / "app.py"
 
@@ -51,27 +51,25 @@ def dirs(users):
     remove(base)
 
 
-def ticks(pids) -> int:
-    return sum(cs.cpu_ticks(p) for p in pids)
-
-
 @pytest.mark.parametrize("loop", ["busy", "fork"])
 def test_grid_engine_slurm_and_spark_split_50_30_20(srv, users, dirs, loop):
     seconds = 30 + SETTLE + WINDOW + 60           # the Spark tasks' own duration (the job is cancelled after)
     spark_job = submit(srv, "alice", {"queue": "Spark", "path": str(dirs["alice"] / "app.py"), "name": loop,
                                       "options": [loop, str(seconds)], "pwd": str(dirs["alice"])})
-    sge = cs.start_busy(srv, users, dirs["alice"], "SGE", "alice", tag=loop, loop=loop)
-    slurm = cs.start_busy(srv, users, dirs["bob"], "Slurm", "bob", tag=loop, loop=loop)
+    sge = cs.start_busy(srv, users, dirs["alice"], "SGE", "alice", tag=loop, loop=loop, safety_seconds=900)
+    slurm = cs.start_busy(srv, users, dirs["bob"], "Slurm", "bob", tag=loop, loop=loop, safety_seconds=900)
     try:
         wait_job(srv, "alice", spark_job["id"], {"RUNNING"}, timeout=60)
         workers = wait_until("both Spark tasks running in PySpark workers",
                              lambda: (lambda p: p if len(p) >= 2 else None)(cs.pyspark_workers()), timeout=180)
         time.sleep(SETTLE)
         spark = cs.spark_pids()
-        t0, a0, b0, c0 = time.monotonic(), sge.ticks(), slurm.ticks(), ticks(spark)
+        trees = {"SGE": sge.pids, "Slurm": slurm.pids, "Spark": spark}
+        t0, before = time.monotonic(), {q: cs.ticks_of(p) for q, p in trees.items()}
         time.sleep(WINDOW)
-        t1, a1, b1, c1 = time.monotonic(), sge.ticks(), slurm.ticks(), ticks(spark)
-        used = {"SGE": a1 - a0, "Slurm": b1 - b0, "Spark": c1 - c0}
+        t1, after = time.monotonic(), {q: cs.ticks_of(p) for q, p in trees.items()}
+        assert all(cs.pid_alive(p) for p in sge.pids + slurm.pids + workers), "a job ended during the window"
+        used = {q: cs.used_between(before[q], after[q]) for q in trees}
         total = sum(used.values())
         split = {q: 100.0 * v / total for q, v in used.items()}
         view = srv.root("GET", "/cluster/nodes/master").json()["enforcement"]

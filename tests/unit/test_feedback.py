@@ -76,3 +76,14 @@ def test_feedback_step_takes_busy_groups_and_the_split_from_the_cycles_accountin
     # renice and /proc-summed usage are never corrected
     assert feedback_step(targets, report(mechanism="nice"), step, 1.0, {}) == (targets, {})
     assert feedback_step(targets, report(source="procs"), step, 1.0, {}) == (targets, {})
+
+
+def test_the_feedback_measures_the_last_few_seconds_of_accounting():
+    from metasched.enforcement import UsageWindow
+    w = UsageWindow()
+    for i, (a, b) in enumerate([(0, 0), (10, 0), (20, 0), (30, 10), (40, 20), (50, 30), (60, 40), (70, 50)]):
+        w.add(1, float(i), {"a": a, "b": b})
+    seconds, usec = w.recent(1, 5.0)
+    assert seconds == 5.0 and usec == {"a": 50, "b": 50}
+    assert w.recent(1, 100.0) == (7.0, {"a": 70, "b": 50})     # all there is
+    assert UsageWindow().recent(1) == (0.0, {})
