@@ -47,6 +47,17 @@ class PollerConfig:
     wakeup: float = 0.5             # how often the lease holder checks for new work between cycles
     max_dispatch_per_cycle: int = 500
     dynamic_half_life: float = 600.0
+    cycle_deadline: float = 10.0    # seconds the status calls and node agents of one cycle may take, together
+    max_attempts: int = 5           # dispatch attempts that did not reach the scheduler before a job is ERROR
+    retry_backoff: float = 10.0     # seconds before the 2nd attempt; doubles each time (at most 10 minutes)
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    jobs_days: float = 180.0        # finished jobs (and their events) older than this are removed; 0: never
+    cluster_events_days: float = 365.0
+    poll_cycles: int = 1000         # cycle records kept
+    batch: int = 1000               # at most this many jobs removed per cycle
 
 
 @dataclass(frozen=True)
@@ -100,6 +111,7 @@ class Config:
     enforcement: EnforcementConfig = EnforcementConfig()
     server: ServerConfig = ServerConfig()
     source: str = "<memory>"
+    retention: RetentionConfig = RetentionConfig()
 
 
 # -- validation helpers: each takes the key path for its message --------------------------------
@@ -129,6 +141,17 @@ def _num(v: Any, path: str) -> float:
     if not n > 0 or n == float("inf"):
         raise ConfigError(f"{path}: expected a positive number, got {v!r}")
     return n
+
+
+def _nonneg(v: Any, path: str) -> float:
+    """A number >= 0 (0 meaning "never" where the option says so)."""
+    if not isinstance(v, bool):
+        try:
+            if float(v) == 0:
+                return 0.0
+        except (TypeError, ValueError):
+            pass
+    return _num(v, path)
 
 
 def _str(v: Any, path: str, allow_none: bool = False) -> str | None:
@@ -201,7 +224,8 @@ def parse(raw: Any, source: str = "<memory>", overrides: dict | None = None) -> 
         raise ConfigError("(top level): expected a mapping with policy, nodes and schedulers")
     if set(raw) == {"cluster"}:           # the original project's JSON layout
         raw = _mapping(raw["cluster"], "cluster")
-    _no_unknown(raw, {"policy", "nodes", "schedulers", "poller", "ssh", "auth", "enforcement", "server"}, "")
+    _no_unknown(raw, {"policy", "nodes", "schedulers", "poller", "ssh", "auth", "enforcement", "server",
+                      "retention"}, "")
 
     # nodes
     nodes_raw = raw.get("nodes")
@@ -283,6 +307,15 @@ def parse(raw: Any, source: str = "<memory>", overrides: dict | None = None) -> 
         "wakeup": _num,
         "max_dispatch_per_cycle": lambda v, p: _int(v, p, 1, 100000),
         "dynamic_half_life": _num,
+        "cycle_deadline": _num,
+        "max_attempts": lambda v, p: _int(v, p, 1, 1000),
+        "retry_backoff": _num,
+    })
+    retention = _section(raw, "retention", RetentionConfig, {
+        "jobs_days": lambda v, p: _nonneg(v, p),
+        "cluster_events_days": lambda v, p: _nonneg(v, p),
+        "poll_cycles": lambda v, p: _int(v, p, 1, 10_000_000),
+        "batch": lambda v, p: _int(v, p, 1, 1_000_000),
     })
     ssh = _section(raw, "ssh", SshConfig, {
         "known_hosts": _str,
@@ -326,7 +359,7 @@ def parse(raw: Any, source: str = "<memory>", overrides: dict | None = None) -> 
         ssh = _replace(ssh, **{k: v for k, v in overrides.get("ssh", {}).items() if v is not None})
         poller = _replace(poller, **{k: v for k, v in overrides.get("poller", {}).items() if v is not None})
     return Config(policy, high_priority, tuple(nodes), tuple(schedulers), poller, ssh, auth, enforcement,
-                  server, source)
+                  server, source, retention)
 
 
 def _validate_group(name: str, path: str) -> str:

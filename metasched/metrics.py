@@ -88,7 +88,8 @@ def collect(services: Services) -> list[Family]:
     disp = Family("metasched_dispatches_total", "counter",
                   "Jobs the poller handed to their scheduler (DISPATCHING to QUEUED, or to RUNNING for local).")
     refused = Family("metasched_dispatch_failures_total", "counter",
-                     "Submissions the scheduler refused (transitions to ERROR, reason 'scheduler refused').")
+                     "Dispatches that failed for good: refused by the scheduler, or given up after "
+                     "poller.max_attempts attempts that did not reach it.")
     queue_up = Family("metasched_queue_up", "gauge",
                       "1 when the scheduler's last batched status call worked, 0 when it failed; "
                       "absent before the first check.")
@@ -115,7 +116,7 @@ def collect(services: Services) -> list[Family]:
                         "The poller lease: the holder (host:pid:thread) is the one worker that acts.")
     lease_exp = Family("metasched_poller_lease_expires_seconds", "gauge",
                        "When the poller lease expires (Unix time); renewed while its holder lives.")
-    if lease:
+    if lease and lease["holder"]:
         lease_info.add(1, holder=lease["holder"])
         lease_exp.add(_epoch(lease["expires_at"]))
     out += [lease_info, lease_exp]

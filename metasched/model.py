@@ -85,6 +85,8 @@ class Job:
     finished_at: str | None = None
     updated_at: str = ""
     version: int = 1
+    token: str | None = None        # random, in the native tag: only this database's jobs are ever adopted
+    attempts: int = 0               # dispatch attempts so far
 
 
 @dataclass(frozen=True)

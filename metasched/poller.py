@@ -10,8 +10,6 @@ Errors are logged once per cycle; the thread never dies of them.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 
@@ -24,10 +22,9 @@ log = logging.getLogger("metasched.poller")
 class PollerThread:
     def __init__(self, config: Config, db: Database | None = None, engine_factory=None):
         self.config = config
-        self.db = db or Database(config.server.database)
+        self.db = db or Database(config.server.database, synchronous="FULL")
         self.interval = config.poller.interval
         self.wakeup = min(config.poller.wakeup, self.interval)
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:poller"
         self._engine_factory = engine_factory
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -68,9 +65,9 @@ class PollerThread:
     # -- loops --------------------------------------------------------------------------------
     def _make_engine(self):
         if self._engine_factory is not None:
-            return self._engine_factory(self.config, self.db, self.holder)
+            return self._engine_factory(self.config, self.db)
         from .engine import Engine
-        return Engine.from_config(self.config, self.db, holder=self.holder)
+        return Engine.from_config(self.config, self.db)
 
     def _loop(self) -> None:
         next_full = time.monotonic()

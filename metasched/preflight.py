@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from typing import Callable, TextIO
 
 from .config import Config, NodeConfig, SchedulerConfig
-from .transport import LocalTransport, Result, SshTransport, fan_out
+from .engine.fanout import Call, FanOut
+from .transport import Result, for_node
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 FRONTEND = "-"          # the node column of checks made on this machine, not on a node
@@ -66,11 +67,7 @@ TransportFactory = Callable[[Config, NodeConfig], object]
 
 def make_transport(cfg: Config, node: NodeConfig):
     """The transport the service would use for this node (same classes, same options)."""
-    if node.transport == "local":
-        return LocalTransport(cfg.ssh.command_timeout)
-    return SshTransport(node.ip, node.port, user=cfg.ssh.user, key_file=cfg.ssh.key_file,
-                        known_hosts=cfg.ssh.known_hosts, connect_timeout=cfg.ssh.connect_timeout,
-                        command_timeout=cfg.ssh.command_timeout)
+    return for_node(cfg, node.ip, node.port, node.transport)
 
 
 def node_label(node: NodeConfig) -> str:
@@ -170,9 +167,14 @@ def check_ssh_setup(cfg: Config) -> list[Row]:
 
 def check_reach(cfg: Config, transports: dict[int, object]) -> tuple[list[Row], set[int]]:
     """One command per node, in parallel; returns the rows and the indexes of the nodes that answered."""
-    calls = [(transports[i], "uname -n", cfg.ssh.command_timeout) for i in range(len(cfg.nodes))]
     rows, up = [], set()
-    for i, (node, res) in enumerate(zip(cfg.nodes, fan_out(calls, cfg.ssh.max_parallel))):
+    fan = FanOut(cfg.ssh.max_parallel)
+    try:
+        results = fan.run([Call(i, lambda t=transports[i]: t.run("uname -n", cfg.ssh.command_timeout))
+                           for i in range(len(cfg.nodes))])
+    finally:
+        fan.close()
+    for i, (node, res) in enumerate(zip(cfg.nodes, results)):
         check = "ssh" if node.transport == "ssh" else "local"
         if res.ok:
             up.add(i)

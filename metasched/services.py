@@ -9,7 +9,7 @@ import datetime as _dt
 import functools
 import posixpath
 
-from . import __version__
+from . import __version__, lifecycle
 from .config import Config
 from .db.core import Database, format_time, parse_time, utcnow
 from .db.repository import Repository, row_to_node, row_to_queue
@@ -137,6 +137,9 @@ class Services:
         with self.db.read():
             lease = self.repo.get_lease()
             cycle = self.repo.last_poll_cycle()
+        if lease is not None:
+            lease = None if not lease["holder"] else {
+                k: lease[k] for k in ("holder", "epoch", "acquired_at", "renewed_at", "expires_at")}
         return {
             "service": "metasched",
             "version": __version__,
@@ -313,11 +316,9 @@ class Services:
             self._check_name(queue, name)
             self._check_fields(queue, path, pwd, body.get("options", []))
             status = JobStatus.HELD if body.get("hold") else JobStatus.TO_BE_QUEUED
-            job = self.repo.insert_job(name=name, queue_id=queue.id, owner=owner, status=status, path=path,
-                                       options=options, pwd=pwd, now=now)
-            self.repo.insert_job_event(job_id=job.id, old_status=None, new_status=status, actor=caller.user,
-                                       reason="submitted held" if status is JobStatus.HELD else "submitted",
-                                       now=now)
+            job = lifecycle.create(self.repo, name=name, queue_id=queue.id, owner=owner, status=status, path=path,
+                                   options=options, pwd=pwd, actor=caller.user, now=now,
+                                   reason="submitted held" if status is JobStatus.HELD else "submitted")
         self._notify()
         return job
 
@@ -405,23 +406,19 @@ class Services:
             pwd = self._check_path(body["pwd"], "pwd") if "pwd" in body else job.pwd
             if queue is not None:
                 self._check_fields(queue, path, pwd, body.get("options", job.options))
-            updated = self.repo.update_job_fields(id=job.id, name=name, queue_id=queue_id, path=path,
-                                                  options=options, pwd=pwd, now=now)
-            changed = sorted(k for k in body)
-            self.repo.insert_job_event(job_id=job.id, old_status=job.status, new_status=job.status,
-                                       actor=caller.user, reason=f"edited: {', '.join(changed)}", now=now)
+            updated = lifecycle.edit(self.repo, job, actor=caller.user, now=now, changed=sorted(body), name=name,
+                                     queue_id=queue_id, path=path, options=options, pwd=pwd)
+            if updated is None:  # cannot happen inside BEGIN IMMEDIATE: the read and the write are one
+                raise Conflict(f"job {job.id} changed concurrently; retry")
         self._notify()
         return updated
 
-    def _transition(self, job: Job, new: JobStatus, actor: str, reason: str, now: str, **extra) -> Job:
+    def _transition(self, job: Job, new: JobStatus, actor: str, reason: str, now: str) -> Job:
         if not can_transition(job.status, new):
             raise JobStateConflict(job.id, job.status.value, f"move to {new.value}")
-        updated = self.repo.set_job_status(id=job.id, old_status=job.status, status=new, reason=reason, now=now,
-                                           **extra)
+        updated = lifecycle.transition(self.repo, job, new, actor=actor, reason=reason, now=now)
         if updated is None:  # changed under us between read and write: impossible inside BEGIN IMMEDIATE
             raise Conflict(f"job {job.id} changed concurrently; retry")
-        self.repo.insert_job_event(job_id=job.id, old_status=job.status, new_status=new, actor=actor,
-                                   reason=reason, now=now)
         return updated
 
     def hold_job(self, caller: Caller, job_id: int) -> Job:
@@ -460,9 +457,9 @@ class Services:
                 return self._transition(job, JobStatus.CANCELLED, caller.user, f"cancelled by {caller.user}", now)
             if job.cancel_requested:
                 return job
-            updated = self.repo.request_cancel(id=job.id, now=now)
-            self.repo.insert_job_event(job_id=job.id, old_status=job.status, new_status=job.status,
-                                       actor=caller.user, reason=f"cancel requested by {caller.user}", now=now)
+            updated = lifecycle.request_cancel(self.repo, job, actor=caller.user, now=now)
+            if updated is None:  # cannot happen inside BEGIN IMMEDIATE
+                raise Conflict(f"job {job.id} changed concurrently; retry")
         self._notify()
         return updated
 

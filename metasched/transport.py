@@ -2,7 +2,7 @@
 
 A command is one shell command line built by ``backends.base.command_line`` (every element quoted).
 Results are values: a node that cannot be reached gives a :class:`Result` with ``error`` set, never an
-exception that stops the fan-out (:func:`fan_out`).
+exception that stops a fan-out (metasched/engine/fanout.py).
 """
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import socket
 import subprocess
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -342,20 +341,10 @@ def _read_pipes(out_fd: int, err_fd: int, deadline: float, on_output: OutputCall
     return "".join(out), err.decode("utf-8", "replace")
 
 
-def fan_out(calls: list, max_parallel: int = 8) -> list[Result]:
-    """Run [(transport, command, timeout), ...] in parallel (bounded); results in the same order."""
-    if not calls:
-        return []
-    if len(calls) == 1:
-        t, cmd, timeout = calls[0]
-        return [_safe(t, cmd, timeout)]
-    with ThreadPoolExecutor(max_workers=min(max_parallel, len(calls))) as pool:
-        return list(pool.map(lambda c: _safe(*c), calls))
-
-
-def _safe(transport, command, timeout) -> Result:
-    try:
-        return transport.run(command, timeout)
-    except Exception as exc:  # a failing node is a value in the result
-        log.exception("transport %s failed", transport.describe())
-        return Result(None, error=f"{type(exc).__name__}: {exc}")
+def for_node(cfg, address: str, port: int, kind: str = "ssh"):
+    """The transport the service uses for one node (the poller and the pre-flight check alike)."""
+    if kind == "local":
+        return LocalTransport(cfg.ssh.command_timeout)
+    return SshTransport(address, port, user=cfg.ssh.user, key_file=cfg.ssh.key_file,
+                        known_hosts=cfg.ssh.known_hosts, connect_timeout=cfg.ssh.connect_timeout,
+                        command_timeout=cfg.ssh.command_timeout)

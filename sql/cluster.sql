@@ -65,3 +65,7 @@ INSERT INTO cluster_events (at, actor, kind, detail) VALUES (:now, :actor, :kind
 
 -- name: list_cluster_events
 SELECT * FROM cluster_events WHERE kind = :kind ORDER BY id DESC LIMIT :limit;
+
+-- name: prune_cluster_events
+-- Retention: cluster events (mode changes) older than :before, a bounded number at a time.
+DELETE FROM cluster_events WHERE id IN (SELECT id FROM cluster_events WHERE at < :before ORDER BY id LIMIT :limit);

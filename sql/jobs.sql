@@ -1,6 +1,6 @@
 -- name: insert_job
-INSERT INTO jobs (name, queue_id, owner, status, path, options, pwd, created_at, updated_at)
-VALUES (:name, :queue_id, :owner, :status, :path, :options, :pwd, :now, :now)
+INSERT INTO jobs (name, queue_id, owner, status, path, options, pwd, token, created_at, updated_at)
+VALUES (:name, :queue_id, :owner, :status, :path, :options, :pwd, :token, :now, :now)
 RETURNING *;
 
 -- name: get_job
@@ -29,35 +29,36 @@ ORDER BY id
 LIMIT :limit;
 
 -- name: update_job_fields
--- Edit before dispatch; the version guards against a concurrent change.
+-- Edit before dispatch, only from the version the caller read (metasched/lifecycle.py).
 UPDATE jobs SET name = :name, queue_id = :queue_id, path = :path, options = :options, pwd = :pwd,
                 updated_at = :now, version = version + 1
-WHERE id = :id AND status IN ('TO_BE_QUEUED', 'HELD')
+WHERE id = :id AND version = :version AND status IN ('TO_BE_QUEUED', 'HELD')
 RETURNING *;
 
--- name: set_job_status
+-- name: update_job
+-- The one statement that changes a job's state (metasched/lifecycle.py writes it with its event): only from
+-- the version the writer read, so that a decision made on an older read changes nothing.
 UPDATE jobs SET status = :status, reason = :reason, updated_at = :now, version = version + 1,
+                scheduler_job_id = coalesce(:scheduler_job_id, scheduler_job_id),
+                attempts = attempts + :attempt,
                 submitted_at = CASE WHEN :status IN ('QUEUED', 'RUNNING') AND submitted_at IS NULL THEN :now ELSE submitted_at END,
                 started_at   = CASE WHEN :status = 'RUNNING' AND started_at IS NULL THEN coalesce(:started_at, :now)
                                     WHEN :status IN ('COMPLETED', 'ERROR', 'CANCELLED') AND started_at IS NULL THEN :started_at
                                     ELSE started_at END,
                 finished_at  = CASE WHEN :status IN ('COMPLETED', 'ERROR', 'CANCELLED') THEN :now ELSE finished_at END,
                 exit_code    = coalesce(:exit_code, exit_code)
-WHERE id = :id AND status = :old_status
-RETURNING *;
-
--- name: set_scheduler_job_id
-UPDATE jobs SET scheduler_job_id = :scheduler_job_id, updated_at = :now, version = version + 1
-WHERE id = :id
+WHERE id = :id AND version = :version
 RETURNING *;
 
 -- name: request_cancel
 UPDATE jobs SET cancel_requested = 1, updated_at = :now, version = version + 1
-WHERE id = :id AND status IN ('DISPATCHING', 'QUEUED', 'RUNNING')
+WHERE id = :id AND version = :version AND status IN ('DISPATCHING', 'QUEUED', 'RUNNING')
 RETURNING *;
 
--- name: count_final_check
-UPDATE jobs SET final_checks = final_checks + 1 WHERE id = :id RETURNING final_checks;
+-- name: note_job
+-- A note on a job without a state change (why it waits, waiting for accounting, ...): written only when it
+-- changed and only on the version it is about; not a new version (it is not a change of the job).
+UPDATE jobs SET reason = :reason WHERE id = :id AND version = :version AND reason IS NOT :reason;
 
 -- name: insert_job_event
 INSERT INTO job_events (job_id, at, old_status, new_status, actor, reason)
@@ -67,7 +68,8 @@ VALUES (:job_id, :now, :old_status, :new_status, :actor, :reason);
 SELECT id, at, old_status, new_status, actor, reason FROM job_events WHERE job_id = :job_id ORDER BY id;
 
 -- name: count_jobs_by_queue_status
-SELECT queue_id, status, count(*) AS n FROM jobs GROUP BY queue_id, status;
+-- Kept by triggers (migration 3): a few rows, whatever the size of the history.
+SELECT queue_id, status, n FROM job_counts WHERE n > 0;
 
 -- name: list_jobs_in_states
 -- The poller's working set: every job that is not final, oldest first.
@@ -82,11 +84,14 @@ SELECT coalesce(max(updated_at), '') AS at, count(*) AS n FROM jobs
 WHERE status IN ('TO_BE_QUEUED', 'DISPATCHING', 'HELD', 'QUEUED', 'RUNNING')
   AND (status IN ('TO_BE_QUEUED', 'DISPATCHING') OR cancel_requested = 1);
 
--- name: set_waiting_reason
--- Why a job still waits in our queue; written only when it changed (no event: not a transition).
-UPDATE jobs SET reason = :reason
-WHERE id = :id AND status = 'TO_BE_QUEUED' AND reason IS NOT :reason;
+-- name: prune_finished_jobs
+-- Retention: the oldest finished jobs (and, by ON DELETE CASCADE, their events), a bounded number at a time.
+-- The newest job always stays: SQLite gives a new row max(id) + 1, so job ids are never reused.
+DELETE FROM jobs WHERE id IN (
+    SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < :before
+                          AND id < (SELECT max(id) FROM jobs)
+    ORDER BY finished_at LIMIT :limit);
 
--- name: set_job_reason
--- A note on an active job without a state change (e.g. waiting for accounting, dispatch outcome unknown).
-UPDATE jobs SET reason = :reason WHERE id = :id;
+-- name: cancel_requested_among
+-- Of these jobs (a JSON array of ids), those whose cancel was requested: checked right before their submit.
+SELECT id FROM jobs WHERE id IN (SELECT value FROM json_each(:ids)) AND cancel_requested = 1;

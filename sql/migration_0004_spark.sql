@@ -4,7 +4,8 @@
 -- inside a transaction): the foreign keys of jobs and foreign_jobs are deferred to the COMMIT, by which
 -- time every queue row is back; legacy_alter_table keeps the RENAME from re-checking the views that
 -- name `queues` while it is briefly absent (they work again once it is back, unchanged).
--- Written against the queues table of migration 0001 (0002 and 0003 do not change it).
+-- Written against the queues table of migration 0001 (0002 and 0003 do not change it; 0003 adds triggers on
+-- jobs and job_events and a view joining queues, which the rebuild leaves as they are).
 
 PRAGMA defer_foreign_keys = ON;
 PRAGMA legacy_alter_table = ON;

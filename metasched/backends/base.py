@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from ..model import Job
 
-TAG_PREFIX = "ms"          # native job name: ms<id>_<name>
+TAG_PREFIX = "ms"          # native job name: ms<id>-<token>_<name>
 
 
 class NativeState(str, enum.Enum):
@@ -40,6 +40,12 @@ class NativeJob:
     queue: str = ""
     start_time: str | None = None   # ISO 8601 UTC when known
     reason: str | None = None       # e.g. the Eqw error text
+    our_token: str | None = None    # the token in the tag (None: the old tag without one)
+
+    def is_of(self, job: Job) -> bool:
+        """This native job is that job of ours: its tag's id and token, and the job's owner (anyone can name
+        a job like ours; only the owner's counts)."""
+        return self.our_id == job.id and self.our_token == job.token and self.owner == job.owner
 
 
 @dataclass(frozen=True)
@@ -186,20 +192,45 @@ class Backend:
 # -- helpers shared by the backends -----------------------------------------------------------
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
+TOKEN_RE = re.compile(r"^[a-z]{6}$")
+
+
+def tag_stem(job: Job) -> str:
+    """ms<id>-<token>: our id and the job's random token (see Job.token); ms<id> for a job created before
+    tokens existed (schema version 2), whose native jobs carry the old tag."""
+    return f"{TAG_PREFIX}{job.id}-{job.token}" if job.token else f"{TAG_PREFIX}{job.id}"
 
 
 def tag(job: Job, max_len: int = 64) -> str:
-    """Native job name carrying our id: ms<id>_<sanitised name>. Safe for every scheduler."""
-    name = _UNSAFE_NAME.sub("_", job.name)[: max(0, max_len - len(f"{TAG_PREFIX}{job.id}_"))]
-    return f"{TAG_PREFIX}{job.id}_{name}"
+    """Native job name carrying our id and token: ms<id>-<token>_<sanitised name>. Safe for every scheduler."""
+    stem = tag_stem(job) + "_"
+    return stem + _UNSAFE_NAME.sub("_", job.name)[: max(0, max_len - len(stem))]
 
 
-_TAG_RE = re.compile(rf"^{TAG_PREFIX}(\d+)_")
+_TAG_RE = re.compile(rf"^{TAG_PREFIX}(\d+)(?:-([a-z]{{6}}))?_")
 
 
-def untag(native_name: str) -> int | None:
+def parse_tag(native_name: str | None) -> tuple[int, str | None] | None:
+    """(our id, token or None for the old tag) from a native name, or None when it is not tagged like ours."""
     m = _TAG_RE.match(native_name or "")
-    return int(m.group(1)) if m else None
+    return (int(m.group(1)), m.group(2)) if m else None
+
+
+def untag(native_name: str | None) -> int | None:
+    parsed = parse_tag(native_name)
+    return parsed[0] if parsed else None
+
+
+def tag_fields(native_name: str | None) -> dict:
+    """The NativeJob fields our tag gives: our_id and our_token."""
+    parsed = parse_tag(native_name)
+    return {"our_id": parsed[0], "our_token": parsed[1]} if parsed else {"our_id": None, "our_token": None}
+
+
+def is_tag_of(native_name: str | None, job: Job) -> bool:
+    """Whether a native name is this very job's tag: our id AND its token (a job of another installation, of a
+    wiped or restored database, carries another token or none)."""
+    return parse_tag(native_name) == (job.id, job.token)
 
 
 def as_user(argv: list[str], run_as: str | None) -> list[str]:

@@ -75,9 +75,9 @@ assert not set(ARGS_PREFIX) & set("\\\t\n"), "WRAP must stay a plain one-line te
 #   "exit <status>", "running" or "gone" (by tag: the exit file or "gone").
 # argv: operation (launch | final), form ("framed": one answer per record framed like BATCH_SCRIPT's,
 # for parse_batch; "plain": one record, its answer on stdout or its refusal on stderr with status 1),
-# for launch WRAP and the mark ($0 of the wrapper is <mark><our id>: what ps shows and status matches), then
+# for launch WRAP and the mark ($0 of the wrapper is <mark><marker>: what ps shows and status matches), then
 # records: the number of fields that follow and the fields.
-#   launch record: our id, pwd, stdout file, stderr file, exit file, script, its arguments.
+#   launch record: marker (<our id>-<token>), pwd, stdout file, stderr file, exit file, script, its arguments.
 #   final record: "pgid", exit file, pgid, expected command-line prefix, [output files] | "tag", exit file,
 #   [output files] | "forget", exit file (removed once the job's final state is recorded; a regular file of the
 #   caller's only). A non-zero "exit" answer is followed, for each output file, by a line "@@tail" and the
@@ -203,6 +203,15 @@ CANCEL = (
 _PS_LINE = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\S+)\s+(\S+\s+\S+\s+\d+\s+\d\d:\d\d:\d\d\s+\d{4})\s(.*)$")
 
 
+def marker(job: Job) -> str:
+    """What follows the backend's mark in the wrapper's $0: our id and the job's token (<id>-<token>), or the id alone
+    for a job created before tokens existed."""
+    return f"{job.id}-{job.token}" if job.token else str(job.id)
+
+
+_MARK_RE = re.compile(r"^(\d+)(?:-([a-z]{6}))? ")
+
+
 def exit_file(job: Job) -> str:
     return posixpath.join(job.pwd, f".{tag(job)}.exit")
 
@@ -216,11 +225,11 @@ class LocalBackend(Backend):
     type = "local"
     OPTIONS = ('grace', 'final_as_owner', 'tz', 'python', 'recovery_grace')
     starts_on_submit = True     # the launcher starts the job at once: RUNNING, not QUEUED
-    mark = JOB_MARK             # $0 of the wrapper: <mark><our id> (the Spark backend's drivers use another)
+    mark = JOB_MARK             # $0 of the wrapper: <mark><marker> (the Spark backend's drivers use another)
 
     @property
     def args_prefix(self) -> str:
-        """What ps shows at the start of a job's wrapper, before its our id."""
+        """What ps shows at the start of a job's wrapper, before its marker (our id and token)."""
         return f"sh -c {WRAP} {self.mark}"
 
     def _launch_fields(self, job: Job) -> list[str]:
@@ -228,7 +237,7 @@ class LocalBackend(Backend):
         if reason:
             raise ValueError(reason)
         out, err = output_files(job)
-        fields = [str(job.id), job.pwd, out, err, exit_file(job), *self._command(job)]
+        fields = [marker(job), job.pwd, out, err, exit_file(job), *self._command(job)]
         return [str(len(fields)), *fields]
 
     def _command(self, job: Job) -> list[str]:
@@ -271,12 +280,12 @@ class LocalBackend(Backend):
             pid, pgid, user, lstart, args = m.groups()
             if pid != pgid or not args.startswith(self.args_prefix):
                 continue
-            rest = args[len(self.args_prefix):]
-            our = re.match(r"^(\d+) ", rest)
+            our = _MARK_RE.match(args[len(self.args_prefix):])
             if not our:
                 continue
             our_id = int(our.group(1))
-            jobs.append(NativeJob(native_id=pid, our_id=our_id, owner=user, name=f"{self.mark}{our_id}",
+            jobs.append(NativeJob(native_id=pid, our_id=our_id, our_token=our.group(2), owner=user,
+                                  name=f"{self.mark}{our.group(0).strip()}",
                                   state=NativeState.RUNNING, queue=self.type,
                                   start_time=local_to_utc_iso(lstart, "%a %b %d %H:%M:%S %Y", tz)))
         return jobs
@@ -287,7 +296,7 @@ class LocalBackend(Backend):
     def _final_fields(self, job: Job) -> list[str]:
         if job.scheduler_job_id is None:
             return ["2", "tag", exit_file(job)]
-        return ["4", "pgid", exit_file(job), _pgid(job), f"{self.args_prefix}{job.id} "]
+        return ["4", "pgid", exit_file(job), _pgid(job), f"{self.args_prefix}{marker(job)} "]
 
     def final_argv(self, job: Job) -> list[str]:
         return self._helper("final", "plain", self._final_fields(job), self._asker(job))
@@ -340,10 +349,10 @@ class LocalBackend(Backend):
 
     def cancel_argv(self, job: Job, run_as: str | None) -> list[str]:
         grace = str(int(self.options.get("grace", 10)))
-        return as_user(["sh", "-c", CANCEL, "sh", _pgid(job), grace, f"{self.args_prefix}{job.id} "], run_as)
+        return as_user(["sh", "-c", CANCEL, "sh", _pgid(job), grace, f"{self.args_prefix}{marker(job)} "], run_as)
 
     def process_matcher(self) -> ProcessMatcher:
-        return ProcessMatcher(trees_by_args_regex="^" + re.escape(self.args_prefix) + r"\d+ ",
+        return ProcessMatcher(trees_by_args_regex="^" + re.escape(self.args_prefix) + r"\d+(-[a-z]{6})? ",
                               include_process_group=True)
 
 

@@ -26,7 +26,7 @@ from dataclasses import replace
 
 from ..model import Job
 from .base import (Backend, FinalState, NativeJob, NativeState, ProcessMatcher, SubmitRefused,
-                   as_user, first_line, local_to_utc_iso, path_reason, tag, untag)
+                   as_user, first_line, is_tag_of, local_to_utc_iso, path_reason, tag, tag_fields)
 
 _SGE_FORBIDDEN = set("\n\t\r/:@\\*?")
 _TERSE_ID = re.compile(r"^(\d+)(?:\.\d+-\d+:\d+)?$")
@@ -142,7 +142,7 @@ class GridEngineBackend(Backend):
             start = el.findtext("JAT_start_time")
             job = NativeJob(
                 native_id=native_id,
-                our_id=untag(name),
+                **tag_fields(name),
                 owner=(el.findtext("JB_owner") or "").strip(),
                 name=name,
                 state=state,
@@ -167,7 +167,7 @@ class GridEngineBackend(Backend):
         return self._cmd("qacct") + ["-j", tag(job)]
 
     def parse_final_by_tag(self, job: Job, rc: int, stdout: str, stderr: str):
-        ours = [r for r in _qacct_records(stdout) if untag(r.get("jobname", "")) == job.id]
+        ours = [r for r in _qacct_records(stdout) if is_tag_of(r.get("jobname"), job) and _is_owner(r, job)]
         if not ours or not ours[-1].get("jobnumber"):
             return None
         native = ours[-1]["jobnumber"]
@@ -181,7 +181,7 @@ class GridEngineBackend(Backend):
         if fs is None:
             return None
         ours = [r for r in _qacct_records(stdout)
-                if r.get("jobnumber") == job.scheduler_job_id and untag(r.get("jobname", "")) == job.id]
+                if r.get("jobnumber") == job.scheduler_job_id and is_tag_of(r.get("jobname"), job)]
         start = local_to_utc_iso(ours[-1].get("start_time"), "%a %b %d %H:%M:%S %Y",
                                  self.options.get("tz", "UTC")) if ours else None
         if start is not None and start.startswith("1970-"):
@@ -189,15 +189,15 @@ class GridEngineBackend(Backend):
         return replace(fs, started_at=start)
 
     def _parse_final(self, job: Job, rc: int, stdout: str, stderr: str) -> FinalState | None:
-        text = f"{stdout}\n{stderr}"
         records = [r for r in _qacct_records(stdout) if r.get("jobnumber") == job.scheduler_job_id]
-        # Ids repeat after a spool reset: only records whose name carries our id are ours.
-        ours = [r for r in records if untag(r.get("jobname", "")) == job.id]
+        # Ids repeat after a spool reset: only records whose name carries our id and token are ours.
+        ours = [r for r in records if is_tag_of(r.get("jobname"), job)]
         if not ours:
-            if job.cancel_requested and "not found" in text:
-                # qdel'ed before it ran: Grid Engine never writes an accounting record for it.
-                return FinalState("CANCELLED", None, "cancelled before it started")
-            return None   # accounting has not caught up (or this is another job's record)
+            # Accounting has not caught up, or the job was qdel'ed before it ran (Grid Engine then never
+            # writes a record). Not told apart here: a cancelled job qacct does not know becomes CANCELLED
+            # only once the recovery grace has passed (engine/reconcile.py), so that a job that ran and whose
+            # record is still being flushed keeps its real end.
+            return None
         rec = ours[-1]
         failed_text = rec.get("failed", "0").strip()
         failed = _int(failed_text) or 0
@@ -225,6 +225,11 @@ def _native_id(job: Job) -> str:
     if not _NUMERIC_ID.match(nid):
         raise ValueError(f"job {job.id}: {nid!r} is not a Grid Engine job number")
     return nid
+
+
+def _is_owner(record: dict[str, str], job: Job) -> bool:
+    """qacct's owner field: anyone can name a job like ours, only the owner's record counts."""
+    return record.get("owner", job.owner) == job.owner
 
 
 def _int(text: str) -> int | None:

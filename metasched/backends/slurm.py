@@ -25,7 +25,7 @@ from dataclasses import replace
 from ..model import Job
 from .base import (Backend, FinalState, NativeJob, NativeState, ProcessMatcher, SubmitRefused,
                    as_user, control_character_reason, first_line, local_to_utc_iso, path_reason,
-                   tag, untag)
+                   tag, tag_fields)
 
 # squeue fields: id | user | state | partition | start time | reason | name (LAST: it may contain '|').
 SQUEUE_FORMAT = "%i|%u|%T|%P|%S|%r|%j"
@@ -51,7 +51,7 @@ FINAL_SCRIPT = (
     'id=$1; f=$2; shift 2; '
     '"$@" show job "$id" 2>&1 && exit 0; '
     '[ -n "$f" ] || exit 0; '
-    'grep -e "^JobId=$id " "$f" | tail -n 1; exit 0'
+    'grep -e "^JobId=$id " -e " ArrayJobId=$id ArrayTaskId=" "$f" | tail -n 100000; exit 0'
 )
 
 # An interrupted dispatch that slurmctld no longer lists (it ran and was forgotten after MinJobAge, e.g. the
@@ -63,7 +63,7 @@ JOBCOMP_TAIL = 64 * 1024 * 1024
 # No log file yet: no job ever ended, so this one did not either (it would be listed while running).
 FINAL_BY_TAG_SCRIPT = ('f=$1; n=$2; c=$3; [ -n "$f" ] && [ -e "$f" ] || exit 0; '
                        '[ -f "$f" ] && [ -r "$f" ] || { echo "cannot read $f" >&2; exit 1; }; '
-                       'tail -c "$c" "$f" | grep -F -e " Name=$n JobState=" | tail -n 1; exit 0')
+                       'tail -c "$c" "$f" | grep -F -e " Name=$n JobState=" | tail -n 100000; exit 0')
 
 
 def validate_name(name: str) -> str | None:
@@ -132,13 +132,13 @@ class SlurmBackend(Backend):
             if nid in seen:
                 dupes.add(nid)
             seen[nid] = NativeJob(
-                native_id=nid, our_id=untag(name), owner=user, name=name, state=nstate, queue=partition,
+                native_id=nid, **tag_fields(name), owner=user, name=name, state=nstate, queue=partition,
                 start_time=local_to_utc_iso(start, "%Y-%m-%dT%H:%M:%S", tz)
                 if nstate is not NativeState.PENDING else None,
                 reason=None if reason in ("", "None") else reason,
             )
         # A job id listed twice means some line was forged (a name with a newline): trust neither.
-        return [j for nid, j in seen.items() if nid not in dupes]
+        return _arrays_as_one([j for nid, j in seen.items() if nid not in dupes])
 
     # -- end state ----------------------------------------------------------------------------
     def final_argv(self, job: Job) -> list[str]:
@@ -153,22 +153,30 @@ class SlurmBackend(Backend):
     def parse_final_by_tag(self, job: Job, rc: int, stdout: str, stderr: str):
         if rc != 0:   # the log exists but cannot be read: never take that for "it never ran"
             raise RuntimeError(f"cannot look job {job.id} up in the jobcomp log: {first_line(stderr, stdout)}")
-        for line in reversed(stdout.splitlines()):
+        lines = stdout.splitlines()
+        for line in reversed(lines):
             m = re.match(r"^JobId=(\d+) UserId=([^(\s]+)\(", line)
             # anyone can name a job like ours: only the owner's counts
             if m and m.group(2) == job.owner and f" Name={tag(job)} JobState=" in line:
-                fs = self.parse_final(replace(job, scheduler_job_id=m.group(1)), 0, line, "")
-                return (m.group(1), fs) if fs is not None else None
+                arr = re.search(r" ArrayJobId=(\d+) ArrayTaskId=", line)   # an array: all its tasks count
+                native = arr.group(1) if arr else m.group(1)
+                fs = self.parse_final(replace(job, scheduler_job_id=native), 0, "\n".join(lines) if arr else line, "")
+                return (native, fs) if fs is not None else None
         return None     # no jobcomp log configured, or the job never reached Slurm: submitted again
 
     def parse_final(self, job: Job, rc: int, stdout: str, stderr: str) -> FinalState | None:
         nid = job.scheduler_job_id or ""
-        fields = _parse_scontrol(stdout, nid) or _parse_jobcomp(stdout, nid)
-        if not fields:
+        tasks = _parse_scontrol(stdout, nid) or _parse_jobcomp(stdout, nid)
+        if not tasks:
             return None   # neither slurmctld nor the jobcomp log knows how it ended (yet)
-        fs = self._final_from(fields)
-        if fs is None:
-            return None
+        ends = {task: self._final_from(fields) for task, fields in sorted(tasks.items())}
+        if any(fs is None for fs in ends.values()):
+            return None   # still pending or running (an array: some task still is)
+        worst = next(((task, fs) for task, fs in ends.items() if fs.status != "COMPLETED"), None)
+        task, fs = worst or next(iter(ends.items()))
+        fields = tasks[task]
+        if task is not None and fs.status != "COMPLETED":
+            fs = replace(fs, reason=f"array task {task}: {fs.reason}")
         if fs.status == "CANCELLED":
             return fs     # Slurm stamps StartTime on jobs cancelled while pending too: not a start
         start = local_to_utc_iso(fields.get("StartTime"), "%Y-%m-%dT%H:%M:%S", self.options.get("tz", "UTC"))
@@ -198,6 +206,29 @@ class SlurmBackend(Backend):
         return ProcessMatcher(roots_by_comm=("slurmstepd",), exclude_comm=("slurmd", "slurmctld"))
 
 
+_TASK = re.compile(r"^(\d+)_(?:\d+|\[[^\]]*\])$")
+_ORDER = {NativeState.RUNNING: 0, NativeState.PENDING: 1, NativeState.ERROR: 2, NativeState.FINISHED: 3}
+
+
+def _arrays_as_one(jobs: list[NativeJob]) -> list[NativeJob]:
+    """An array job (a script with ``#SBATCH --array``) is listed once per task (``18_1``, ``18_[2-5]``):
+    report it once, under the id sbatch printed (``18``), running while a task runs, pending while one
+    waits, finished when all are. Its tasks' end states are read together by parse_final."""
+    out: list[NativeJob] = []
+    arrays: dict[str, list[NativeJob]] = {}
+    for j in jobs:
+        m = _TASK.match(j.native_id)
+        if m:
+            arrays.setdefault(m.group(1), []).append(j)
+        else:
+            out.append(j)
+    for base, tasks in arrays.items():
+        first = min(tasks, key=lambda t: _ORDER[t.state])
+        starts = [t.start_time for t in tasks if t.start_time]
+        out.append(replace(first, native_id=base, start_time=min(starts) if starts else None))
+    return out
+
+
 def output_patterns(pwd: str, name: str) -> tuple[str, str]:
     """sbatch -o/-e patterns that land in ``pwd`` whatever characters it holds (see the module doc)."""
     if "\\" not in pwd and "%" not in pwd:
@@ -218,41 +249,52 @@ _SC_EXIT = re.compile(r"(?m)^\s+Requeue=.*?\bExitCode=(\d+:\d+)")
 _SC_START = re.compile(r"(?m)^\s+StartTime=(\S+)")
 
 
-def _parse_scontrol(text: str, nid: str) -> dict[str, str] | None:
-    """``scontrol show job N``: a block starting ``JobId=N JobName=...``, fields on indented lines.
+_SC_HEAD = re.compile(r"^JobId=(\d+) (?:ArrayJobId=(\d+) ArrayTaskId=(\d+) )?JobName=")
+
+
+def _parse_scontrol(text: str, nid: str) -> dict[int | None, dict[str, str]] | None:
+    """``scontrol show job N``: a block per job starting ``JobId=N JobName=...`` (an array job: one block per
+    task, ``JobId=M ArrayJobId=N ArrayTaskId=T JobName=...``), fields on indented lines. Task id (None for a
+    plain job) -> its JobState, ExitCode, StartTime.
 
     JobState and ExitCode are read from their own indented lines, so a job name containing
     ``JobState=...`` (on the first line) cannot stand in for the real value.
     """
+    out: dict[int | None, dict[str, str]] = {}
     lines = text.splitlines()
-    start = next((i for i, l in enumerate(lines) if l.startswith(f"JobId={nid} JobName=")), None)
-    if start is None:
-        return None
-    block = "\n".join(lines[start:])
-    st, ex = _SC_STATE.search(block), _SC_EXIT.search(block)
-    if not st:
-        return None
-    start = _SC_START.search(block)
-    return {"JobState": st.group(1), "ExitCode": ex.group(1) if ex else "",
-            "StartTime": start.group(1) if start else ""}
+    heads = [(i, m) for i, m in ((i, _SC_HEAD.match(l)) for i, l in enumerate(lines)) if m]
+    for n, (i, m) in enumerate(heads):
+        array, task = m.group(2), m.group(3)
+        if not (array == nid or (array is None and m.group(1) == nid)):
+            continue
+        block = "\n".join(lines[i:heads[n + 1][0] if n + 1 < len(heads) else len(lines)])
+        st, ex, start = _SC_STATE.search(block), _SC_EXIT.search(block), _SC_START.search(block)
+        if st:
+            out[int(task) if task else None] = {"JobState": st.group(1), "ExitCode": ex.group(1) if ex else "",
+                                                "StartTime": start.group(1) if start else ""}
+    return out or None
 
 
-def _parse_jobcomp(text: str, nid: str) -> dict[str, str] | None:
-    """A jobcomp/filetxt line: ``JobId=N UserId=... Name=... JobState=X ... ExitCode=E:S``.
+def _parse_jobcomp(text: str, nid: str) -> dict[int | None, dict[str, str]] | None:
+    """jobcomp/filetxt lines: ``JobId=N UserId=... Name=... JobState=X ... ExitCode=E:S`` (an array's tasks:
+    ``... ArrayJobId=N ArrayTaskId=T ...``); the last line of each task counts.
 
     Name comes before JobState, and our names (tag) have no spaces: the first JobState= after the
     line's own JobId is the real one. ExitCode is the line's last field.
     """
-    line = next((l for l in reversed(text.splitlines()) if l.startswith(f"JobId={nid} UserId=")), None)
-    if line is None:
-        return None
-    st = re.search(r" JobState=(\S+)", line)
-    ex = re.search(r" ExitCode=(\d+:\d+)\s*$", line)
-    if not st:
-        return None
-    start = re.search(r" StartTime=(\S+)", line[st.end():])
-    return {"JobState": st.group(1), "ExitCode": ex.group(1) if ex else "",
-            "StartTime": start.group(1) if start else ""}
+    out: dict[int | None, dict[str, str]] = {}
+    for line in text.splitlines():
+        arr = re.search(rf" ArrayJobId={re.escape(nid)} ArrayTaskId=(\d+) ", line)
+        if not (arr or (line.startswith(f"JobId={nid} UserId=") and " ArrayJobId=" not in line)):
+            continue
+        st = re.search(r" JobState=(\S+)", line)
+        ex = re.search(r" ExitCode=(\d+:\d+)\s*$", line)
+        if not st:
+            continue
+        start = re.search(r" StartTime=(\S+)", line[st.end():])
+        out[int(arr.group(1)) if arr else None] = {"JobState": st.group(1), "ExitCode": ex.group(1) if ex else "",
+                                                   "StartTime": start.group(1) if start else ""}
+    return out or None
 
 
 def _exit_code(text: str) -> tuple[int | None, int]:

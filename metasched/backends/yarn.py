@@ -31,7 +31,7 @@ import re
 
 from ..model import Job
 from .base import (launcher_pid, Backend, FinalState, NativeJob, NativeState, ProcessMatcher, as_user, epoch_ms_to_utc_iso, first_line, path_reason,
-                   tag, untag)
+                   tag, tag_fields)
 
 CLIENT_PREFIX = "client:"
 _APP_ID = re.compile(r"^application_\d+_\d+$")
@@ -144,7 +144,7 @@ class YarnBackend(Backend):
             app_type, user, queue, state, final, progress, url = (c.strip() for c in cells[-7:])
             if app_id in jobs:
                 dupes.add(app_id)
-            jobs[app_id] = NativeJob(native_id=app_id, our_id=untag(name), owner=user, name=name,
+            jobs[app_id] = NativeJob(native_id=app_id, **tag_fields(name), owner=user, name=name,
                                      state=_native_state(state), queue=queue)
         return [j for a, j in jobs.items() if a not in dupes]
 

@@ -100,9 +100,15 @@ def migrations() -> list[tuple[int, str, str]]:
 
 
 class Database:
-    def __init__(self, path: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS):
+    def __init__(self, path: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS, synchronous: str = "NORMAL"):
+        """synchronous: NORMAL for the API's connections, FULL for the poller's (see docs/exactly-once.md:
+        what the poller commits must survive a power loss before it acts on it; WAL frames are synced in
+        order, so the poller's commits also make every earlier API commit durable)."""
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError(f"synchronous: {synchronous!r}")
         self.path = path
         self.busy_timeout_ms = int(busy_timeout_ms)
+        self.synchronous = synchronous
         self._local = threading.local()
         self.q = QUERIES
 
@@ -114,7 +120,7 @@ class Database:
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
             _set_wal(conn, self.busy_timeout_ms / 1000)
-            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.Error as exc:
             raise Unavailable(f"cannot open database {self.path}: {exc}") from None

@@ -64,11 +64,11 @@ class Repository:
     def _all(self, sql: str, **params):
         return self.db.conn.execute(sql, params).fetchall()
 
-    # -- jobs ---------------------------------------------------------------------------------
-    def insert_job(self, *, name, queue_id, owner, status, path, options, pwd, now) -> Job:
+    # -- jobs (state changes only through metasched.lifecycle) -----------------------------------
+    def insert_job(self, *, name, queue_id, owner, status, path, options, pwd, token, now) -> Job:
         return row_to_job(self._one(self.q.insert_job, name=name, queue_id=queue_id, owner=owner,
                                     status=status.value, path=path, options=json.dumps(list(options)),
-                                    pwd=pwd, now=now))
+                                    pwd=pwd, token=token, now=now))
 
     def get_job(self, job_id: int) -> Job | None:
         r = self._one(self.q.get_job, id=job_id)
@@ -81,32 +81,27 @@ class Repository:
             return rows_to_jobs(self._all(self.q.list_jobs_of_owner, owner=owner, **params))
         return rows_to_jobs(self._all(self.q.list_jobs, owner=None, **params))
 
-    def update_job_fields(self, *, id, name, queue_id, path, options, pwd, now) -> Job | None:
-        r = self._one(self.q.update_job_fields, id=id, name=name, queue_id=queue_id, path=path,
+    def update_job_fields(self, *, id, version, name, queue_id, path, options, pwd, now) -> Job | None:
+        r = self._one(self.q.update_job_fields, id=id, version=version, name=name, queue_id=queue_id, path=path,
                       options=json.dumps(list(options)), pwd=pwd, now=now)
         return row_to_job(r) if r else None
 
-    def set_job_status(self, *, id, old_status, status, reason, now, exit_code=None, started_at=None) -> Job | None:
-        r = self._one(self.q.set_job_status, id=id, old_status=old_status.value, status=status.value,
-                      reason=reason, now=now, exit_code=exit_code, started_at=started_at)
+    def update_job(self, *, id, version, status, reason, now, scheduler_job_id=None, exit_code=None,
+                   started_at=None, attempt=0) -> Job | None:
+        r = self._one(self.q.update_job, id=id, version=version, status=status.value, reason=reason, now=now,
+                      scheduler_job_id=scheduler_job_id, exit_code=exit_code, started_at=started_at,
+                      attempt=attempt)
         return row_to_job(r) if r else None
 
-    def set_scheduler_job_id(self, *, id, scheduler_job_id, now) -> Job | None:
-        r = self._one(self.q.set_scheduler_job_id, id=id, scheduler_job_id=scheduler_job_id, now=now)
+    def request_cancel(self, *, id, version, now) -> Job | None:
+        r = self._one(self.q.request_cancel, id=id, version=version, now=now)
         return row_to_job(r) if r else None
 
-    def request_cancel(self, *, id, now) -> Job | None:
-        r = self._one(self.q.request_cancel, id=id, now=now)
-        return row_to_job(r) if r else None
+    def cancel_requested_among(self, ids: list[int]) -> set[int]:
+        return {r["id"] for r in self._all(self.q.cancel_requested_among, ids=json.dumps(list(ids)))}
 
-    def set_waiting_reason(self, *, id, reason) -> None:
-        self.db.conn.execute(self.q.set_waiting_reason, dict(id=id, reason=reason))
-
-    def set_job_reason(self, *, id, reason) -> None:
-        self.db.conn.execute(self.q.set_job_reason, dict(id=id, reason=reason))
-
-    def count_final_check(self, job_id: int) -> int:
-        return self._one(self.q.count_final_check, id=job_id)["final_checks"]
+    def note_job(self, *, id, version, reason) -> bool:
+        return self.db.conn.execute(self.q.note_job, dict(id=id, version=version, reason=reason)).rowcount == 1
 
     def insert_job_event(self, *, job_id, old_status, new_status, actor, reason, now) -> None:
         self.db.conn.execute(self.q.insert_job_event, dict(
@@ -128,6 +123,9 @@ class Repository:
     def latest_job_change(self) -> tuple[str, int]:
         r = self._one(self.q.latest_job_change)
         return r["at"], r["n"]
+
+    def prune_finished_jobs(self, *, before: str, limit: int) -> int:
+        return self.db.conn.execute(self.q.prune_finished_jobs, dict(before=before, limit=limit)).rowcount
 
     # -- queues and nodes ---------------------------------------------------------------------
     def get_queue_by_name(self, name: str):
@@ -192,6 +190,9 @@ class Repository:
         self.db.conn.execute(self.q.insert_cluster_event, dict(kind=kind, detail=json.dumps(detail),
                                                                actor=actor, now=now))
 
+    def prune_cluster_events(self, *, before: str, limit: int) -> int:
+        return self.db.conn.execute(self.q.prune_cluster_events, dict(before=before, limit=limit)).rowcount
+
     def list_cluster_events(self, kind: str, limit: int = 20) -> list[dict]:
         return [dict(r, detail=json.loads(r["detail"])) for r in self._all(self.q.list_cluster_events,
                                                                            kind=kind, limit=limit)]
@@ -217,15 +218,19 @@ class Repository:
         return self.db.conn.execute(self.q.revoke_token, dict(id=id, now=now)).rowcount == 1
 
     # -- poller -------------------------------------------------------------------------------
-    def acquire_lease(self, *, holder, now, expires_at):
-        return self._one(self.q.acquire_lease, holder=holder, now=now, expires_at=expires_at)
-
-    def release_lease(self, holder: str) -> None:
-        self.db.conn.execute(self.q.release_lease, dict(holder=holder))
-
-    def get_lease(self):
+    def get_lease(self) -> dict | None:
         r = self._one(self.q.get_lease)
         return dict(r) if r else None
+
+    def write_lease(self, **kw) -> None:
+        self.db.conn.execute(self.q.write_lease, kw)
+
+    def release_lease(self, *, holder: str, now: str) -> None:
+        self.db.conn.execute(self.q.release_lease, dict(holder=holder, now=now))
+
+    def lease_epoch(self) -> tuple[str, int] | None:
+        r = self._one(self.q.lease_epoch)
+        return (r["holder"], r["epoch"]) if r else None
 
     def insert_poll_cycle(self, *, holder, started_at, duration_ms, summary, errors) -> None:
         self.db.conn.execute(self.q.insert_poll_cycle, dict(holder=holder, started_at=started_at,
@@ -243,8 +248,8 @@ class Repository:
 
     # -- metrics (sql/metrics.sql) --------------------------------------------------------------
     def metrics_dispatch_counts(self) -> dict[int, tuple[int, int]]:
-        """queue id -> (dispatched, refused)."""
-        return {r["queue_id"]: (r["dispatched"] or 0, r["refused"] or 0)
+        """queue id -> (dispatched, failed for good)."""
+        return {r["queue_id"]: (r["dispatched"] or 0, r["failed"] or 0)
                 for r in self._all(self.q.metrics_dispatch_counts)}
 
     def metrics_poll_cycle_stats(self) -> dict:

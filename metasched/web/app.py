@@ -13,6 +13,7 @@ import urllib.parse
 import falcon
 
 from .. import errors as E
+from ..backends.base import tag
 from ..identity import ANONYMOUS, peer_uid
 from ..model import JobStatus
 from ..services import Services
@@ -142,7 +143,8 @@ def read_body(req, schema: dict, optional: bool = False) -> dict:
 
 def job_view(job) -> dict:
     return {
-        "id": job.id, "name": job.name, "queue": job.queue_id, "owner": job.owner, "status": job.status.value,
+        "id": job.id, "name": job.name, "native_name": tag(job), "queue": job.queue_id, "owner": job.owner,
+        "status": job.status.value,
         "path": job.path, "options": list(job.options), "pwd": job.pwd, "scheduler_job_id": job.scheduler_job_id,
         "exit_code": job.exit_code, "reason": job.reason, "cancel_requested": job.cancel_requested,
         "created_at": job.created_at, "submitted_at": job.submitted_at, "started_at": job.started_at,

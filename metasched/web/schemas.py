@@ -56,11 +56,15 @@ ERROR = {
 }
 JOB = {
     "type": "object",
-    "required": ["id", "name", "queue", "owner", "status", "path", "options", "pwd", "scheduler_job_id",
+    "required": ["id", "name", "native_name", "queue", "owner", "status", "path", "options", "pwd", "scheduler_job_id",
                  "exit_code", "reason", "cancel_requested", "created_at", "submitted_at", "started_at",
                  "finished_at", "updated_at", "links"],
     "properties": {
-        "id": {"type": "integer"}, "name": {"type": "string"}, "queue": {"type": "integer"},
+        "id": {"type": "integer"}, "name": {"type": "string"},
+        "native_name": {"type": "string", "description": "the job's name in its scheduler: ms<id>-<token>_<name>, "
+                                                         "the tag by which metasched recognises it (the job's "
+                                                         "output files carry it too)"},
+        "queue": {"type": "integer"},
         "owner": {"type": "string"}, "status": {"type": "string", "enum": STATUSES},
         "path": {"type": "string"}, "options": {"type": "array", "items": {"type": "string"}},
         "pwd": {"type": "string"}, "scheduler_job_id": {"type": ["string", "null"]},

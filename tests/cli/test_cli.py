@@ -479,6 +479,7 @@ def direct_jobs(lab):
     db = Database(str(lab.dir / "db.sqlite3"))
     try:
         engine = Engine(db, cfgmod.parse(yaml.safe_load((lab.dir / "service.config").read_text())), transports={})
+        assert engine.lease.acquire()      # the service runs --no-poller here: nobody else holds the lease
         engine.record_foreign({1: st(nj("501", "alice", NativeState.RUNNING), nj("502", "bob", NativeState.PENDING)),
                                2: st(nj("77", "bob", NativeState.RUNNING))}, CycleReport(started_at="now"))
     finally:

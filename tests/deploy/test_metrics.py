@@ -11,8 +11,10 @@ import time
 
 import pytest
 
+from metasched import lifecycle
 from metasched.db.core import Database, epoch_to_time, utcnow
 from metasched.db.repository import Repository
+from metasched.engine.lease import Identity, Lease
 from metasched.model import JobStatus
 
 from .conftest import BASE_CONFIG
@@ -109,23 +111,23 @@ def poller_writes(srv) -> None:
             jobs = repo.list_jobs(after=0, limit=1000)
         now = utcnow()
         pending = [j for j in jobs if j.status is JobStatus.TO_BE_QUEUED]
-        with db.write():
+        lease = Lease(db, Identity.of_this_process("poller"), 12.5)
+        assert lease.acquire()
+        with lease.fenced():
             repo.set_node_health(id=nodes[0]["id"], reachable=1, last_seen=now, last_error=None, now=now,
                                  load=(0.1, 0.2, 0.3), ncpus=2)
             repo.set_node_health(id=nodes[1]["id"], reachable=0, last_seen=None, last_error="connection refused",
                                  now=now)
             # nodes[2]: never checked
-            repo.acquire_lease(holder="frontend:4242:poller", now=now, expires_at=epoch_to_time(time.time() + 12.5))
-            repo.insert_poll_cycle(holder="frontend:4242:poller", started_at=now, duration_ms=123.5,
+            repo.insert_poll_cycle(holder=lease.me.name, started_at=now, duration_ms=123.5,
                                    summary={"dispatched": 2}, errors={"node 127.0.0.2:2222": "connection refused"})
             for job, (mid, end, reason) in zip(pending, [
                     (JobStatus.DISPATCHING, JobStatus.RUNNING, "running on local as 17"),   # no native queue
                     (JobStatus.DISPATCHING, JobStatus.QUEUED, "queued in local as 18"),
                     (JobStatus.DISPATCHING, JobStatus.ERROR, "scheduler refused: no such file")]):
-                for old, new, why in [(JobStatus.TO_BE_QUEUED, mid, "dispatching"), (mid, end, reason)]:
-                    assert repo.set_job_status(id=job.id, old_status=old, status=new, reason=why, now=now)
-                    repo.insert_job_event(job_id=job.id, old_status=old, new_status=new, actor="poller",
-                                          reason=why, now=now)
+                for new, why in [(mid, "dispatching"), (end, reason)]:
+                    job = lifecycle.transition(repo, job, new, actor="poller", reason=why, now=now)
+                    assert job is not None
     finally:
         db.close()
 

@@ -87,7 +87,7 @@ def test_jobs_succeed_and_fail_with_their_exit_codes_as_their_owner(srv, users, 
     while time.monotonic() < deadline and [p for p in os.listdir(workdir["alice"]) if p.endswith(".exit")]:
         time.sleep(0.1)
     left = sorted(os.listdir(workdir["alice"]))
-    assert left == sorted(["ok.sh", "bad.sh"] + [f"ms{j['id']}_{j['name']}.{k}{j['id']}"
+    assert left == sorted(["ok.sh", "bad.sh"] + [f"{j['native_name']}.{k}{j['id']}"
                                                   for j in (j1, j2) for k in "oe"]), left
 
 

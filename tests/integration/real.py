@@ -96,11 +96,11 @@ def wait_until(what: str, fn, timeout: float = 30.0, interval: float = 0.2):
 
 
 def output_file(directory: pathlib.Path, job: dict, stream: str = "o") -> pathlib.Path:
-    """The job's stdout (``o``) or stderr (``e``) file: ``ms<id>_<name>.o<native id>`` (Grid Engine and
+    """The job's stdout (``o``) or stderr (``e``) file: ``<native name>.o<native id>`` (Grid Engine and
     Slurm), or ``.out``/``.err`` (Slurm, when pwd holds '%' or '\\\\')."""
     names = sorted(os.listdir(directory))
     want = (f".{stream}{job['scheduler_job_id']}", ".out" if stream == "o" else ".err")
-    hits = [n for n in names if n.startswith(f"ms{job['id']}_") and n.endswith(want)]
+    hits = [n for n in names if n.startswith(f"{job['native_name']}.") and n.endswith(want)]
     assert len(hits) == 1, (job, names)
     return directory / hits[0]
 

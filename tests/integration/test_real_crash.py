@@ -106,10 +106,10 @@ def run_crash(srv, lab, users, dirs):
         db = sqlite3.connect(f"file:{srv.db_path}?mode=ro", uri=True, timeout=5)
         try:
             while not stop.is_set():
-                rows = db.execute("SELECT id FROM jobs WHERE status = 'DISPATCHING'").fetchall()
+                rows = db.execute("SELECT id, token FROM jobs WHERE status = 'DISPATCHING'").fetchall()
                 if len(rows) >= 2:
                     names = live_names(lab)
-                    submitted = [r[0] for r in rows if f"ms{r[0]}_{tag}" in names]
+                    submitted = [r[0] for r in rows if f"ms{r[0]}-{r[1]}_{tag}" in names]
                     if submitted and len(submitted) < len(rows):
                         os.kill(victim, signal.SIGKILL)
                         killed["dispatching"] = sorted(r[0] for r in rows)
@@ -145,7 +145,7 @@ def run_crash(srv, lab, users, dirs):
         native_jobs_by_name(lab, f"*_{tag}")), timeout=30)
     assert not [k for k in native if k.startswith("(live)")], native
     for d in done:
-        numbers = native.get(f"ms{d['id']}_{tag}", [])
+        numbers = native.get(d["native_name"], [])
         assert numbers == [d["scheduler_job_id"]], (d["id"], numbers, killed)
     assert len(native) == N_JOBS, native
     events = [e["reason"] for d in killed["dispatching"]

@@ -110,7 +110,7 @@ def _decode(raw: bytes) -> Response:
 
 
 def request_as(user: pwd.struct_passwd, sock_path: str, method: str, path: str, body=None,
-               headers: dict | None = None) -> Response:
+               headers: dict | None = None, timeout: float = 30.0) -> Response:
     """Send one request over the unix socket from a process running as ``user`` (uid, gid, no groups)."""
     rfd, wfd = os.pipe()
     pid = os.fork()
@@ -121,7 +121,7 @@ def request_as(user: pwd.struct_passwd, sock_path: str, method: str, path: str, 
             os.setgroups([])
             os.setgid(user.pw_gid)
             os.setuid(user.pw_uid)
-            out = _encode(http_request(UnixHTTPConnection(sock_path), method, path, body, headers))
+            out = _encode(http_request(UnixHTTPConnection(sock_path, timeout), method, path, body, headers))
         except BaseException as exc:  # noqa: BLE001 - reported to the parent
             out = json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode()
             code = 1
@@ -168,14 +168,15 @@ class Server:
     stderr_path: str
     proc: subprocess.Popen
     users: dict = field(default_factory=dict)
+    env: dict = field(default_factory=dict)
 
     # requests ------------------------------------------------------------------------------
-    def root(self, method: str, path: str, body=None, headers=None) -> Response:
+    def root(self, method: str, path: str, body=None, headers=None, timeout: float = 30.0) -> Response:
         """Over the unix socket as this process's user (root)."""
-        return http_request(UnixHTTPConnection(self.socket_path), method, path, body, headers)
+        return http_request(UnixHTTPConnection(self.socket_path, timeout), method, path, body, headers)
 
-    def as_user(self, name: str, method: str, path: str, body=None, headers=None) -> Response:
-        return request_as(self.users[name], self.socket_path, method, path, body, headers)
+    def as_user(self, name: str, method: str, path: str, body=None, headers=None, timeout: float = 30.0) -> Response:
+        return request_as(self.users[name], self.socket_path, method, path, body, headers, timeout)
 
     def tcp(self, method: str, path: str, body=None, headers=None) -> Response:
         return http_request(http.client.HTTPConnection("127.0.0.1", self.port, timeout=30), method, path,
@@ -216,7 +217,7 @@ class Server:
 
 
 def start_server(users: dict, *, workers: int = 2, config: dict | None = None, poller: bool = False,
-                 extra_args: tuple = ()) -> Server:
+                 extra_args: tuple = (), env: dict | None = None, db_path: str | None = None) -> Server:
     # The socket's directory must be traversable by alice and bob (pytest's tmp_path is 0700).
     workdir = tempfile.mkdtemp(prefix="metasched-srv-")
     os.chmod(workdir, 0o755)
@@ -224,17 +225,17 @@ def start_server(users: dict, *, workers: int = 2, config: dict | None = None, p
     with open(cfg_path, "w", encoding="utf-8") as f:
         yaml.safe_dump(config or BASE_CONFIG, f)
     sock = os.path.join(workdir, "api.sock")
-    db = os.path.join(workdir, "db.sqlite3")
+    db = db_path or os.path.join(workdir, "db.sqlite3")
     port = free_port()
     stderr_path = os.path.join(workdir, "server.stderr")
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, **{"PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {})})
     with open(stderr_path, "wb") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "metasched", cfg_path, "--socket", sock, "--host", "127.0.0.1",
              "--port", str(port), "--database-file", db, "--workers", str(workers),
              *([] if poller else ["--no-poller"]), *extra_args],
             cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
-    server = Server(workdir, sock, port, db, stderr_path, proc, users)
+    server = Server(workdir, sock, port, db, stderr_path, proc, users, env)
     try:
         server.wait_ready()
     except BaseException:

@@ -217,8 +217,8 @@ def test_parse_final_not_found():
     b = GridEngineBackend()
     err = "error: job id 1018 not found\n"
     assert b.parse_final(job(scheduler_job_id="1018"), 1, "", err) is None
-    fs = b.parse_final(job(scheduler_job_id="1018", cancel_requested=True), 1, "", err)
-    assert fs.status == "CANCELLED" and fs.exit_code is None
+    # cancelled, but maybe it ran and its record is still being written: the engine waits its recovery grace
+    assert b.parse_final(job(scheduler_job_id="1018", cancel_requested=True), 1, "", err) is None
 
 
 def test_cancel_and_matcher():

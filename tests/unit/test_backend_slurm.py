@@ -78,7 +78,7 @@ def test_parse_status_tagged_names_with_separator_and_spaces():
     assert jobs["16"].state is NativeState.RUNNING       # SUSPENDED keeps its allocation
     assert jobs["17"].state is NativeState.PENDING
     assert jobs["18"].state is NativeState.FINISHED
-    assert jobs["19_[1-5]"].state is NativeState.PENDING
+    assert jobs["19"].state is NativeState.PENDING     # an array job, listed once under the id sbatch printed
 
 
 def test_parse_status_empty_error_and_forged_duplicate():
@@ -223,3 +223,38 @@ def test_an_interrupted_dispatch_is_found_in_the_jobcomp_log_by_its_tag(tmp_path
     assert lookup(SlurmBackend({"jobcomp_file": str(tmp_path / "none")}), ours) is None   # no job ended yet
     with pytest.raises(RuntimeError, match="cannot read"):          # never "not found" when it cannot tell
         lookup(SlurmBackend({"jobcomp_file": str(tmp_path)}), ours)
+
+
+ARRAY_SCONTROL = """JobId=31 ArrayJobId=30 ArrayTaskId=2 JobName=ms9-abcdef_arr
+   UserId=alice(1001) GroupId=alice(1001) MCS_label=N/A
+   JobState={s2} Reason=NonZeroExitCode Dependency=(null)
+   Requeue=1 Restarts=0 BatchFlag=1 Reboot=0 ExitCode={e2}
+   StartTime=2026-12-01T13:22:13 EndTime=2026-12-01T13:22:17 Deadline=N/A
+
+JobId=30 ArrayJobId=30 ArrayTaskId=1 JobName=ms9-abcdef_arr
+   UserId=alice(1001) GroupId=alice(1001) MCS_label=N/A
+   JobState=COMPLETED Reason=None Dependency=(null)
+   Requeue=1 Restarts=0 BatchFlag=1 Reboot=0 ExitCode=0:0
+   StartTime=2026-12-01T13:22:12 EndTime=2026-12-01T13:22:17 Deadline=N/A
+"""
+
+
+def test_an_array_job_is_one_job_listed_and_ended_by_all_its_tasks():
+    """A user's script with #SBATCH --array (real outputs of Slurm 22.05 on the lab): squeue lists a line per
+    task, scontrol a block per task; the job is the array, and it ends when all its tasks did."""
+    out = ("30_1|alice|RUNNING|debug|2026-12-01T13:22:12|None|ms9-abcdef_arr\n"
+           "30_2|alice|COMPLETED|debug|2026-12-01T13:22:13|None|ms9-abcdef_arr\n"
+           "32_[3-4]|alice|PENDING|debug|N/A|None|ms10-abcdef_more\n32_1|alice|COMPLETED|debug|N/A|None|ms10-abcdef_more\n")
+    jobs = {j.native_id: j for j in SlurmBackend().parse_status(0, out, "")}
+    assert sorted(jobs) == ["30", "32"]
+    assert jobs["30"].state is NativeState.RUNNING and jobs["30"].start_time == "2026-12-01T13:22:12Z"
+    assert jobs["32"].state is NativeState.PENDING and jobs["30"].our_id == 9
+    b, j = SlurmBackend(), job(scheduler_job_id="30")
+    assert b.parse_final(j, 0, ARRAY_SCONTROL.format(s2="RUNNING", e2="0:0"), "") is None
+    fs = b.parse_final(j, 0, ARRAY_SCONTROL.format(s2="FAILED", e2="2:0"), "")
+    assert (fs.status, fs.exit_code, fs.reason) == ("ERROR", 2, "array task 2: exit code 2")
+    fs = b.parse_final(j, 0, ARRAY_SCONTROL.format(s2="COMPLETED", e2="0:0"), "")
+    assert (fs.status, fs.exit_code) == ("COMPLETED", 0)
+    comp = ("JobId=31 UserId=alice(1001) GroupId=alice(1001) Name=ms9-abcdef_arr JobState=FAILED Partition=debug "
+            "StartTime=2026-12-01T13:22:13 ArrayJobId=30 ArrayTaskId=2 DerivedExitCode=0:0 ExitCode=2:0 \n")
+    assert b.parse_final(j, 0, comp, "").reason == "array task 2: exit code 2"

@@ -44,7 +44,7 @@ def test_shipped_configs_load():
 
 
 SECTIONS = {"poller": C.PollerConfig, "ssh": C.SshConfig, "auth": C.AuthConfig,
-            "enforcement": C.EnforcementConfig, "server": C.ServerConfig}
+            "enforcement": C.EnforcementConfig, "server": C.ServerConfig, "retention": C.RetentionConfig}
 LISTS = {"nodes": C.NodeConfig, "schedulers": C.SchedulerConfig}
 
 

@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import re
 import sqlite3
+import subprocess
 import threading
 
 import pytest
 
 from metasched import config as cfgmod
 from metasched.db.core import QUERIES, SCHEMA_VERSION, Database, migrations, parse_queries
+from metasched.db.repository import Repository
+from metasched.engine.lease import Identity, Lease, LeaseLost, boot_id, may_take
 from metasched.errors import Unavailable
 from metasched.identity import Authority
 from metasched.model import JobStatus
@@ -178,30 +182,83 @@ def test_ids_stable_across_restarts_and_reordering(db):
 
 # -- lease ----------------------------------------------------------------------------------------
 
-def test_lease_acquire_refuse_renew_take_over(db):
-    svc = services(db)
-    repo = svc.repo
+class FakeClock:
+    def __init__(self, mono=1000.0, wall=1_800_000_000.0):
+        self.m, self.w = mono, wall
 
-    def acquire(holder, now, expires):
-        with db.write():
-            r = repo.acquire_lease(holder=holder, now=now, expires_at=expires)
-        return None if r is None else (r["holder"], r["acquired_at"])
+    def mono(self):
+        return self.m
 
-    assert acquire("a", "2026-01-01T00:00:00Z", "2026-01-01T00:00:15Z") == ("a", "2026-01-01T00:00:00Z")
-    assert acquire("b", "2026-01-01T00:00:05Z", "2026-01-01T00:00:20Z") is None          # refused
-    assert acquire("a", "2026-01-01T00:00:10Z", "2026-01-01T00:00:25Z") == ("a", "2026-01-01T00:00:00Z")  # renewed
-    assert acquire("b", "2026-01-01T00:00:20Z", "2026-01-01T00:00:35Z") is None          # still valid
-    assert acquire("b", "2026-01-01T00:00:26Z", "2026-01-01T00:00:41Z") == ("b", "2026-01-01T00:00:26Z")  # taken over
-    assert acquire("a", "2026-01-01T00:00:27Z", "2026-01-01T00:00:42Z") is None
-    with db.read():
-        assert repo.get_lease()["holder"] == "b"
-    with db.write():
-        repo.release_lease("a")          # not the holder: no effect
-    with db.read():
-        assert repo.get_lease()["holder"] == "b"
-    with db.write():
-        repo.release_lease("b")
-    assert acquire("a", "2026-01-01T00:00:28Z", "2026-01-01T00:00:43Z") == ("a", "2026-01-01T00:00:28Z")
+    def wall(self):
+        return self.w
+
+
+def identity(name, pid=4242, start=77, host="front", boot="boot-1"):
+    return Identity(name=name, host=host, boot_id=boot, pid=pid, pid_start=start)
+
+
+def test_lease_acquire_refuse_renew_take_over_with_a_new_epoch(db):
+    services(db)
+    clock = FakeClock()
+    alive = {4242: 77, 4343: 88}
+    a = Lease(db, identity("a", 4242, 77), 15, mono=clock.mono, wall=clock.wall, alive=alive.get)
+    b = Lease(db, identity("b", 4343, 88), 15, mono=clock.mono, wall=clock.wall, alive=alive.get)
+    if True:
+        assert a.acquire() and a.epoch == 1
+        clock.m += 5
+        assert not b.acquire()                       # refused while a lives and its lease runs
+        clock.m += 5
+        assert a.acquire() and a.epoch == 1          # renewed: same epoch
+        clock.m += 14
+        assert not b.acquire()                       # a renewed 14 s ago: still valid
+        clock.m += 2
+        assert b.acquire() and b.epoch == 2          # expired: taken over with a new epoch
+        with pytest.raises(LeaseLost):
+            with a.fenced():                          # a stale holder can write nothing
+                pass
+        assert not a.acquire()
+        b.release()
+        with db.read():
+            assert Repository(db).get_lease()["epoch"] == 2     # a released lease keeps its epoch
+        assert a.acquire() and a.epoch == 3
+
+
+def test_a_wall_clock_step_neither_keeps_a_dead_lease_nor_cuts_a_live_one(db):
+    services(db)
+    clock = FakeClock()
+    me = dict(pid=os.getpid(), start=L_start(), boot=boot_id())
+    a = Lease(db, identity("a", **me), 15, mono=clock.mono, wall=clock.wall)
+    b = Lease(db, identity("b", **me), 15, mono=clock.mono, wall=clock.wall)
+    assert a.acquire()
+    clock.w -= 3600                                   # the wall clock set back an hour
+    clock.m += 5
+    assert not b.acquire()                            # a's lease is still valid: 5 s of its 15 passed
+    clock.w += 7200                                   # and an hour ahead
+    assert not b.acquire()
+    clock.m += 11
+    assert b.acquire() and b.epoch == 2               # 16 s on the boot-time clock: expired
+
+
+def test_a_holder_whose_process_is_gone_frees_the_lease_at_once(db):
+    services(db)
+    clock = FakeClock()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    a = Lease(db, identity("a", dead.pid, 1, boot=boot_id()), 3600, mono=clock.mono, wall=clock.wall)
+    b = Lease(db, identity("b", os.getpid(), L_start(), boot=boot_id()), 3600, mono=clock.mono, wall=clock.wall)
+    assert a.acquire()
+    assert b.acquire() and b.epoch == 2               # no waiting for the hour-long lease
+    assert may_take({"holder": "x", "host": "front", "boot_id": "boot-0", "pid": 1, "pid_start": 1,
+                     "expires_mono": 1e12, "expires_at": ""}, identity("y"), mono=0, wall=0) == (
+        True, "its holder's host has rebooted since")
+    assert may_take({"holder": "x", "host": "other", "boot_id": "?", "pid": 1, "pid_start": 1,
+                     "expires_mono": 0, "expires_at": "2027-01-15T08:00:00.000000Z"}, identity("y"),
+                    mono=1e12, wall=0)[0] is False      # another host: only its wall-clock expiry counts
+
+
+def L_start():
+    from metasched.engine.lease import process_start
+    return process_start(os.getpid())
 
 
 # -- transactions ---------------------------------------------------------------------------------
@@ -211,13 +268,13 @@ def test_write_rolls_back_on_exception(db):
     with pytest.raises(RuntimeError):
         with db.write():
             svc.repo.insert_job(name="x", queue_id=1, owner="alice", status=JobStatus.HELD, path="/x",
-                                options=[], pwd="/", now="2026-01-01T00:00:00.000000Z")
+                                options=[], pwd="/", token=None, now="2026-01-01T00:00:00.000000Z")
             raise RuntimeError("boom")
     assert db.conn.execute("SELECT count(*) FROM jobs").fetchone()[0] == 0
     assert not db.conn.in_transaction
     with db.write():   # the connection is usable afterwards
         svc.repo.insert_job(name="x", queue_id=1, owner="alice", status=JobStatus.HELD, path="/x",
-                            options=[], pwd="/", now="2026-01-01T00:00:00.000000Z")
+                            options=[], pwd="/", token=None, now="2026-01-01T00:00:00.000000Z")
     assert db.conn.execute("SELECT count(*) FROM jobs").fetchone()[0] == 1
 
 
@@ -256,3 +313,14 @@ def test_the_pollers_frequent_queries_never_read_the_finished_history(db, name, 
     plan = [r[3] for r in db.conn.execute("EXPLAIN QUERY PLAN " + getattr(QUERIES, name), params).fetchall()]
     assert any("USING INDEX jobs_by_status" in step for step in plan), plan
     assert not any(re.match(r"SCAN jobs\b", step) for step in plan), plan
+
+
+def test_the_pollers_commits_are_synced_before_it_acts(tmp_path):
+    """synchronous=FULL for the poller (a DISPATCHING mark must survive a power loss before its submit goes
+    out), NORMAL for the API (see docs/exactly-once.md)."""
+    from metasched import config as cfgmod
+    from metasched.poller import PollerThread
+    cfg = cfgmod.parse(dict(CONFIG, server={"database": str(tmp_path / "p.sqlite3")}))
+    poller = PollerThread(cfg)
+    assert poller.db.conn.execute("PRAGMA synchronous").fetchone()[0] == 2          # FULL
+    assert Database(str(tmp_path / "p.sqlite3")).conn.execute("PRAGMA synchronous").fetchone()[0] == 1

@@ -11,6 +11,7 @@ from metasched.backends.base import SubmitRefused
 from metasched.backends.sge import GridEngineBackend
 from metasched.db.core import Database, utcnow
 from metasched.db.repository import Repository, row_to_queue
+from metasched import lifecycle
 from metasched.engine import CycleReport, Engine
 from metasched.identity import Authority
 from metasched.model import JobStatus
@@ -45,26 +46,35 @@ class GatedBackend(GridEngineBackend):
         return stdout.strip()
 
 
-def two_jobs(tmp_path, backend):
-    """A database with two jobs of alice waiting, and an engine dispatching them through `backend`."""
+def two_jobs(tmp_path, backend, monkeypatch):
+    """A database with two jobs of alice waiting, and an engine holding the lease, dispatching them through
+    `backend` (the fence file goes to a HOME of the test's own)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
     db = Database(str(tmp_path / "db.sqlite3"))
     db.migrate()
     Services(db, CFG, Authority(CFG.auth)).sync_config()
     repo = Repository(db)
     with db.write():
-        jobs = [repo.insert_job(name=f"j{i}", queue_id=1, owner="alice", status=JobStatus.TO_BE_QUEUED,
-                                path="/home/alice/j.sh", options=(), pwd="/home/alice", now=utcnow())
-                for i in range(2)]
+        jobs = [lifecycle.create(repo, name=f"j{i}", queue_id=1, owner="alice", status=JobStatus.TO_BE_QUEUED,
+                                 path="/home/alice/j.sh", options=(), pwd="/home/alice", actor="alice",
+                                 reason="submitted", now=utcnow()) for i in range(2)]
         q = row_to_queue(repo.list_queues()[0])
-    engine = Engine(db, CFG, transports={q.master_node_id: LocalTransport(60)}, backends={q.id: backend})
+        engine = Engine(db, CFG, transports={q.master_node_id: LocalTransport(60)}, backends={q.id: backend})
+    assert engine.lease.acquire()
+    engine.installation = repo_installation(db, repo)
     return db, repo, jobs, q, engine
 
 
-def test_each_job_is_recorded_when_its_answer_arrives_not_when_the_batch_ends(tmp_path):
+def repo_installation(db, repo):
+    with db.read():
+        return repo.get_setting("installation")[0]
+
+
+def test_each_job_is_recorded_when_its_answer_arrives_not_when_the_batch_ends(tmp_path, monkeypatch):
     gate = tmp_path / "gate"
-    db, repo, jobs, q, engine = two_jobs(tmp_path, GatedBackend(str(gate)))
+    db, repo, jobs, q, engine = two_jobs(tmp_path, GatedBackend(str(gate)), monkeypatch)
     report = CycleReport(started_at=utcnow())
-    runner = threading.Thread(target=engine.dispatch, args=(jobs, [j.id for j in jobs], {q.id: q}, report))
+    runner = threading.Thread(target=engine.dispatcher().dispatch, args=(jobs, {q.id: q}, report))
     runner.start()
     try:
         seen = None
@@ -98,25 +108,26 @@ class ScriptedBackend(GatedBackend):
         return ["sh", "-c", self.script]
 
 
-def dispatch_with(tmp_path, script: str):
-    db, repo, jobs, q, engine = two_jobs(tmp_path, ScriptedBackend(script))
+def dispatch_with(tmp_path, script: str, monkeypatch):
+    db, repo, jobs, q, engine = two_jobs(tmp_path, ScriptedBackend(script), monkeypatch)
     report = CycleReport(started_at=utcnow())
-    engine.dispatch(jobs, [j.id for j in jobs], {q.id: q}, report)
+    engine.dispatcher().dispatch(jobs, {q.id: q}, report)
     with db.read():
         out = [repo.get_job(j.id) for j in jobs]
     db.close()
     return out, report
 
 
-def test_a_batch_refused_as_a_whole_gives_every_job_the_reason(tmp_path):
-    jobs, report = dispatch_with(tmp_path, 'echo "sudo: a password is required" >&2; exit 1')
+def test_a_batch_refused_as_a_whole_gives_every_job_the_reason(tmp_path, monkeypatch):
+    jobs, report = dispatch_with(tmp_path, 'echo "sudo: a password is required" >&2; exit 1', monkeypatch)
     assert [j.status for j in jobs] == [JobStatus.ERROR, JobStatus.ERROR]
     assert all(j.reason == "scheduler refused: sudo: a password is required" for j in jobs), jobs
     assert report.summary["refused"] == 2
 
 
-def test_a_batch_that_stops_early_leaves_the_unanswered_job_to_the_next_cycle(tmp_path):
-    jobs, report = dispatch_with(tmp_path, 'printf "4001\\n\\n@@metasched-rc 0 0\\n\\n@@metasched-end 0\\n"; exit 1')
+def test_a_batch_that_stops_early_leaves_the_unanswered_job_to_the_next_cycle(tmp_path, monkeypatch):
+    jobs, report = dispatch_with(tmp_path, 'printf "4001\\n\\n@@metasched-rc 0 0\\n\\n@@metasched-end 0\\n"; exit 1',
+                                 monkeypatch)
     assert (jobs[0].status, jobs[0].scheduler_job_id) == (JobStatus.QUEUED, "4001")
     assert jobs[1].status is JobStatus.DISPATCHING and "outcome unknown" in jobs[1].reason
     assert report.summary["dispatched"] == 1

@@ -51,7 +51,7 @@ def test_work_that_arrived_during_a_dispatching_cycle_is_taken_at_once(tmp_path)
     """With a wake-up period of five minutes, the cycle after one that dispatched starts right away: the
     jobs submitted while it dispatched do not wait for the next check."""
     engine = StandIn()
-    poller = PollerThread(config(tmp_path, interval=600, wakeup=300), engine_factory=lambda cfg, db, holder: engine)
+    poller = PollerThread(config(tmp_path, interval=600, wakeup=300), engine_factory=lambda cfg, db: engine)
     poller.start()
     try:
         assert engine.second.wait(30), "the second cycle waited for the wake-up period"

@@ -21,7 +21,7 @@ def status(*jobs: NativeJob, ok: bool = True) -> QueueStatus:
     for nj in jobs:
         st.by_native[nj.native_id] = nj
         if nj.our_id is not None:
-            st.by_our_id[nj.our_id] = nj
+            st.by_our_id.setdefault(nj.our_id, []).append(nj)
         elif nj.state in (P, R):
             st.foreign.append(nj)
     return st
@@ -35,6 +35,7 @@ def nj(native_id: str, owner: str, state=R, our_id=None, name="direct") -> Nativ
 @pytest.fixture
 def engine(services):
     e = Engine(services.db, services.config, transports={})
+    assert e.lease.acquire()     # the engine writes only while it holds the lease
     yield e
 
 

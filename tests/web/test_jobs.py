@@ -5,19 +5,26 @@ import urllib.parse
 
 import pytest
 
+from metasched import lifecycle
 from metasched.model import JobStatus
 
 from .conftest import Client
 
 
+PATHS = {JobStatus.QUEUED: [JobStatus.DISPATCHING, JobStatus.QUEUED],
+         JobStatus.RUNNING: [JobStatus.DISPATCHING, JobStatus.RUNNING],
+         JobStatus.COMPLETED: [JobStatus.DISPATCHING, JobStatus.RUNNING, JobStatus.COMPLETED],
+         JobStatus.ERROR: [JobStatus.DISPATCHING, JobStatus.ERROR]}
+
+
 def force_status(services, job_id: int, new: JobStatus, reason: str = "test: as the poller would") -> None:
-    """Move a job the way the poller does (through the repository), e.g. to simulate dispatch."""
+    """Move a job the way the poller does (through the one transition writer), e.g. to simulate dispatch."""
     with services.db.write():
         job = services.repo.get_job(job_id)
-        assert services.repo.set_job_status(id=job_id, old_status=job.status, status=new, reason=reason,
-                                            now=services.now()) is not None
-        services.repo.insert_job_event(job_id=job_id, old_status=job.status, new_status=new, actor="poller",
-                                       reason=reason, now=services.now())
+        steps = PATHS.get(new, [new]) if job.status is JobStatus.TO_BE_QUEUED else [new]
+        for step in steps:
+            job = lifecycle.transition(services.repo, job, step, actor="poller", reason=reason, now=services.now())
+            assert job is not None
 
 
 def queue_ids(client) -> dict[str, int]:
@@ -363,10 +370,12 @@ def test_events_record_every_change(alice, root, services, submit):
     force_status(services, job["id"], JobStatus.CANCELLED, "qdel done")
     events = alice.get(url + "/events").json["items"]
     assert [(e["new_status"], e["actor"]) for e in events] == [
-        ("HELD", "alice"), ("HELD", "alice"), ("TO_BE_QUEUED", "alice"), ("QUEUED", "poller"),
-        ("QUEUED", "root"), ("CANCELLED", "poller")]
+        ("HELD", "alice"), ("HELD", "alice"), ("TO_BE_QUEUED", "alice"), ("DISPATCHING", "poller"),
+        ("QUEUED", "poller"), ("QUEUED", "root"), ("CANCELLED", "poller")]
     assert [e["reason"] for e in events] == ["submitted held", "edited: name", "released by alice",
-                                             "dispatched as 17", "cancel requested by root", "qdel done"]
+                                             "dispatched as 17", "dispatched as 17", "cancel requested by root",
+                                             "qdel done"]
+    assert [e["id"] for e in events] == sorted(e["id"] for e in events)     # ids only ever grow
     assert all(e["at"].endswith("Z") for e in events)
     assert [e["at"] for e in events] == sorted(e["at"] for e in events)
     assert alice.get(url).json["status"] == "CANCELLED"
