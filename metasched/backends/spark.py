@@ -9,19 +9,25 @@ Deploy mode (why client, always):
   backend starts a script (this module reuses its launcher, wrapper, exit file and cancel): the native id is
   the driver's process group, its exit status goes to ``<pwd>/.<tag>.exit``. In cluster mode the driver
   would run on a worker as the Worker daemon's Unix user, not as the owner.
-- Finding the driver after a crash: the wrapper's command line carries our id (``metasched-spark-<id>``),
-  so an interrupted dispatch is found in the very next status listing (before the driver has even talked
-  to the master), and the application it registers is named with our tag (``--name <tag>``: what the
-  master's JSON shows as ``name``, next to the ``user``). A cluster-mode driver would be known only by a
+- Finding the driver after a crash: the wrapper's command line carries our id and the job's token
+  (``metasched-spark-<id>-<token>``), so an interrupted dispatch is found in the very next status listing
+  (before the driver has even talked to the master), and the application it registers is named with our
+  tag (``--name ms<id>-<token>_<name>``: what the master's JSON shows as ``name``, next to the ``user``). A cluster-mode driver would be known only by a
   driver id the master assigns (its JSON gives a driver neither a name nor a user), so a submission
   interrupted before that id was recorded could not be told from one that never happened.
 
 Status (one command per cycle on the master node, run as the service user): a short ``python3 -I -S``
-(STATUS) fetches ``<web_url>/json/`` once (no proxy) and lists our drivers from /proc (the wrapper's
-command line, as ``ps`` would show it, leading its own process group). Our jobs are those drivers
-(RUNNING while the driver runs: the job runs from its submission, like a local job); the applications
-whose name carries no tag of ours are foreign jobs (WAITING: PENDING, RUNNING: RUNNING), listed and never
-touched. Applications named with our tag are never foreign (as for Grid Engine and Slurm job names).
+(STATUS) lists our drivers from /proc (the wrapper's command line, as ``ps`` would show it, leading its own
+process group), then fetches ``<web_url>/json/`` once (no proxy). Our jobs are those drivers (RUNNING while
+the driver runs: the job runs from its submission, like a local job), each with the id and token of its
+wrapper's mark. An active application (WAITING: PENDING, RUNNING: RUNNING) named with exactly the tag of a
+listed driver (id, token, and the driver's user) is that driver's and is not listed again; every other one
+is listed with the id and token its name carries (``tag_fields``), and the engine counts it as foreign
+unless that is exactly the tag and owner of one of our active jobs: an application somebody started with
+spark-submit, or one tagged by another installation or a wiped database (another token), is foreign and
+never touched, as a qsub or sbatch job would be. Such a tagged application of ours without its driver is
+only seen in the moment after the driver exited and before the master noticed; should an interrupted
+dispatch be adopted under that application's id, its end is read from the exit file all the same.
 Cluster-mode drivers somebody submitted directly appear through the application they register.
 
 End state: the exit file (FINISHED: exit 0 -> COMPLETED; FAILED / ERROR: the exit code and the reason,
@@ -51,13 +57,14 @@ each), ``submit_args`` (more spark-submit arguments), ``executor_cores``, ``exec
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from urllib.parse import urlsplit
 
 from ..model import Job
 from .base import (FinalState, NativeJob, NativeState, ProcessMatcher, epoch_ms_to_utc_iso, first_line,
-                   scheduler_command, tag, untag)
+                   scheduler_command, tag, tag_fields)
 from .local import LocalBackend, exit_file, output_files
 
 MARK = "metasched-spark-"
@@ -67,17 +74,13 @@ SUBMIT_CLASS = "org.apache.spark.deploy.SparkSubmit"
 DAEMONS_RE = r"\borg\.apache\.spark\.deploy\.(?:master\.Master|worker\.Worker)\b"
 
 # argv: the master's JSON URL, timeout seconds, our wrappers' command-line prefix. Prints one JSON line:
-# {"master": <the master's JSON> | absent, "error": text | absent, "drivers": [{pid, our_id, user, start}]}.
+# {"master": <the master's JSON> | absent, "error": text | absent, "drivers": [{pid, mark, user, start}]}
+# (mark: what follows the prefix, <our id>-<token>). /proc first: an application whose driver is not listed
+# then had its driver gone before the master was asked (a driver registers seconds after it starts).
 STATUS = r"""
 import json, os, pwd, sys, urllib.request
 url, timeout, prefix = sys.argv[1], float(sys.argv[2]), sys.argv[3].encode()
 out = {"drivers": []}
-try:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(url, timeout=timeout) as r:
-        out["master"] = json.loads(r.read().decode("utf-8"))
-except Exception as e:
-    out["error"] = "%s: %s" % (type(e).__name__, e)
 try:
     with open("/proc/stat") as f:
         btime = float(next(l.split()[1] for l in f if l.startswith("btime ")))
@@ -97,15 +100,21 @@ for name in os.listdir("/proc"):
         uid = os.stat("/proc/" + name).st_uid
     except OSError:
         continue
-    our = args[len(prefix):].split(b" ", 1)[0]
-    if st[0] in "ZX" or int(st[2]) != int(name) or not our.isdigit():
+    mark = args[len(prefix):].split(b" ", 1)[0].decode("ascii", "replace")
+    if st[0] in "ZX" or int(st[2]) != int(name) or not mark.split("-", 1)[0].isdigit():
         continue
     try:
         user = pwd.getpwuid(uid).pw_name
     except KeyError:
         user = str(uid)
-    out["drivers"].append({"pid": int(name), "our_id": int(our), "user": user,
+    out["drivers"].append({"pid": int(name), "mark": mark, "user": user,
                            "start": None if btime is None else btime + int(st[19]) / hz})
+try:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=timeout) as r:
+        out["master"] = json.loads(r.read().decode("utf-8"))
+except Exception as e:
+    out["error"] = "%s: %s" % (type(e).__name__, e)
 print(json.dumps(out))
 """
 
@@ -183,14 +192,17 @@ class SparkBackend(LocalBackend):
         master = answer["master"]
         if master.get("status") not in (None, "ALIVE"):
             raise RuntimeError(f"Spark master {web_url(self.options)} is {master.get('status')}, not ALIVE")
-        return parse_master(master) + [
-            NativeJob(native_id=str(d["pid"]), our_id=int(d["our_id"]), owner=str(d["user"]),
-                      name=f"{MARK}{d['our_id']}", state=NativeState.RUNNING, queue="spark",
-                      start_time=None if d.get("start") is None else epoch_ms_to_utc_iso(str(int(d["start"] * 1000))))
-            for d in answer.get("drivers") or ()]
+        drivers = [nj for nj in map(_driver, answer.get("drivers") or ()) if nj is not None]
+        mine = {(nj.our_id, nj.our_token, nj.owner) for nj in drivers}
+        # an application named with exactly a listed driver's tag is that driver's: the job is the driver
+        return drivers + [app for app in parse_master(master) if app.our_id is None
+                          or (app.our_id, app.our_token, app.owner) not in mine]
 
     # -- end state: the local exit file, and the end of the driver's stderr for the reason -------
     def _final_fields(self, job: Job) -> list[str]:
+        if job.scheduler_job_id is not None and not job.scheduler_job_id.isdigit():
+            # adopted under its application's id (its driver had just exited): the exit file says how it ended
+            job = dataclasses.replace(job, scheduler_job_id=None)
         fields = super()._final_fields(job)[1:] + list(output_files(job))
         return [str(len(fields)), *fields]
 
@@ -208,25 +220,40 @@ class SparkBackend(LocalBackend):
     def process_matcher(self) -> ProcessMatcher:
         return ProcessMatcher(
             trees_by_args_regex="|".join([
-                "^" + re.escape(self.args_prefix) + r"\d+ ",                         # our drivers' wrappers
+                super().process_matcher().trees_by_args_regex,                        # our drivers' wrappers
                 r"^\S*java\s.*\b" + re.escape(EXECUTOR_CLASS) + r"\b",              # executors
                 r"^\S*java\s.*\b" + re.escape(SUBMIT_CLASS) + r"\b"]),              # any client-mode driver
             exclude_args_regex=DAEMONS_RE,
             include_process_group=True)
 
 
+_DRIVER_MARK = re.compile(r"^(\d+)(?:-([a-z]{6}))?$")      # what follows MARK: local.marker(job)
+
+
+def _driver(d: dict) -> NativeJob | None:
+    """One of our drivers as STATUS listed it (None: a mark that is not ours after all)."""
+    m = _DRIVER_MARK.match(str(d.get("mark", "")))
+    if m is None:
+        return None
+    start = d.get("start")
+    return NativeJob(native_id=str(d["pid"]), our_id=int(m.group(1)), our_token=m.group(2), owner=str(d["user"]),
+                     name=f"{MARK}{m.group(0)}", state=NativeState.RUNNING, queue="spark",
+                     start_time=None if start is None else epoch_ms_to_utc_iso(str(int(start * 1000))))
+
+
 def parse_master(master: dict) -> list[NativeJob]:
-    """The foreign applications in the master's JSON: active, not named with our tag."""
+    """The active applications in the master's JSON (waiting for cores or running), each with the id and token
+    its name carries when it is named like our tag (``tag_fields``)."""
     out = []
     for app in master.get("activeapps") or ():
-        if not isinstance(app, dict) or untag(str(app.get("name", ""))) is not None:
+        if not isinstance(app, dict):
             continue
         state = str(app.get("state", ""))
         if state not in ("WAITING", "RUNNING"):
             continue            # FINISHED / KILLED / FAILED on its way to completedapps
-        running = state == "RUNNING"
-        out.append(NativeJob(native_id=str(app.get("id")), our_id=None, owner=str(app.get("user", "")),
-                             name=str(app.get("name", "")), state=NativeState.RUNNING if running else NativeState.PENDING,
+        running, name = state == "RUNNING", str(app.get("name", ""))
+        out.append(NativeJob(native_id=str(app.get("id")), owner=str(app.get("user", "")), name=name,
+                             **tag_fields(name), state=NativeState.RUNNING if running else NativeState.PENDING,
                              queue="spark", start_time=epoch_ms_to_utc_iso(str(app.get("starttime", "")))
                              if running else None))
     return out

@@ -19,9 +19,12 @@ from pathlib import Path
 import pytest
 
 from metasched.backends import get_backend
-from metasched.backends.base import NativeState, command_line, parse_batch, split_run_as, tag
+from metasched.backends.base import NativeState, command_line, is_tag_of, parse_batch, split_run_as, tag
+from metasched.backends.local import marker
 from metasched.backends.spark import SparkBackend, driver_reason, parse_master, web_url
-from metasched.model import Job, JobStatus
+from metasched.engine.observe import classify_foreign, parse_status
+from metasched.model import Job, JobStatus, Queue, SchedulerType
+from metasched.transport import Result
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "spark"
 ME = pwd.getpwuid(os.getuid()).pw_name
@@ -60,7 +63,7 @@ def fake_bin(d: Path) -> Path:
 
 def job(d: Path, jid: int = 51, **kw) -> Job:
     base = dict(id=jid, name="pi app", queue_id=5, owner=ME, status=JobStatus.DISPATCHING, path=str(d / "app.py"),
-                options=("10",), pwd=str(d))
+                options=("10",), pwd=str(d), token="qwerty")
     base.update(kw)
     return Job(**base)
 
@@ -96,7 +99,7 @@ def test_submit_runs_the_owners_spark_submit_in_client_mode_named_with_our_tag(w
     assert argv[:5] == ["sudo", "-n", "-u", "alice", "--"]                 # as the owner, never root
     run_as, inner = split_run_as(argv)
     assert run_as == "alice" and inner[:4] == ["python3", "-I", "-S", "-c"]   # the local launcher
-    cmd = inner[inner.index(str(j.id), 8) + 5:]                         # the record: id, pwd, out, err, exit file, ...
+    cmd = inner[inner.index(marker(j), 8) + 5:]                         # the record: id-token, pwd, out, err, exit, ...
     assert cmd == ["/usr/bin/env", "JAVA_HOME=/usr/lib/jvm/x", "spark-submit", "--master", "spark://10.1.2.3:7077",
                    "--deploy-mode", "client", "--name", tag(j), "--conf", "spark.driver.host=127.0.0.1",
                    "--conf", "spark.ui.enabled=false", "--executor-cores", "1", "--total-executor-cores", "2",
@@ -118,6 +121,7 @@ def test_a_driver_that_ends_well_is_completed_and_its_output_is_in_pwd(workdir):
     assert os.getpgid(int(j.scheduler_job_id)) == int(j.scheduler_job_id)   # leads its own group
     fs = wait_final(b, j)
     assert (fs.status, fs.exit_code) == ("COMPLETED", 0)
+    assert tag(j).startswith(f"ms{j.id}-qwerty_")
     assert (workdir / f"{tag(j)}.o{j.id}").read_text() == "done\n"
     assert (workdir / "argv").read_text().splitlines()[:7] == [
         "--master", "spark://10.1.2.3:7077", "--deploy-mode", "client", "--name", tag(j), str(workdir / "app.py")]
@@ -196,25 +200,59 @@ def master():
     srv.server_close()
 
 
-def test_status_lists_our_running_drivers_and_the_foreign_applications(workdir, master):
-    doc = json.loads(master["body"])
-    foreign = dict(doc["activeapps"][0], id="app-20261201102546-0009", name="wordcount", user="bob", state="WAITING")
-    doc["activeapps"].append(foreign)                     # an application somebody started with spark-submit
+def status_answer(b, apps: list[dict], master) -> Result:
+    """The status call's answer, the master listing these applications (on the captured one's fields)."""
+    doc = json.loads((DATA / "master-active.json").read_bytes())
+    doc["activeapps"] = [dict(doc["activeapps"][0], **app) for app in apps]
     master["body"] = json.dumps(doc).encode()
+    p = run(b.status_argv())
+    return Result(p.returncode, p.stdout, p.stderr)
+
+
+def test_status_lists_our_running_drivers_and_the_foreign_applications(workdir, master):
     b = backend(bin_dir=str(fake_bin(workdir)), web_url=master["url"])
     j = submit(b, job(workdir, options=("sleep",)))
+    apps = [{"id": "app-20261201102546-0008", "name": tag(j), "user": ME},          # our driver's application
+            {"id": "app-20261201102546-0009", "name": "wordcount", "user": "bob", "state": "WAITING"},
+            # named like ours, by another installation or a wiped database (another token, or none), or by bob
+            {"id": "app-20261201102546-0010", "name": f"ms{j.id}-zzzzzz_pi_app", "user": ME},
+            {"id": "app-20261201102546-0011", "name": tag(dataclasses.replace(j, token=None)), "user": ME},
+            {"id": "app-20261201102546-0012", "name": tag(j), "user": "bob"}]
     try:
-        p = run(b.status_argv())
-        listed = b.parse_status(p.returncode, p.stdout, p.stderr)
+        res = status_answer(b, apps, master)
     finally:
         run(b.cancel_argv(j, None))
-    ours = [n for n in listed if n.our_id == j.id]
-    assert [(n.native_id, n.owner, n.state) for n in ours] == [(j.scheduler_job_id, ME, NativeState.RUNNING)]
+    listed = b.parse_status(res.rc, res.stdout, res.stderr)
+    ours = [n for n in listed if n.is_of(j)]
+    assert [(n.native_id, n.owner, n.state, n.our_token) for n in ours] == [
+        (j.scheduler_job_id, ME, NativeState.RUNNING, "qwerty")]      # the driver, once: the application is its
     assert ours[0].start_time and ours[0].start_time.endswith("Z")
-    others = [n for n in listed if n.our_id is None]
-    # alice's ms2_sleepy carries our tag: never foreign; bob's wordcount is, and waits for cores
-    assert [(n.native_id, n.owner, n.name, n.state) for n in others] == [
-        ("app-20261201102546-0009", "bob", "wordcount", NativeState.PENDING)]
+    assert [(n.native_id, n.state) for n in listed if n.our_id is None] == [
+        ("app-20261201102546-0009", NativeState.PENDING)]             # bob's wordcount waits for cores
+    # what the engine makes of it: only our driver is the job's (found by its exact tag); every other
+    # application is foreign, the ones named like ours included
+    st = parse_status(Queue(id=5, name="Spark", type=SchedulerType.SPARK, master_node_id=1, weight=1, position=0),
+                      b, res)
+    classify_foreign({5: st}, [dataclasses.replace(j, status=JobStatus.DISPATCHING, scheduler_job_id=None)])
+    assert st.tagged(j).native_id == j.scheduler_job_id
+    assert sorted(n.native_id for n in st.foreign) == [f"app-20261201102546-00{i:02d}" for i in (9, 10, 11, 12)]
+
+
+def test_an_application_of_ours_whose_driver_just_exited_is_not_foreign_and_ends_by_its_exit_file(workdir, master):
+    b = backend(bin_dir=str(fake_bin(workdir)), web_url=master["url"])
+    j = submit(b, job(workdir, options=("raise",)))
+    wait_final(b, j)
+    res = status_answer(b, [{"id": "app-20261201102546-0008", "name": tag(j), "user": ME}], master)
+    st = parse_status(Queue(id=5, name="Spark", type=SchedulerType.SPARK, master_node_id=1, weight=1, position=0),
+                      b, res)
+    lost = dataclasses.replace(j, status=JobStatus.DISPATCHING, scheduler_job_id=None)
+    classify_foreign({5: st}, [lost])
+    assert st.foreign == []
+    adopted = dataclasses.replace(lost, status=JobStatus.RUNNING, scheduler_job_id=st.tagged(lost).native_id)
+    assert adopted.scheduler_job_id == "app-20261201102546-0008"
+    p = run(b.final_argv(adopted))
+    fs = b.parse_final(adopted, p.returncode, p.stdout, p.stderr)
+    assert (fs.status, fs.exit_code, fs.reason) == ("ERROR", 1, "ValueError: no (exit code 1)")
 
 
 def test_an_unreachable_or_standby_master_makes_the_cycle_distrust_spark(workdir, master):
@@ -233,13 +271,16 @@ def test_an_unreachable_or_standby_master_makes_the_cycle_distrust_spark(workdir
 
 def test_parse_master_on_captured_outputs():
     active = json.loads((DATA / "master-active.json").read_text())
-    assert parse_master(active) == []                    # its only running application is ours (ms2_sleepy)
+    [app] = parse_master(active)                         # named with a (pre-token) tag of ours: ms2_sleepy
+    assert (app.native_id, app.owner, app.state, app.start_time, app.our_id, app.our_token) == (
+        "app-20261201102546-0002", "alice", NativeState.RUNNING, "2026-12-01T10:25:46Z", 2, None)
     done = json.loads((DATA / "master-completed.json").read_text())
     assert parse_master(done) == []                      # completed applications are never listed
+    active["activeapps"][0]["name"] = "ms2-abcdef_sleepy"
+    assert [(a.our_id, a.our_token) for a in parse_master(active)] == [(2, "abcdef")]
     active["activeapps"][0]["name"] = "etl"
     [app] = parse_master(active)
-    assert (app.native_id, app.owner, app.state, app.start_time) == (
-        "app-20261201102546-0002", "alice", NativeState.RUNNING, "2026-12-01T10:25:46Z")
+    assert (app.name, app.our_id, app.our_token) == ("etl", None, None)
 
 
 def test_web_url_defaults_to_port_8080_of_the_master_host():
@@ -277,7 +318,8 @@ def test_the_matcher_finds_executors_and_drivers_never_the_daemons():
     assert any("org.apache.spark.deploy.SparkSubmit" in a for a in trees)  # the client-mode driver JVM
     assert not any(rx.search(a) and ex.search(a) for a in daemons)
     j = job(Path("/h"))
-    assert rx.search(f"{b_prefix()}{j.id} /h/.x.exit /h/x.o51 /h/x.e51 /usr/bin/env spark-submit --master x")
+    assert rx.search(f"{b_prefix()}{marker(j)} /h/.x.exit /h/x.o51 /h/x.e51 /usr/bin/env spark-submit --master x")
+    assert rx.search(f"{b_prefix()}{j.id} /h/.x.exit /h/x.o51 /h/x.e51 /usr/bin/env spark-submit")  # pre-token
     assert m.include_process_group
 
 
@@ -310,7 +352,8 @@ def test_the_node_agent_places_executors_and_drivers_in_the_spark_group_never_th
     worker = next(a for a in rows if "deploy.worker.Worker" in a)
     executor = next(a for a in rows if "CoarseGrainedExecutorBackend" in a)
     driver = next(a for a in rows if "deploy.SparkSubmit" in a)
-    wrapper = f"{backend().args_prefix}51 /h/.ms51_x.exit /h/ms51_x.o51 /h/ms51_x.e51 /usr/bin/env spark-submit"
+    wrapper = (f"{backend().args_prefix}51-qwerty /h/.ms51-qwerty_x.exit /h/ms51-qwerty_x.o51 "
+               "/h/ms51-qwerty_x.e51 /usr/bin/env spark-submit")
     procs = {  # pid: (comm, ppid, pgrp, cmdline)
         1: ("init", 0, 1, "/sbin/init"),
         10: ("java", 1, 10, master), 20: ("java", 1, 20, worker),
