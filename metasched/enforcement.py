@@ -217,10 +217,18 @@ def feedback_weights(targets: dict[str, float], measured: dict[str, float], busy
     for g in targets:
         if g not in live:
             new[g] = math.copysign(max(0.0, abs(new[g]) - fb.step), new[g])
-    raw = {g: targets[g] * math.exp(new[g]) for g in targets}
+    state = {g: v for g, v in new.items() if v}
+    return corrected(targets, state), state
+
+
+def corrected(targets: dict[str, float], state: dict[str, float]) -> dict[str, float]:
+    """The percent to write per group: each target times exp(its correction in ``state``), scaled back to the
+    targets' sum (the targets themselves without corrections)."""
+    if not state:
+        return dict(targets)
+    raw = {g: targets[g] * math.exp(state.get(g, 0.0)) for g in targets}
     total, want = sum(raw.values()), sum(targets.values())
-    written = {g: round(v * want / total, 3) if total else targets[g] for g, v in raw.items()}
-    return written, {g: v for g, v in new.items() if v}
+    return {g: round(v * want / total, 3) if total else targets[g] for g, v in raw.items()}
 
 
 def feedback_step(targets: dict[str, float], report: AgentReport, step_usec: dict[str, int], seconds: float,
