@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -56,7 +57,9 @@ def app_named(spark, name: str, where: str = "activeapps") -> dict | None:
 
 
 def tag_of(job: dict) -> str:
-    return f"ms{job['id']}_{job['name']}"
+    """The job's tag, the name of its application in the master: ms<id>-<token>_<name>."""
+    assert re.fullmatch(rf"ms{job['id']}-[a-z]{{6}}_{re.escape(job['name'])}", job["native_name"]), job
+    return job["native_name"]
 
 
 def outputs(d: pathlib.Path, job: dict) -> tuple[pathlib.Path, pathlib.Path]:
