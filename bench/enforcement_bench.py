@@ -11,7 +11,8 @@ Two placements of the four loops: all pinned to one core (taskset in the job: a 
 measurement), and free on both cores (the kernel's load balancing of group weights is approximate).
 
 Baseline, same run: the same jobs with ``enforcement.method: nice`` (what the original implementation
-did: renice only; our agent also sets the autogroup nice of sessions led by job processes).
+did: renice only; our agent also sets the autogroup nice of sessions led by job processes). This part runs
+with ``enforcement.feedback`` off: it measures the mechanism writing exactly the policy's weights.
 
 Feedback (issue 18), first: the same server with the frontend's Spark added, ``enforcement.feedback`` off then on
 (same run), jobs not pinned, for 50/50, 70/30, 90/10 (Grid Engine vs Slurm) and 50/30/20 (with a Spark job of
@@ -151,9 +152,8 @@ def feedback_splits(lab, users, dirs, workload: str, feedback: bool, seconds: fl
     2 cores, not pinned, with the feedback step on or off; each split measured from /proc by this process."""
     from tests.lab.fixtures import spark_scheduler
     spark = lab.start_spark()
-    cfg = cs.enforcement_config(lab, weights=(50, 50))
+    cfg = cs.enforcement_config(lab, weights=(50, 50), feedback=feedback)
     cfg["schedulers"].append(spark_scheduler(spark, weight=0))
-    cfg["enforcement"]["feedback"] = feedback
     srv = start_real_server(lab, users, cfg)
     rows = []
     tag = f"{workload}{int(feedback)}"
@@ -248,7 +248,7 @@ def main() -> None:
                 for feedback in (False, True):
                     fb_rows += feedback_splits(lab, users, dirs, workload, feedback, args.seconds, args.settle)
             for method in () if args.feedback_only else ("cgroup",) + (() if args.no_baseline else ("nice",)):
-                cfg = cs.enforcement_config(lab, weights=(50, 50))
+                cfg = cs.enforcement_config(lab, weights=(50, 50), feedback=False)   # the mechanism alone
                 cfg["enforcement"]["method"] = method
                 srv = start_real_server(lab, users, cfg)
                 try:

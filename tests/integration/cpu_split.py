@@ -132,15 +132,17 @@ def installed_agent():
             os.replace(tmp, AGENT)
 
 
-def enforcement_config(lab, weights=(70, 30), policy: str = "shared", interval: float = 1.0) -> dict:
+def enforcement_config(lab, weights=(70, 30), policy: str = "shared", interval: float = 1.0,
+                       feedback: bool = True) -> dict:
     """The frontend as the only node (so only its agent acts on this machine's cgroups), SGE and Slurm
-    on it, the installed agent through sudo."""
+    on it, the installed agent through sudo; ``feedback`` False: the weights written are exactly the
+    policy's (enforcement.feedback off)."""
     cfg = real_config(lab, interval=interval)
     cfg["nodes"] = cfg["nodes"][:1]
     for s, w in zip(cfg["schedulers"], weights):
         s["weight"] = w
     cfg["policy"] = {"name": policy, "high_priority": 0}
-    cfg["enforcement"] = {"method": "auto", "helper": AGENT, "parent_group": PARENT}
+    cfg["enforcement"] = {"method": "auto", "helper": AGENT, "parent_group": PARENT, "feedback": feedback}
     return cfg
 
 

@@ -31,7 +31,7 @@ APP = pathlib.Path(__file__).resolve().parent / "spark" / "app.py"
 @pytest.fixture(scope="module")
 def srv(lab, spark, users):
     with cs.installed_agent():
-        cfg = cs.enforcement_config(lab, weights=(TARGETS["SGE"], TARGETS["Slurm"]))
+        cfg = cs.enforcement_config(lab, weights=(TARGETS["SGE"], TARGETS["Slurm"]), feedback=True)
         cfg["schedulers"].append(spark_scheduler(spark, weight=TARGETS["Spark"]))
         s = start_real_server(lab, users, cfg)
         yield s
