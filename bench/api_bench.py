@@ -330,7 +330,7 @@ def prefill(db_path: str, n: int) -> list[int]:
         queue_id = db.conn.execute("SELECT id FROM queues WHERE name = 'local'").fetchone()[0]
         for i in range(n):
             job = repo.insert_job(name=f"prefill-{i}", queue_id=queue_id, owner=OWNER, status=JobStatus.TO_BE_QUEUED,
-                                  path="/bin/true", options=["-x", str(i)], pwd="/bin", now=now)
+                                  path="/bin/true", options=["-x", str(i)], pwd="/bin", token=None, now=now)
             repo.insert_job_event(job_id=job.id, old_status=None, new_status=JobStatus.TO_BE_QUEUED, actor="root",
                                   reason="submitted", now=now)
             ids.append(job.id)

@@ -1,4 +1,4 @@
-"""Domain errors. Category bases map to HTTP statuses once, in metasched.web.errors."""
+"""Domain errors. Category bases map to HTTP statuses once, in metasched.web.app (STATUS_OF)."""
 from __future__ import annotations
 
 

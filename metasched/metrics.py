@@ -12,10 +12,10 @@ is the same one the REST API shows (``GET /queues`` counts, ``GET /cluster/nodes
 """
 from __future__ import annotations
 
+import datetime as _dt
 import math
 
 from . import __version__
-from .db.core import parse_time
 from .model import JobStatus
 from .services import Services
 from .web import openapi
@@ -68,21 +68,13 @@ def render(families: list[Family]) -> str:
 # -- what we expose -------------------------------------------------------------------------------
 
 def _epoch(iso: str | None) -> float | None:
-    return parse_time(iso).timestamp() if iso else None
+    """Unix time of one of the service's UTC timestamps ('2026-11-28T00:11:14.123456Z')."""
+    return _dt.datetime.fromisoformat(iso).timestamp() if iso else None
 
 
 def collect(services: Services) -> list[Family]:
-    """Read everything in one snapshot and build the metric families."""
-    repo, db = services.repo, services.db
-    with db.read():
-        queues = repo.list_queues()
-        counts = repo.count_jobs_by_queue_status()
-        dispatches = repo.metrics_dispatch_counts()
-        nodes = repo.list_nodes()
-        lease = repo.get_lease()
-        cycle = repo.last_poll_cycle()
-        stats = repo.metrics_poll_cycle_stats()
-
+    """Build the metric families from one snapshot (Services.metrics)."""
+    m = services.metrics()
     info = Family("metasched_info", "gauge", "The running metasched version.").add(1, version=__version__)
     jobs = Family("metasched_jobs", "gauge", "Jobs per queue and state (as GET /queues counts them).")
     disp = Family("metasched_dispatches_total", "counter",
@@ -93,22 +85,22 @@ def collect(services: Services) -> list[Family]:
     queue_up = Family("metasched_queue_up", "gauge",
                       "1 when the scheduler's last batched status call worked, 0 when it failed; "
                       "absent before the first check.")
-    for q in queues:
-        per_state = counts.get(q["id"], {})
+    for q in m.queues:
+        per_state = m.jobs.get(q.id, {})
         for s in JobStatus:
-            jobs.add(per_state.get(s.value, 0), queue=q["name"], state=s.value)
-        d, r = dispatches.get(q["id"], (0, 0))
-        disp.add(d, queue=q["name"])
-        refused.add(r, queue=q["name"])
-        if q["reachable"] is not None:
-            queue_up.add(int(q["reachable"]), queue=q["name"])
+            jobs.add(per_state.get(s.value, 0), queue=q.name, state=s.value)
+        d, r = m.dispatches.get(q.id, (0, 0))
+        disp.add(d, queue=q.name)
+        refused.add(r, queue=q.name)
+        if q.reachable is not None:
+            queue_up.add(int(q.reachable), queue=q.name)
 
     node_up = Family("metasched_node_up", "gauge",
                      "1 when the node answered the last poll cycle, 0 when it did not; absent before the "
                      "first check.")
-    for n in nodes:
-        if n["reachable"] is not None:
-            node_up.add(int(n["reachable"]), node=f"{n['address']}:{n['port']}")
+    for n in m.nodes:
+        if n.reachable is not None:
+            node_up.add(int(n.reachable), node=f"{n.address}:{n.port}")
 
     out = [info, jobs, disp, refused, queue_up, node_up]
 
@@ -116,9 +108,9 @@ def collect(services: Services) -> list[Family]:
                         "The poller lease: the holder (host:pid:thread) is the one worker that acts.")
     lease_exp = Family("metasched_poller_lease_expires_seconds", "gauge",
                        "When the poller lease expires (Unix time); renewed while its holder lives.")
-    if lease and lease["holder"]:
-        lease_info.add(1, holder=lease["holder"])
-        lease_exp.add(_epoch(lease["expires_at"]))
+    if m.lease:
+        lease_info.add(1, holder=m.lease.holder)
+        lease_exp.add(_epoch(m.lease.expires_at))
     out += [lease_info, lease_exp]
 
     last = Family("metasched_poll_cycle_duration_seconds", "gauge", "Duration of the last poll cycle.")
@@ -127,15 +119,15 @@ def collect(services: Services) -> list[Family]:
     errors = Family("metasched_poll_cycle_errors", "gauge",
                     "Node and scheduler errors in the last poll cycle (details: GET /status).")
     worst = Family("metasched_poll_cycle_duration_max_seconds", "gauge",
-                   "Longest duration among the recorded poll cycles (the last 1000).")
+                   "Longest duration among the recorded poll cycles (retention.poll_cycles).")
     recorded = Family("metasched_poll_cycles_recorded", "gauge", "Poll cycles kept in the database.")
-    if cycle:
-        last.add(cycle["duration_ms"] / 1000.0)
-        started.add(_epoch(cycle["started_at"]))
-        errors.add(len(cycle["errors"] or {}))
-    if stats["n"]:
-        worst.add(stats["max_ms"] / 1000.0)
-    recorded.add(stats["n"])
+    if m.last_cycle:
+        last.add(m.last_cycle.duration_ms / 1000.0)
+        started.add(_epoch(m.last_cycle.started_at))
+        errors.add(len(m.last_cycle.errors or {}))
+    if m.cycles["n"]:
+        worst.add(m.cycles["max_ms"] / 1000.0)
+    recorded.add(m.cycles["n"])
     out += [last, started, errors, worst, recorded]
     return out
 

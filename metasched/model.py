@@ -91,12 +91,15 @@ class Job:
 
 @dataclass(frozen=True)
 class Queue:
+    """One scheduler, as configured (position None: no longer in the config) and as last checked."""
     id: int
     name: str
     type: SchedulerType
     master_node_id: int
     weight: int
-    position: int
+    position: int | None
+    reachable: bool | None = None      # its last batched status call worked (None: not checked yet)
+    last_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,7 @@ class Node:
     id: int
     address: str
     port: int
-    position: int
+    position: int | None
     is_master: bool
     reachable: bool | None = None
     last_seen: str | None = None
@@ -112,3 +115,86 @@ class Node:
     load: tuple[float, float, float] | None = None
     ncpus: int | None = None
     enforcement: dict = field(default_factory=dict)
+    transport: str = "ssh"             # ssh | local
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One change of a job (ids only ever grow: job_events is the outbox later readers follow)."""
+    id: int
+    job_id: int
+    at: str
+    old_status: str | None
+    new_status: str
+    actor: str
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class ClusterEvent:
+    id: int
+    at: str
+    actor: str
+    kind: str
+    detail: dict
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    value: object
+    updated_at: str
+    updated_by: str
+
+
+@dataclass(frozen=True)
+class Token:
+    """A bearer token as stored (its secret only as a hash, never here)."""
+    id: int
+    user: str
+    description: str = ""
+    created_by: str = ""
+    created_at: str = ""
+    expires_at: str = ""
+    revoked_at: str | None = None
+    last_used_at: str | None = None
+
+
+@dataclass(frozen=True)
+class ForeignJob:
+    """A job submitted to a scheduler directly (plain qsub / sbatch), as its last status call listed it."""
+    id: int
+    queue_id: int
+    native_id: str
+    owner: str
+    name: str
+    state: str
+    native_queue: str
+    start_time: str | None
+    first_seen: str
+    last_seen: str
+
+
+@dataclass(frozen=True)
+class LeaseRecord:
+    """The poller lease row (metasched/engine/lease.py decides what it means)."""
+    holder: str
+    epoch: int
+    acquired_at: str
+    renewed_at: str
+    expires_at: str
+    host: str = ""
+    boot_id: str = ""
+    pid: int = 0
+    pid_start: int = 0
+    expires_mono: float = 0.0
+
+
+@dataclass(frozen=True)
+class PollCycle:
+    id: int
+    holder: str
+    started_at: str
+    duration_ms: float
+    summary: dict
+    errors: dict

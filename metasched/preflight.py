@@ -205,6 +205,23 @@ def check_commands(sched: SchedulerConfig, node: NodeConfig, transport) -> list[
     return [Row(node_label(node), check, OK, " ".join(names))]
 
 
+FENCE_CHECK = ('command -v flock >/dev/null 2>&1 || { echo "flock not found (util-linux)"; exit 1; }; '
+               'd="$HOME/.metasched"; umask 077; mkdir -p "$d" 2>/dev/null && [ -w "$d" ] '
+               '|| { echo "cannot create or write $d"; exit 1; }; echo "$d"')
+
+
+def check_fence(node: NodeConfig, transport) -> list[Row]:
+    """Every submit round trip runs inside the lease's fence on the scheduler's master node: flock and a
+    private directory of the SSH user (metasched/engine/fence.py)."""
+    res = transport.run(FENCE_CHECK)
+    if res.error:
+        return [Row(node_label(node), "submit fence", FAIL, res.error)]
+    detail = res.stdout.strip().splitlines()[-1] if res.stdout.strip() else (res.stderr.strip() or f"exit {res.rc}")
+    if res.rc != 0:
+        return [Row(node_label(node), "submit fence", FAIL, detail)]
+    return [Row(node_label(node), "submit fence", OK, f"flock; fence files in {detail}")]
+
+
 def transport_user(cfg: Config, node: NodeConfig) -> str:
     """Who the commands run as on the node (the service user unless ssh.user says otherwise)."""
     if node.transport == "ssh" and cfg.ssh.user:
@@ -300,6 +317,7 @@ def collect(cfg: Config, transport_factory: TransportFactory = make_transport) -
                 continue
             for s in scheds:
                 rows += check_commands(s, node, transports[i])
+            rows += check_fence(node, transports[i])
             rows += check_sudo(cfg, node, transports[i], scheds)
         if cfg.enforcement.helper and cfg.enforcement.method != "none":
             for i in sorted(up):

@@ -8,18 +8,71 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import posixpath
+from dataclasses import dataclass
 
-from . import __version__, lifecycle
+from . import lifecycle
 from .config import Config
 from .db.core import Database, format_time, parse_time, utcnow
-from .db.repository import Repository, row_to_node, row_to_queue
+from .db.repository import Repository
 from .errors import Conflict, Forbidden, Invalid, JobStateConflict, NotFound, Unauthenticated
 from .identity import Authority, Caller, hash_secret, new_secret
-from .model import FINAL_STATES, UNDISPATCHED_STATES, Job, JobStatus, Policy, can_transition
+from .model import (FINAL_STATES, UNDISPATCHED_STATES, ClusterEvent, Job, JobEvent, JobStatus,
+                    LeaseRecord, Node, Policy, PollCycle, Queue, Token, can_transition)
 
 MAX_PAGE = 1000
 FOREIGN_STATES = ("PENDING", "RUNNING")   # what a foreign job can be while its scheduler lists it
 MODE_KEY = "mode"
+
+
+# -- what the use cases return (plain values; metasched/web/views.py gives them their HTTP shape) ----------
+
+@dataclass(frozen=True)
+class QueueSummary:
+    queue: Queue
+    jobs: dict[str, int]              # our jobs per state (every state present)
+    foreign: dict[str, int]           # jobs submitted to the scheduler directly, per FOREIGN_STATES
+
+
+@dataclass(frozen=True)
+class Mode:
+    policy: str
+    high_priority: Queue | None
+    weights: dict[int, int]           # queue id -> weight in force
+    queues: list[Queue]
+    updated_at: str
+    updated_by: str
+
+
+@dataclass(frozen=True)
+class Status:
+    caller: Caller
+    lease: LeaseRecord | None         # None: nobody holds it
+    last_cycle: PollCycle | None
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a keyset listing and whether more follow (looked one item ahead, never guessed)."""
+    items: list
+    more: bool
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Everything GET /metrics shows, read in one snapshot (counts only, no user names)."""
+    queues: list[Queue]
+    jobs: dict[int, dict[str, int]]           # queue id -> state -> jobs
+    dispatches: dict[int, tuple[int, int]]    # queue id -> (dispatched, failed for good)
+    nodes: list[Node]
+    lease: LeaseRecord | None
+    last_cycle: PollCycle | None
+    cycles: dict                              # recorded cycles: n, sum_ms, max_ms
+
+
+@dataclass(frozen=True)
+class NewToken:
+    token: Token
+    secret: str                       # shown once, stored only as a hash
 
 
 @functools.lru_cache(maxsize=None)
@@ -68,22 +121,22 @@ class Services:
         with self.db.write():
             node_ids = []
             for pos, n in enumerate(self.config.nodes):
-                row = self.repo.get_node_by_address(n.ip, n.port)
-                if row is None:
-                    row = self.repo.insert_node(address=n.ip, port=n.port, transport=n.transport, position=pos)
+                node = self.repo.get_node_by_address(n.ip, n.port)
+                if node is None:
+                    node = self.repo.insert_node(address=n.ip, port=n.port, transport=n.transport, position=pos)
                 else:
-                    self.repo.update_node_config(id=row["id"], transport=n.transport, position=pos)
-                node_ids.append(row["id"])
+                    self.repo.update_node_config(id=node.id, transport=n.transport, position=pos)
+                node_ids.append(node.id)
             self.repo.unlist_nodes(node_ids)
             queue_ids = []
             for pos, s in enumerate(self.config.schedulers):
-                row = self.repo.get_queue_by_name(s.name)
+                queue = self.repo.get_queue_by_name(s.name)
                 fields = dict(type=s.type.value, master_node_id=node_ids[s.master], weight=s.weight, position=pos)
-                if row is None:
-                    row = self.repo.insert_queue(name=s.name, now=now, **fields)
+                if queue is None:
+                    queue = self.repo.insert_queue(name=s.name, now=now, **fields)
                 else:
-                    self.repo.update_queue_config(id=row["id"], **fields)
-                queue_ids.append(row["id"])
+                    self.repo.update_queue_config(id=queue.id, **fields)
+                queue_ids.append(queue.id)
             self.repo.unlist_queues(queue_ids)
             self._sync_mode(queue_ids, now)
 
@@ -100,7 +153,7 @@ class Services:
         since (then the file wins, and that is recorded as an event too)."""
         from_config = self._config_mode(queue_ids)
         stored = self.repo.get_setting(MODE_KEY)
-        if stored is not None and stored[0].get("config") == from_config:
+        if stored is not None and stored.value.get("config") == from_config:
             return
         mode = dict(from_config, config=from_config)
         self.repo.put_setting(key=MODE_KEY, value=mode, actor="config", now=now)
@@ -115,11 +168,11 @@ class Services:
         if row is None:
             raise Unauthenticated("invalid, expired or revoked token")
         stale = format_time(parse_time(now) - _dt.timedelta(minutes=1))
-        if row["last_used_at"] is None or row["last_used_at"] < stale:
+        if row.last_used_at is None or row.last_used_at < stale:
             # last_used_at is advisory: refresh it at most once a minute, so reads stay reads
             with self.db.write():
-                self.repo.touch_token(id=row["id"], now=now, stale=stale)
-        return self.authority.caller(row["user"], "token")
+                self.repo.touch_token(id=row.id, now=now, stale=stale)
+        return self.authority.caller(row.user, "token")
 
     @staticmethod
     def require(caller: Caller) -> None:
@@ -133,53 +186,46 @@ class Services:
             raise Forbidden(f"only admins can {what}")
 
     # -- service ------------------------------------------------------------------------------
-    def status(self, caller: Caller) -> dict:
+    def status(self, caller: Caller) -> Status:
         with self.db.read():
             lease = self.repo.get_lease()
             cycle = self.repo.last_poll_cycle()
-        if lease is not None:
-            lease = None if not lease["holder"] else {
-                k: lease[k] for k in ("holder", "epoch", "acquired_at", "renewed_at", "expires_at")}
-        return {
-            "service": "metasched",
-            "version": __version__,
-            "user": caller.user,
-            "admin": caller.is_admin,
-            "authenticated_by": caller.via,
-            "poller": {"lease": lease, "last_cycle": cycle},
-        }
+        return Status(caller, lease if lease is not None and lease.holder else None, cycle)
+
+    def metrics(self) -> Metrics:
+        """Open to anyone who reaches /metrics: counts only."""
+        with self.db.read():
+            lease = self.repo.get_lease()
+            return Metrics(queues=self.repo.list_queues(), jobs=self.repo.count_jobs_by_queue_status(),
+                           dispatches=self.repo.metrics_dispatch_counts(), nodes=self.repo.list_nodes(),
+                           lease=lease if lease is not None and lease.holder else None,
+                           last_cycle=self.repo.last_poll_cycle(), cycles=self.repo.metrics_poll_cycle_stats())
 
     # -- mode ---------------------------------------------------------------------------------
-    def get_mode(self, caller: Caller) -> dict:
+    def get_mode(self, caller: Caller) -> Mode:
         self.require(caller)
         with self.db.read():
-            mode, updated_at, updated_by = self.repo.get_setting(MODE_KEY)
-            queues = [row_to_queue(r) for r in self.repo.list_queues()]
-        return self._mode_view(mode, updated_at, updated_by, queues)
+            return self._mode(self.repo.get_setting(MODE_KEY), self.repo.list_queues())
 
     def current_mode(self) -> dict:
         """The stored mode, for the poller."""
-        return self.repo.get_setting(MODE_KEY)[0]
+        return self.repo.get_setting(MODE_KEY).value
 
     @staticmethod
-    def _mode_view(mode, updated_at, updated_by, queues) -> dict:
+    def _mode(setting, queues: list[Queue]) -> Mode:
+        mode = setting.value
         weights = mode.get("weights", {})
         hp = mode.get("high_priority")
-        return {
-            "policy": mode["policy"],
-            "high_priority": next(({"queue_id": q.id, "name": q.name} for q in queues if q.id == hp), None),
-            "schedulers": [{"queue_id": q.id, "name": q.name, "type": q.type.value,
-                            "weight": weights.get(str(q.id), q.weight)} for q in queues],
-            "updated_at": updated_at,
-            "updated_by": updated_by,
-        }
+        return Mode(policy=mode["policy"], high_priority=next((q for q in queues if q.id == hp), None),
+                    weights={q.id: weights.get(str(q.id), q.weight) for q in queues}, queues=queues,
+                    updated_at=setting.updated_at, updated_by=setting.updated_by)
 
-    def set_mode(self, caller: Caller, body: dict) -> dict:
+    def set_mode(self, caller: Caller, body: dict) -> Mode:
         self.require_admin(caller, "change the cluster mode")
         now = self.now()
         with self.db.write():
-            mode, *_ = self.repo.get_setting(MODE_KEY)
-            queues = [row_to_queue(r) for r in self.repo.list_queues()]
+            mode = self.repo.get_setting(MODE_KEY).value
+            queues = self.repo.list_queues()
             new = dict(mode)
             if "policy" in body:
                 new["policy"] = Policy(body["policy"]).value
@@ -202,9 +248,9 @@ class Services:
                                                    k: mode.get(k) for k in changed}})
             stored = self.repo.get_setting(MODE_KEY)
         self._notify()
-        return self._mode_view(stored[0], stored[1], stored[2], queues)
+        return self._mode(stored, queues)
 
-    def mode_history(self, caller: Caller, limit: int = 20) -> list[dict]:
+    def mode_history(self, caller: Caller, limit: int = 20) -> list[ClusterEvent]:
         self.require(caller)
         with self.db.read():
             return self.repo.list_cluster_events("mode", limit)
@@ -219,72 +265,59 @@ class Services:
                       field=field)
 
     # -- nodes --------------------------------------------------------------------------------
-    def list_nodes(self, caller: Caller) -> list[dict]:
+    def list_nodes(self, caller: Caller) -> list[Node]:
         self.require(caller)
         with self.db.read():
-            return [self._node_view(row_to_node(r)) for r in self.repo.list_nodes()]
+            return self.repo.list_nodes()
 
-    def get_node(self, caller: Caller, node_id: int) -> dict:
+    def get_node(self, caller: Caller, node_id: int) -> Node:
         self.require(caller)
         with self.db.read():
-            r = self.repo.get_node(node_id)
-        if r is None:
+            node = self.repo.get_node(node_id)
+        if node is None:
             raise NotFound("node", node_id)
-        return self._node_view(row_to_node(r))
+        return node
 
-    def get_master_node(self, caller: Caller) -> dict:
+    def get_master_node(self, caller: Caller) -> Node:
         self.require(caller)
         with self.db.read():
-            rows = self.repo.list_nodes()
-        return self._node_view(row_to_node(rows[0]))
-
-    @staticmethod
-    def _node_view(n) -> dict:
-        return {
-            "id": n.id, "ip": n.address, "port": n.port, "master": n.is_master,
-            "reachable": n.reachable, "last_seen": n.last_seen, "last_error": n.last_error,
-            "load": list(n.load) if n.load else None, "ncpus": n.ncpus, "enforcement": n.enforcement or None,
-        }
+            return self.repo.list_nodes()[0]
 
     # -- queues -------------------------------------------------------------------------------
-    def list_queues(self, caller: Caller) -> list[dict]:
+    def list_queues(self, caller: Caller) -> list[QueueSummary]:
         self.require(caller)
         with self.db.read():
             queues = self.repo.list_queues()
             counts = self.repo.count_jobs_by_queue_status()
             foreign = self.repo.count_foreign_jobs_by_queue_state()
-        return [self._queue_view(r, counts.get(r["id"], {}), foreign.get(r["id"], {})) for r in queues]
+        return [self._summary(q, counts, foreign) for q in queues]
 
-    def get_queue(self, caller: Caller, queue_id: int) -> dict:
+    def get_queue(self, caller: Caller, queue_id: int) -> QueueSummary:
         self.require(caller)
         with self.db.read():
-            r = self.repo.get_queue(queue_id)
+            q = self.repo.get_queue(queue_id)
             counts = self.repo.count_jobs_by_queue_status()
             foreign = self.repo.count_foreign_jobs_by_queue_state()
-        if r is None or r["position"] is None:
+        if q is None or q.position is None:
             raise NotFound("queue", queue_id)
-        return self._queue_view(r, counts.get(r["id"], {}), foreign.get(r["id"], {}))
+        return self._summary(q, counts, foreign)
 
     @staticmethod
-    def _queue_view(r, counts: dict, foreign: dict) -> dict:
-        return {
-            "id": r["id"], "name": r["name"], "type": r["type"], "master_node_id": r["master_node_id"],
-            "weight": r["weight"], "reachable": None if r["reachable"] is None else bool(r["reachable"]),
-            "last_error": r["last_error"],
-            "jobs": {s.value: counts.get(s.value, 0) for s in JobStatus},
-            # jobs submitted to the scheduler directly (not through us), as of its last status call
-            "foreign_jobs": {s: foreign.get(s, 0) for s in FOREIGN_STATES},
-        }
+    def _summary(q: Queue, counts: dict, foreign: dict) -> QueueSummary:
+        mine, theirs = counts.get(q.id, {}), foreign.get(q.id, {})
+        return QueueSummary(q, {s.value: mine.get(s.value, 0) for s in JobStatus},
+                            {s: theirs.get(s, 0) for s in FOREIGN_STATES})
 
     # -- foreign jobs -------------------------------------------------------------------------
     def list_foreign_jobs(self, caller: Caller, *, queue=None, owner=None, after: int = 0,
-                          limit: int = 100) -> list[dict]:
+                          limit: int = 100) -> Page:
         """Jobs submitted directly to the schedulers. The same visibility as our jobs: a user sees only
         their own, admins everyone's."""
         owner, limit = self._listing_scope(caller, owner, limit)
         with self.db.read():
-            return self.repo.list_foreign_jobs(after=after, limit=limit, owner=owner,
+            rows = self.repo.list_foreign_jobs(after=after, limit=limit + 1, owner=owner,
                                                queue_id=self._queue_filter(queue))
+        return Page(rows[:limit], len(rows) > limit)
 
     def _listing_scope(self, caller: Caller, owner: str | None, limit: int) -> tuple[str | None, int]:
         """Whose jobs a listing may show (a user: their own; admins: anyone's) and the page size."""
@@ -296,7 +329,7 @@ class Services:
     def _queue_filter(self, queue) -> int | None:
         if queue is None:
             return None
-        return self._resolve_queue(queue, [row_to_queue(r) for r in self.repo.list_queues()], "queue").id
+        return self._resolve_queue(queue, self.repo.list_queues(), "queue").id
 
     # -- jobs ---------------------------------------------------------------------------------
     def submit_job(self, caller: Caller, body: dict) -> Job:
@@ -311,7 +344,7 @@ class Services:
         options = self._check_options(body.get("options", []))
         now = self.now()
         with self.db.write():
-            queues = [row_to_queue(r) for r in self.repo.list_queues()]
+            queues = self.repo.list_queues()
             queue = self._resolve_queue(body["queue"], queues, "queue")
             self._check_name(queue, name)
             self._check_fields(queue, path, pwd, body.get("options", []))
@@ -374,15 +407,15 @@ class Services:
             return self._visible_job(caller, job_id)
 
     def list_jobs(self, caller: Caller, *, statuses=None, queue=None, owner=None, after: int = 0,
-                  limit: int = 100) -> tuple[list[Job], bool]:
+                  limit: int = 100) -> Page:
         """One page of jobs, oldest first, and whether more follow."""
         owner, limit = self._listing_scope(caller, owner, limit)
         with self.db.read():
             jobs = self.repo.list_jobs(after=after, limit=limit + 1, owner=owner, queue_id=self._queue_filter(queue),
                                        statuses=statuses)
-        return jobs[:limit], len(jobs) > limit
+        return Page(jobs[:limit], len(jobs) > limit)
 
-    def job_events(self, caller: Caller, job_id: int) -> list[dict]:
+    def job_events(self, caller: Caller, job_id: int) -> list[JobEvent]:
         self.require(caller)
         with self.db.read():
             self._visible_job(caller, job_id)
@@ -395,7 +428,7 @@ class Services:
             job = self._visible_job(caller, job_id)
             if job.status not in UNDISPATCHED_STATES:
                 raise JobStateConflict(job.id, job.status.value, "edit after dispatch")
-            queues = [row_to_queue(r) for r in self.repo.list_queues()]
+            queues = self.repo.list_queues()
             queue_id = self._resolve_queue(body["queue"], queues, "queue").id if "queue" in body else job.queue_id
             queue = next(q for q in queues if q.id == queue_id) if any(q.id == queue_id for q in queues) else None
             name = body.get("name", job.name)
@@ -464,7 +497,7 @@ class Services:
         return updated
 
     # -- tokens -------------------------------------------------------------------------------
-    def create_token(self, caller: Caller, body: dict) -> dict:
+    def create_token(self, caller: Caller, body: dict) -> NewToken:
         self.require(caller)
         user = body.get("user") or caller.user
         if user != caller.user and not caller.is_admin:
@@ -479,22 +512,22 @@ class Services:
         expires = format_time(parse_time(now) + _dt.timedelta(days=days))
         secret = new_secret()
         with self.db.write():
-            row = self.repo.insert_token(user=user, secret_hash=hash_secret(secret),
-                                         description=body.get("description", ""), created_by=caller.user,
-                                         now=now, expires_at=expires)
-        return dict(row, token=secret)
+            token = self.repo.insert_token(user=user, secret_hash=hash_secret(secret),
+                                           description=body.get("description", ""), created_by=caller.user,
+                                           now=now, expires_at=expires)
+        return NewToken(token, secret)
 
-    def list_tokens(self, caller: Caller) -> list[dict]:
+    def list_tokens(self, caller: Caller) -> list[Token]:
         self.require(caller)
         with self.db.read():
             return self.repo.list_tokens(None if caller.is_admin else caller.user)
 
-    def revoke_token(self, caller: Caller, token_id: int) -> dict:
+    def revoke_token(self, caller: Caller, token_id: int) -> Token:
         self.require(caller)
         now = self.now()
         with self.db.write():
             tok = self.repo.get_token(token_id)
-            if tok is None or (tok["user"] != caller.user and not caller.is_admin):
+            if tok is None or (tok.user != caller.user and not caller.is_admin):
                 raise NotFound("token", token_id)
             self.repo.revoke_token(id=token_id, now=now)
             return self.repo.get_token(token_id)

@@ -1,4 +1,4 @@
--- Schema version 1. Applied by metasched.db.schema when PRAGMA user_version < 1.
+-- Schema version 1. Applied by metasched.db.core.Database.migrate when PRAGMA user_version < 1.
 -- Times are UTC, ISO 8601 with microseconds and a Z ('2026-11-28T00:11:14.123456Z'): fixed width, so
 -- they sort and compare as text.
 

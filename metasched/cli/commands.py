@@ -141,13 +141,9 @@ def fetch_jobs(ctx: Context, statuses: list[str] | None, queue: str | None, owne
     while page.get("next") and len(items) < limit:
         page = ctx.call("GET", page["next"])
         items.extend(page["items"])
-    more = len(items) > limit
+    # the API gives a next link exactly when more items follow (it looks one item ahead)
+    more = len(items) > limit or bool(page.get("next"))
     items = items[:limit]
-    if not more and page.get("next") and len(items) == limit:
-        # a full last page has a next link even when nothing follows: look one job ahead
-        parts = urllib.parse.urlsplit(page["next"])
-        q = dict(urllib.parse.parse_qsl(parts.query), limit="1")
-        more = bool(ctx.call("GET", parts.path, query=q)["items"])
     if not more:
         return items, None
     rest = {k: v for k, v in query.items() if v is not None}

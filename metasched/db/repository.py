@@ -1,7 +1,9 @@
 """The repository: one method per named query (same name), a few lines each, never committing.
 
 Callers own the transaction (``with db.write():`` / ``with db.read():``); methods run on the calling
-thread's connection, which is the one the transaction was opened on.
+thread's connection, which is the one the transaction was opened on. Every method returns model values
+(metasched/model.py) or plain numbers and dicts of them, never a sqlite3.Row: nothing above this module
+reads a column by name.
 """
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ import dataclasses
 import json
 import sqlite3
 
-from ..model import Job, JobStatus, Node, Queue, SchedulerType
+from ..model import (ClusterEvent, ForeignJob, Job, JobEvent, JobStatus, LeaseRecord, Node, PollCycle, Queue,
+                     SchedulerType, Setting, Token)
 from .core import Database
 
 
@@ -40,17 +43,29 @@ def row_to_job(r: sqlite3.Row) -> Job:
     return rows_to_jobs([r])[0]
 
 
+def _bool(v) -> bool | None:
+    return None if v is None else bool(v)
+
+
 def row_to_queue(r: sqlite3.Row) -> Queue:
     return Queue(id=r["id"], name=r["name"], type=SchedulerType(r["type"]), master_node_id=r["master_node_id"],
-                 weight=r["weight"], position=r["position"])
+                 weight=r["weight"], position=r["position"], reachable=_bool(r["reachable"]),
+                 last_error=r["last_error"])
 
 
-def row_to_node(r: sqlite3.Row, master_id: int | None = None) -> Node:
+def row_to_node(r: sqlite3.Row) -> Node:
     load = (r["load1"], r["load5"], r["load15"]) if r["load1"] is not None else None
     return Node(id=r["id"], address=r["address"], port=r["port"], position=r["position"],
-                is_master=(r["position"] == 0), reachable=None if r["reachable"] is None else bool(r["reachable"]),
-                last_seen=r["last_seen"], last_error=r["last_error"], load=load, ncpus=r["ncpus"],
-                enforcement=json.loads(r["enforcement"]) if r["enforcement"] else {})
+                is_master=(r["position"] == 0), reachable=_bool(r["reachable"]), last_seen=r["last_seen"],
+                last_error=r["last_error"], load=load, ncpus=r["ncpus"],
+                enforcement=json.loads(r["enforcement"]) if r["enforcement"] else {}, transport=r["transport"])
+
+
+def _token(r: sqlite3.Row | None) -> Token | None:
+    return Token(**{k: r[k] for k in r.keys() if k in _TOKEN_FIELDS}) if r else None
+
+
+_TOKEN_FIELDS = {f.name for f in dataclasses.fields(Token)}
 
 
 class Repository:
@@ -108,8 +123,9 @@ class Repository:
             job_id=job_id, old_status=old_status.value if old_status else None, new_status=new_status.value,
             actor=actor, reason=reason, now=now))
 
-    def list_job_events(self, job_id: int) -> list[dict]:
-        return [dict(r) for r in self._all(self.q.list_job_events, job_id=job_id)]
+    def list_job_events(self, job_id: int) -> list[JobEvent]:
+        return [JobEvent(r["id"], job_id, r["at"], r["old_status"], r["new_status"], r["actor"], r["reason"])
+                for r in self._all(self.q.list_job_events, job_id=job_id)]
 
     def count_jobs_by_queue_status(self) -> dict[int, dict[str, int]]:
         out: dict[int, dict[str, int]] = {}
@@ -128,11 +144,12 @@ class Repository:
         return self.db.conn.execute(self.q.prune_finished_jobs, dict(before=before, limit=limit)).rowcount
 
     # -- queues and nodes ---------------------------------------------------------------------
-    def get_queue_by_name(self, name: str):
-        return self._one(self.q.get_queue_by_name, name=name)
+    def get_queue_by_name(self, name: str) -> Queue | None:
+        r = self._one(self.q.get_queue_by_name, name=name)
+        return row_to_queue(r) if r else None
 
-    def insert_queue(self, **kw):
-        return self._one(self.q.insert_queue, **kw)
+    def insert_queue(self, **kw) -> Queue:
+        return row_to_queue(self._one(self.q.insert_queue, **kw))
 
     def update_queue_config(self, **kw) -> None:
         self.db.conn.execute(self.q.update_queue_config, kw)
@@ -140,11 +157,13 @@ class Repository:
     def unlist_queues(self, keep: list[int]) -> None:
         self.db.conn.execute(self.q.unlist_queues, dict(keep=json.dumps(keep)))
 
-    def list_queues(self) -> list[sqlite3.Row]:
-        return self._all(self.q.list_queues)
+    def list_queues(self) -> list[Queue]:
+        """The configured queues, in the config's order."""
+        return [row_to_queue(r) for r in self._all(self.q.list_queues)]
 
-    def get_queue(self, queue_id: int):
-        return self._one(self.q.get_queue, id=queue_id)
+    def get_queue(self, queue_id: int) -> Queue | None:
+        r = self._one(self.q.get_queue, id=queue_id)
+        return row_to_queue(r) if r else None
 
     def set_queue_health(self, *, id, reachable, last_error, now) -> None:
         self.db.conn.execute(self.q.set_queue_health, dict(id=id, reachable=reachable, last_error=last_error, now=now))
@@ -152,11 +171,12 @@ class Repository:
     def set_queue_usage(self, *, id, usage) -> None:
         self.db.conn.execute(self.q.set_queue_usage, dict(id=id, usage=usage))
 
-    def get_node_by_address(self, address: str, port: int):
-        return self._one(self.q.get_node_by_address, address=address, port=port)
+    def get_node_by_address(self, address: str, port: int) -> Node | None:
+        r = self._one(self.q.get_node_by_address, address=address, port=port)
+        return row_to_node(r) if r else None
 
-    def insert_node(self, **kw):
-        return self._one(self.q.insert_node, **kw)
+    def insert_node(self, **kw) -> Node:
+        return row_to_node(self._one(self.q.insert_node, **kw))
 
     def update_node_config(self, **kw) -> None:
         self.db.conn.execute(self.q.update_node_config, kw)
@@ -164,11 +184,13 @@ class Repository:
     def unlist_nodes(self, keep: list[int]) -> None:
         self.db.conn.execute(self.q.unlist_nodes, dict(keep=json.dumps(keep)))
 
-    def list_nodes(self) -> list[sqlite3.Row]:
-        return self._all(self.q.list_nodes)
+    def list_nodes(self) -> list[Node]:
+        """The configured nodes, in the config's order (the first is the master)."""
+        return [row_to_node(r) for r in self._all(self.q.list_nodes)]
 
-    def get_node(self, node_id: int):
-        return self._one(self.q.get_node, id=node_id)
+    def get_node(self, node_id: int) -> Node | None:
+        r = self._one(self.q.get_node, id=node_id)
+        return row_to_node(r) if r else None
 
     def set_node_health(self, *, id, reachable, last_seen, last_error, now, load=None, ncpus=None,
                         enforcement=None) -> None:
@@ -179,9 +201,9 @@ class Repository:
             enforcement=json.dumps(enforcement) if enforcement is not None else None))
 
     # -- settings and cluster events ----------------------------------------------------------
-    def get_setting(self, key: str):
+    def get_setting(self, key: str) -> Setting | None:
         r = self._one(self.q.get_setting, key=key)
-        return (json.loads(r["value"]), r["updated_at"], r["updated_by"]) if r else None
+        return Setting(key, json.loads(r["value"]), r["updated_at"], r["updated_by"]) if r else None
 
     def put_setting(self, *, key, value, actor, now) -> None:
         self.db.conn.execute(self.q.put_setting, dict(key=key, value=json.dumps(value), actor=actor, now=now))
@@ -193,34 +215,34 @@ class Repository:
     def prune_cluster_events(self, *, before: str, limit: int) -> int:
         return self.db.conn.execute(self.q.prune_cluster_events, dict(before=before, limit=limit)).rowcount
 
-    def list_cluster_events(self, kind: str, limit: int = 20) -> list[dict]:
-        return [dict(r, detail=json.loads(r["detail"])) for r in self._all(self.q.list_cluster_events,
-                                                                           kind=kind, limit=limit)]
+    def list_cluster_events(self, kind: str, limit: int = 20) -> list[ClusterEvent]:
+        return [ClusterEvent(r["id"], r["at"], r["actor"], r["kind"], json.loads(r["detail"]))
+                for r in self._all(self.q.list_cluster_events, kind=kind, limit=limit)]
 
     # -- tokens -------------------------------------------------------------------------------
-    def insert_token(self, **kw) -> dict:
-        return dict(self._one(self.q.insert_token, **kw))
+    def insert_token(self, **kw) -> Token:
+        return _token(self._one(self.q.insert_token, **kw))
 
-    def find_token(self, *, secret_hash, now):
-        return self._one(self.q.find_token, secret_hash=secret_hash, now=now)
+    def find_token(self, *, secret_hash, now) -> Token | None:
+        """A token that authenticates now (neither revoked nor expired), by its secret's hash."""
+        return _token(self._one(self.q.find_token, secret_hash=secret_hash, now=now))
 
     def touch_token(self, *, id, now, stale) -> None:
         self.db.conn.execute(self.q.touch_token, dict(id=id, now=now, stale=stale))
 
-    def list_tokens(self, user: str | None) -> list[dict]:
-        return [dict(r) for r in self._all(self.q.list_tokens, user=user)]
+    def list_tokens(self, user: str | None) -> list[Token]:
+        return [_token(r) for r in self._all(self.q.list_tokens, user=user)]
 
-    def get_token(self, token_id: int):
-        r = self._one(self.q.get_token, id=token_id)
-        return dict(r) if r else None
+    def get_token(self, token_id: int) -> Token | None:
+        return _token(self._one(self.q.get_token, id=token_id))
 
     def revoke_token(self, *, id, now) -> bool:
         return self.db.conn.execute(self.q.revoke_token, dict(id=id, now=now)).rowcount == 1
 
     # -- poller -------------------------------------------------------------------------------
-    def get_lease(self) -> dict | None:
+    def get_lease(self) -> LeaseRecord | None:
         r = self._one(self.q.get_lease)
-        return dict(r) if r else None
+        return LeaseRecord(**{k: r[k] for k in r.keys() if k != "name"}) if r else None
 
     def write_lease(self, **kw) -> None:
         self.db.conn.execute(self.q.write_lease, kw)
@@ -240,11 +262,12 @@ class Repository:
     def prune_poll_cycles(self, keep: int) -> None:
         self.db.conn.execute(self.q.prune_poll_cycles, dict(keep=keep))
 
-    def last_poll_cycle(self) -> dict | None:
+    def last_poll_cycle(self) -> PollCycle | None:
         r = self._one(self.q.last_poll_cycle)
         if not r:
             return None
-        return dict(r, summary=json.loads(r["summary"]), errors=json.loads(r["errors"]))
+        return PollCycle(r["id"], r["holder"], r["started_at"], r["duration_ms"], json.loads(r["summary"]),
+                         json.loads(r["errors"]))
 
     # -- metrics (sql/metrics.sql) --------------------------------------------------------------
     def metrics_dispatch_counts(self) -> dict[int, tuple[int, int]]:
@@ -266,11 +289,11 @@ class Repository:
         return self.db.conn.execute(self.q.delete_departed_foreign_jobs,
                                     dict(queue_id=queue_id, keep=json.dumps(keep))).rowcount
 
-    def list_foreign_jobs(self, *, after: int, limit: int, owner=None, queue_id=None) -> list[dict]:
+    def list_foreign_jobs(self, *, after: int, limit: int, owner=None, queue_id=None) -> list[ForeignJob]:
         params = dict(after=after, limit=limit, queue_id=queue_id)
-        if owner is not None:
-            return [dict(r) for r in self._all(self.q.list_foreign_jobs_of_owner, owner=owner, **params)]
-        return [dict(r) for r in self._all(self.q.list_foreign_jobs, owner=None, **params)]
+        rows = (self._all(self.q.list_foreign_jobs_of_owner, owner=owner, **params) if owner is not None
+                else self._all(self.q.list_foreign_jobs, owner=None, **params))
+        return [ForeignJob(**dict(r)) for r in rows]
 
     def count_foreign_jobs_by_queue_state(self) -> dict[int, dict[str, int]]:
         out: dict[int, dict[str, int]] = {}

@@ -19,20 +19,18 @@ clock (rows, display); durations and deadlines use the host's boot-time clock, r
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import pwd
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 
 from .. import enforcement, lifecycle, policies
 from ..backends import get_backend
 from ..backends.base import Backend, SubmitRefused, command_line, parse_batch
 from ..config import Config
-from ..db.core import Database, epoch_to_time, utcnow
-from ..db.repository import Repository, row_to_node, row_to_queue
+from ..db.core import Database, epoch_to_time
+from ..db.repository import Repository
 from ..model import ACTIVE_STATES, Job, JobStatus, Policy, Queue
 from ..transport import Result, for_node
 from .dispatch import ACTOR, PARALLEL_BATCHES, BATCH_MAX, Dispatcher
@@ -114,7 +112,7 @@ class Engine:
     def from_config(cls, config: Config, db: Database, **kw) -> "Engine":
         with db.read():
             nodes = Repository(db).list_nodes()
-        transports = {r["id"]: for_node(config, r["address"], r["port"], r["transport"]) for r in nodes}
+        transports = {n.id: for_node(config, n.address, n.port, n.transport) for n in nodes}
         return cls(db, config, transports=transports, **kw)
 
     def backend(self, queue: Queue) -> Backend:
@@ -184,13 +182,13 @@ class Engine:
     def _cycle(self, tick: Tick, report: CycleReport) -> None:
         t0 = time.monotonic()
         with self.db.read():
-            queues = [row_to_queue(r) for r in self.repo.list_queues()]
-            nodes = [row_to_node(r) for r in self.repo.list_nodes()]
+            queues = self.repo.list_queues()
+            nodes = self.repo.list_nodes()
             jobs = self.repo.list_jobs_in_states(list(ACTIVE_STATES) + [JobStatus.TO_BE_QUEUED])
-            mode = self.repo.get_setting("mode")[0]
+            mode = self.repo.get_setting("mode").value
             installation = self.repo.get_setting("installation")
             self.last_change_probe = self.repo.latest_job_change()
-        self.installation = installation[0] if installation else None
+        self.installation = installation.value if installation else None
         qmap = {q.id: q for q in queues}
         backends = {q.id: self.backend(q) for q in queues}
         if not self.shares:
@@ -446,8 +444,7 @@ class Engine:
     def cancelled_by(self, job: Job) -> str:
         with self.db.read():
             events = self.repo.list_job_events(job.id)
-        who = next((e["actor"] for e in reversed(events) if (e["reason"] or "").startswith("cancel requested")),
-                   None)
+        who = next((e.actor for e in reversed(events) if (e.reason or "").startswith("cancel requested")), None)
         return f"cancelled by {who}" if who else "cancelled"
 
     def forget(self, ended: list[Job], qmap, backends) -> None:

@@ -156,7 +156,6 @@ class Dispatcher:
             return Result(None, error="not sent")
         jobs = self.drop_cancelled(q, jobs)
         backend = self.backends[q.id]
-        transport = self.transports[q.master_node_id]
         outcomes, ready, lines = [], [], []
         for job in jobs:
             try:

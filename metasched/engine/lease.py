@@ -28,6 +28,7 @@ from typing import Callable
 
 from ..db.core import Database, epoch_to_time, parse_time
 from ..db.repository import Repository
+from ..model import LeaseRecord
 
 
 class LeaseLost(Exception):
@@ -75,25 +76,25 @@ class Identity:
                    pid_start=process_start(pid) or 0)
 
 
-def may_take(row: dict | None, me: Identity, *, mono: float, wall: float,
+def may_take(row: LeaseRecord | None, me: Identity, *, mono: float, wall: float,
              alive: Callable[[int], int | None] = process_start) -> tuple[bool, str]:
     """Whether ``me`` may hold the lease described by ``row`` now, and why (pure but for ``alive``)."""
-    if row is None or not row["holder"]:
+    if row is None or not row.holder:
         return True, "free"
-    if row["holder"] == me.name:
+    if row.holder == me.name:
         return True, "ours"
-    if row["host"] and row["host"] == me.host:
-        if row["boot_id"] != me.boot_id:
+    if row.host and row.host == me.host:
+        if row.boot_id != me.boot_id:
             return True, "its holder's host has rebooted since"
-        if alive(row["pid"]) != row["pid_start"]:
-            return True, f"its holder (pid {row['pid']}) is gone"
-        if mono >= row["expires_mono"]:
+        if alive(row.pid) != row.pid_start:
+            return True, f"its holder (pid {row.pid}) is gone"
+        if mono >= row.expires_mono:
             return True, "expired"
-        return False, f"held by {row['holder']}"
-    expires = parse_time(row["expires_at"]).timestamp() if row["expires_at"] else 0.0
+        return False, f"held by {row.holder}"
+    expires = parse_time(row.expires_at).timestamp() if row.expires_at else 0.0
     if wall >= expires:
         return True, "expired (holder on another host: by the wall clock)"
-    return False, f"held by {row['holder']}"
+    return False, f"held by {row.holder}"
 
 
 class Lease:
@@ -121,13 +122,13 @@ class Lease:
             if not ok:
                 self.epoch = None
                 return False
-            ours = row is not None and row["holder"] == self.me.name
-            epoch = row["epoch"] if ours else (row["epoch"] if row else 0) + 1
+            ours = row is not None and row.holder == self.me.name
+            epoch = row.epoch if ours else (row.epoch if row else 0) + 1
             if ours and self.epoch is not None and epoch != self.epoch:
                 self.epoch = None          # cannot happen: only we write our own name
                 return False
             now = epoch_to_time(wall)
-            self.repo.write_lease(holder=self.me.name, acquired_at=row["acquired_at"] if ours else now, now=now,
+            self.repo.write_lease(holder=self.me.name, acquired_at=row.acquired_at if ours else now, now=now,
                                   expires_at=epoch_to_time(wall + self.seconds), epoch=epoch, host=self.me.host,
                                   boot_id=self.me.boot_id, pid=self.me.pid, pid_start=self.me.pid_start,
                                   expires_mono=mono + self.seconds)
@@ -163,9 +164,9 @@ class Lease:
         backup). Only the current holder can: the transaction is fenced."""
         with self.fenced():
             row = self.repo.get_lease()
-            epoch = max(row["epoch"], beyond) + 1
-            self.repo.write_lease(**{k: row[k] for k in ("holder", "acquired_at", "expires_at", "host", "boot_id",
-                                                         "pid", "pid_start", "expires_mono")},
-                                  now=row["renewed_at"], epoch=epoch)
+            epoch = max(row.epoch, beyond) + 1
+            self.repo.write_lease(holder=row.holder, acquired_at=row.acquired_at, expires_at=row.expires_at,
+                                  host=row.host, boot_id=row.boot_id, pid=row.pid, pid_start=row.pid_start,
+                                  expires_mono=row.expires_mono, now=row.renewed_at, epoch=epoch)
         self.epoch = epoch
         return epoch

@@ -8,16 +8,15 @@ from __future__ import annotations
 import json
 import logging
 import re
-import urllib.parse
 
 import falcon
 
-from .. import errors as E
-from ..backends.base import tag
+from .. import __version__, errors as E
 from ..identity import ANONYMOUS, peer_uid
 from ..model import JobStatus
 from ..services import Services
 from . import schemas as S
+from . import views as V
 from .validation import validate
 
 log = logging.getLogger("metasched.web")
@@ -139,20 +138,6 @@ def read_body(req, schema: dict, optional: bool = False) -> dict:
     return body
 
 
-# -- serialization ------------------------------------------------------------------------------
-
-def job_view(job) -> dict:
-    return {
-        "id": job.id, "name": job.name, "native_name": tag(job), "queue": job.queue_id, "owner": job.owner,
-        "status": job.status.value,
-        "path": job.path, "options": list(job.options), "pwd": job.pwd, "scheduler_job_id": job.scheduler_job_id,
-        "exit_code": job.exit_code, "reason": job.reason, "cancel_requested": job.cancel_requested,
-        "created_at": job.created_at, "submitted_at": job.submitted_at, "started_at": job.started_at,
-        "finished_at": job.finished_at, "updated_at": job.updated_at,
-        "links": {"self": f"/jobs/{job.id}", "events": f"/jobs/{job.id}/events"},
-    }
-
-
 # -- resources ----------------------------------------------------------------------------------
 
 class Base:
@@ -164,40 +149,40 @@ class RootResource(Base):
     public = True     # tells anonymous callers that they are anonymous
 
     def on_get(self, req, resp):
-        resp.media = self.svc.status(req.context.caller)
+        resp.media = V.status(self.svc.status(req.context.caller), __version__)
 
 
 class ModeResource(Base):
     def on_get(self, req, resp):
-        resp.media = self.svc.get_mode(req.context.caller)
+        resp.media = V.mode(self.svc.get_mode(req.context.caller))
 
     def on_put(self, req, resp):
-        resp.media = self.svc.set_mode(req.context.caller, read_body(req, S.MODE_PUT))
+        resp.media = V.mode(self.svc.set_mode(req.context.caller, read_body(req, S.MODE_PUT)))
 
 
 class NodesResource(Base):
     def on_get(self, req, resp):
-        resp.media = {"items": self.svc.list_nodes(req.context.caller)}
+        resp.media = {"items": [V.node(n) for n in self.svc.list_nodes(req.context.caller)]}
 
 
 class MasterNodeResource(Base):
     def on_get(self, req, resp):
-        resp.media = self.svc.get_master_node(req.context.caller)
+        resp.media = V.node(self.svc.get_master_node(req.context.caller))
 
 
 class NodeResource(Base):
     def on_get(self, req, resp, node_id):
-        resp.media = self.svc.get_node(req.context.caller, node_id)
+        resp.media = V.node(self.svc.get_node(req.context.caller, node_id))
 
 
 class QueuesResource(Base):
     def on_get(self, req, resp):
-        resp.media = {"items": self.svc.list_queues(req.context.caller)}
+        resp.media = {"items": [V.queue(q) for q in self.svc.list_queues(req.context.caller)]}
 
 
 class QueueResource(Base):
     def on_get(self, req, resp, queue_id):
-        resp.media = self.svc.get_queue(req.context.caller, queue_id)
+        resp.media = V.queue(self.svc.get_queue(req.context.caller, queue_id))
 
 
 class JobsResource(Base):
@@ -209,7 +194,7 @@ class JobsResource(Base):
         job = self.svc.submit_job(req.context.caller, read_body(req, S.JOB_SUBMIT))
         resp.status = falcon.HTTP_201
         resp.location = f"/jobs/{job.id}"
-        resp.media = job_view(job)
+        resp.media = V.job(job)
 
     def on_get(self, req, resp):
         params = _query(req, {"status", "queue", "owner", "after", "limit"})
@@ -224,22 +209,9 @@ class JobsResource(Base):
         after = _int_param(params, "after", 0, 0)
         limit = _int_param(params, "limit", self.page_limit, 1, 1000)
         queue = params.get("queue")
-        jobs, more = self.svc.list_jobs(req.context.caller, statuses=statuses, queue=queue, owner=params.get("owner") or None,
-                                  after=after, limit=limit)
-        nxt = None
-        if more:
-            q = {k: v for k, v in params.items() if k not in ("after",)}
-            q.update(after=str(jobs[-1].id), limit=str(limit))
-            nxt = "/jobs?" + urllib.parse.urlencode(q)
-        resp.media = {"items": [job_view(j) for j in jobs], "next": nxt}
-
-
-def foreign_job_view(row: dict) -> dict:
-    return {
-        "id": row["id"], "queue": row["queue_id"], "native_id": row["native_id"], "owner": row["owner"],
-        "name": row["name"], "state": row["state"], "native_queue": row["native_queue"],
-        "start_time": row["start_time"], "first_seen": row["first_seen"], "last_seen": row["last_seen"],
-    }
+        result = self.svc.list_jobs(req.context.caller, statuses=statuses, queue=queue,
+                                    owner=params.get("owner") or None, after=after, limit=limit)
+        resp.media = V.page(result, V.job, "/jobs", dict(params, limit=str(limit)))
 
 
 class ForeignJobsResource(Base):
@@ -253,58 +225,53 @@ class ForeignJobsResource(Base):
         params = _query(req, {"queue", "owner", "after", "limit"})
         after = _int_param(params, "after", 0, 0)
         limit = _int_param(params, "limit", self.page_limit, 1, 1000)
-        rows = self.svc.list_foreign_jobs(req.context.caller, queue=params.get("queue"),
-                                          owner=params.get("owner") or None, after=after, limit=limit)
-        nxt = None
-        if len(rows) == limit:
-            q = {k: v for k, v in params.items() if k != "after"}
-            q.update(after=str(rows[-1]["id"]), limit=str(limit))
-            nxt = "/foreign-jobs?" + urllib.parse.urlencode(q)
-        resp.media = {"items": [foreign_job_view(r) for r in rows], "next": nxt}
+        result = self.svc.list_foreign_jobs(req.context.caller, queue=params.get("queue"),
+                                            owner=params.get("owner") or None, after=after, limit=limit)
+        resp.media = V.page(result, V.foreign_job, "/foreign-jobs", dict(params, limit=str(limit)))
 
 
 class JobResource(Base):
     def on_get(self, req, resp, job_id):
-        resp.media = job_view(self.svc.get_job(req.context.caller, job_id))
+        resp.media = V.job(self.svc.get_job(req.context.caller, job_id))
 
     def on_patch(self, req, resp, job_id):
-        resp.media = job_view(self.svc.edit_job(req.context.caller, job_id, read_body(req, S.JOB_PATCH)))
+        resp.media = V.job(self.svc.edit_job(req.context.caller, job_id, read_body(req, S.JOB_PATCH)))
 
     def on_delete(self, req, resp, job_id):
         job = self.svc.cancel_job(req.context.caller, job_id)
         resp.status = falcon.HTTP_200 if job.status is JobStatus.CANCELLED else falcon.HTTP_202
-        resp.media = job_view(job)
+        resp.media = V.job(job)
 
 
 class JobHoldResource(Base):
     def on_post(self, req, resp, job_id):
-        resp.media = job_view(self.svc.hold_job(req.context.caller, job_id))
+        resp.media = V.job(self.svc.hold_job(req.context.caller, job_id))
 
 
 class JobReleaseResource(Base):
     def on_post(self, req, resp, job_id):
-        resp.media = job_view(self.svc.release_job(req.context.caller, job_id))
+        resp.media = V.job(self.svc.release_job(req.context.caller, job_id))
 
 
 class JobEventsResource(Base):
     def on_get(self, req, resp, job_id):
-        resp.media = {"items": self.svc.job_events(req.context.caller, job_id)}
+        resp.media = {"items": [V.event(e) for e in self.svc.job_events(req.context.caller, job_id)]}
 
 
 class TokensResource(Base):
     def on_post(self, req, resp):
-        tok = self.svc.create_token(req.context.caller, read_body(req, S.TOKEN_CREATE, optional=True))
+        new = self.svc.create_token(req.context.caller, read_body(req, S.TOKEN_CREATE, optional=True))
         resp.status = falcon.HTTP_201
-        resp.location = f"/tokens/{tok['id']}"
-        resp.media = tok
+        resp.location = f"/tokens/{new.token.id}"
+        resp.media = V.token(new.token, new.secret)
 
     def on_get(self, req, resp):
-        resp.media = {"items": self.svc.list_tokens(req.context.caller)}
+        resp.media = {"items": [V.token(t) for t in self.svc.list_tokens(req.context.caller)]}
 
 
 class TokenResource(Base):
     def on_delete(self, req, resp, token_id):
-        resp.media = self.svc.revoke_token(req.context.caller, token_id)
+        resp.media = V.token(self.svc.revoke_token(req.context.caller, token_id))
 
 
 class OpenApiResource:

@@ -114,9 +114,9 @@ def poller_writes(srv) -> None:
         lease = Lease(db, Identity.of_this_process("poller"), 12.5)
         assert lease.acquire()
         with lease.fenced():
-            repo.set_node_health(id=nodes[0]["id"], reachable=1, last_seen=now, last_error=None, now=now,
+            repo.set_node_health(id=nodes[0].id, reachable=1, last_seen=now, last_error=None, now=now,
                                  load=(0.1, 0.2, 0.3), ncpus=2)
-            repo.set_node_health(id=nodes[1]["id"], reachable=0, last_seen=None, last_error="connection refused",
+            repo.set_node_health(id=nodes[1].id, reachable=0, last_seen=None, last_error="connection refused",
                                  now=now)
             # nodes[2]: never checked
             repo.insert_poll_cycle(holder=lease.me.name, started_at=now, duration_ms=123.5,

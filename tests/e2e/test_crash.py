@@ -7,7 +7,6 @@ import collections
 import os
 import random
 import signal
-import subprocess
 import time
 
 import pytest
@@ -107,28 +106,6 @@ def test_killing_the_lease_holder_never_runs_a_job_twice(server_factory, crash_s
     check_exactly_once(srv, ran, tokens, jobs, ids)
 
 
-def kill_server(srv: Server) -> None:
-    """SIGKILL the master and every worker at the same moment (the whole service dies)."""
-    children = [pid for pid, f in proc_table().items() if int(f[1]) == srv.proc.pid]
-    for pid in [srv.proc.pid] + children:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    srv.proc.wait()
-
-
-def restart(srv: Server) -> Server:
-    if os.path.exists(srv.socket_path):
-        os.unlink(srv.socket_path)
-    with open(srv.stderr_path, "ab") as err:
-        proc = subprocess.Popen(srv.proc.args, cwd=srv.workdir, env=dict(os.environ, PYTHONPATH=os.getcwd()),
-                                stdin=subprocess.DEVNULL, stdout=err, stderr=err)
-    new = Server(srv.workdir, srv.socket_path, srv.port, srv.db_path, srv.stderr_path, proc, srv.users)
-    new.wait_ready()
-    return new
-
-
 def test_killing_the_whole_server_never_runs_a_job_twice(server_factory, crash_script):
     path, ran = crash_script
     srv = server_factory(workers=2, config=CONFIG, poller=True)
@@ -138,8 +115,8 @@ def test_killing_the_whole_server_never_runs_a_job_twice(server_factory, crash_s
     for chunk in range(2):
         ids += submit_all(srv, path, tokens[chunk * 100:(chunk + 1) * 100])
         time.sleep(rng.uniform(0.05, 0.3))
-        kill_server(srv)
-        srv = restart(srv)
+        srv.kill()
+        srv = srv.restart()
     try:
         jobs = wait_all_final(srv, ids)
         check_exactly_once(srv, ran, tokens, jobs, ids)

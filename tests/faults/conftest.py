@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.server.conftest import Server, proc_table, pytest_runtest_makereport, start_server, users  # noqa: F401
+from tests.server.conftest import (Server, proc_table, pytest_runtest_makereport, start_server, users,  # noqa: F401
+                                   wait_until)
 
 FINAL = {"COMPLETED", "ERROR", "CANCELLED"}
 HERE = pathlib.Path(__file__).resolve().parent
@@ -115,24 +116,10 @@ class Scenario:
         return srv
 
     def kill_server(self, srv: Server) -> None:
-        """SIGKILL the master and every worker at the same moment (the whole service dies)."""
-        children = [pid for pid, f in proc_table().items() if int(f[1]) == srv.proc.pid]
-        for pid in [srv.proc.pid] + children:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        srv.proc.wait()
+        srv.kill()
 
     def restart(self, srv: Server) -> Server:
-        if os.path.exists(srv.socket_path):
-            os.unlink(srv.socket_path)
-        with open(srv.stderr_path, "ab") as err:
-            proc = subprocess.Popen(srv.proc.args, cwd=srv.workdir,
-                                    env=dict(os.environ, **srv.env),
-                                    stdin=subprocess.DEVNULL, stdout=err, stderr=err)
-        new = Server(srv.workdir, srv.socket_path, srv.port, srv.db_path, srv.stderr_path, proc, srv.users, srv.env)
-        new.wait_ready()
+        new = srv.restart()
         self.servers.append(new)
         return new
 
@@ -181,13 +168,7 @@ class Scenario:
                              f"events of the first: {self.events(srv, stuck[0]['id']) if stuck else None}")
 
     def wait(self, what: str, check, timeout: float = 30.0, every: float = 0.05):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            got = check()
-            if got:
-                return got
-            time.sleep(every)
-        raise AssertionError(f"{what}: not within {timeout} s")
+        return wait_until(what, check, timeout, every)
 
     def runs(self) -> collections.Counter:
         """How often each token's job started."""

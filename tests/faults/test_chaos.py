@@ -34,7 +34,6 @@ def test_chaos_never_runs_a_job_twice_and_never_loses_one(scenario):
     stopped: list[int] = []
 
     def chaos():
-        nonlocal srv
         action = rnd.choice(["kill", "kill", "stop", "step", "cancel", "cancel", "edit", "edit"])
         if action in ("kill", "stop"):
             pid = answered(lambda: sc.holder_pid(srv, exclude=set(stopped), timeout=30))

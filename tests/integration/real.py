@@ -8,10 +8,9 @@ import pathlib
 import pwd
 import shutil
 import tempfile
-import time
 
 from tests.lab.fixtures import lab_config
-from tests.server.conftest import Server, start_server, wait_job  # noqa: F401 (used by the lab tests)
+from tests.server.conftest import Server, start_server, wait_job, wait_until  # noqa: F401 (used by the lab tests)
 
 FINAL = {"COMPLETED", "ERROR", "CANCELLED"}
 
@@ -82,17 +81,6 @@ def submit(srv: Server, user: str, body: dict) -> dict:
     r = srv.as_user(user, "POST", "/jobs", body)
     assert r.status == 201, r
     return r.json()
-
-
-def wait_until(what: str, fn, timeout: float = 30.0, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"{what}: not seen within {timeout} s (last: {last!r})")
 
 
 def output_file(directory: pathlib.Path, job: dict, stream: str = "o") -> pathlib.Path:

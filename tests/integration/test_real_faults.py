@@ -3,10 +3,8 @@
 the middle of its submit, must neither stop the cycle for everyone nor stay unresolved."""
 from __future__ import annotations
 
-import os
 import pathlib
 import shutil
-import signal
 import subprocess
 import tempfile
 
@@ -14,7 +12,6 @@ import pytest
 
 from tests.integration.real import (FINAL, real_config, remove, schedulers, script, start_real_server, submit,
                                     user_dirs, wait_job, wait_until)
-from tests.server.conftest import Server, proc_table
 
 pytestmark = pytest.mark.lab
 
@@ -38,25 +35,6 @@ def slow_slurm_bin():
     shutil.rmtree(d, ignore_errors=True)
 
 
-def kill_service(srv: Server) -> None:
-    for pid in [srv.proc.pid] + [p for p, f in proc_table().items() if int(f[1]) == srv.proc.pid]:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    srv.proc.wait()
-
-
-def restart(srv: Server) -> Server:
-    os.unlink(srv.socket_path)
-    with open(srv.stderr_path, "ab") as err:
-        proc = subprocess.Popen(srv.proc.args, cwd=srv.workdir, env=dict(os.environ, **srv.env),
-                                stdin=subprocess.DEVNULL, stdout=err, stderr=err)
-    new = Server(srv.workdir, srv.socket_path, srv.port, srv.db_path, srv.stderr_path, proc, srv.users, srv.env)
-    new.wait_ready()
-    return new
-
-
 def test_an_array_job_adopted_after_a_crash_stops_nothing_and_ends(lab, users, slow_slurm_bin):
     sched = schedulers(lab)
     sched[1]["options"]["bin_dir"] = slow_slurm_bin
@@ -71,8 +49,8 @@ def test_an_array_job_adopted_after_a_crash_stops_nothing_and_ends(lab, users, s
                    lambda: job["native_name"] in subprocess.run(["squeue", "-h", "-a", "-t", "all", "-o", "%j"],
                                                                 capture_output=True, text=True).stdout)
         assert srv.root("GET", f"/jobs/{job['id']}").json()["status"] == "DISPATCHING"
-        kill_service(srv)                                # the whole service dies in the middle of the submit
-        srv = restart(srv)
+        srv.kill()                                       # the whole service dies in the middle of the submit
+        srv = srv.restart()
         done = wait_job(srv, "alice", job["id"], FINAL, timeout=60)
         events = srv.as_user("alice", "GET", f"/jobs/{job['id']}/events").json()["items"]
         assert done["status"] == "COMPLETED" and done["scheduler_job_id"].isdigit(), (done, events)

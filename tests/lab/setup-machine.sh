@@ -9,7 +9,8 @@
 set -eu
 
 PACKAGES="gridengine-master gridengine-exec gridengine-client gridengine-common slurm-wlm munge
-openssh-server sudo nginx iproute2 procps debconf-utils python3-venv openjdk-17-jre-headless"
+openssh-server sudo nginx iproute2 procps util-linux debconf-utils python3-venv gcc libc6-dev
+openjdk-17-jre-headless"
 SERVICE_USER=metascheduler
 # Runs the lab's Spark Master and Worker: executors run as the Worker's user, so never root.
 SPARK_USER=spark

@@ -206,6 +206,29 @@ class Server:
         self.stop()
         raise AssertionError(f"metasched not ready after {READY_TIMEOUT:.0f} s ({last}):\n{self.stderr()}")
 
+    def kill(self) -> None:
+        """SIGKILL the master and every worker at the same moment (the whole service dies), by pid."""
+        children = [pid for pid, f in proc_table().items() if int(f[1]) == self.proc.pid]
+        for pid in [self.proc.pid] + children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait()
+
+    def restart(self) -> "Server":
+        """Start the same command again (same config, database, socket, port and environment), as an admin
+        would after a crash; returns the new, ready Server."""
+        if os.path.exists(self.socket_path):
+            os.unlink(self.socket_path)
+        with open(self.stderr_path, "ab") as err:
+            proc = subprocess.Popen(self.proc.args, cwd=self.workdir, env=dict(os.environ, **self.env),
+                                    stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+        new = Server(self.workdir, self.socket_path, self.port, self.db_path, self.stderr_path, proc, self.users,
+                     self.env)
+        new.wait_ready()
+        return new
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGTERM)
@@ -228,13 +251,13 @@ def start_server(users: dict, *, workers: int = 2, config: dict | None = None, p
     db = db_path or os.path.join(workdir, "db.sqlite3")
     port = free_port()
     stderr_path = os.path.join(workdir, "server.stderr")
-    env = dict(os.environ, **{"PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {})})
+    env = {"PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {})}
     with open(stderr_path, "wb") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "metasched", cfg_path, "--socket", sock, "--host", "127.0.0.1",
              "--port", str(port), "--database-file", db, "--workers", str(workers),
              *([] if poller else ["--no-poller"]), *extra_args],
-            cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+            cwd=workdir, env=dict(os.environ, **env), stdin=subprocess.DEVNULL, stdout=err, stderr=err)
     server = Server(workdir, sock, port, db, stderr_path, proc, users, env)
     try:
         server.wait_ready()
@@ -291,6 +314,18 @@ def wait_job(srv: Server, user: str, job_id: int, states, timeout: float = 60.0)
         time.sleep(0.1)
     events = srv.as_user(user, "GET", f"/jobs/{job_id}/events").json()
     raise AssertionError(f"job {job_id} never reached {sorted(states)} in {timeout} s: {job}\nevents: {events}")
+
+
+def wait_until(what: str, fn, timeout: float = 30.0, interval: float = 0.2):
+    """fn()'s first truthy value; an AssertionError naming ``what`` (and the last value) after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"{what}: not seen within {timeout} s (last: {last!r})")
 
 
 def proc_table() -> dict[int, list[str]]:

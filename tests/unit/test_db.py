@@ -14,6 +14,7 @@ from metasched import config as cfgmod
 from metasched.db.core import QUERIES, SCHEMA_VERSION, Database, migrations, parse_queries
 from metasched.db.repository import Repository
 from metasched.engine.lease import Identity, Lease, LeaseLost, boot_id, may_take
+from metasched.model import LeaseRecord
 from metasched.errors import Unavailable
 from metasched.identity import Authority
 from metasched.model import JobStatus
@@ -172,12 +173,12 @@ def test_ids_stable_across_restarts_and_reordering(db):
                    schedulers=[dict(CONFIG["schedulers"][1], master=0), dict(CONFIG["schedulers"][0], master=1)])
     svc = services(db, swapped)
     assert _ids(db) == (queues, nodes)
-    listed = svc.list_queues(svc.authority.caller("root", "socket"))
-    assert [q["name"] for q in listed] == ["Slurm", "SGE"]
+    listed = [s.queue for s in svc.list_queues(svc.authority.caller("root", "socket"))]
+    assert [q.name for q in listed] == ["Slurm", "SGE"]
     # each master is still the same machine although its index changed
-    assert {q["name"]: q["master_node_id"] for q in listed} == {"SGE": nodes[("10.0.0.1", 22)],
-                                                               "Slurm": nodes[("10.0.0.2", 22)]}
-    assert svc.get_master_node(svc.authority.caller("root", "socket"))["ip"] == "10.0.0.2"
+    assert {q.name: q.master_node_id for q in listed} == {"SGE": nodes[("10.0.0.1", 22)],
+                                                         "Slurm": nodes[("10.0.0.2", 22)]}
+    assert svc.get_master_node(svc.authority.caller("root", "socket")).address == "10.0.0.2"
 
 
 # -- lease ----------------------------------------------------------------------------------------
@@ -219,7 +220,7 @@ def test_lease_acquire_refuse_renew_take_over_with_a_new_epoch(db):
         assert not a.acquire()
         b.release()
         with db.read():
-            assert Repository(db).get_lease()["epoch"] == 2     # a released lease keeps its epoch
+            assert Repository(db).get_lease().epoch == 2     # a released lease keeps its epoch
         assert a.acquire() and a.epoch == 3
 
 
@@ -248,12 +249,11 @@ def test_a_holder_whose_process_is_gone_frees_the_lease_at_once(db):
     b = Lease(db, identity("b", os.getpid(), L_start(), boot=boot_id()), 3600, mono=clock.mono, wall=clock.wall)
     assert a.acquire()
     assert b.acquire() and b.epoch == 2               # no waiting for the hour-long lease
-    assert may_take({"holder": "x", "host": "front", "boot_id": "boot-0", "pid": 1, "pid_start": 1,
-                     "expires_mono": 1e12, "expires_at": ""}, identity("y"), mono=0, wall=0) == (
+    assert may_take(LeaseRecord("x", 1, "", "", "", host="front", boot_id="boot-0", pid=1, pid_start=1,
+                                expires_mono=1e12), identity("y"), mono=0, wall=0) == (
         True, "its holder's host has rebooted since")
-    assert may_take({"holder": "x", "host": "other", "boot_id": "?", "pid": 1, "pid_start": 1,
-                     "expires_mono": 0, "expires_at": "2027-01-15T08:00:00.000000Z"}, identity("y"),
-                    mono=1e12, wall=0)[0] is False      # another host: only its wall-clock expiry counts
+    assert may_take(LeaseRecord("x", 1, "", "", "2027-01-15T08:00:00.000000Z", host="other", boot_id="?", pid=1,
+                                pid_start=1), identity("y"), mono=1e12, wall=0)[0] is False      # another host: only its wall-clock expiry counts
 
 
 def L_start():

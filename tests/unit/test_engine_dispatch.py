@@ -10,7 +10,7 @@ from metasched import config as cfgmod
 from metasched.backends.base import SubmitRefused
 from metasched.backends.sge import GridEngineBackend
 from metasched.db.core import Database, utcnow
-from metasched.db.repository import Repository, row_to_queue
+from metasched.db.repository import Repository
 from metasched import lifecycle
 from metasched.engine import CycleReport, Engine
 from metasched.identity import Authority
@@ -58,7 +58,7 @@ def two_jobs(tmp_path, backend, monkeypatch):
         jobs = [lifecycle.create(repo, name=f"j{i}", queue_id=1, owner="alice", status=JobStatus.TO_BE_QUEUED,
                                  path="/home/alice/j.sh", options=(), pwd="/home/alice", actor="alice",
                                  reason="submitted", now=utcnow()) for i in range(2)]
-        q = row_to_queue(repo.list_queues()[0])
+        q = repo.list_queues()[0]
         engine = Engine(db, CFG, transports={q.master_node_id: LocalTransport(60)}, backends={q.id: backend})
     assert engine.lease.acquire()
     engine.installation = repo_installation(db, repo)
@@ -67,7 +67,7 @@ def two_jobs(tmp_path, backend, monkeypatch):
 
 def repo_installation(db, repo):
     with db.read():
-        return repo.get_setting("installation")[0]
+        return repo.get_setting("installation").value
 
 
 def test_each_job_is_recorded_when_its_answer_arrives_not_when_the_batch_ends(tmp_path, monkeypatch):
@@ -131,3 +131,18 @@ def test_a_batch_that_stops_early_leaves_the_unanswered_job_to_the_next_cycle(tm
     assert (jobs[0].status, jobs[0].scheduler_job_id) == (JobStatus.QUEUED, "4001")
     assert jobs[1].status is JobStatus.DISPATCHING and "outcome unknown" in jobs[1].reason
     assert report.summary["dispatched"] == 1
+
+
+def test_a_holder_whose_cycle_makes_no_progress_stops_renewing_its_lease(tmp_path, monkeypatch):
+    """A round trip that hangs (a remote command that closed its output but keeps running) must not keep the
+    lease alive for ever through the heartbeat: after stall_limit seconds without progress it lapses."""
+    db, repo, jobs, q, engine = two_jobs(tmp_path, ScriptedBackend("true"), monkeypatch)
+    clock = {"now": engine.clock.mono()}
+    engine.clock = type(engine.clock)(wall=engine.clock.wall, mono=lambda: clock["now"])
+    engine.progress = clock["now"]
+    assert engine.hold_lease()
+    clock["now"] += engine.stall_limit - 1
+    assert engine.hold_lease()                      # still within the limit: renewed
+    clock["now"] += 2
+    assert not engine.hold_lease() and not engine.holding
+    db.close()

@@ -89,8 +89,8 @@ def engine_on(tmp_path, cfg, monkeypatch):
     Services(db, cfg, Authority(cfg.auth)).sync_config()
     repo = Repository(db)
     with db.read():
-        qids = [r["id"] for r in repo.list_queues()]
-        nid = repo.list_nodes()[0]["id"]
+        qids = [q.id for q in repo.list_queues()]
+        nid = repo.list_nodes()[0].id
     node = Node1()
     return Engine(db, cfg, transports={nid: node}, backends={q: Quiet({}) for q in qids}), node, repo, nid
 
@@ -116,7 +116,7 @@ def test_the_written_weights_follow_the_measured_split_to_the_target(tmp_path, m
     for a, b in zip(node.agent.requests, node.agent.requests[1:]):  # one bounded step per cycle
         assert all(abs(b[g] - a[g]) <= 0.2 * a[g] for g in a)
     with engine.db.read():
-        view = json.loads(repo.get_node(nid)["enforcement"])
+        view = repo.get_node(nid).enforcement
     rows = {r["name"]: r for r in view["schedulers"]}
     assert rows["SGE"]["target_share"] == 70.0 and rows["SGE"]["written_share"] < 70.0
     assert rows["SGE"]["measured_share"] < 80.0                     # over the last minute, on its way down

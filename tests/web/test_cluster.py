@@ -106,9 +106,9 @@ def test_mode_survives_a_restart_and_is_recorded(make_services, root):
     assert {s["name"]: s["weight"] for s in m["schedulers"]}["SGE"] == 30
     svc = make_services()
     latest = svc.mode_history(_root_caller(svc))[0]
-    assert latest["actor"] == "root" and latest["kind"] == "mode"
-    assert latest["detail"]["changed"]["policy"] == "exclusive"
-    assert latest["detail"]["previous"]["policy"] == "shared"
+    assert latest.actor == "root" and latest.kind == "mode"
+    assert latest.detail["changed"]["policy"] == "exclusive"
+    assert latest.detail["previous"]["policy"] == "shared"
 
 
 def _root_caller(svc):
@@ -122,7 +122,7 @@ def test_edited_config_wins_after_restart(make_services, root):
     m = Client(create_app(svc), 0).get("/cluster/mode").json
     assert m["policy"] == "best_effort" and m["high_priority"]["name"] == "Slurm"
     assert m["updated_by"] == "config"
-    assert svc.mode_history(_root_caller(svc))[0]["actor"] == "config"
+    assert svc.mode_history(_root_caller(svc))[0].actor == "config"
     # and restarting again with the same (edited) file keeps a later API change
     Client(create_app(svc), 0).put_json("/cluster/mode", {"policy": "shared"})
     assert Client(create_app(make_services(edited)), 0).get("/cluster/mode").json["policy"] == "shared"

@@ -139,7 +139,7 @@ def _exclusive_lock(path: str) -> sqlite3.Connection:
 @pytest.fixture
 def exclusively_locked(make_services):
     svc = make_services()
-    secret = svc.create_token(svc.authority.caller("alice", "socket"), {})["token"]
+    secret = svc.create_token(svc.authority.caller("alice", "socket"), {}).secret
     svc.db.close()          # a WAL connection that stays open would keep the exclusive lock away
     quick = Services(Database(svc.db.path, busy_timeout_ms=100), svc.config, svc.authority)
     other = _exclusive_lock(svc.db.path)

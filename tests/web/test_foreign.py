@@ -128,3 +128,13 @@ def test_pagination_gives_every_foreign_job_once(engine, qid, root, alice):
     page = alice.get("/foreign-jobs?limit=5").json
     assert page["next"] and "limit=5" in page["next"] and "after=" in page["next"]
     assert all(i["owner"] == "alice" for i in page["items"])
+
+
+def test_a_full_last_page_has_no_next_link(engine, qid, root):
+    """The listing looks one item ahead, as /jobs does: a next link only when more items follow (it used to
+    guess from a full page, so a client paid one more request for an empty page)."""
+    cycle(engine, {qid["SGE"]: status(*[nj(str(i), "alice") for i in range(1, 9)])})
+    first = root.get("/foreign-jobs?limit=4").json
+    assert len(first["items"]) == 4 and first["next"]
+    second = root.get(first["next"]).json
+    assert len(second["items"]) == 4 and second["next"] is None
