@@ -11,19 +11,27 @@ Two placements of the four loops: all pinned to one core (taskset in the job: a 
 measurement), and free on both cores (the kernel's load balancing of group weights is approximate).
 
 Baseline, same run: the same jobs with ``enforcement.method: nice`` (what the original implementation
-did: renice only; our agent also sets the autogroup nice of sessions led by job processes).
+did: renice only; our agent also sets the autogroup nice of sessions led by job processes). This part runs
+with ``enforcement.feedback`` off: it measures the mechanism writing exactly the policy's weights.
+
+Feedback (issue 18), first: the same server with the frontend's Spark added, ``enforcement.feedback`` off then on
+(same run), jobs not pinned, for 50/50, 70/30, 90/10 (Grid Engine vs Slurm) and 50/30/20 (with a Spark job of
+two tasks), once with CPU-bound loops and once with fork-heavy ones (a command forked per loop iteration, in the
+shells and in the Spark tasks); ``--settle`` seconds after each change, then ``--seconds`` of measurement from
+/proc. ``--feedback-only`` runs just that part.
 
 Placement latency: for ``--new-jobs`` jobs started one after the other, the time from the job process's
 start (kernel start time, 10 ms resolution) until /proc/<pid>/cgroup shows its group (cgroup) or its
 nice value is the policy's (nice), polled every 5 ms.
 
-Needs root and a provisioned machine (tests/lab/setup-machine.sh); starts its own lab: run it under the
-lab lock. Usage:
-    PYTHONPATH=$PWD flock /work/lab.lock python3 bench/enforcement_bench.py [--seconds 20] [--new-jobs 6]
+Needs root and a provisioned machine (tests/lab/setup-machine.sh); starts its own lab, under the lab's lock
+(it waits for a test run that holds it). Usage:
+    PYTHONPATH=$PWD python3 bench/enforcement_bench.py [--seconds 20] [--new-jobs 6] [--feedback-only]
 """
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import pathlib
 import pwd
@@ -36,6 +44,7 @@ sys.path.insert(0, REPO)
 
 from tests.integration import cpu_split as cs  # noqa: E402
 from tests.integration.real import remove, start_real_server, user_dirs, wait_until  # noqa: E402
+from tests.lab.fixtures import LAB_LOCK  # noqa: E402
 from tests.lab.lab import Lab  # noqa: E402
 
 TARGETS = ((50, 50), (70, 30), (90, 10))
@@ -127,21 +136,119 @@ def placement(srv, users, dirs, method: str, n: int) -> list[float]:
     return out
 
 
+FEEDBACK_TARGETS = ((50, 50, 0), (70, 30, 0), (90, 10, 0), (50, 30, 20))
+SPARK_APP = pathlib.Path(REPO) / "tests" / "integration" / "spark" / "app.py"
+
+
+def spark_share(srv, weights) -> None:
+    names = ("SGE", "Slurm", "Spark")
+    r = srv.root("PUT", "/cluster/mode", {"policy": "shared", "weights": dict(zip(names, weights))})
+    if r.status != 200:
+        raise SystemExit(f"PUT /cluster/mode failed: {r}")
+
+
+def feedback_splits(lab, users, dirs, workload: str, feedback: bool, seconds: float, settle: float) -> list[tuple]:
+    """Grid Engine, Slurm (two jobs each) and, for the three-way target, a Spark job (two tasks) on the frontend's
+    2 cores, not pinned, with the feedback step on or off; each split measured from /proc by this process."""
+    from tests.lab.fixtures import spark_scheduler
+    spark = lab.start_spark()
+    cfg = cs.enforcement_config(lab, weights=(50, 50), feedback=feedback)
+    cfg["schedulers"].append(spark_scheduler(spark, weight=0))
+    srv = start_real_server(lab, users, cfg)
+    rows = []
+    tag = f"{workload}{int(feedback)}"
+    app = dirs["alice"] / "app.py"
+    app.write_bytes(SPARK_APP.read_bytes())
+    os.chown(app, users["alice"].pw_uid, users["alice"].pw_gid)
+    sge = cs.start_busy(srv, users, dirs["alice"], "SGE", "alice", tag=tag, loop=workload, safety_seconds=3600)
+    slurm = cs.start_busy(srv, users, dirs["bob"], "Slurm", "bob", tag=tag, loop=workload, safety_seconds=3600)
+    try:
+        for weights in FEEDBACK_TARGETS:
+            spark_share(srv, weights)
+            job = None
+            if weights[2]:
+                job = cs.submit(srv, "alice", {"queue": "Spark", "path": str(app), "name": f"bench{tag}",
+                                                "options": [workload, str(int(settle + seconds + 120))],
+                                                "pwd": str(dirs["alice"])})
+                wait_until("both Spark tasks running", lambda: len(cs.pyspark_workers()) >= 2, timeout=240,
+                           interval=0.2)
+            time.sleep(settle)          # the feedback (when on) corrects the weights meanwhile
+            trees = [sge.pids, slurm.pids, cs.spark_pids() if job else set()]
+            t0 = time.monotonic()
+            u0 = [cs.ticks_of(t) for t in trees]
+            time.sleep(seconds)
+            u1 = [cs.ticks_of(t) for t in trees]
+            dt = time.monotonic() - t0
+            if not all(cs.pid_alive(p) for p in sge.pids + slurm.pids):
+                raise SystemExit("a Grid Engine or Slurm job ended during a measurement")
+            used = [cs.used_between(a, b) for a, b in zip(u0, u1)]
+            split = [100.0 * u / sum(used) for u in used]
+            enf = srv.root("GET", "/cluster/nodes/master").json()["enforcement"]
+            written = {r["name"]: r.get("written_share") for r in enf["schedulers"]}
+            rows.append((workload, feedback, weights, split, [written.get(n) for n in ("SGE", "Slurm", "Spark")],
+                         sum(used) / cs.HZ / dt))
+            print(f"  {workload:<5} feedback {'on ' if feedback else 'off'} target {'/'.join(map(str, weights))}: "
+                  f"achieved {'/'.join(f'{x:.1f}' for x in split)} written {written} "
+                  f"({rows[-1][-1]:.2f} cores)", flush=True)
+            if job:
+                srv.as_user("alice", "DELETE", f"/jobs/{job['id']}")
+                cs.wait_job(srv, "alice", job["id"], {"COMPLETED", "ERROR", "CANCELLED"}, timeout=120)
+                wait_until("the Spark executors gone", lambda: not cs.pyspark_workers(), timeout=60)
+    finally:
+        cs.stop_and_wait(srv, sge)
+        cs.stop_and_wait(srv, slurm)
+        srv.stop()
+        remove(pathlib.Path(srv.workdir))
+    return rows
+
+
+def print_feedback(rows, seconds: float) -> None:
+    print(f"\nCPU split with and without the feedback step, shared policy, 2 cores not pinned, {seconds:.0f} s each; "
+          "Grid Engine (2 jobs) / Slurm (2 jobs) [/ Spark (1 job, 2 tasks)], measured from /proc:")
+    print(f"{'workload':<9} {'target':>9} {'feedback off':>17} {'error':>6} {'feedback on':>17} {'error':>6} "
+          f"{'written (on)':>18}")
+    by = {(w, fb, t): (s, wr) for w, fb, t, s, wr, _ in rows}
+    for workload in ("busy", "fork"):
+        for t in FEEDBACK_TARGETS:
+            off, on = by.get((workload, False, t)), by.get((workload, True, t))
+            if not (off or on):
+                continue
+            n = 3 if t[2] else 2
+
+            def fmt(x):
+                return "/".join(f"{v:.1f}" for v in x[0][:n]) if x else "-"
+
+            def err(x):
+                return f"{max(abs(a - b) for a, b in zip(x[0][:n], t)):.1f}" if x else "-"
+            wr = "/".join(f"{v:.1f}" for v in on[1][:n]) if on and all(v is not None for v in on[1][:n]) else "-"
+            print(f"{'fork-heavy' if workload == 'fork' else 'CPU-bound':<9} {'/'.join(map(str, t[:n])):>9} "
+                  f"{fmt(off):>17} {err(off):>6} {fmt(on):>17} {err(on):>6} {wr:>18}")
+    print("error: the largest distance (points) of any scheduler's share from its target")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--new-jobs", type=int, default=6)
     ap.add_argument("--no-baseline", action="store_true", help="skip the renice-only baseline")
+    ap.add_argument("--feedback-only", action="store_true",
+                    help="only the feedback comparison (fork-heavy and CPU-bound, with Spark)")
+    ap.add_argument("--settle", type=float, default=25.0, help="seconds after each change before measuring")
     args = ap.parse_args()
     users = {u: pwd.getpwnam(u) for u in ("alice", "bob")}
+    lock = open(LAB_LOCK, "a+")        # the lab's machine-wide lock (tests/lab/fixtures.py): wait for a test run
+    fcntl.flock(lock, fcntl.LOCK_EX)
     lab = Lab(n_nodes=0)
     lab.start()
     base, dirs = user_dirs(users, prefix="metasched-enfbench-")
-    rows, latency = [], {}
+    rows, latency, fb_rows = [], {}, []
     try:
         with cs.installed_agent():
-            for method in ("cgroup",) + (() if args.no_baseline else ("nice",)):
-                cfg = cs.enforcement_config(lab, weights=(50, 50))
+            for workload in ("busy", "fork"):
+                for feedback in (False, True):
+                    fb_rows += feedback_splits(lab, users, dirs, workload, feedback, args.seconds, args.settle)
+            for method in () if args.feedback_only else ("cgroup",) + (() if args.no_baseline else ("nice",)):
+                cfg = cs.enforcement_config(lab, weights=(50, 50), feedback=False)   # the mechanism alone
                 cfg["enforcement"]["method"] = method
                 srv = start_real_server(lab, users, cfg)
                 try:
@@ -155,6 +262,9 @@ def main() -> None:
         remove(base)
         lab.stop()
 
+    print_feedback(fb_rows, args.seconds)
+    if not rows:
+        return
     print(f"\nCPU split, shared policy, Grid Engine (2 busy jobs) vs Slurm (2 busy jobs), {args.seconds:.0f} s each,"
           f" {os.cpu_count()} cores; SGE's share of the CPU the two used:")
     print(f"{'mechanism':<10} {'loops on':<8} {'target':>7} {'achieved /proc':>15} {'cpuacct':>8} {'error':>6} "

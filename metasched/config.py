@@ -20,6 +20,7 @@ _NAME_TYPES = [
     (re.compile(r"slurm", re.I), SchedulerType.SLURM),
     (re.compile(r"hadoop|yarn", re.I), SchedulerType.YARN),
     (re.compile(r"^local$", re.I), SchedulerType.LOCAL),
+    (re.compile(r"spark", re.I), SchedulerType.SPARK),
 ]
 
 
@@ -84,6 +85,7 @@ class EnforcementConfig:
     method: str = "auto"            # auto | cgroup | nice | none
     parent_group: str = "metasched"
     helper: str | None = None       # installed node helper run with sudo -n; None: sent inline
+    feedback: bool = True           # correct the written weights while a busy group's measured share is off
 
 
 @dataclass(frozen=True)
@@ -346,6 +348,7 @@ def parse(raw: Any, source: str = "<memory>", overrides: dict | None = None) -> 
         "method": lambda v, p: _choice(v, p, ["auto", "cgroup", "nice", "none"]),
         "parent_group": lambda v, p: _validate_group(_str(v, p), p),
         "helper": lambda v, p: _str(v, p, allow_none=True),
+        "feedback": _bool,
     })
     server = _section(raw, "server", ServerConfig, {
         "host": _str,

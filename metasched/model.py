@@ -62,6 +62,7 @@ class SchedulerType(str, enum.Enum):
     SLURM = "slurm"
     YARN = "yarn"
     LOCAL = "local"
+    SPARK = "spark"
 
 
 @dataclass(slots=True)      # not frozen: building a page of jobs is ~10% faster; treat it as read-only

@@ -90,6 +90,7 @@ class Tree(object):
 
     def __init__(self, procs: Dict[int, Proc], self_pid: int, exclude: Set[str], proc_root: str) -> None:
         self.procs, self.proc_root = procs, proc_root
+        self._cmdlines = {}  # type: Dict[int, str]
         self.children = {}  # type: Dict[int, List[int]]
         self.by_pgrp = {}  # type: Dict[int, List[int]]
         for p in procs.values():
@@ -105,20 +106,49 @@ class Tree(object):
             self.protected.add(pid)  # the agent's own ancestors: sudo, the shell, sshd
             pid = procs[pid].ppid
 
-    def descendants(self, pid: int) -> Set[int]:
-        out, todo = set(), list(self.children.get(pid, ()))
+    def descendants(self, pid: int, avoid: Set[int] = frozenset()) -> Set[int]:
+        out, todo = set(), [c for c in self.children.get(pid, ()) if c not in avoid]
         while todo:
             c = todo.pop()
             if c not in out:
                 out.add(c)
-                todo.extend(self.children.get(c, ()))
+                todo.extend(x for x in self.children.get(c, ()) if x not in avoid)
         return out
 
     def cmdline(self, pid: int) -> str:
-        try:
-            return read_text(os.path.join(self.proc_root, str(pid), "cmdline")).replace("\0", " ")
-        except OSError:
-            return ""
+        if pid not in self._cmdlines:
+            try:
+                text = read_text(os.path.join(self.proc_root, str(pid), "cmdline"))
+            except OSError:
+                text = ""
+            self._cmdlines[pid] = text.rstrip("\0").replace("\0", " ")
+        return self._cmdlines[pid]
+
+    def select_by_args(self, match: Dict[str, Any]) -> Tuple[Set[int], int]:
+        """Trees whose root's command line matches ``trees_by_args`` (the root belongs to the job), its
+        process group too with ``process_group`` when the root leads it; a process whose command line matches
+        ``exclude_args`` is never a member, nor is anything reached only through it (a Spark Worker's
+        executors are matched by their own command line, not as the Worker's children)."""
+        rx = re.compile(match["trees_by_args"]) if match.get("trees_by_args") else None
+        ex = re.compile(match["exclude_args"]) if match.get("exclude_args") else None
+        if rx is None:
+            return set(), 0
+        live = [p for p in self.procs if p not in self.protected]
+        excluded = {p for p in live if ex is not None and ex.search(self.cmdline(p))}
+        roots = [p for p in live if p not in excluded and rx.search(self.cmdline(p))]
+        trees = {}  # type: Dict[int, Set[int]]
+        for r in roots:
+            tree = {r} | self.descendants(r, avoid=excluded)
+            if match.get("process_group") and self.procs[r].pgrp == r:
+                for pid in self.by_pgrp.get(r, ()):
+                    if pid not in excluded:
+                        tree |= {pid} | self.descendants(pid, avoid=excluded)
+            trees[r] = tree - excluded
+        members = set()  # type: Set[int]
+        for t in trees.values():
+            members |= t
+        nested = {r for r in trees for o, t in trees.items() if o != r and r in t}
+        return members, sum(1 for r in trees if r not in nested and trees[r] - self.protected)
 
     def select(self, match: Dict[str, Any]) -> Tuple[Set[int], int]:
         """Pids of the job trees that `match` describes, and how many trees. Roots are not members."""
@@ -144,7 +174,8 @@ class Tree(object):
                     if c not in yroots and c not in self.protected:
                         trees += 1
                         members |= {c} | self.descendants(c)
-        return members - roots - self.protected, trees
+        by_args, n = self.select_by_args(match)
+        return (members - roots | by_args) - self.protected, trees + n
 
 
 # -- cgroup files ------------------------------------------------------------------------------
@@ -295,7 +326,7 @@ def enforce_cgroup(kind, cpu_root, acct_root, parent, groups, members, procs, dr
                 write_value(os.path.join(gdir, "cpu.weight" if kind == "cgroup_v2" else "cpu.shares"), str(weight))
                 moved = place(os.path.join(gdir, procs_name), members[name], errors)
             now_in = read_pids(os.path.join(gdir, procs_name)) & set(procs) | (members[name] if dry_run else set())
-            out[name] = {"weight": weight, "pids": len(now_in), "moved": moved}
+            out[name] = {"weight": weight, "weight_percent": pct, "pids": len(now_in), "moved": moved}
             out[name].update(cgroup_usage(kind, gdir, acct_root, parent, name, now_in, procs, dry_run, errors))
     except OSError as e:
         if e.errno in SETUP_ERRNOS:
@@ -370,7 +401,8 @@ def enforce_nice(groups, members, procs, proc_root, setpriority, dry_run, errors
                 failed.append("%d (%s)" % (pid, e.strerror))
         if failed:
             errors.append("renice %s to %d failed for %d pids: %s" % (name, nice, len(failed), ", ".join(failed[:5])))
-        out[name] = {"weight": nice, "pids": len(members[name]), "moved": moved, "autogroups": 0,
+        out[name] = {"weight": nice, "weight_percent": float(g["weight_percent"]), "pids": len(members[name]),
+                     "moved": moved, "autogroups": 0,
                      "usage_usec": usage_from_procs(members[name], procs), "usage_source": "procs"}
         if autogroups_enabled(proc_root):  # a session led by a job process holds only that job's processes
             for leader in sorted({procs[p].sid for p in members[name]} & members[name]):
@@ -429,6 +461,12 @@ def validate(req: Any, allow_overrides: bool) -> Dict[str, Any]:
         for key in ("roots_by_comm", "exclude_comm"):
             if not isinstance(m.get(key) or [], list) or not all(isinstance(c, str) for c in m.get(key) or ()):
                 raise RequestError("groups[%d].match.%s: expected a list of command names" % (i, key))
+        for key in ("trees_by_args", "exclude_args"):
+            if m.get(key) is not None:
+                try:
+                    re.compile(m[key] if isinstance(m[key], str) else None)
+                except (re.error, TypeError):
+                    raise RequestError("groups[%d].match.%s: expected a regular expression" % (i, key))
     return req
 
 

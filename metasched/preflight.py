@@ -46,12 +46,14 @@ SCHEDULER_COMMANDS = {
     "slurm": ("sbatch", "squeue", "scontrol", "scancel"),
     "yarn": ("yarn", "setsid"),
     "local": ("ps", "python3"),
+    "spark": ("python3",),
 }
 SUDO_COMMANDS = {          # what runs after `sudo -n -u <owner> --` (sh: several submissions in one round trip)
     "sge": ("qsub", "qdel", "sh"),
     "slurm": ("sbatch", "scancel", "sh"),
     "yarn": ("sh",),
     "local": ("sh", "python3"),
+    "spark": ("sh", "python3"),
 }
 
 

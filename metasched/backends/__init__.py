@@ -9,6 +9,7 @@ from .base import Backend
 from .local import LocalBackend
 from .sge import GridEngineBackend
 from .slurm import SlurmBackend
+from .spark import SparkBackend
 from .yarn import YarnBackend
 
 BACKENDS: dict[str, type[Backend]] = {
@@ -16,11 +17,12 @@ BACKENDS: dict[str, type[Backend]] = {
     "slurm": SlurmBackend,
     "yarn": YarnBackend,
     "local": LocalBackend,
+    "spark": SparkBackend,
 }
 
 
 def get_backend(type: str, options: dict | None = None) -> Backend:
-    """The backend for a scheduler type (sge | slurm | yarn | local, or a SchedulerType member)."""
+    """The backend for a scheduler type (sge | slurm | yarn | local | spark, or a SchedulerType member)."""
     key = getattr(type, "value", type)
     try:
         cls = BACKENDS[key]
@@ -29,4 +31,4 @@ def get_backend(type: str, options: dict | None = None) -> Backend:
     return cls(options)
 
 
-__all__ = ["BACKENDS", "get_backend", "GridEngineBackend", "SlurmBackend", "YarnBackend", "LocalBackend"]
+__all__ = ["BACKENDS", "get_backend", "GridEngineBackend", "SlurmBackend", "YarnBackend", "LocalBackend", "SparkBackend"]

@@ -72,7 +72,6 @@ assert not set(ARGS_PREFIX) & set("\\\t\n"), "WRAP must stay a plain one-line te
 LEGACY_WRAP = ('x=$1; exec > "$2" 2> "$3"; shift 3; trap : TERM; "$@"; rc=$?; '
                'echo "$rc" > "$x"')
 LEGACY_ARGS_PREFIX = f"sh -c {LEGACY_WRAP} {JOB_MARK}"
-PREFIXES = (ARGS_PREFIX, LEGACY_ARGS_PREFIX)
 assert not set(LEGACY_ARGS_PREFIX) & set("\\\t\n")
 
 # The helper, run as the owner (a short ``python3 -I -S``: no site, no user paths, only built-in modules),
@@ -92,11 +91,15 @@ assert not set(LEGACY_ARGS_PREFIX) & set("\\\t\n")
 # theirs, see private(); final and forget only look).
 # argv: operation (launch | final), form ("framed": one answer per record framed like BATCH_SCRIPT's,
 # for parse_batch; "plain": one record, its answer on stdout or its refusal on stderr with status 1),
-# for launch WRAP, then records: the number of fields that follow and the fields.
-#   launch record: our id, pwd, stdout file, stderr file, exit file, script, its arguments.
+# for launch WRAP and the mark ($0 of the wrapper is <mark><marker>: what ps shows and status matches), then
+# records: the number of fields that follow and the fields.
+#   launch record: marker (<our id>-<token>), pwd, stdout file, stderr file, exit file, script, its arguments.
 #   final record: "pgid", exit file, legacy exit file, pgid, expected command-line prefixes (WRAP's and
-#   LEGACY_WRAP's) | "tag", exit file, legacy exit file | "forget", exit file, legacy exit file (removed once
-#   the job's final state is recorded; regular files of the caller's only).
+#   LEGACY_WRAP's), [output files] | "tag", exit file, legacy exit file, [output files] | "forget", exit file,
+#   legacy exit file (removed once the job's final state is recorded; regular files of the caller's only).
+#   A non-zero "exit" answer is followed, for each output file, by a line "@@tail" and the last 8 KiB of that
+#   file ("@@" written "@ @" there, so nothing in it passes for batch framing): where the Spark backend, which
+#   reuses this launcher for its drivers, reads why a driver failed.
 #   The legacy exit file (in the pwd, where the earlier release kept it) counts only when there is no
 #   exit file, and only as a regular file of the caller's with one link.
 HELPER = r"""
@@ -183,7 +186,7 @@ def launch(jid, pwd_, out, err, ext, script, *args):
         for f in (out, err):
             fds.append(output(f))
             made.append(f)
-        pid = os.posix_spawn("/bin/sh", ["sh", "-c", wrap, "metasched-job-" + jid, ext, script, *args],
+        pid = os.posix_spawn("/bin/sh", ["sh", "-c", wrap, mark + jid, ext, script, *args],
                              os.environ, setsid=True, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
                              file_actions=[(os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, fds[0], 1),
                                            (os.POSIX_SPAWN_DUP2, fds[1], 2)])
@@ -219,8 +222,28 @@ def forget(f):
             os.unlink(f)
     except OSError:
         pass
-def final(kind, ext, old, pgid=None, prefix=None, old_prefix=None):
-    ext = resolve(ext)
+def tail(path):
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return ""
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != me:
+            return ""
+        os.lseek(fd, max(0, st.st_size - 8192), 0)
+        text = os.read(fd, 8192).decode("utf-8", "replace")
+    finally:
+        os.close(fd)
+    return text.replace("@@", "@ @")
+def final(kind, ext, old, *rest):
+    pgid, prefix, old_prefix, files = (rest[0], rest[1], rest[2], rest[3:]) if kind == "pgid" else (
+        None, None, None, rest)
+    rc, o, e = final_status(kind, resolve(ext), old, pgid, prefix, old_prefix)
+    if o.startswith("exit ") and o.strip() != "exit 0":
+        o += "".join("@@tail\n" + tail(f) for f in files)
+    return rc, o, e
+def final_status(kind, ext, old, pgid, prefix, old_prefix):
     if kind == "forget":
         forget(ext)
         forget(old)
@@ -236,7 +259,7 @@ def final(kind, ext, old, pgid=None, prefix=None, old_prefix=None):
     v = ended(ext, old)
     return 0, v or ("running\n" if args.startswith((prefix, old_prefix)) else "gone\n"), ""
 if op == "launch":
-    wrap, a, act = a[0], a[1:], launch
+    wrap, mark, a, act = a[0], a[1], a[2:], launch
     null = os.open(os.devnull, os.O_RDWR)
 else:
     act = final
@@ -268,7 +291,7 @@ _PS_LINE = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\S+)\s+(\S+\s+\S+\s+\d+\s+\d\d:\d\d
 
 
 def marker(job: Job) -> str:
-    """What follows JOB_MARK in the wrapper's $0: our id and the job's token (<id>-<token>), or the id alone
+    """What follows the backend's mark (JOB_MARK for local jobs) in the wrapper's $0: our id and the job's token (<id>-<token>), or the id alone
     for a job created before tokens existed."""
     return f"{job.id}-{job.token}" if job.token else str(job.id)
 
@@ -287,11 +310,6 @@ def legacy_exit_file(job: Job) -> str:
     return posixpath.join(job.pwd, f".{tag(job)}.exit")
 
 
-def _prefixes(job: Job) -> list[str]:
-    """The command-line prefixes of this job's wrapper, as WRAP and as LEGACY_WRAP started it."""
-    return [f"{prefix}{marker(job)} " for prefix in PREFIXES]
-
-
 def output_files(job: Job) -> tuple[str, str]:
     base = posixpath.join(job.pwd, tag(job))
     return f"{base}.o{job.id}", f"{base}.e{job.id}"
@@ -301,14 +319,33 @@ class LocalBackend(Backend):
     type = "local"
     OPTIONS = ('grace', 'final_as_owner', 'tz', 'python', 'recovery_grace')
     starts_on_submit = True     # the launcher starts the job at once: RUNNING, not QUEUED
+    mark = JOB_MARK             # $0 of the wrapper: <mark><marker> (the Spark backend's drivers use another)
+
+    @property
+    def args_prefix(self) -> str:
+        """What ps shows at the start of a job's wrapper, before its marker (our id and token)."""
+        return f"sh -c {WRAP} {self.mark}"
+
+    @property
+    def prefixes(self) -> tuple[str, str]:
+        """The wrapper's command-line prefix as WRAP and as LEGACY_WRAP (the earlier release) started it."""
+        return self.args_prefix, f"sh -c {LEGACY_WRAP} {self.mark}"
+
+    def _job_prefixes(self, job: Job) -> list[str]:
+        """The command-line prefixes of this job's wrapper, as WRAP and as LEGACY_WRAP started it."""
+        return [f"{prefix}{marker(job)} " for prefix in self.prefixes]
 
     def _launch_fields(self, job: Job) -> list[str]:
         reason = path_reason(job)
         if reason:
             raise ValueError(reason)
         out, err = output_files(job)
-        fields = [marker(job), job.pwd, out, err, exit_file(job), job.path, *job.options]
+        fields = [marker(job), job.pwd, out, err, exit_file(job), *self._command(job)]
         return [str(len(fields)), *fields]
+
+    def _command(self, job: Job) -> list[str]:
+        """What the wrapper runs: the script (an executable file, checked by the launcher) and its arguments."""
+        return [job.path, *job.options]
 
     def _helper(self, op: str, form: str, fields: list[str], run_as: str | None) -> list[str]:
         return as_user([str(self.options.get("python", "python3")), "-I", "-S", "-c", HELPER, op, form, *fields],
@@ -319,14 +356,14 @@ class LocalBackend(Backend):
         return self._helper(op, "framed", [*head, *(f for fields in records for f in fields)], run_as)
 
     def submit_argv(self, job: Job, run_as: str | None) -> list[str]:
-        return self._helper("launch", "plain", [WRAP, *self._launch_fields(job)], run_as)
+        return self._helper("launch", "plain", [WRAP, self.mark, *self._launch_fields(job)], run_as)
 
     # In a batch, one helper starts every job of the round trip.
     def batch_line(self, job: Job) -> list[str]:
         return self._launch_fields(job)
 
     def batch_submit_argv(self, lines: list, run_as: str | None) -> list[str]:
-        return self._framed("launch", [WRAP], lines, run_as)
+        return self._framed("launch", [WRAP, self.mark], lines, run_as)
 
     def parse_submit(self, job: Job, rc: int, stdout: str, stderr: str) -> str:
         return launcher_pid(rc, stdout, stderr)
@@ -344,7 +381,7 @@ class LocalBackend(Backend):
             if not m:
                 continue
             pid, pgid, user, lstart, args = m.groups()
-            prefix = next((p for p in PREFIXES if args.startswith(p)), None)
+            prefix = next((p for p in self.prefixes if args.startswith(p)), None)
             if pid != pgid or prefix is None:
                 continue
             our = _MARK_RE.match(args[len(prefix):])
@@ -352,8 +389,8 @@ class LocalBackend(Backend):
                 continue
             our_id = int(our.group(1))
             jobs.append(NativeJob(native_id=pid, our_id=our_id, our_token=our.group(2), owner=user,
-                                  name=f"{JOB_MARK}{our.group(0).strip()}",
-                                  state=NativeState.RUNNING, queue="local",
+                                  name=f"{self.mark}{our.group(0).strip()}",
+                                  state=NativeState.RUNNING, queue=self.type,
                                   start_time=local_to_utc_iso(lstart, "%a %b %d %H:%M:%S %Y", tz)))
         return jobs
 
@@ -363,7 +400,7 @@ class LocalBackend(Backend):
     def _final_fields(self, job: Job) -> list[str]:
         if job.scheduler_job_id is None:
             return ["3", "tag", exit_file(job), legacy_exit_file(job)]
-        return ["6", "pgid", exit_file(job), legacy_exit_file(job), _pgid(job), *_prefixes(job)]
+        return ["6", "pgid", exit_file(job), legacy_exit_file(job), _pgid(job), *self._job_prefixes(job)]
 
     def final_argv(self, job: Job) -> list[str]:
         return self._helper("final", "plain", self._final_fields(job), self._asker(job))
@@ -416,10 +453,10 @@ class LocalBackend(Backend):
 
     def cancel_argv(self, job: Job, run_as: str | None) -> list[str]:
         grace = str(int(self.options.get("grace", 10)))
-        return as_user(["sh", "-c", CANCEL, "sh", _pgid(job), grace, *_prefixes(job)], run_as)
+        return as_user(["sh", "-c", CANCEL, "sh", _pgid(job), grace, *self._job_prefixes(job)], run_as)
 
     def process_matcher(self) -> ProcessMatcher:
-        return ProcessMatcher(trees_by_args_regex="^(?:" + "|".join(map(re.escape, PREFIXES)) + r")\d+(-[a-z]{6})? ",
+        return ProcessMatcher(trees_by_args_regex="^(?:" + "|".join(map(re.escape, self.prefixes)) + r")\d+(-[a-z]{6})? ",
                               include_process_group=True)
 
 

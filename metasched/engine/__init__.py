@@ -36,8 +36,8 @@ from ..transport import Result, for_node
 from .dispatch import ACTOR, PARALLEL_BATCHES, BATCH_MAX, Dispatcher
 from .fanout import Call, FanOut, reason
 from .lease import Identity, Lease, LeaseLost, boottime
-from .observe import (AgentStreams, Observation, agent_request, classify_foreign, local_pgids, nodes_to_settle,
-                      observe, raise_fences)
+from .observe import (AgentStreams, Observation, agent_request, classify_foreign, feedback, local_pgids,
+                      nodes_to_settle, observe, raise_fences, written_shares)
 from .reconcile import Recovery, reconcile, resolve
 from .values import Change, CycleReport, Question, QueueStatus, Tick
 
@@ -93,6 +93,7 @@ class Engine:
         self.usage = enforcement.UsageWindow()
         self.last_usage_time: float | None = None
         self.queue_usage: dict[int, float] = {}     # decayed CPU seconds per scheduler (dynamic policy)
+        self.corrections: dict[int, dict[str, float]] = {}   # node id -> its feedback state (observe.feedback)
         self.progress = self.clock.mono()           # last time a cycle got something done (the watchdog)
         # a holder whose cycle makes no progress for this long stops renewing its lease (another takes over)
         self.stall_limit = (config.ssh.command_timeout + config.ssh.connect_timeout
@@ -203,7 +204,7 @@ class Engine:
             self._progressed()
             pgids = local_pgids(jobs, queues)
             matchers = {q.id: backends[q.id].process_matcher() for q in queues}
-            requests = {n.id: agent_request(n, queues, self.shares, matchers, pgids,
+            requests = {n.id: agent_request(n, queues, self.written_shares(n.id, queues), matchers, pgids,
                                             method=self.config.enforcement.method,
                                             parent=self.config.enforcement.parent_group) for n in nodes}
             obs = observe(self.fan, queues=queues, nodes=nodes, backends=backends, transports=self.transports,
@@ -211,6 +212,7 @@ class Engine:
             self._progressed()
             classify_foreign(obs.statuses, jobs)
             self.record_observation(obs, queues, tick, report)
+            self.corrections = self.feedback(obs, queues, mode)
 
         with phase("reconcile"):
             plan = reconcile(jobs, qmap, obs.statuses, unsettled)
@@ -305,6 +307,19 @@ class Engine:
             self._record_foreign(obs.statuses, stamp, report)
         self.queue_usage = usage
 
+    def written_shares(self, node_id: int, queues: list[Queue]) -> dict[int, float]:
+        """queue id -> the percent the node's agent writes this cycle: the last decision's shares, corrected by
+        the node's feedback state."""
+        return written_shares(queues, self.shares, self.corrections.get(node_id))
+
+    def feedback(self, obs: Observation, queues: list[Queue], mode: dict) -> dict[int, dict[str, float]]:
+        """The nodes' feedback states for the next cycle's weights: under the shared and dynamic policies, with
+        enforcement.feedback on (the other policies ask for minimum shares, not a split)."""
+        if not self.config.enforcement.feedback or Policy(mode["policy"]) not in (Policy.SHARED, Policy.DYNAMIC):
+            return {}
+        windows = {no.node.id: self.usage.recent(no.node.id) for no in obs.nodes}
+        return feedback(obs.nodes, queues, self.shares, windows, self.corrections)
+
     def record_foreign(self, statuses: dict[int, QueueStatus], report: CycleReport) -> None:
         """The foreign jobs of these status values (what a cycle stores; tests call it on its own)."""
         with self.lease.fenced():
@@ -338,8 +353,9 @@ class Engine:
 
     def _enforcement_view(self, node, queues, agent) -> dict:
         """What GET /cluster/nodes/{id} shows: per scheduler the share the policy wants, the share its
-        group really got over the last minute (the agent's cumulative counters), and how it was applied
-        (mechanism and the weight written: cpu.shares, cpu.weight or the nice value)."""
+        group really got over the last minute (the agent's cumulative counters), the share its weight was
+        written for (the target, corrected by the feedback step) and how it was applied (mechanism and the
+        weight written: cpu.shares, cpu.weight or the nice value)."""
         measured = self.usage.measured_shares(node.id)
         seconds, _ = self.usage.deltas(node.id)
         rows = []
@@ -348,6 +364,7 @@ class Engine:
             applied = agent.groups.get(g, {})
             rows.append({"queue_id": q.id, "name": q.name, "group": g, "mechanism": agent.mechanism,
                          "target_share": round(self.shares.get(q.id, 100.0 / max(1, len(queues))), 2),
+                         "written_share": applied.get("weight_percent"),
                          "measured_share": round(measured[g], 2) if g in measured else None,
                          "weight": applied.get("weight"), "pids": applied.get("pids"),
                          "usage_source": applied.get("usage_source")})

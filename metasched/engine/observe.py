@@ -1,9 +1,10 @@
 """Observe: what the schedulers and the nodes say this cycle, as values.
 
 One batched status call per scheduler, one node-agent request per node (liveness, load, enforcement of the
-last decided shares), all through one fan-out with the cycle's deadline. Before them, on the master nodes
-of schedulers with jobs left DISPATCHING, the lease's fence is raised (fence.py): the status calls that
-follow are then taken when no earlier submit attempt can still land. Parsing is pure.
+last decided shares, corrected per node by the feedback step), all through one fan-out with the cycle's
+deadline. Before them, on the master nodes of schedulers with jobs left DISPATCHING, the lease's fence is
+raised (fence.py): the status calls that follow are then taken when no earlier submit attempt can still
+land. Parsing, and the feedback step over the agents' answers, are pure.
 """
 from __future__ import annotations
 
@@ -108,6 +109,40 @@ def local_pgids(jobs: list[Job], queues: list[Queue]) -> dict[int, list[int]]:
         if j.queue_id in local and j.status in (JobStatus.QUEUED, JobStatus.RUNNING) \
                 and (j.scheduler_job_id or "").isdigit():
             out.setdefault(j.queue_id, []).append(int(j.scheduler_job_id))
+    return out
+
+
+def written_shares(queues: list[Queue], shares: dict[int, float],
+                   correction: dict[str, float] | None) -> dict[int, float]:
+    """queue id -> the percent one node's agent writes: the policy's share, corrected by that node's feedback
+    state (group -> log correction, see ``feedback``; none: the shares as they are)."""
+    default = 100.0 / max(1, len(queues))
+    targets = {q.id: shares.get(q.id, default) for q in queues}
+    if not correction:
+        return targets
+    written = enforcement.corrected({enforcement.group_name(q): targets[q.id] for q in queues}, correction)
+    return {q.id: written[enforcement.group_name(q)] for q in queues}
+
+
+def feedback(nodes: list[NodeObservation], queues: list[Queue], shares: dict[int, float],
+             windows: dict[int, tuple[float, dict[str, int]]],
+             state: dict[int, dict[str, float]]) -> dict[int, dict[str, float]]:
+    """The feedback step of every node that answered (enforcement.feedback_step): node id -> its new state,
+    from the shares its agent was asked to apply this cycle and ``windows`` (node id -> seconds and CPU
+    microseconds per group over the last few seconds, UsageWindow.recent). A node whose agent did not answer
+    keeps its state; a node without corrections is left out."""
+    default = 100.0 / max(1, len(queues))
+    targets = {enforcement.group_name(q): shares.get(q.id, default) for q in queues}
+    out: dict[int, dict[str, float]] = {}
+    for no in nodes:
+        nid = no.node.id
+        if not no.agent.ok:
+            new = state.get(nid, {})
+        else:
+            seconds, usec = windows.get(nid, (0.0, {}))
+            _, new = enforcement.feedback_step(targets, no.agent, usec, seconds, state.get(nid, {}))
+        if new:
+            out[nid] = new
     return out
 
 

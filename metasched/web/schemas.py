@@ -122,7 +122,7 @@ QUEUE = {
     "required": ["id", "name", "type", "master_node_id", "weight", "reachable", "jobs", "foreign_jobs"],
     "properties": {
         "id": {"type": "integer"}, "name": {"type": "string"},
-        "type": {"type": "string", "enum": ["sge", "slurm", "yarn", "local"]},
+        "type": {"type": "string", "enum": ["sge", "slurm", "yarn", "local", "spark"]},
         "master_node_id": {"type": "integer"}, "weight": {"type": "integer"},
         "reachable": {"type": ["boolean", "null"]}, "last_error": {"type": ["string", "null"]},
         "jobs": {"type": "object", "properties": {s: {"type": "integer"} for s in STATUSES},
@@ -176,6 +176,10 @@ NODE = {
                         "target_share": {"type": "number", "description": "percent of the node's CPU"},
                         "measured_share": {"type": ["number", "null"],
                                            "description": "percent its group got over the window"},
+                        "written_share": {"type": ["number", "null"],
+                                          "description": "the percent the weight was written for: the target, "
+                                                         "corrected by the feedback step while the measured share "
+                                                         "of a busy group stays off its target"},
                         "weight": {"type": ["integer", "null"],
                                    "description": "cpu.shares, cpu.weight or the nice value written"},
                         "pids": {"type": ["integer", "null"]},

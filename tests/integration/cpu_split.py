@@ -33,6 +33,80 @@ echo $$ > "$1"
 while [ ! -e "$2" ]; do :; done
 '''
 
+# The same with a command forked and exec'd at every turn of the loop (what many shell jobs do): the shell's
+# cutime/cstime hold its reaped children's CPU, so the shell's ticks are still the job's CPU.
+FORK = '''[ -z "$4" ] || taskset -cp "$4" $$ >/dev/null
+echo $$ > "$1"
+( sleep "${3:-300}"; : > "$2" ) &
+while [ ! -e "$2" ]; do /bin/true; done
+'''
+LOOPS = {"busy": BUSY, "fork": FORK}
+
+
+def children_of() -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for e in os.listdir("/proc"):
+        if e.isdigit():
+            f = stat_fields(int(e))
+            if f:
+                out.setdefault(int(f[1]), []).append(int(e))
+    return out
+
+
+def tree(pid: int, kids: dict[int, list[int]] | None = None) -> set[int]:
+    kids = children_of() if kids is None else kids
+    out, todo = {pid}, list(kids.get(pid, ()))
+    while todo:
+        p = todo.pop()
+        if p not in out:
+            out.add(p)
+            todo.extend(kids.get(p, ()))
+    return out
+
+
+def spark_pids() -> set[int]:
+    """The Spark group's processes as the test sees them: every executor JVM and its descendants (the PySpark
+    workers), and every client-mode driver (SparkSubmit JVM) with its descendants."""
+    kids, roots = children_of(), set()
+    for e in os.listdir("/proc"):
+        if e.isdigit():
+            try:
+                cmd = pathlib.Path(f"/proc/{e}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"CoarseGrainedExecutorBackend" in cmd or b"org.apache.spark.deploy.SparkSubmit" in cmd:
+                roots.add(int(e))
+    return set().union(*(tree(r, kids) for r in roots)) if roots else set()
+
+
+def pid_alive(pid: int) -> bool:
+    f = stat_fields(pid)
+    return bool(f) and f[0] not in "ZX"
+
+
+def ticks_of(pids) -> dict[int, int]:
+    return {p: cpu_ticks(p) for p in pids}
+
+
+def used_between(before: dict[int, int], after: dict[int, int]) -> int:
+    """CPU ticks the processes used between two ticks_of() samples; one that exited meanwhile counts for
+    nothing (its ticks are gone with it), never less than nothing."""
+    return sum(max(0, after.get(p, 0) - t) for p, t in before.items())
+
+
+def pyspark_workers() -> list[int]:
+    """The PySpark worker processes running tasks: children of a pyspark.daemon that are pyspark.daemon too."""
+    daemons = {}
+    for e in os.listdir("/proc"):
+        if e.isdigit():
+            try:
+                if b"pyspark.daemon" in pathlib.Path(f"/proc/{e}/cmdline").read_bytes():
+                    f = stat_fields(int(e))
+                    daemons[int(e)] = int(f[1]) if f else 0
+            except OSError:
+                continue
+    return sorted(p for p, parent in daemons.items() if parent in daemons)
+
 
 @contextlib.contextmanager
 def installed_agent():
@@ -58,15 +132,17 @@ def installed_agent():
             os.replace(tmp, AGENT)
 
 
-def enforcement_config(lab, weights=(70, 30), policy: str = "shared", interval: float = 1.0) -> dict:
+def enforcement_config(lab, weights=(70, 30), policy: str = "shared", interval: float = 1.0,
+                       feedback: bool = True) -> dict:
     """The frontend as the only node (so only its agent acts on this machine's cgroups), SGE and Slurm
-    on it, the installed agent through sudo."""
+    on it, the installed agent through sudo; ``feedback`` False: the weights written are exactly the
+    policy's (enforcement.feedback off)."""
     cfg = real_config(lab, interval=interval)
     cfg["nodes"] = cfg["nodes"][:1]
     for s, w in zip(cfg["schedulers"], weights):
         s["weight"] = w
     cfg["policy"] = {"name": policy, "high_priority": 0}
-    cfg["enforcement"] = {"method": "auto", "helper": AGENT, "parent_group": PARENT}
+    cfg["enforcement"] = {"method": "auto", "helper": AGENT, "parent_group": PARENT, "feedback": feedback}
     return cfg
 
 
@@ -139,12 +215,12 @@ class Busy:
 
 
 def start_busy(srv, users, directory: pathlib.Path, queue: str, user: str, n: int = 2,
-               safety_seconds: int = 300, tag: str = "", cpu: int | None = None) -> Busy:
-    """Submit n busy-loop jobs as ``user`` and wait until each runs and wrote its pid."""
+               safety_seconds: int = 300, tag: str = "", cpu: int | None = None, loop: str = "busy") -> Busy:
+    """Submit n busy-loop jobs (LOOPS[loop]) as ``user`` and wait until each runs and wrote its pid."""
     stop = directory / f"stop-{queue}{tag}"
     with contextlib.suppress(FileNotFoundError):
         stop.unlink()
-    path = script(directory / "busy.sh", BUSY, users[user])
+    path = script(directory / f"{loop}.sh", LOOPS[loop], users[user])
     b = Busy(queue, user, stop)
     pidfiles = []
     for i in range(n):

@@ -40,7 +40,8 @@ def agent():
 
 @pytest.fixture(scope="module")
 def srv(lab, users, agent):
-    s = start_real_server(lab, users, cs.enforcement_config(lab, weights=(70, 30), interval=INTERVAL))
+    # the weights written are the policy's own: the feedback step's corrections are test_shares_three's
+    s = start_real_server(lab, users, cs.enforcement_config(lab, weights=(70, 30), interval=INTERVAL, feedback=False))
     yield s
     s.stop()
     remove(pathlib.Path(s.workdir))

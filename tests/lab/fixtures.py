@@ -16,6 +16,9 @@ What a test gets from ``lab`` (see tests/lab/lab.py):
 ``running_farm(n)`` (a context manager, for module fixtures) is a :class:`tests.lab.farm.NodeFarm`: n namespace
 nodes with sshd only, each in its own PID namespace, on their own names and subnet. It needs neither Grid
 Engine nor Slurm, takes no lab lock and can run beside the lab.
+
+Fixture ``spark`` (session scope, lazy): the lab's Spark Master and Worker (.master_url, .web_url, .home,
+.submit, .status()); ``spark_scheduler(spark)`` is a scheduler entry for it.
 """
 from __future__ import annotations
 
@@ -63,6 +66,28 @@ def lab():
         finally:
             _timings.update(the_lab.timings)
             lock.close()
+
+
+@pytest.fixture(scope="session")
+def spark(lab):
+    """The lab's Spark standalone Master and Worker (tests/lab/lab.py Spark), started by the first test that
+    asks for them and stopped with the lab: the tests that do not need Spark never pay for its JVMs."""
+    try:
+        return lab.start_spark()
+    except LabError as e:
+        pytest.fail(f"the lab's Spark did not start: {e}", pytrace=False)
+
+
+def spark_scheduler(spark, name: str = "Spark", weight: int = 50) -> dict:
+    """A `spark` scheduler entry for lab_config(schedulers=...): the lab's master, drivers in client mode on
+    the frontend running this interpreter's Python (which has pyspark), no driver web UI."""
+    import sys
+    return {"name": name, "master": 0, "weight": weight, "type": "spark",
+            "options": {"master_url": spark.master_url, "web_url": spark.web_url,
+                        "bin_dir": str(spark.home / "bin"), "grace": 5,
+                        "conf": {"spark.driver.host": "127.0.0.1", "spark.ui.enabled": "false",
+                                 "spark.pyspark.python": sys.executable,
+                                 "spark.pyspark.driver.python": sys.executable}}}
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

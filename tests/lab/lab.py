@@ -6,7 +6,8 @@ CI is one root-owned Debian 12 VM. So the lab starts, with pids it records itsel
 * a frontend sshd on 127.0.0.1 (a free port) and one sshd per "node" in its own network namespace,
   reachable from the root namespace through the bridge ``msbr0`` (172.31.250.0/24);
 * Grid Engine (sge_qmaster + sge_execd) and Slurm (munged, slurmctld, slurmd) on the frontend, reachable
-  from inside the namespaces too, so scheduler clients run over SSH on any node answer.
+  from inside the namespaces too, so scheduler clients run over SSH on any node answer;
+* on demand (``Lab.start_spark()``), a Spark standalone Master and Worker on the frontend, as user spark.
 
 Every class has ``start()`` / ``stop()``; readiness is detected by polling real state (SSH banner,
 ``qstat`` answering, ``sinfo`` showing idle), never by a fixed sleep. Nothing is ever killed by name:
@@ -23,6 +24,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -52,6 +54,11 @@ SLURMCTLD_PORT = 6817
 SLURMD_PORT = 6818
 SLURM_PARTITION = "debug"
 MUNGE_SOCKET_DIR = Path("/run/munge")
+
+SPARK_USER = "spark"
+SPARK_PORT = 7077
+SPARK_WEB_PORT = 8080
+SPARK_WORKER_WEB_PORT = 8081
 
 HOSTS_FILE = Path("/etc/hosts")
 HOSTS_MARK = "# metasched-lab"
@@ -763,6 +770,108 @@ class Slurm:
 
 
 # ---------------------------------------------------------------------------------------------
+# Spark standalone
+# ---------------------------------------------------------------------------------------------
+
+def spark_home() -> Path | None:
+    """The pyspark package folder, which is a SPARK_HOME (bin/, jars/): pip install pyspark (the test extra)."""
+    try:
+        import pyspark
+    except ImportError:
+        return None
+    return Path(pyspark.__file__).resolve().parent
+
+
+class Spark:
+    """A Spark standalone Master and one Worker on the frontend (127.0.0.1), as the unprivileged user
+    ``spark``: executors run as the Worker's user, so never as root. Started only when a test asks for it
+    (the ``spark`` fixture): two JVMs are heavy on 2 cores. Readiness: the master's JSON lists the worker ALIVE.
+    Client-mode drivers (spark-submit, as the job owners) reach the master at spark://127.0.0.1:7077 and
+    the executors reach them back at 127.0.0.1."""
+
+    def __init__(self, workdir: Path, cores: int | None = None, memory: str = "2g"):
+        self.dir = Path(workdir) / "spark"
+        self.home = spark_home()
+        self.cores = cores or os.cpu_count() or 2
+        self.memory = memory
+        self.master: subprocess.Popen | None = None
+        self.worker: subprocess.Popen | None = None
+
+    master_url = f"spark://127.0.0.1:{SPARK_PORT}"
+    web_url = f"http://127.0.0.1:{SPARK_WEB_PORT}"
+
+    @property
+    def submit(self) -> str:
+        return str(self.home / "bin" / "spark-submit")
+
+    def env(self) -> dict[str, str]:
+        return {"SPARK_HOME": str(self.home), "SPARK_SCALA_VERSION": "2.13", "SPARK_LOCAL_IP": "127.0.0.1",
+                "SPARK_LOG_DIR": str(self.dir / "logs"), "SPARK_WORKER_DIR": str(self.dir / "work"),
+                "PYSPARK_PYTHON": sys.executable, "HOME": str(self.dir)}
+
+    def status(self) -> dict:
+        import json
+        import urllib.request
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"{self.web_url}/json/", timeout=5) as r:
+            return json.loads(r.read().decode())
+
+    def _daemon(self, cls: str, *args: str, log: Path) -> subprocess.Popen:
+        user = pwd.getpwnam(SPARK_USER)
+        return _daemon([str(self.home / "bin" / "spark-class"), cls, *args], log, env=self.env(),
+                       user=user.pw_uid, group=user.pw_gid, extra_groups=[], cwd=str(self.dir))
+
+    def start(self) -> None:
+        if self.home is None:
+            raise LabUnavailable(f"pyspark is not installed in {sys.executable}: pip install '.[test]' (it is "
+                                 f"in the test extra), then {SETUP_HINT}")
+        if shutil.which("java") is None:
+            raise LabUnavailable(f"java is missing (openjdk-17-jre-headless): {SETUP_HINT}")
+        try:
+            pwd.getpwnam(SPARK_USER)
+        except KeyError:
+            raise LabUnavailable(f"user {SPARK_USER} does not exist: {SETUP_HINT}") from None
+        require_ports_free([SPARK_PORT, SPARK_WEB_PORT, SPARK_WORKER_WEB_PORT], "Spark")
+        user = pwd.getpwnam(SPARK_USER)
+        for sub in ("logs", "work"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        for d in (self.dir, self.dir / "logs", self.dir / "work"):
+            os.chown(d, user.pw_uid, user.pw_gid)
+        self.dir.chmod(0o755)
+        try:
+            self.master = self._daemon("org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+                                       "--port", str(SPARK_PORT), "--webui-port", str(SPARK_WEB_PORT),
+                                       log=self.dir / "master.out")
+            wait_until(self._master_ready, 60, "Spark master", diagnose=lambda: tail(self.dir / "master.out"))
+            self.worker = self._daemon("org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
+                                       "--cores", str(self.cores), "--memory", self.memory,
+                                       "--webui-port", str(SPARK_WORKER_WEB_PORT), "--work-dir",
+                                       str(self.dir / "work"), self.master_url, log=self.dir / "worker.out")
+            wait_until(self._worker_ready, 60, "Spark worker registered with the master",
+                       diagnose=lambda: tail(self.dir / "worker.out"))
+        except BaseException:
+            self.stop()
+            raise
+
+    def _master_ready(self) -> bool:
+        if self.master.poll() is not None:
+            raise DaemonDied(f"Spark master exited with {self.master.returncode}\n{tail(self.dir / 'master.out')}")
+        return self.status().get("status") == "ALIVE"
+
+    def _worker_ready(self) -> bool:
+        if self.worker.poll() is not None:
+            raise DaemonDied(f"Spark worker exited with {self.worker.returncode}\n{tail(self.dir / 'worker.out')}")
+        return any(w.get("state") == "ALIVE" for w in self.status().get("workers", []))
+
+    def stop(self) -> None:
+        """The Worker first (its executors are its children: stopped with it), then the Master; by pid."""
+        stop_process(self.worker, grace=10, kill_tree=True)
+        self.worker = None
+        stop_process(self.master, grace=10, kill_tree=True)
+        self.master = None
+
+
+# ---------------------------------------------------------------------------------------------
 # the whole lab
 # ---------------------------------------------------------------------------------------------
 
@@ -823,6 +932,7 @@ class Lab:
     keys: Keys | None = None
     sge: GridEngine | None = None
     slurm: Slurm | None = None
+    spark: Spark | None = None
     timings: dict[str, float] = field(default_factory=dict)
     _started: list = field(default_factory=list, repr=False)
     _extra_sshds: list = field(default_factory=list, repr=False)
@@ -926,6 +1036,14 @@ class Lab:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+    def start_spark(self) -> Spark:
+        """Spark's Master and Worker, started once, on first use; stopped with the rest of the lab."""
+        if self.spark is None:
+            t0 = time.monotonic()
+            self.spark = self._up(Spark(self.workdir))
+            self.timings["spark"] = time.monotonic() - t0
+        return self.spark
 
     # -- helpers for tests ------------------------------------------------------------------
     def stop_node_sshd(self, index: int) -> None:

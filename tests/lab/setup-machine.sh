@@ -1,15 +1,19 @@
 #!/bin/sh
 # Provision this machine for metasched's integration lab (run as root, Debian 12).
 #
-# Installs Grid Engine, Slurm, munge, sshd, sudo and nginx, creates the service user and the test
-# job owners, and writes the sudoers rule. It never starts a daemon: the pytest fixtures start them
-# and record their pids, so nothing runs that the tests do not own. Idempotent; when everything is
-# already in place it changes nothing and returns in well under a second.
+# Installs Grid Engine, Slurm, munge, sshd, sudo, nginx and Java (for Spark; pyspark itself is in the
+# package's test extra), creates the service user, the spark user and the test job owners, and writes the
+# sudoers rule. It never starts a daemon: the pytest fixtures start them and record their pids, so nothing
+# runs that the tests do not own. Idempotent; when everything is already in place it changes nothing and
+# returns in well under a second.
 set -eu
 
 PACKAGES="gridengine-master gridengine-exec gridengine-client gridengine-common slurm-wlm munge
-openssh-server sudo nginx iproute2 procps util-linux debconf-utils python3-venv gcc libc6-dev"
+openssh-server sudo nginx iproute2 procps util-linux debconf-utils python3-venv gcc libc6-dev
+openjdk-17-jre-headless"
 SERVICE_USER=metascheduler
+# Runs the lab's Spark Master and Worker: executors run as the Worker's user, so never root.
+SPARK_USER=spark
 JOB_OWNERS="alice bob"
 ADMIN_GROUP=metasched-admins
 SUDOERS_FILE=/etc/sudoers.d/metasched-lab
@@ -95,6 +99,7 @@ if [ -n "$todo" ]; then
 fi
 
 ensure_user "$SERVICE_USER" --system --create-home --home-dir "/home/$SERVICE_USER" --shell /bin/sh
+ensure_user "$SPARK_USER" --system --create-home --home-dir "/var/lib/$SPARK_USER" --shell /usr/sbin/nologin
 for u in $JOB_OWNERS; do
     ensure_user "$u" --create-home --shell /bin/bash --key UID_MIN=1000
 done

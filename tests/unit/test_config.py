@@ -36,7 +36,8 @@ ORIGINAL_JSON = {"cluster": {
 def test_shipped_configs_load():
     t = C.load(str(ROOT / "config" / "test.config"))
     assert t.policy is Policy.BEST_EFFORT and t.high_priority == 0
-    assert [s.type for s in t.schedulers] == [SchedulerType.SGE, SchedulerType.SLURM, SchedulerType.YARN]
+    assert [s.type for s in t.schedulers] == [SchedulerType.SGE, SchedulerType.SLURM, SchedulerType.YARN,
+                                              SchedulerType.SPARK]
     assert t.auth.admins == ("ops",) and t.server.max_body_bytes == 65536
     local = C.load(str(ROOT / "config" / "local.config"))
     assert local.schedulers[0].type is SchedulerType.LOCAL and local.nodes[0].transport == "local"

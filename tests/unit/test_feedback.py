@@ -1,0 +1,89 @@
+"""The enforcement feedback step (enforcement.feedback_weights / feedback_step): pure, state carried by the caller."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from metasched.enforcement import AgentReport, Feedback, feedback_step, feedback_weights
+
+FB = Feedback()
+
+
+def kernel(written: dict[str, float], bias: dict[str, float]) -> dict[str, float]:
+    """A node whose scheduler favours some groups over their weights (what fork-heavy jobs cause)."""
+    eff = {g: w * bias.get(g, 1.0) for g, w in written.items()}
+    return {g: 100.0 * v / sum(eff.values()) for g, v in eff.items()}
+
+
+@pytest.mark.parametrize("targets, bias", [
+    ({"sge": 70.0, "slurm": 30.0}, {"sge": 1.8}),                       # 70/30 measured ~81/19 without feedback
+    ({"sge": 50.0, "slurm": 30.0, "spark": 20.0}, {"sge": 2.0, "spark": 0.7}),
+    ({"a": 90.0, "b": 10.0}, {"b": 0.3}),
+])
+def test_a_biased_split_converges_to_the_target_in_bounded_steps(targets, bias):
+    written, state = dict(targets), {}
+    before = kernel(written, bias)
+    assert max(abs(before[g] - targets[g]) for g in targets) > 5
+    for _ in range(40):
+        measured = kernel(written, bias)
+        new, state = feedback_weights(targets, measured, set(targets), state)
+        for g in targets:   # never more than one step per cycle (two groups move against each other)
+            assert abs(math.log(new[g] / written[g])) <= 4 * FB.step + 1e-9
+        assert sum(new.values()) == pytest.approx(sum(targets.values()), abs=0.01)
+        written = new
+    after = kernel(written, bias)
+    assert max(abs(after[g] - targets[g]) for g in targets) <= FB.deadband + 0.5, (after, written)
+
+
+def test_the_correction_is_bounded_when_a_group_does_not_respond():
+    targets, state = {"a": 30.0, "b": 70.0}, {}
+    for _ in range(100):   # a stays at 5 % whatever it is given (it cannot use more)
+        written, state = feedback_weights(targets, {"a": 5.0, "b": 95.0}, {"a", "b"}, state)
+    ratio = (written["a"] / written["b"]) / (30 / 70)
+    assert ratio == pytest.approx(FB.bound ** 2, rel=0.01)     # each side at most bound times its target
+
+
+def test_no_correction_without_two_busy_groups_and_old_corrections_fade():
+    targets = {"a": 70.0, "b": 30.0}
+    written, state = feedback_weights(targets, {"a": 100.0}, {"a"}, {})
+    assert (written, state) == (targets, {})
+    _, state = feedback_weights(targets, {"a": 90.0, "b": 10.0}, {"a", "b"}, {})
+    assert state["a"] < 0 < state["b"]
+    for _ in range(10):
+        written, state = feedback_weights(targets, {}, set(), state)
+    assert (written, state) == (targets, {})
+
+
+def test_within_the_deadband_nothing_moves():
+    targets = {"a": 50.0, "b": 50.0}
+    assert feedback_weights(targets, {"a": 50.8, "b": 49.2}, {"a", "b"}, {}) == (targets, {})
+
+
+def report(mechanism="cgroup_v1", source="cgroup", pids=(3, 2)) -> AgentReport:
+    return AgentReport(True, mechanism=mechanism, groups={
+        "a": {"pids": pids[0], "usage_source": source}, "b": {"pids": pids[1], "usage_source": source}})
+
+
+def test_feedback_step_takes_busy_groups_and_the_split_from_the_cycles_accounting():
+    targets = {"a": 70.0, "b": 30.0}
+    step = {"a": 900_000, "b": 100_000}          # one second, 2 cores: a got 90 %
+    written, state = feedback_step(targets, report(), step, 1.0, {})
+    assert written["a"] < 70 and written["b"] > 30 and state
+    # a group without processes, or using (almost) no CPU, is not busy: nothing to correct
+    assert feedback_step(targets, report(pids=(3, 0)), step, 1.0, {}) == (targets, {})
+    assert feedback_step(targets, report(), {"a": 900_000, "b": 10_000}, 1.0, {}) == (targets, {})
+    # renice and /proc-summed usage are never corrected
+    assert feedback_step(targets, report(mechanism="nice"), step, 1.0, {}) == (targets, {})
+    assert feedback_step(targets, report(source="procs"), step, 1.0, {}) == (targets, {})
+
+
+def test_the_feedback_measures_the_last_few_seconds_of_accounting():
+    from metasched.enforcement import UsageWindow
+    w = UsageWindow()
+    for i, (a, b) in enumerate([(0, 0), (10, 0), (20, 0), (30, 10), (40, 20), (50, 30), (60, 40), (70, 50)]):
+        w.add(1, float(i), {"a": a, "b": b})
+    seconds, usec = w.recent(1, 5.0)
+    assert seconds == 5.0 and usec == {"a": 50, "b": 50}
+    assert w.recent(1, 100.0) == (7.0, {"a": 70, "b": 50})     # all there is
+    assert UsageWindow().recent(1) == (0.0, {})
