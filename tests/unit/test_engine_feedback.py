@@ -7,6 +7,7 @@ a real node): the cycle, the observation and the feedback are the engine's own."
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 
@@ -20,7 +21,7 @@ from metasched.enforcement import AgentReport, group_name
 from metasched.identity import Authority
 from metasched.model import Node, Queue, SchedulerType
 from metasched.services import Services
-from metasched.transport import Result
+from metasched.transport import LocalTransport, Result, _LineStream
 
 BIAS = {"sge": 1.8, "slurm": 1.0}        # Grid Engine's jobs get 1.8 times what their weight says
 
@@ -42,14 +43,19 @@ class Quiet(Backend):
         return []
 
 
-class BiasedAgent:
+class BiasedAgent(_LineStream):
     """A node agent stream: writes the requested weights into a kernel that favours groups by BIAS, and
-    answers with the cgroups' cumulative CPU accounting after one second of two busy cores."""
+    answers with the cgroups' cumulative CPU accounting after one second of two busy cores. A line stream
+    like the transport's own (the engine waits on many at once through fileno()), its answer written at once
+    into the other end of a socket pair."""
 
     def __init__(self):
+        super().__init__("biased")
+        self.ours, self.theirs = socket.socketpair()
+        self.ours.setblocking(False)
         self.t, self.usage, self.requests = 1000.0, {}, []
 
-    def request(self, line, timeout):
+    def answer(self, line):
         req = json.loads(line)
         self.requests.append({g["name"]: g["weight_percent"] for g in req["groups"]})
         eff = {g["name"]: g["weight_percent"] * BIAS[g["name"].split("-")[1]] for g in req["groups"]}
@@ -62,24 +68,45 @@ class BiasedAgent:
         return json.dumps({"ok": True, "mechanism": "cgroup_v1", "load": [2, 2, 2], "ncpus": 2, "time": self.t,
                            "groups": groups})
 
+    def fileno(self):
+        return self.ours.fileno()
+
+    def _write(self, data, end):
+        for line in data.decode().splitlines():
+            self.theirs.sendall(self.answer(line).encode() + b"\n")
+
+    def _pull(self):
+        try:
+            while True:
+                chunk = self.ours.recv(65536)
+                if not chunk:
+                    return True
+                self.buf += chunk
+        except BlockingIOError:
+            return False
+
+    def _eof_error(self):
+        return EOFError("the stand-in agent ended")
+
+    def exit_code(self):
+        return -1
+
     def close(self):
         pass
 
 
-class Node1:
+class Node1(LocalTransport):
     user = None
 
     def __init__(self):
+        super().__init__(30.0)
         self.agent = BiasedAgent()
 
-    def run(self, command, timeout=None):
+    def run(self, command, timeout=None, **kw):
         return Result(0, "", "")
 
-    def open_stream(self, command):
+    def open_stream(self, command, deadline=None):
         return self.agent
-
-    def close(self):
-        pass
 
 
 def engine_on(tmp_path, cfg, monkeypatch):
