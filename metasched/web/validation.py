@@ -28,6 +28,16 @@ def _type_name(v) -> str:
     return type(v).__name__
 
 
+def _unicode(text: str, where: str) -> None:
+    """JSON can escape a lone surrogate (``"\\udc80"``) that no UTF-8 text holds: refuse it here, by name,
+    before it reaches SQLite (which cannot store it) or a command line."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise Invalid(f"{where}: not valid Unicode text (a lone surrogate {text[exc.start]!r} at position "
+                      f"{exc.start})", field=where) from None
+
+
 def validate(value, schema: dict, path: str = "") -> None:
     """Raise Invalid naming the field path and what was expected; unknown fields are named together."""
     where = path or "body"
@@ -62,6 +72,7 @@ def validate(value, schema: dict, path: str = "") -> None:
         if "exclusiveMinimum" in schema and value <= schema["exclusiveMinimum"]:
             raise Invalid(f"{where}: must be > {schema['exclusiveMinimum']}, got {value}", field=where)
     if isinstance(value, str):
+        _unicode(value, where)
         if "minLength" in schema and len(value) < schema["minLength"]:
             raise Invalid(f"{where}: must not be empty" if schema["minLength"] == 1
                           else f"{where}: at least {schema['minLength']} characters", field=where)
@@ -93,6 +104,7 @@ def validate(value, schema: dict, path: str = "") -> None:
         if "minProperties" in schema and len(value) < schema["minProperties"]:
             raise Invalid(f"{where}: give at least one of {', '.join(sorted(props))}", field=where)
         for k, v in value.items():
+            _unicode(k, f"{path}.{k}" if path else k)
             sub = props.get(k) if k in props else (extra if isinstance(extra, dict) else None)
             if sub is not None:
                 validate(v, sub, f"{path}.{k}" if path else k)
