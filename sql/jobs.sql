@@ -1,6 +1,6 @@
 -- name: insert_job
-INSERT INTO jobs (name, queue_id, owner, status, path, options, pwd, token, created_at, updated_at)
-VALUES (:name, :queue_id, :owner, :status, :path, :options, :pwd, :token, :now, :now)
+INSERT INTO jobs (name, queue_id, owner, status, path, options, pwd, token, spec, created_at, updated_at)
+VALUES (:name, :queue_id, :owner, :status, :path, :options, :pwd, :token, :spec, :now, :now)
 RETURNING *;
 
 -- name: get_job
@@ -31,7 +31,7 @@ LIMIT :limit;
 -- name: update_job_fields
 -- Edit before dispatch, only from the version the caller read (metasched/lifecycle.py).
 UPDATE jobs SET name = :name, queue_id = :queue_id, path = :path, options = :options, pwd = :pwd,
-                updated_at = :now, version = version + 1
+                spec = :spec, updated_at = :now, version = version + 1
 WHERE id = :id AND version = :version AND status IN ('TO_BE_QUEUED', 'HELD')
 RETURNING *;
 

@@ -23,7 +23,7 @@ from importlib import resources
 from ..errors import Unavailable
 
 BUSY_TIMEOUT_MS = 10_000
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5     # the highest migration (4 is reserved for another branch)
 
 _NAME_RE = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.M)
 
