@@ -29,18 +29,31 @@ Design (why):
   process with our wrapper's command line for this job (pid reuse). A job killed without a chance to
   write its status (KILL, reboot) is "gone": CANCELLED if a cancel was requested, else ERROR.
 
+- What a job asks for (JobSpec): its variables (env, export) are the environment the launcher spawns it with
+  (no shell: "all" is the launcher's own environment as the owner, sudo's SUDO_* removed; "none" only the
+  job's; names: those of the launcher's environment); stdout/stderr/join where WRAP sends its output. Limits
+  are kept by RUNNER, a small Python program the wrapper runs in front of the script (only for a job that
+  asks for one): cores (the job is bound to that many CPUs; more than the node has is refused at launch),
+  walltime and memory (the resident memory of the job's process group, polled every second, like Slurm's
+  jobacct_gather without cgroups). A job over a limit is sent TERM, then KILL after 5 s, and RUNNER exits
+  with a status of its own (LIMIT_STATUS: 152 for walltime, 153 for memory), which parse_final reads as that
+  limit for a job that had it. The job's processes stay in its process group (cancel and enforcement find them).
+  No nodes beyond one, no GPUs, queues, accounts or native flags: refused at submit.
+
 Options: ``grace`` (seconds between TERM and KILL, default 10), ``final_as_owner`` (default True),
 ``tz`` (zone of the node's clock for ps lstart, default "UTC"), ``python`` (the launcher's interpreter on
 the node, default "python3"; any Python 3.8 or later).
 """
 from __future__ import annotations
 
+import json
+import os
 import posixpath
 import re
 
 from ..model import Job
-from .base import (launcher_pid, Backend, FinalState, NativeJob, NativeState, ProcessMatcher, as_user,
-                   first_line, local_to_utc_iso, path_reason, tag)
+from .base import (launcher_pid, Backend, FinalState, NativeJob, NativeState, OutputFiles, ProcessMatcher, as_user,
+                   custom_outputs, first_line, hms, local_to_utc_iso, path_reason, tag)
 
 JOB_MARK = "metasched-job-"
 
@@ -75,48 +88,80 @@ assert not set(ARGS_PREFIX) & set("\\\t\n"), "WRAP must stay a plain one-line te
 #   "exit <status>", "running" or "gone" (by tag: the exit file or "gone").
 # argv: operation (launch | final), form ("framed": one answer per record framed like BATCH_SCRIPT's,
 # for parse_batch; "plain": one record, its answer on stdout or its refusal on stderr with status 1),
-# for launch WRAP, then records: the number of fields that follow and the fields.
-#   launch record: our id, pwd, stdout file, stderr file, exit file, script, its arguments.
+# for launch WRAP and RUNNER, then records: the number of fields that follow and the fields.
+#   launch record: our id, pwd, stdout file, stderr file (os.devnull when joined into stdout), exit file,
+#   options (JSON: env, export, limits, join; '' for none), script, its arguments.
 #   final record: "pgid", exit file, pgid, expected command-line prefix | "tag", exit file |
 #   "forget", exit file (removed once the job's final state is recorded; a regular file of the caller's only).
 HELPER = r"""
-import os, signal, stat, sys
+import json, os, signal, stat, sys
 op, form, a = sys.argv[1], sys.argv[2], sys.argv[3:]
 os.closerange(3, 1 << 16)
-def launch(jid, pwd, out, err, ext, script, *args):
+def launch(jid, pwd, out, err, ext, opts, script, *args):
+    o = json.loads(opts) if opts else {}
     try:
         os.chdir(pwd)
     except OSError as e:
         return 1, "", "metasched: cannot enter pwd %s: %s" % (pwd, e.strerror)
     try:
         st = os.stat(script)
-    except OSError:
-        st = None
-    if st is None or not stat.S_ISREG(st.st_mode) or not os.access(script, os.X_OK):
-        return 1, "", "metasched: not an executable file: " + script
+    except FileNotFoundError:
+        return 1, "", "metasched: no such file: " + script
+    except OSError as e:
+        return 1, "", "metasched: cannot reach %s: %s" % (script, e.strerror)
+    if not stat.S_ISREG(st.st_mode):
+        return 1, "", "metasched: not a regular file: " + script
+    if not os.access(script, os.X_OK):
+        return 1, "", "metasched: not executable: %s (chmod +x %s)" % (script, script)
     if not os.access(pwd, os.W_OK):
-        return 1, "", "metasched: cannot write in pwd %s (the job's output and exit status go there)" % pwd
+        return 1, "", "metasched: cannot write pwd %s (the job's output and exit status go there)" % pwd
     for f in (out, err):
         try:
             st = os.stat(f)
-        except OSError:
+        except FileNotFoundError:
+            d = os.path.dirname(f) or "."
+            if not os.path.isdir(d):
+                return 1, "", "metasched: cannot create the job's output file %s: no such directory %s" % (f, d)
+            if not os.access(d, os.W_OK | os.X_OK):
+                return 1, "", "metasched: cannot create the job's output file %s: cannot write %s" % (f, d)
             continue
-        if stat.S_ISDIR(st.st_mode) or not os.access(f, os.W_OK):
+        except OSError as e:
+            return 1, "", "metasched: cannot write the job's output file %s: %s" % (f, e.strerror)
+        if stat.S_ISDIR(st.st_mode) or not (f == os.devnull or os.access(f, os.W_OK)):
             return 1, "", "metasched: cannot write the job's output file " + f
+    cores = (o.get("limits") or {}).get("cores")
+    if cores and cores > len(os.sched_getaffinity(0)):
+        return 1, "", "metasched: the job asks for %d cores; this node has %d" % (cores, len(os.sched_getaffinity(0)))
     try:
         os.unlink(ext)
     except FileNotFoundError:
         pass
     except OSError as e:
         return 1, "", "metasched: cannot remove the old exit file %s: %s" % (ext, e.strerror)
+    cmd = [script, *args]
+    if o.get("limits") or o.get("join"):
+        cmd = [sys.executable, "-I", "-S", "-c", runner, json.dumps(dict(o.get("limits") or {}, join=o.get("join"))),
+               *cmd]
     try:
-        pid = os.posix_spawn("/bin/sh", ["sh", "-c", wrap, "metasched-job-" + jid, ext, out, err, script, *args],
-                             os.environ, setsid=True, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+        pid = os.posix_spawn("/bin/sh", ["sh", "-c", wrap, "metasched-job-" + jid, ext, out, err, *cmd],
+                             job_env(o), setsid=True, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
                              file_actions=[(os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, null, 1),
                                            (os.POSIX_SPAWN_DUP2, null, 2)])
     except OSError as e:
         return 1, "", "metasched: cannot start %s: %s" % (e.filename or script, e.strerror)
     return 0, "%d\n" % pid, ""
+def job_env(o):
+    export = o.get("export")
+    env = dict(os.environ)
+    if export == "none":
+        env = {}
+    elif isinstance(export, list):
+        env = {k: os.environ[k] for k in export if k in os.environ}
+    elif export == "all":
+        for k in ("SUDO_COMMAND", "SUDO_USER", "SUDO_UID", "SUDO_GID"):
+            env.pop(k, None)
+    env.update(o.get("env") or [])
+    return env
 def status(ext):
     try:
         fd = os.open(ext, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -149,7 +194,7 @@ def final(kind, ext, pgid=None, prefix=None):
     v = status(ext)
     return 0, v or ("running\n" if args.startswith(prefix) else "gone\n"), ""
 if op == "launch":
-    wrap, a, act = a[0], a[1:], launch
+    wrap, runner, a, act = a[0], a[1], a[2:], launch
     null = os.open(os.devnull, os.O_RDWR)
 else:
     act = final
@@ -165,6 +210,96 @@ while i < len(a):
         "utf-8", "surrogateescape"))
     n += 1
 """
+
+# RUNNER: what the wrapper runs in front of the script of a job that asks for limits or for join (as the owner,
+# in the job's process group). argv: options (JSON: cores, walltime, memory, join), the script, its arguments.
+# join: stderr onto stdout. cores: bound to that many of the node's CPUs (which ones rotates with the pid).
+# Without walltime or memory it becomes the script (exec); with them it runs the script as its child, ignores
+# TERM/INT/HUP itself (a cancel's TERM reaches the job through the group), polls every second and, over a
+# limit, says so on the job's stderr, sends TERM to the group (the wrapper traps it), then KILL to every other
+# process of the group after 5 s, and exits with LIMIT_STATUS; else with the script's status (128 + signal).
+LIMIT_STATUS = {"walltime": 152, "memory": 153}
+RUNNER = r"""
+import json, os, signal, sys, time
+o, cmd = json.loads(sys.argv[1]), sys.argv[2:]
+if o.get("join"):
+    os.dup2(1, 2)
+if o.get("cores"):
+    cpus = sorted(os.sched_getaffinity(0))
+    k = os.getpid() % len(cpus)
+    os.sched_setaffinity(0, (cpus[k:] + cpus[:k])[:o["cores"]])
+for s in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
+    signal.signal(s, signal.SIG_DFL)
+def run():
+    try:
+        os.execv(cmd[0], cmd)
+    except OSError as e:
+        os.write(2, ("metasched: cannot run %s: %s\n" % (cmd[0], e.strerror)).encode())
+        os._exit(126)
+wall, mem = o.get("walltime"), o.get("memory")
+if not wall and not mem:
+    run()
+pid = os.fork()
+if pid == 0:
+    run()
+for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(s, signal.SIG_IGN)
+me, group, page = os.getpid(), os.getpgrp(), os.sysconf("SC_PAGE_SIZE")
+def others():
+    out = []
+    for p in os.listdir("/proc"):
+        if p.isdigit() and int(p) not in (me, group):
+            try:
+                with open("/proc/%s/stat" % p) as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[3]) == group:
+                        out.append(int(p))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+def resident():
+    n = 0
+    for p in others():
+        try:
+            with open("/proc/%d/statm" % p) as f:
+                n += int(f.read().split()[1]) * page
+        except (OSError, IndexError, ValueError):
+            pass
+    return n
+def status(w):
+    return os.waitstatus_to_exitcode(w) if os.WIFEXITED(w) else 128 + os.WTERMSIG(w)
+def hms(t):
+    return "%02d:%02d:%02d" % (t // 3600, t // 60 % 60, t % 60)
+start, over = time.monotonic(), None
+while over is None:
+    done, w = os.waitpid(pid, os.WNOHANG)
+    if done:
+        sys.exit(status(w))
+    if wall and time.monotonic() - start >= wall:
+        over = ("walltime", "its walltime of %s" % hms(wall))
+    elif mem and resident() > mem:
+        over = ("memory", "its memory of %d MiB (resident, all its processes)" % (mem // 1048576))
+    else:
+        time.sleep(min(1.0, max(0.05, wall - (time.monotonic() - start))) if wall else 1.0)
+os.write(2, ("metasched: the job went over %s: it is stopped\n" % over[1]).encode())
+try:
+    os.killpg(group, signal.SIGTERM)
+except OSError:
+    pass
+end = time.monotonic() + 5
+while time.monotonic() < end:
+    if os.waitpid(pid, os.WNOHANG)[0]:
+        pid = 0
+        break
+    time.sleep(0.1)
+for p in others():
+    try:
+        os.kill(p, signal.SIGKILL)
+    except OSError:
+        pass
+if pid:
+    os.waitpid(pid, 0)
+sys.exit(%(codes)s[over[0]])
+""".replace("%(codes)s", repr(LIMIT_STATUS))
 
 # $1 = pgid, $2 = grace seconds, $3 = expected command-line prefix of the leader.
 CANCEL = (
@@ -192,22 +327,50 @@ def exit_file(job: Job) -> str:
     return posixpath.join(job.pwd, f".{tag(job)}.exit")
 
 
-def output_files(job: Job) -> tuple[str, str]:
+def output_files(job: Job) -> tuple[str, str | None]:
+    """Where the job's stdout and stderr go: its own paths (stdout, stderr patterns), else <pwd>/<tag>.o<id> and
+    .e<id>; stderr None when joined into stdout. The one place the launcher and GET /jobs/{id} learn it."""
+    stdout, stderr = custom_outputs(job)
     base = posixpath.join(job.pwd, tag(job))
-    return f"{base}.o{job.id}", f"{base}.e{job.id}"
+    return stdout or f"{base}.o{job.id}", None if job.spec.join else (stderr or f"{base}.e{job.id}")
+
+
+def launch_options(job: Job) -> str:
+    """The launcher's options for a job (JSON: env, export, limits, join), '' when it asks for nothing."""
+    spec, r = job.spec, job.spec.resources
+    limits = {k: v for k, v in (("cores", r.slots if (r.tasks or r.cores_per_task) else None),
+                                ("walltime", r.walltime), ("memory", r.memory)) if v}
+    opts = {k: v for k, v in (("env", [list(p) for p in spec.env]),
+                              ("export", list(spec.export) if isinstance(spec.export, tuple) else spec.export),
+                              ("limits", limits), ("join", spec.join)) if v}
+    return json.dumps(opts, ensure_ascii=False) if opts else ""
 
 
 class LocalBackend(Backend):
     type = "local"
     OPTIONS = ('grace', 'final_as_owner', 'tz', 'python', 'recovery_grace')
     starts_on_submit = True     # the launcher starts the job at once: RUNNING, not QUEUED
+    scheduler_name = "the local scheduler"
+    RESOURCES = frozenset(("nodes", "tasks", "cores_per_task", "memory", "walltime"))
+    RESOURCE_HINTS = {"gpus_per_node": "it gives jobs no GPUs", "native_queue": "it has one queue",
+                      "account": "it charges no accounts"}
+
+    def _spec_problem(self, job: Job) -> tuple[str, str] | None:
+        if (job.spec.resources.nodes or 1) > 1:
+            return "resources.nodes", "resources.nodes: the local scheduler runs a job on one node"
+        return super()._spec_problem(job)
+
+    def output_files(self, job: Job) -> OutputFiles:
+        out, err = output_files(job)
+        return OutputFiles(out, err, joined=job.spec.join)
 
     def _launch_fields(self, job: Job) -> list[str]:
         reason = path_reason(job)
         if reason:
             raise ValueError(reason)
         out, err = output_files(job)
-        fields = [marker(job), job.pwd, out, err, exit_file(job), job.path, *job.options]
+        fields = [marker(job), job.pwd, out, err or os.devnull, exit_file(job), launch_options(job), job.path,
+                  *job.options]
         return [str(len(fields)), *fields]
 
     def _helper(self, op: str, form: str, fields: list[str], run_as: str | None) -> list[str]:
@@ -219,14 +382,14 @@ class LocalBackend(Backend):
         return self._helper(op, "framed", [*head, *(f for fields in records for f in fields)], run_as)
 
     def submit_argv(self, job: Job, run_as: str | None) -> list[str]:
-        return self._helper("launch", "plain", [WRAP, *self._launch_fields(job)], run_as)
+        return self._helper("launch", "plain", [WRAP, RUNNER, *self._launch_fields(job)], run_as)
 
     # In a batch, one helper starts every job of the round trip.
     def batch_line(self, job: Job) -> list[str]:
         return self._launch_fields(job)
 
     def batch_submit_argv(self, lines: list, run_as: str | None) -> list[str]:
-        return self._framed("launch", [WRAP], lines, run_as)
+        return self._framed("launch", [WRAP, RUNNER], lines, run_as)
 
     def parse_submit(self, job: Job, rc: int, stdout: str, stderr: str) -> str:
         return launcher_pid(rc, stdout, stderr)
@@ -289,6 +452,13 @@ class LocalBackend(Backend):
                 return FinalState("COMPLETED", 0, "")
             if job.cancel_requested:
                 return FinalState("CANCELLED", code, "cancelled")
+            r = job.spec.resources
+            if code == LIMIT_STATUS["walltime"] and r.walltime:
+                return FinalState("ERROR", code, f"walltime exceeded: it ran longer than {hms(r.walltime)} and was "
+                                                 f"stopped by the local scheduler")
+            if code == LIMIT_STATUS["memory"] and r.memory:
+                return FinalState("ERROR", code, f"memory exceeded: it used more than {r.memory // 1048576} MiB "
+                                                 f"(resident) and was stopped by the local scheduler")
             if code > 128:
                 return FinalState("ERROR", code, f"killed (signal {code - 128})")
             return FinalState("ERROR", code, f"exit code {code}")
