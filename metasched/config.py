@@ -95,6 +95,8 @@ class ServerConfig:
     workers: int = 2
     max_body_bytes: int = 64 * 1024
     page_limit: int = 100
+    output_timeout: float = 10.0    # seconds GET /jobs/{id}/output may wait for the scheduler's master node
+    output_max_bytes: int = 1024 * 1024   # the most bytes one GET /jobs/{id}/output returns
 
 
 @dataclass(frozen=True)
@@ -350,6 +352,8 @@ def parse(raw: Any, source: str = "<memory>", overrides: dict | None = None) -> 
         "workers": lambda v, p: _int(v, p, 1, 64),
         "max_body_bytes": lambda v, p: _int(v, p, 1024, 64 * 1024 * 1024),
         "page_limit": lambda v, p: _int(v, p, 1, 10000),
+        "output_timeout": _num,
+        "output_max_bytes": lambda v, p: _int(v, p, 1024, 16 * 1024 * 1024),
     })
     if overrides:
         server = _replace(server, **{k: v for k, v in overrides.get("server", {}).items() if v is not None})

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import urllib.parse
 
 import falcon
 
@@ -232,7 +233,7 @@ class ForeignJobsResource(Base):
 
 class JobResource(Base):
     def on_get(self, req, resp, job_id):
-        resp.media = V.job(self.svc.get_job(req.context.caller, job_id))
+        resp.media = V.job_detail(self.svc.job_detail(req.context.caller, job_id))
 
     def on_patch(self, req, resp, job_id):
         resp.media = V.job(self.svc.edit_job(req.context.caller, job_id, read_body(req, S.JOB_PATCH)))
@@ -251,6 +252,26 @@ class JobHoldResource(Base):
 class JobReleaseResource(Base):
     def on_post(self, req, resp, job_id):
         resp.media = V.job(self.svc.release_job(req.context.caller, job_id))
+
+
+class JobOutputResource(Base):
+    """A job's stdout or stderr, read as its owner on its scheduler's master node: raw bytes, a bounded piece
+    at a time (offset: where to start, negative from the end; length: the most bytes)."""
+
+    def on_get(self, req, resp, job_id):
+        params = _query(req, {"stream", "offset", "length"})
+        stream = params.get("stream", "stdout")
+        if stream not in ("stdout", "stderr"):
+            raise E.Invalid(f"stream: expected stdout or stderr, got {stream!r}", field="stream")
+        offset = _signed_param(params, "offset", 0)
+        most = self.svc.config.server.output_max_bytes
+        length = _int_param(params, "length", most, 1, most)
+        chunk = self.svc.read_output(req.context.caller, job_id, stream, offset, length)
+        resp.content_type = "application/octet-stream"
+        resp.data = chunk.data
+        resp.set_header("X-Output-Size", str(chunk.size))
+        resp.set_header("X-Output-Offset", str(chunk.offset))
+        resp.set_header("X-Output-Path", urllib.parse.quote(chunk.path, safe="/"))
 
 
 class JobEventsResource(Base):
@@ -298,6 +319,15 @@ def _query(req, allowed: set[str]) -> dict:
     return out
 
 
+def _signed_param(params: dict, name: str, default: int) -> int:
+    if name not in params:
+        return default
+    v = params[name]
+    if not re.fullmatch(r"-?[0-9]{1,18}", v):
+        raise E.Invalid(f"{name}: expected an integer (negative: from the end), got {v!r}", field=name)
+    return int(v)
+
+
 def _int_param(params: dict, name: str, default: int, lo: int, hi: int | None = None) -> int:
     if name not in params:
         return default
@@ -326,6 +356,7 @@ def routes(services: Services) -> list[tuple[str, object]]:
         (f"/jobs/{{job_id:{ID}}}/hold", JobHoldResource(services)),
         (f"/jobs/{{job_id:{ID}}}/release", JobReleaseResource(services)),
         (f"/jobs/{{job_id:{ID}}}/events", JobEventsResource(services)),
+        (f"/jobs/{{job_id:{ID}}}/output", JobOutputResource(services)),
         ("/foreign-jobs", ForeignJobsResource(services, page)),
         ("/tokens", TokensResource(services)),
         (f"/tokens/{{token_id:{ID}}}", TokenResource(services)),
