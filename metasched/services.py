@@ -598,12 +598,16 @@ class Services:
             return self._visible_job(caller, job_id)
 
     def list_jobs(self, caller: Caller, *, statuses=None, queue=None, owner=None, after: int = 0,
-                  limit: int = 100) -> Page:
-        """One page of jobs, oldest first, and whether more follow."""
+                  limit: int = 100, newest: bool = False, before: int | None = None) -> Page:
+        """One page of jobs, oldest first (after a cursor) or newest first (before one), and whether more follow."""
         owner, limit = self._listing_scope(caller, owner, limit)
         with self.db.read():
-            jobs = self.repo.list_jobs(after=after, limit=limit + 1, owner=owner, queue_id=self._queue_filter(queue),
-                                       statuses=statuses)
+            if newest:
+                jobs = self.repo.list_jobs_newest(before=before, limit=limit + 1, owner=owner,
+                                                  queue_id=self._queue_filter(queue), statuses=statuses)
+            else:
+                jobs = self.repo.list_jobs(after=after, limit=limit + 1, owner=owner,
+                                           queue_id=self._queue_filter(queue), statuses=statuses)
         return Page(jobs[:limit], len(jobs) > limit)
 
     def job_events(self, caller: Caller, job_id: int) -> list[JobEvent]:

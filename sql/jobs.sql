@@ -28,6 +28,26 @@ WHERE owner = :owner
 ORDER BY id
 LIMIT :limit;
 
+-- name: list_jobs_newest
+-- The same page newest first: ids below :before (NULL: from the newest).
+SELECT * FROM jobs
+WHERE (:before IS NULL OR id < :before)
+  AND (:owner IS NULL OR owner = :owner)
+  AND (:queue_id IS NULL OR queue_id = :queue_id)
+  AND (:statuses IS NULL OR status IN (SELECT value FROM json_each(:statuses)))
+ORDER BY id DESC
+LIMIT :limit;
+
+-- name: list_jobs_of_owner_newest
+-- Newest first for one owner (jobs_by_owner (owner, id), walked backwards).
+SELECT * FROM jobs
+WHERE owner = :owner
+  AND (:before IS NULL OR id < :before)
+  AND (:queue_id IS NULL OR queue_id = :queue_id)
+  AND (:statuses IS NULL OR status IN (SELECT value FROM json_each(:statuses)))
+ORDER BY id DESC
+LIMIT :limit;
+
 -- name: update_job_fields
 -- Edit before dispatch, only from the version the caller read (metasched/lifecycle.py).
 UPDATE jobs SET name = :name, queue_id = :queue_id, path = :path, options = :options, pwd = :pwd,

@@ -104,6 +104,14 @@ class Repository:
             return rows_to_jobs(self._all(self.q.list_jobs_of_owner, owner=owner, **params))
         return rows_to_jobs(self._all(self.q.list_jobs, owner=None, **params))
 
+    def list_jobs_newest(self, *, before: int | None, limit: int, owner=None, queue_id=None,
+                         statuses=None) -> list[Job]:
+        params = dict(before=before, limit=limit, queue_id=queue_id,
+                      statuses=json.dumps([s.value for s in statuses]) if statuses else None)
+        if owner is not None:
+            return rows_to_jobs(self._all(self.q.list_jobs_of_owner_newest, owner=owner, **params))
+        return rows_to_jobs(self._all(self.q.list_jobs_newest, owner=None, **params))
+
     def update_job_fields(self, *, id, version, name, queue_id, path, options, pwd, now,
                           spec: JobSpec = NO_SPEC) -> Job | None:
         r = self._one(self.q.update_job_fields, id=id, version=version, name=name, queue_id=queue_id, path=path,

@@ -198,7 +198,7 @@ class JobsResource(Base):
         resp.media = V.job(job)
 
     def on_get(self, req, resp):
-        params = _query(req, {"status", "queue", "owner", "after", "limit"})
+        params = _query(req, {"status", "queue", "owner", "after", "before", "limit", "order"})
         statuses = None
         if params.get("status"):
             statuses = []
@@ -207,12 +207,22 @@ class JobsResource(Base):
                     statuses.append(JobStatus(s.strip().upper()))
                 except ValueError:
                     raise E.Invalid(f"status: {s!r} is not one of {', '.join(S.STATUSES)}", field="status") from None
+        order = params.get("order", "oldest")
+        if order not in ("oldest", "newest"):
+            raise E.Invalid(f"order: expected oldest or newest, got {order!r}", field="order")
+        if ("after" if order == "newest" else "before") in params:
+            wrong = "after" if order == "newest" else "before"
+            raise E.Invalid(f"{wrong}: the cursor of order={'oldest' if wrong == 'after' else 'newest'}; "
+                            f"with order={order} give {'before' if wrong == 'after' else 'after'}", field=wrong)
         after = _int_param(params, "after", 0, 0)
+        before = _int_param(params, "before", 0, 1) if "before" in params else None
         limit = _int_param(params, "limit", self.page_limit, 1, 1000)
         queue = params.get("queue")
         result = self.svc.list_jobs(req.context.caller, statuses=statuses, queue=queue,
-                                    owner=params.get("owner") or None, after=after, limit=limit)
-        resp.media = V.page(result, V.job, "/jobs", dict(params, limit=str(limit)))
+                                    owner=params.get("owner") or None, after=after, limit=limit,
+                                    newest=order == "newest", before=before)
+        resp.media = V.page(result, V.job, "/jobs", dict(params, limit=str(limit)),
+                            cursor_param="before" if order == "newest" else "after")
 
 
 class ForeignJobsResource(Base):

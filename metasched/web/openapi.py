@@ -58,12 +58,16 @@ PATHS = {
     "/jobs": {
         "post": _op("Submit a job", {"201": _resp("Job", "created; Location names it")},
                     errors=(400, 401, 403, 413, 415), body="JobSubmit"),
-        "get": _op("List jobs (yours; admins: everyone's), oldest first, a page at a time",
+        "get": _op("List jobs (yours; admins: everyone's), oldest first (or newest first), a page at a time",
                    {"200": _resp("JobList")}, errors=(400, 401, 403), params=[
                        _query("status", {"type": "string"}, "comma-separated states"),
                        _query("queue", {"type": "string"}, "queue id or name"),
                        _query("owner", {"type": "string"}, "admins only"),
+                       _query("order", {"type": "string", "enum": ["oldest", "newest"]}, "oldest first (default) "
+                              "or newest first"),
                        _query("after", {"type": "integer", "minimum": 0}, "cursor: list ids greater than this"),
+                       _query("before", {"type": "integer", "minimum": 1}, "cursor of order=newest: list ids "
+                              "smaller than this"),
                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size")]),
     },
     "/jobs/{job_id}": {

@@ -94,12 +94,12 @@ def token(t: Token, secret: str | None = None) -> dict:
     return out
 
 
-def page(result: Page, item, base: str, params: dict, cursor=lambda x: x.id) -> dict:
+def page(result: Page, item, base: str, params: dict, cursor=lambda x: x.id, cursor_param: str = "after") -> dict:
     """A listing page: its items serialized with ``item``, and a ``next`` link (the same query, after the
-    last item) exactly when more items follow."""
+    last item; ``before`` it, newest first) exactly when more items follow."""
     nxt = None
     if result.more and result.items:
-        q = {k: v for k, v in params.items() if k != "after"}
-        q["after"] = str(cursor(result.items[-1]))
+        q = {k: v for k, v in params.items() if k != cursor_param}
+        q[cursor_param] = str(cursor(result.items[-1]))
         nxt = f"{base}?{urllib.parse.urlencode(q)}"
     return {"items": [item(x) for x in result.items], "next": nxt}

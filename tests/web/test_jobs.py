@@ -394,3 +394,18 @@ def test_next_link_only_when_more_jobs_follow(alice, submit):
     first = alice.get("/jobs?limit=3").json
     assert first["next"] is not None
     assert len(alice.get(first["next"]).json["items"]) == 1
+
+
+def test_listing_newest_first_pages_backwards_with_its_own_cursor(alice, bob, submit):
+    mine = [submit()["id"] for _ in range(5)]
+    submit(client=bob, path="/home/bob/x.sh")
+    page = alice.get("/jobs", params={"order": "newest", "limit": "2"}).json
+    assert [j["id"] for j in page["items"]] == mine[:-3:-1] and "before=" in page["next"]
+    seen = [j["id"] for j in page["items"]]
+    while page["next"]:
+        page = alice.get(page["next"]).json
+        seen += [j["id"] for j in page["items"]]
+    assert seen == mine[::-1]
+    err = alice.get("/jobs", params={"order": "newest", "after": "3"}, status=400).json
+    assert err["field"] == "after"
+    assert alice.get("/jobs", params={"order": "sideways"}, status=400).json["field"] == "order"
