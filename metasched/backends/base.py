@@ -699,3 +699,38 @@ def parse_read_output(path: str, rc: int, stdout: str, stderr: str) -> OutputChu
     except ValueError:
         raise RuntimeError(f"cannot read {path}: the answer was cut short") from None
     return OutputChunk(path, int(m.group(1)), int(m.group(2)), data)
+
+
+# -- the submit's own checks, as the owner on the scheduler's master node (option check_paths) ------------------
+# Before the scheduler's client runs: pwd is a directory the owner can enter, each output file's directory one
+# the owner can write, and the script is there and readable (mode read: the client reads it, as sbatch and
+# qsub's script mode do) or executable (mode exec: Grid Engine's binary mode runs it as it is). A refusal is
+# one line saying which mistake it is, and nothing is submitted. Frontends that share /home with their nodes
+# see what the nodes will see; where the files live only on the compute nodes, set check_paths: false.
+# ms_check <mode> <script> <pwd> <n> <n output dirs> <the client and its arguments>
+CHECK_FUNCTION = (
+    'ms_check() { m=$1; p=$2; d=$3; n=$4; shift 4; '
+    'if [ ! -d "$d" ]; then echo "metasched: no such directory: pwd $d" >&2; return 1; fi; '
+    'if [ ! -x "$d" ]; then echo "metasched: cannot enter pwd $d" >&2; return 1; fi; '
+    'while [ "$n" -gt 0 ]; do '
+    'if [ ! -d "$1" ]; then echo "metasched: no such directory for the job\'s output: $1" >&2; return 1; fi; '
+    'if [ ! -w "$1" ] || [ ! -x "$1" ]; then echo "metasched: cannot write pwd $1 (the job\'s output goes there)" >&2; '
+    'return 1; fi; shift; n=$((n - 1)); done; '
+    'if [ ! -e "$p" ]; then echo "metasched: no such file: $p" >&2; return 1; fi; '
+    'if [ "$m" = exec ] && { [ ! -f "$p" ] || [ ! -x "$p" ]; }; then '
+    'echo "metasched: not executable: $p (chmod +x $p)" >&2; return 1; fi; '
+    'if [ "$m" = read ] && [ ! -r "$p" ]; then echo "metasched: not readable: $p (chmod u+r $p)" >&2; return 1; fi; '
+    '"$@"; }'
+)
+CHECK_SCRIPT = CHECK_FUNCTION + '; ms_check "$@"'
+
+
+def check_args(mode: str, job: Job, files: "OutputFiles") -> list[str]:
+    """ms_check's arguments for a job: the directories its output files are written in (pwd for a default file
+    the scheduler names after its id), each once."""
+    dirs = []
+    for path in (files.stdout, files.stderr):
+        d = _posixpath.dirname(path) if path else job.pwd
+        if d not in dirs:
+            dirs.append(d)
+    return [mode, job.path, job.pwd, str(len(dirs)), *dirs]

@@ -20,6 +20,10 @@ Options (all optional):
              Grid Engine counts it per slot, so metasched asks memory / slots. Without it a job asking for
              memory is refused at submit.
   native_forbid   native flags this site refuses (e.g. ["-P", "-p"]; ["*"]: every native flag).
+  check_paths     True (default): the submit first checks, as the owner on this master node, that pwd can be
+             entered, the output directories written and the script read (script mode) or run (binary mode),
+             and refuses with one line saying which (base.CHECK_FUNCTION); False where those files live only on
+             the execution hosts.
 
 What a job asks for (JobSpec): walltime is ``-l h_rt``, the native queue ``-q``, the account ``-P``; native
 flags follow ours, each an argv element (qsub's own options only: -N, -wd, -o, -e, -j, -v, -V, -h, -terse,
@@ -40,7 +44,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import replace
 
 from ..model import Job
-from .base import (Backend, FinalState, NativeJob, NativeProblem, NativeState, OutputFiles, ProcessMatcher,
+from .base import (CHECK_FUNCTION, CHECK_SCRIPT, check_args, command_line, Backend, FinalState, NativeJob, NativeProblem, NativeState, OutputFiles, ProcessMatcher,
                    SubmitRefused, as_user, client_argv, custom_outputs, export_names, first_line, is_tag_of,
                    local_to_utc_iso, memory_text, native_problem, parse_sge_native, path_reason, tag, tag_fields)
 
@@ -93,7 +97,7 @@ _PRIORITY = {NativeState.RUNNING: 3, NativeState.PENDING: 2, NativeState.ERROR: 
 class GridEngineBackend(Backend):
     type = "sge"
     OPTIONS = ('bin_dir', 'env', 'qsub_args', 'binary', 'shell', 'tz', 'recovery_grace', 'pe', 'memory_complex',
-               'native_forbid')
+               'native_forbid', 'check_paths')
     default_recovery_grace = 30.0    # qacct lags by accounting_flush_time (15 s by default)
     scheduler_name = "Grid Engine"
 
@@ -202,7 +206,23 @@ class GridEngineBackend(Backend):
         return None
 
     # -- submit -------------------------------------------------------------------------------
+    batch_preamble = CHECK_FUNCTION
+
+    def _check(self, job: Job) -> list[str]:
+        if not self.options.get("check_paths", True):
+            return []
+        return check_args("exec" if self.options.get("binary") else "read", job, self.output_files(job))
+
     def submit_argv(self, job: Job, run_as: str | None) -> list[str]:
+        check = self._check(job)
+        argv = self._client_argv(job)
+        return as_user(["sh", "-c", CHECK_SCRIPT, "sh", *check, *argv] if check else argv, run_as)
+
+    def batch_line(self, job: Job):
+        check = self._check(job)
+        return command_line((["ms_check", *check] if check else []) + self._client_argv(job))
+
+    def _client_argv(self, job: Job) -> list[str]:
         reason = path_reason(job)
         if reason:
             raise ValueError(reason)
@@ -218,7 +238,7 @@ class GridEngineBackend(Backend):
         argv += [str(a) for a in self.options.get("qsub_args", ())]
         argv += self._resource_args(job) + list(job.spec.native)
         argv += [job.path, *job.options]
-        return as_user(argv, run_as)
+        return argv
 
     def parse_submit(self, job: Job, rc: int, stdout: str, stderr: str) -> str:
         if rc != 0:
@@ -313,7 +333,7 @@ class GridEngineBackend(Backend):
             # record is still being flushed keeps its real end.
             return None
         rec = ours[-1]
-        failed_text = rec.get("failed", "0").strip()
+        failed_text = " ".join(rec.get("failed", "0").split())   # "37  : qmaster enforced h_rt, h_cpu, ..."
         failed = _int(failed_text) or 0
         exit_code = _int(rec.get("exit_status", ""))
         if failed == 0 and exit_code == 0:

@@ -10,6 +10,10 @@ Options (all optional):
                 again). Must be readable by the service user.
   tz            IANA zone of the clock squeue prints start times in (default "UTC").
   native_forbid native flags this site refuses (e.g. ["--qos", "--reservation"]; ["*"]: every native flag).
+  check_paths   True (default): the submit first checks, as the owner on this master node, that pwd can be
+                entered, the output directories written and the script read, and refuses with one line saying
+                which (base.CHECK_FUNCTION; Slurm itself would fail such a job later with JobLaunchFailure);
+                False where those files live only on the compute nodes.
 
 What a job asks for (JobSpec): resources become --nodes, --ntasks, --cpus-per-task, --mem (per node),
 --time, --gres=gpu:N, --partition, --account; native flags follow ours, each an argv element of its own,
@@ -33,7 +37,7 @@ import re
 from dataclasses import replace
 
 from ..model import Job
-from .base import (Backend, FinalState, NativeJob, NativeProblem, NativeState, OutputFiles, ProcessMatcher,
+from .base import (CHECK_FUNCTION, CHECK_SCRIPT, check_args, command_line, Backend, FinalState, NativeJob, NativeProblem, NativeState, OutputFiles, ProcessMatcher,
                    SubmitRefused, as_user, client_argv, control_character_reason, custom_outputs, export_names,
                    first_line, hms, local_to_utc_iso, memory_text, native_problem, parse_getopt_native,
                    path_reason, tag, tag_fields)
@@ -52,7 +56,8 @@ RUNNING_STATES = {"RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "SIGNALING", 
 FINISHED_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
                    "BOOT_FAIL", "DEADLINE", "PREEMPTED", "REVOKED"}
 
-_ERROR_REASONS = {"TIMEOUT": "timeout", "OUT_OF_MEMORY": "out of memory", "NODE_FAIL": "node failure",
+_ERROR_REASONS = {"TIMEOUT": "timeout: Slurm stopped it at its time limit (TIMEOUT)",
+                  "OUT_OF_MEMORY": "out of memory (OUT_OF_MEMORY)", "NODE_FAIL": "node failure",
                   "BOOT_FAIL": "node boot failure", "DEADLINE": "deadline reached", "PREEMPTED": "preempted",
                   "REVOKED": "revoked"}
 
@@ -97,7 +102,7 @@ def _native_state(state: str) -> NativeState:
 
 class SlurmBackend(Backend):
     type = "slurm"
-    OPTIONS = ('bin_dir', 'env', 'sbatch_args', 'jobcomp_file', 'tz', 'recovery_grace', 'native_forbid')
+    OPTIONS = ('bin_dir', 'env', 'sbatch_args', 'jobcomp_file', 'tz', 'recovery_grace', 'native_forbid', 'check_paths')
     scheduler_name = "Slurm"
 
     validate_name = staticmethod(validate_name)
@@ -164,7 +169,23 @@ class SlurmBackend(Backend):
                            joined=job.spec.join)
 
     # -- submit -------------------------------------------------------------------------------
+    batch_preamble = CHECK_FUNCTION
+
+    def _check(self, job: Job) -> list[str]:
+        if not self.options.get("check_paths", True):
+            return []
+        return check_args("read", job, self.output_files(job))
+
     def submit_argv(self, job: Job, run_as: str | None) -> list[str]:
+        check = self._check(job)
+        argv = self._client_argv(job)
+        return as_user(["sh", "-c", CHECK_SCRIPT, "sh", *check, *argv] if check else argv, run_as)
+
+    def batch_line(self, job: Job):
+        check = self._check(job)
+        return command_line((["ms_check", *check] if check else []) + self._client_argv(job))
+
+    def _client_argv(self, job: Job) -> list[str]:
         reason = path_reason(job)
         if reason:
             raise ValueError(reason)
@@ -179,7 +200,7 @@ class SlurmBackend(Backend):
         argv += [str(a) for a in self.options.get("sbatch_args", ())]
         argv += self._resource_args(job) + list(job.spec.native)
         argv += [job.path, *job.options]
-        return as_user(argv, run_as)
+        return argv
 
     def parse_submit(self, job: Job, rc: int, stdout: str, stderr: str) -> str:
         if rc != 0:

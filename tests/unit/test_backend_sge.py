@@ -29,16 +29,21 @@ def test_registry_returns_sge_backend_with_options():
 
 
 def test_submit_argv_plain_names_and_sudo():
-    argv = GridEngineBackend().submit_argv(job(), "alice")
+    argv = GridEngineBackend({"check_paths": False}).submit_argv(job(), "alice")
     assert argv == ["sudo", "-n", "-u", "alice", "--", "qsub", "-terse", "-N", "ms7_hello",
                     "-wd", "/home/alice", "-ac", "metasched_id=7", "-b", "n",
                     "/home/alice/job.sh", "a", "b c"]
+    # by default the owner's sh first checks the script can be read and pwd written (check_paths)
+    checked = GridEngineBackend().submit_argv(job(), "alice")
+    assert checked[5:11] == ["sh", "-c", checked[7], "sh", "read", "/home/alice/job.sh"]
+    assert checked[11:14] == ["/home/alice", "1", "/home/alice"] and checked[14:] == argv[5:]
+    assert GridEngineBackend({"binary": True}).submit_argv(job(), None)[4] == "exec"
 
 
 def test_submit_argv_env_prefix_comes_after_sudo_and_options_apply():
     b = GridEngineBackend({"bin_dir": "/usr/lib/gridengine",
                            "env": {"SGE_ROOT": "/var/lib/gridengine", "SGE_CELL": "default"},
-                           "qsub_args": ["-q", "all.q"], "shell": "/bin/bash"})
+                           "qsub_args": ["-q", "all.q"], "shell": "/bin/bash", "check_paths": False})
     argv = b.submit_argv(job(), "alice")
     assert argv[:8] == ["sudo", "-n", "-u", "alice", "--", "env", "SGE_ROOT=/var/lib/gridengine",
                         "SGE_CELL=default"]
@@ -202,6 +207,12 @@ def test_parse_final_killed_cancelled_and_error():
         .replace("exit_status  137", "exit_status  0")
     fs = b.parse_final(job(scheduler_job_id="44"), 0, failed26, "")
     assert fs.status == "ERROR" and fs.reason == "failed 26 : opening input/output file"
+    # h_rt over (captured from the lab: qacct prints two spaces after the code)
+    walltime = _KILLED.replace("failed       100 : assumedly after job",
+                               "failed       37  : qmaster enforced h_rt, h_cpu, or h_vmem limit")
+    fs = b.parse_final(job(scheduler_job_id="44"), 0, walltime, "")
+    assert (fs.status, fs.exit_code, fs.reason) == ("ERROR", 137, "failed 37 : qmaster enforced h_rt, h_cpu, or "
+                                                                  "h_vmem limit")
 
 
 def test_parse_final_takes_the_last_of_several_records():
@@ -255,7 +266,7 @@ def test_resources_become_a_pe_h_rt_the_sites_memory_complex_per_slot_queue_and_
 
 
 def test_outputs_join_and_native_flags_take_their_place_and_the_default_stays():
-    b = get_backend("sge", {})
+    b = get_backend("sge", {"check_paths": False})
     assert b.submit_argv(job(), None) == ["qsub", "-terse", "-N", "ms7_hello", "-wd", "/home/alice", "-ac",
                                           "metasched_id=7", "-b", "n", "/home/alice/job.sh", "a", "b c"]
     argv = b.submit_argv(job(spec=JobSpec(stdout="o/%x.%j", join=True, native=("-l", "arch=lx-amd64", "-p", "-5"))),
@@ -268,7 +279,7 @@ def test_outputs_join_and_native_flags_take_their_place_and_the_default_stays():
 
 
 def test_the_variables_are_passed_by_name_and_export_all_is_minus_V():
-    b = get_backend("sge", {"bin_dir": "/usr/lib/gridengine"})
+    b = get_backend("sge", {"bin_dir": "/usr/lib/gridengine", "check_paths": False})
     argv = b.submit_argv(job(spec=JobSpec(env=(("A", "1,2"),), export=("PATH", "A"))), None)
     assert argv[argv.index("-v") + 1] == "PATH,A" and argv[:3] == ["sh", "-c", argv[2]]
     assert argv[argv.index("/usr/lib/gridengine/qsub") - 1] == "A=1,2"

@@ -23,7 +23,7 @@ def job(**kw) -> Job:
 
 
 def test_submit_argv():
-    argv = get_backend("slurm", {"sbatch_args": ["-p", "debug"]}).submit_argv(job(), "alice")
+    argv = get_backend("slurm", {"sbatch_args": ["-p", "debug"], "check_paths": False}).submit_argv(job(), "alice")
     assert argv == ["sudo", "-n", "-u", "alice", "--", "sbatch", "--parsable", "-J", "ms7_hello",
                     "-D", "/home/alice", "-o", "ms7_hello.o%j", "-e", "ms7_hello.e%j",
                     "-p", "debug", "/home/alice/job.sh", "x"]
@@ -116,8 +116,8 @@ def _scontrol(state: str, code: str) -> str:
 @pytest.mark.parametrize("state,code,expected", [
     ("FAILED", "3:0", ("ERROR", 3, "exit code 3")),
     ("FAILED", "0:9", ("ERROR", 137, "signal 9")),
-    ("TIMEOUT", "0:15", ("ERROR", 143, "timeout")),
-    ("OUT_OF_MEMORY", "0:125", ("ERROR", 253, "out of memory")),
+    ("TIMEOUT", "0:15", ("ERROR", 143, "timeout: Slurm stopped it at its time limit (TIMEOUT)")),
+    ("OUT_OF_MEMORY", "0:125", ("ERROR", 253, "out of memory (OUT_OF_MEMORY)")),
     ("NODE_FAIL", "0:0", ("ERROR", 0, "node failure")),
     ("CANCELLED", "0:15", ("CANCELLED", 143, "cancelled")),
 ])
