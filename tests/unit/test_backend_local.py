@@ -70,7 +70,9 @@ def submit(b, j) -> Job:
 
 def test_job_runs_detached_in_its_pwd_and_its_exit_code_is_kept(workdir):
     b = backend()
-    j = make_job(workdir, script(workdir, 'echo "out $1 $(pwd)"; echo err >&2; sleep 1; exit 3\n'),
+    gate = workdir / "gate"                     # the job runs until the test opens the gate (no timing)
+    j = make_job(workdir, script(workdir, f'echo "out $1 $(pwd)"; echo err >&2; '
+                                          f'while [ ! -e {gate} ]; do sleep 0.05; done; exit 3\n'),
                  options=("arg one",))
     j = submit(b, j)                            # returns at once: the final check below finds it running
     pgid = int(j.scheduler_job_id)
@@ -82,6 +84,7 @@ def test_job_runs_detached_in_its_pwd_and_its_exit_code_is_kept(workdir):
     assert ours[0].state is NativeState.RUNNING and ours[0].start_time.endswith("Z")
     p = run(b.final_argv(j))
     assert b.parse_final(j, p.returncode, p.stdout, p.stderr) is None      # still running
+    gate.touch()
 
     fs = wait_final(b, j)
     assert (fs.status, fs.exit_code, fs.reason) == ("ERROR", 3, "exit code 3")
