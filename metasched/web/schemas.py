@@ -21,10 +21,10 @@ TIME = {"type": ["string", "null"], "description": "UTC, ISO 8601"}
 # a job shows them in bytes and seconds.
 ENV_NAME_PATTERN = "^[A-Za-z_][A-Za-z0-9_]{0,254}$"
 MEMORY = {"oneOf": [{"type": "integer", "minimum": 1, "maximum": 2 ** 50},
-                    {"type": "string", "maxLength": 32, "pattern": "^ *[0-9]+([.][0-9]+)? *([KkMmGgTt]([Ii]?[Bb])?)? *$"}],
+                    {"type": "string", "minLength": 1, "maxLength": 32}],
           "description": "memory per node: bytes, or a number with a unit K, M, G, T (powers of 1024), e.g. \"512M\""}
 WALLTIME = {"oneOf": [{"type": "integer", "minimum": 1, "maximum": 366 * 86400},
-                      {"type": "string", "maxLength": 32, "pattern": "^([0-9]+-)?[0-9]+:[0-9]{1,2}:[0-9]{1,2}$|^[0-9]+[smhd]$"}],
+                      {"type": "string", "minLength": 1, "maxLength": 32}],
             "description": "the longest the job may run: seconds, \"[D-]HH:MM:SS\" or a number with s, m, h or d "
                            "[duration]; over it the scheduler stops the job (ERROR with its reason)"}
 SCHED_NAME = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[A-Za-z0-9_.@*][A-Za-z0-9_.@*,:+=/-]*$"}
