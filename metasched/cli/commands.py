@@ -564,7 +564,8 @@ def cmd_output(a, ctx: Context) -> int:
     waited = False
     while True:
         try:
-            offset = tail_offset(ctx, url, stream, a.tail, write) if a.tail is not None else 0
+            offset = (tail_offset(ctx, url, stream, a.tail, write) if a.tail is not None
+                      else copy_from(ctx, url, stream, 0, write))
             break
         except Refused as exc:
             if exc.status != 404 or not a.follow or job["status"] in FINAL:
@@ -574,7 +575,6 @@ def cmd_output(a, ctx: Context) -> int:
                 waited = True
             time.sleep(FOLLOW_EVERY)
             job = ctx.call("GET", f"/jobs/{a.id}")
-    offset = copy_from(ctx, url, stream, offset, write)
     while a.follow:
         ended = job["status"] in FINAL
         time.sleep(FOLLOW_EVERY)

@@ -103,13 +103,14 @@ def test_a_job_runs_with_what_it_asked_for_and_its_output_is_read_back(srv, user
 def test_output_follow_prints_what_the_job_writes_until_it_ends(srv, users, home):
     gate = home / "gate"
     name = script(home, "slow.sh", f'echo first\nwhile [ ! -e {gate} ]; do sleep 0.1; done\necho second\n')
-    jid = submit(srv, home, "--join", name)
+    jid = submit(srv, home, "--join", "--hold", name)     # its file does not exist yet when following starts
     pw = pwd.getpwnam("alice")
     env = {"PATH": "/usr/bin:/bin", "HOME": pw.pw_dir, "PYTHONPATH": REPO, "METASCHED_SOCKET": srv.socket_path}
     follow = subprocess.Popen(["setpriv", "--reuid=alice", "--regid=alice", "--init-groups", "--", sys.executable,
                                "-m", "metasched.cli", "output", str(jid), "--follow"], env=env, cwd=home,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        assert srv.as_user("alice", "POST", f"/jobs/{jid}/release").status == 200
         assert follow.stdout.readline() == "first\n"          # printed while the job still runs
         assert srv.as_user("alice", "GET", f"/jobs/{jid}").json()["status"] == "RUNNING"
         gate.touch()
