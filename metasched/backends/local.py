@@ -266,7 +266,7 @@ def resident():
             pass
     return n
 def status(w):
-    return os.waitstatus_to_exitcode(w) if os.WIFEXITED(w) else 128 + os.WTERMSIG(w)
+    return os.WEXITSTATUS(w) if os.WIFEXITED(w) else 128 + os.WTERMSIG(w)
 def hms(t):
     return "%02d:%02d:%02d" % (t // 3600, t // 60 % 60, t % 60)
 start, over = time.monotonic(), None
