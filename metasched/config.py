@@ -102,6 +102,8 @@ class ServerConfig:
     max_connections_per_peer: int = 128   # per worker and user (unix socket) or address (TCP)
     max_body_bytes: int = 64 * 1024
     page_limit: int = 100
+    output_timeout: float = 10.0    # seconds GET /jobs/{id}/output may wait for the scheduler's master node
+    output_max_bytes: int = 1024 * 1024   # the most bytes one GET /jobs/{id}/output returns
 
 
 @dataclass(frozen=True)
@@ -363,6 +365,8 @@ def parse(raw: Any, source: str = "<memory>", overrides: dict | None = None) -> 
         "max_connections_per_peer": lambda v, p: _int(v, p, 1, 100000),
         "max_body_bytes": lambda v, p: _int(v, p, 1024, 64 * 1024 * 1024),
         "page_limit": lambda v, p: _int(v, p, 1, 10000),
+        "output_timeout": _num,
+        "output_max_bytes": lambda v, p: _int(v, p, 1024, 16 * 1024 * 1024),
     })
     if overrides:
         server = _replace(server, **{k: v for k, v in overrides.get("server", {}).items() if v is not None})

@@ -47,3 +47,8 @@ class Unavailable(MetaschedError):      # 503
 class JobStateConflict(Conflict):
     def __init__(self, job_id: int, status: str, action: str):
         super().__init__(f"job {job_id} is {status}: cannot {action}", job_id=job_id, job_status=status)
+
+
+class NoOutput(NotFound):               # 404: the job exists, this output of it does not (yet)
+    def __init__(self, message: str, **details):
+        MetaschedError.__init__(self, message, **details)

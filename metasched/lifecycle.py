@@ -21,7 +21,7 @@ import secrets
 import string
 
 from .db.repository import Repository
-from .model import Job, JobStatus, can_transition
+from .model import NO_SPEC, Job, JobSpec, JobStatus, can_transition
 
 _TOKEN_ALPHABET = string.ascii_lowercase
 
@@ -38,9 +38,9 @@ class IllegalTransition(Exception):
 
 
 def create(repo: Repository, *, name, queue_id, owner, status: JobStatus, path, options, pwd, actor, reason,
-           now) -> Job:
+           now, spec: JobSpec = NO_SPEC) -> Job:
     job = repo.insert_job(name=name, queue_id=queue_id, owner=owner, status=status, path=path, options=options,
-                          pwd=pwd, token=new_token(), now=now)
+                          pwd=pwd, token=new_token(), now=now, spec=spec)
     repo.insert_job_event(job_id=job.id, old_status=None, new_status=status, actor=actor, reason=reason, now=now)
     return job
 
@@ -98,9 +98,9 @@ def request_cancel(repo: Repository, job: Job, *, actor: str, now: str) -> Job |
 
 
 def edit(repo: Repository, job: Job, *, actor: str, now: str, changed: list[str], name, queue_id, path, options,
-         pwd) -> Job | None:
+         pwd, spec: JobSpec | None = None) -> Job | None:
     updated = repo.update_job_fields(id=job.id, version=job.version, name=name, queue_id=queue_id, path=path,
-                                     options=options, pwd=pwd, now=now)
+                                     options=options, pwd=pwd, now=now, spec=job.spec if spec is None else spec)
     if updated is not None:
         repo.insert_job_event(job_id=job.id, old_status=job.status, new_status=job.status, actor=actor,
                               reason=f"edited: {', '.join(changed)}", now=now)

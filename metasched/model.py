@@ -65,6 +65,87 @@ class SchedulerType(str, enum.Enum):
     SPARK = "spark"
 
 
+# -- what a job asks for (issue 14): resources, native flags, environment, outputs ---------------------------
+
+@dataclass(frozen=True)
+class Resources:
+    """Portable resources, after PSI/J's ResourceSpecV1 and JobAttributes (in brackets); None: not asked for,
+    the scheduler's default. Each backend maps them to its own flags, and refuses what it cannot honour."""
+    nodes: int | None = None            # [node_count]
+    tasks: int | None = None            # [process_count] tasks in all
+    cores_per_task: int | None = None   # [cpu_cores_per_process]
+    memory: int | None = None           # bytes per node
+    walltime: int | None = None         # seconds [duration]
+    gpus_per_node: int | None = None
+    native_queue: str | None = None     # the scheduler's own queue or partition [queue_name]
+    account: str | None = None          # the account or project charged [project_name]
+
+    def asked(self) -> dict:
+        """The fields asked for, in declaration order."""
+        return {k: v for k, v in ((f, getattr(self, f)) for f in RESOURCE_FIELDS) if v is not None}
+
+    @property
+    def slots(self) -> int:
+        """Cores in all on one node's worth of the job: tasks x cores per task (1 each when not asked)."""
+        return (self.tasks or 1) * (self.cores_per_task or 1)
+
+
+RESOURCE_FIELDS = ("nodes", "tasks", "cores_per_task", "memory", "walltime", "gpus_per_node", "native_queue", "account")
+EXPORT_CHOICES = ("all", "none")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a job asks of its scheduler besides its script: stored as one JSON column (jobs.spec).
+
+    env: variables the job gets, set through the scheduler's own mechanism (never a shell). export: what it also
+    inherits of the submission environment on the scheduler's side (the scheduler client's, as the owner):
+    "all", "none", a tuple of names, or None for the scheduler's own default. stdout/stderr: path patterns
+    (absolute, or relative to pwd; %j = our job id, %x = the job name, %% = %); None: the scheduler's default
+    file. join: stderr goes into stdout."""
+    resources: Resources = Resources()
+    native: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    export: str | tuple[str, ...] | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+    join: bool = False
+
+    def to_dict(self) -> dict:
+        """The stored (and shown) form: only what was asked for."""
+        out: dict = {}
+        if self.resources.asked():
+            out["resources"] = self.resources.asked()
+        if self.native:
+            out["native"] = list(self.native)
+        if self.env:
+            out["env"] = dict(self.env)
+        if self.export is not None:
+            out["export"] = self.export if isinstance(self.export, str) else list(self.export)
+        for key in ("stdout", "stderr"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        if self.join:
+            out["join"] = True
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "JobSpec":
+        if not d:
+            return NO_SPEC
+        export = d.get("export")
+        return cls(resources=Resources(**{k: v for k, v in (d.get("resources") or {}).items() if k in RESOURCE_FIELDS}),
+                   native=tuple(d.get("native") or ()), env=tuple((d.get("env") or {}).items()),
+                   export=tuple(export) if isinstance(export, list) else export,
+                   stdout=d.get("stdout"), stderr=d.get("stderr"), join=bool(d.get("join")))
+
+    def env_size(self) -> int:
+        return sum(len(k) + len(v) + 2 for k, v in self.env)
+
+
+NO_SPEC = JobSpec()
+
+
 @dataclass(slots=True)      # not frozen: building a page of jobs is ~10% faster; treat it as read-only
 class Job:
     id: int
@@ -87,6 +168,8 @@ class Job:
     version: int = 1
     token: str | None = None        # random, in the native tag: only this database's jobs are ever adopted
     attempts: int = 0               # dispatch attempts so far
+    # -- issue 14: what the job asks for (jobs.spec, one JSON column) --
+    spec: JobSpec = NO_SPEC
 
 
 @dataclass(frozen=True)

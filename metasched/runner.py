@@ -86,6 +86,27 @@ def prepare_database(cfg: Config) -> None:
         db.close()
 
 
+class NodeTransports:
+    """node -> its transport, made on first use and kept for this worker process (never across fork: make_app runs
+    in the worker). What GET /jobs/{id}/output reads a job's file through, on its scheduler's master node; given
+    to the services so that neither they nor the web layer import the transport."""
+
+    def __init__(self, cfg: Config):
+        import threading
+        self.cfg = cfg
+        self._made: dict[tuple, object] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, node):
+        from .transport import for_node
+        key = (node.address, node.port, node.transport)
+        with self._lock:
+            t = self._made.get(key)
+            if t is None:
+                t = self._made[key] = for_node(self.cfg, node.address, node.port, node.transport)
+            return t
+
+
 def make_app(cfg: Config, start_poller: bool = True):
     """Build one worker's app (and start its poller thread)."""
     from .db.core import Database
@@ -93,7 +114,7 @@ def make_app(cfg: Config, start_poller: bool = True):
     from .services import Services
     from .web.app import create_app
     db = Database(cfg.server.database)
-    services = Services(db, cfg, Authority(cfg.auth))
+    services = Services(db, cfg, Authority(cfg.auth), remote=NodeTransports(cfg))
     poller = None
     if start_poller and cfg.poller.enabled:
         from .poller import PollerThread

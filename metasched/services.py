@@ -5,19 +5,23 @@ Authorization lives here (not in the resources): a user sees and touches only th
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import functools
 import posixpath
+import re
+import threading
 from dataclasses import dataclass
 
 from . import lifecycle
 from .config import Config
 from .db.core import Database, format_time, parse_time, utcnow
 from .db.repository import Repository
-from .errors import Conflict, Forbidden, Invalid, JobStateConflict, NotFound, Unauthenticated
+from .errors import (Conflict, Forbidden, Invalid, JobStateConflict, NoOutput, NotFound, Unauthenticated,
+                     Unavailable)
 from .identity import Authority, Caller, hash_secret, new_secret
-from .model import (FINAL_STATES, UNDISPATCHED_STATES, ClusterEvent, Job, JobEvent, JobStatus,
-                    LeaseRecord, Node, Policy, PollCycle, Queue, Token, can_transition)
+from .model import (FINAL_STATES, NO_SPEC, RESOURCE_FIELDS, UNDISPATCHED_STATES, ClusterEvent, Job, JobEvent, JobSpec,
+                    JobStatus, LeaseRecord, Node, Policy, PollCycle, Queue, Resources, Token, can_transition)
 
 MAX_PAGE = 1000
 MAX_NAME = 200   # characters of a job name (the API's schema says the same)
@@ -32,6 +36,14 @@ class QueueSummary:
     queue: Queue
     jobs: dict[str, int]              # our jobs per state (every state present)
     foreign: dict[str, int]           # jobs submitted to the scheduler directly, per FOREIGN_STATES
+    script: str = "executable"        # what a job's script must be for it: executable | readable
+
+
+@dataclass(frozen=True)
+class JobDetail:
+    """One job as GET /jobs/{id} shows it: with where its output goes (its backend's resolved paths)."""
+    job: Job
+    outputs: object                   # backends.base.OutputFiles
 
 
 @dataclass(frozen=True)
@@ -105,14 +117,126 @@ def _backend_name_problem(queue_type: str, name: str) -> str | None:
     return check(name) if check else None
 
 
+# -- what a job asks for (issue 14): the request's fields as a JobSpec, bounded and checked -----------------
+
+ENV_MAX_VARS = 256
+ENV_MAX_BYTES = 32 * 1024
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+_MEMORY = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.I)
+_HMS = re.compile(r"^(?:([0-9]+)-)?([0-9]+):([0-9]{1,2}):([0-9]{1,2})$")
+_UNIT_TIME = re.compile(r"^([0-9]+)([smhd])$")
+SPEC_KEYS = ("resources", "native", "env", "export", "stdout", "stderr", "join")
+
+
+def parse_memory(value, field: str) -> int:
+    """Bytes from an integer or a number with a unit (K, M, G, T: powers of 1024; "512M", "1.5G", "2GiB")."""
+    if isinstance(value, int):
+        return value
+    m = _MEMORY.match(value)
+    if not m:
+        raise Invalid(f"{field}: expected bytes or a number with K, M, G or T, got {value!r}", field=field)
+    n = int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2).upper() or " "))
+    if not 1 <= n <= 2 ** 50:
+        raise Invalid(f"{field}: {value!r} is out of range (1 byte .. 1P)", field=field)
+    return n
+
+
+def parse_walltime(value, field: str) -> int:
+    """Seconds from an integer, "[D-]HH:MM:SS", or a number with s, m, h or d."""
+    if isinstance(value, int):
+        return value
+    m, u = _HMS.match(value), _UNIT_TIME.match(value)
+    if m:
+        d, h, mi, se = (int(x or 0) for x in m.groups())
+        if mi > 59 or se > 59:
+            raise Invalid(f"{field}: {value!r}: minutes and seconds go up to 59", field=field)
+        n = ((d * 24 + h) * 60 + mi) * 60 + se
+    elif u:
+        n = int(u.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[u.group(2)]
+    else:
+        raise Invalid(f"{field}: expected seconds, [D-]HH:MM:SS or a number with s, m, h or d, got {value!r}",
+                      field=field)
+    if not 1 <= n <= 366 * 86400:
+        raise Invalid(f"{field}: {value!r} is out of range (1 s .. 366 days)", field=field)
+    return n
+
+
+def _resources(given: dict, base: Resources) -> Resources:
+    """Resources from a request (a PATCH merges into base: null removes a field)."""
+    values = base.asked()
+    for key, v in given.items():
+        if v is None:
+            values.pop(key, None)
+        elif key == "memory":
+            values[key] = parse_memory(v, "resources.memory")
+        elif key == "walltime":
+            values[key] = parse_walltime(v, "resources.walltime")
+        else:
+            values[key] = v
+    return Resources(**values)
+
+
+def spec_from_request(body: dict, base: JobSpec = NO_SPEC) -> JobSpec:
+    """The JobSpec a request asks for (submit: from nothing; PATCH: the fields it gives replace the job's, and
+    resources merge). Bounded, and refused by name: a 400 stores nothing."""
+    if not any(k in body for k in SPEC_KEYS):
+        return base
+    from .backends.base import pattern_problem
+    fields = {}
+    if "resources" in body:
+        fields["resources"] = _resources(body["resources"], base.resources)
+    if "native" in body:
+        for i, arg in enumerate(body["native"]):
+            if "\0" in arg:
+                raise Invalid(f"native[{i}]: must not contain NUL characters", field=f"native[{i}]")
+        fields["native"] = tuple(body["native"])
+    if "env" in body:
+        env = body["env"]
+        if len(env) > ENV_MAX_VARS:
+            raise Invalid(f"env: at most {ENV_MAX_VARS} variables, got {len(env)}", field="env")
+        for name, value in env.items():
+            if not _ENV_NAME.match(name):
+                raise Invalid(f"env.{name}: not a variable name (letters, digits, _; not a digit first)",
+                              field=f"env.{name}")
+            if "\0" in value:
+                raise Invalid(f"env.{name}: must not contain NUL characters", field=f"env.{name}")
+        size = sum(len(k.encode()) + len(v.encode()) + 2 for k, v in env.items())
+        if size > ENV_MAX_BYTES:
+            raise Invalid(f"env: at most {ENV_MAX_BYTES // 1024} KiB of variables, got {size} bytes", field="env")
+        fields["env"] = tuple(sorted(env.items()))
+    if "export" in body:
+        export = body["export"]
+        fields["export"] = tuple(dict.fromkeys(export)) if isinstance(export, list) else export
+    for key in ("stdout", "stderr"):
+        if key in body:
+            if body[key] is not None:
+                problem = pattern_problem(body[key])
+                if problem:
+                    raise Invalid(f"{key}: {problem}", field=key)
+            fields[key] = body[key]
+    if "join" in body:
+        fields["join"] = body["join"]
+    spec = dataclasses.replace(base, **fields)
+    if spec.join and spec.stderr is not None:
+        field = "stderr" if "stderr" in body else "join"
+        raise Invalid(f"{field}: give either stderr (a file of its own) or join (stderr into stdout)", field=field)
+    return spec
+
+
 class Services:
-    def __init__(self, db: Database, config: Config, authority: Authority, clock=utcnow):
+    def __init__(self, db: Database, config: Config, authority: Authority, clock=utcnow, remote=None):
+        """remote: node -> a transport to it (``run(command, timeout=) -> Result``, ``user``): how GET
+        /jobs/{id}/output reads a file on a scheduler's master node. Given by the composition root (runner.py),
+        so that neither this layer nor the web layer imports the transport."""
         self.db = db
         self.repo = Repository(db)
         self.config = config
         self.authority = authority
         self.now = clock
+        self.remote = remote
         self.on_new_work = None   # set by the poller host: called after a commit that adds work
+        self._backends: dict[str, object] = {}
+        self._backends_lock = threading.Lock()
 
     # -- startup ------------------------------------------------------------------------------
     def sync_config(self) -> None:
@@ -303,11 +427,10 @@ class Services:
             raise NotFound("queue", queue_id)
         return self._summary(q, counts, foreign)
 
-    @staticmethod
-    def _summary(q: Queue, counts: dict, foreign: dict) -> QueueSummary:
+    def _summary(self, q: Queue, counts: dict, foreign: dict) -> QueueSummary:
         mine, theirs = counts.get(q.id, {}), foreign.get(q.id, {})
         return QueueSummary(q, {s.value: mine.get(s.value, 0) for s in JobStatus},
-                            {s: theirs.get(s, 0) for s in FOREIGN_STATES})
+                            {s: theirs.get(s, 0) for s in FOREIGN_STATES}, self.backend(q).script_needs())
 
     # -- foreign jobs -------------------------------------------------------------------------
     def list_foreign_jobs(self, caller: Caller, *, queue=None, owner=None, after: int = 0,
@@ -343,16 +466,19 @@ class Services:
         pwd = self._check_path(body.get("pwd") or posixpath.dirname(path) or "/", "pwd")
         name = body.get("name") or posixpath.basename(path)[:MAX_NAME]   # a default must fit the limit too
         options = self._check_options(body.get("options", []))
+        spec = spec_from_request(body)
         now = self.now()
         with self.db.write():
             queues = self.repo.list_queues()
             queue = self._resolve_queue(body["queue"], queues, "queue")
             self._check_name(queue, name)
             self._check_fields(queue, path, pwd, body.get("options", []))
+            self._check_spec(queue, Job(id=0, name=name, queue_id=queue.id, owner=owner, status=JobStatus.HELD,
+                                        path=path, options=tuple(options), pwd=pwd, spec=spec))
             status = JobStatus.HELD if body.get("hold") else JobStatus.TO_BE_QUEUED
             job = lifecycle.create(self.repo, name=name, queue_id=queue.id, owner=owner, status=status, path=path,
                                    options=options, pwd=pwd, actor=caller.user, now=now,
-                                   reason="submitted held" if status is JobStatus.HELD else "submitted")
+                                   reason="submitted held" if status is JobStatus.HELD else "submitted", spec=spec)
         self._notify()
         return job
 
@@ -396,6 +522,71 @@ class Services:
             value = {"path": path, "pwd": pwd, "options": options}.get(field)
             raise Invalid(f"{field}: {queue.name} cannot take {value!r}: {reason}", field=field)
 
+    def backend(self, queue: Queue):
+        """The queue's backend with its configured options (made once per process: pure, no I/O)."""
+        key = queue.name.lower()
+        b = self._backends.get(key)
+        if b is None:
+            from .backends import get_backend
+            opts = next((sc.options for sc in self.config.schedulers if sc.name.lower() == key), {})
+            with self._backends_lock:
+                b = self._backends.setdefault(key, get_backend(queue.type.value, opts))
+        return b
+
+    def _check_spec(self, queue: Queue, job: Job) -> None:
+        """What the job asks for, against what its scheduler can honour: a 400 naming the field and the queue."""
+        if job.spec is NO_SPEC:
+            return
+        problem = self.backend(queue).spec_problem(job)
+        if problem:
+            field, reason = problem
+            raise Invalid(f"{reason} (queue {queue.name})", field=field)
+
+    def job_detail(self, caller: Caller, job_id: int) -> JobDetail:
+        """One job, and where its output goes (GET /jobs/{id})."""
+        self.require(caller)
+        with self.db.read():
+            job = self._visible_job(caller, job_id)
+            queue = self.repo.get_queue(job.queue_id)
+        return JobDetail(job, self.backend(queue).output_files(job))
+
+    def read_output(self, caller: Caller, job_id: int, stream: str, offset: int, length: int):
+        """Bytes of a job's stdout or stderr, read as its owner on its scheduler's master node (through the
+        injected transport, with a sudo -n -u <owner> and the server's output_timeout): NoOutput (404) before the
+        file exists, Unavailable (503) when the node does not answer in time. Never as root."""
+        from .backends.base import OutputRefused, command_line, parse_read_output, read_output_argv
+        self.require(caller)
+        with self.db.read():
+            job = self._visible_job(caller, job_id)
+            queue = self.repo.get_queue(job.queue_id)
+            node = self.repo.get_node(queue.master_node_id)
+        files = self.backend(queue).output_files(job)
+        if stream == "stderr" and files.joined:
+            raise NoOutput(f"job {job.id}'s stderr is joined into its stdout: read stream=stdout", job_id=job.id)
+        path = files.stdout if stream == "stdout" else files.stderr
+        if path is None:
+            raise NoOutput(f"job {job.id} has no {stream} yet: it is {job.status.value}", job_id=job.id)
+        if job.owner == "root":
+            raise Forbidden("jobs never run as root")
+        if self.remote is None:
+            raise Unavailable("this server reads no job outputs (no transport to the nodes was given)")
+        transport = self.remote(node)
+        user = getattr(transport, "user", None) or self.authority.service_user
+        argv = read_output_argv(path, offset, min(length, self.config.server.output_max_bytes),
+                                None if job.owner == user else job.owner)
+        res = transport.run(command_line(argv), timeout=self.config.server.output_timeout)
+        if res.error is not None:
+            raise Unavailable(f"cannot read job {job.id}'s {stream} on {node.address}:{node.port}: {res.error}")
+        try:
+            chunk = parse_read_output(path, res.rc, res.stdout, res.stderr)
+        except OutputRefused as exc:
+            raise NoOutput(f"job {job.id}'s {stream} {exc}", job_id=job.id) from None
+        except RuntimeError as exc:
+            raise Unavailable(str(exc)) from None
+        if chunk is None:
+            raise NoOutput(f"job {job.id}'s {stream} {path} does not exist (yet)", job_id=job.id)
+        return chunk
+
     def _visible_job(self, caller: Caller, job_id: int) -> Job:
         job = self.repo.get_job(job_id)
         if job is None or (job.owner != caller.user and not caller.is_admin):
@@ -408,12 +599,16 @@ class Services:
             return self._visible_job(caller, job_id)
 
     def list_jobs(self, caller: Caller, *, statuses=None, queue=None, owner=None, after: int = 0,
-                  limit: int = 100) -> Page:
-        """One page of jobs, oldest first, and whether more follow."""
+                  limit: int = 100, newest: bool = False, before: int | None = None) -> Page:
+        """One page of jobs, oldest first (after a cursor) or newest first (before one), and whether more follow."""
         owner, limit = self._listing_scope(caller, owner, limit)
         with self.db.read():
-            jobs = self.repo.list_jobs(after=after, limit=limit + 1, owner=owner, queue_id=self._queue_filter(queue),
-                                       statuses=statuses)
+            if newest:
+                jobs = self.repo.list_jobs_newest(before=before, limit=limit + 1, owner=owner,
+                                                  queue_id=self._queue_filter(queue), statuses=statuses)
+            else:
+                jobs = self.repo.list_jobs(after=after, limit=limit + 1, owner=owner,
+                                           queue_id=self._queue_filter(queue), statuses=statuses)
         return Page(jobs[:limit], len(jobs) > limit)
 
     def job_events(self, caller: Caller, job_id: int) -> list[JobEvent]:
@@ -438,10 +633,13 @@ class Services:
             path = self._check_script(body["path"]) if "path" in body else job.path
             options = self._check_options(body["options"]) if "options" in body else job.options
             pwd = self._check_path(body["pwd"], "pwd") if "pwd" in body else job.pwd
+            spec = spec_from_request(body, job.spec)
             if queue is not None:
                 self._check_fields(queue, path, pwd, body.get("options", job.options))
+                self._check_spec(queue, dataclasses.replace(job, name=name, queue_id=queue_id, path=path,
+                                                            options=tuple(options), pwd=pwd, spec=spec))
             updated = lifecycle.edit(self.repo, job, actor=caller.user, now=now, changed=sorted(body), name=name,
-                                     queue_id=queue_id, path=path, options=options, pwd=pwd)
+                                     queue_id=queue_id, path=path, options=options, pwd=pwd, spec=spec)
             if updated is None:  # cannot happen inside BEGIN IMMEDIATE: the read and the write are one
                 raise Conflict(f"job {job.id} changed concurrently; retry")
         self._notify()

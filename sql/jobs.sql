@@ -1,6 +1,6 @@
 -- name: insert_job
-INSERT INTO jobs (name, queue_id, owner, status, path, options, pwd, token, created_at, updated_at)
-VALUES (:name, :queue_id, :owner, :status, :path, :options, :pwd, :token, :now, :now)
+INSERT INTO jobs (name, queue_id, owner, status, path, options, pwd, token, spec, created_at, updated_at)
+VALUES (:name, :queue_id, :owner, :status, :path, :options, :pwd, :token, :spec, :now, :now)
 RETURNING *;
 
 -- name: get_job
@@ -28,10 +28,30 @@ WHERE owner = :owner
 ORDER BY id
 LIMIT :limit;
 
+-- name: list_jobs_newest
+-- The same page newest first: ids below :before (NULL: from the newest).
+SELECT * FROM jobs
+WHERE (:before IS NULL OR id < :before)
+  AND (:owner IS NULL OR owner = :owner)
+  AND (:queue_id IS NULL OR queue_id = :queue_id)
+  AND (:statuses IS NULL OR status IN (SELECT value FROM json_each(:statuses)))
+ORDER BY id DESC
+LIMIT :limit;
+
+-- name: list_jobs_of_owner_newest
+-- Newest first for one owner (jobs_by_owner (owner, id), walked backwards).
+SELECT * FROM jobs
+WHERE owner = :owner
+  AND (:before IS NULL OR id < :before)
+  AND (:queue_id IS NULL OR queue_id = :queue_id)
+  AND (:statuses IS NULL OR status IN (SELECT value FROM json_each(:statuses)))
+ORDER BY id DESC
+LIMIT :limit;
+
 -- name: update_job_fields
 -- Edit before dispatch, only from the version the caller read (metasched/lifecycle.py).
 UPDATE jobs SET name = :name, queue_id = :queue_id, path = :path, options = :options, pwd = :pwd,
-                updated_at = :now, version = version + 1
+                spec = :spec, updated_at = :now, version = version + 1
 WHERE id = :id AND version = :version AND status IN ('TO_BE_QUEUED', 'HELD')
 RETURNING *;
 

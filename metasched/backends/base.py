@@ -184,6 +184,39 @@ class Backend:
         so the user gets a 400 naming the field instead of a job that fails later), else None."""
         return None
 
+    # -- what a job asks for (resources, native flags, environment, outputs) ---------------------
+    scheduler_name = "this scheduler"
+    # the resources fields this scheduler can honour; asking for another is a 400 at submit
+    RESOURCES: frozenset[str] = frozenset()
+    # why a field it cannot honour is refused, when there is more to say than "cannot"
+    RESOURCE_HINTS: dict[str, str] = {}
+
+    def spec_problem(self, job: Job) -> tuple[str, str] | None:
+        """(field, reason) when this scheduler cannot honour what the job asks for (checked at submit and at
+        edit: a 400 naming the field, instead of a job that fails later), else None."""
+        for field in job.spec.resources.asked():
+            if field not in self.RESOURCES:
+                hint = self.RESOURCE_HINTS.get(field, "")
+                return (f"resources.{field}",
+                        f"resources.{field}: {self.scheduler_name} cannot honour it{'; ' + hint if hint else ''}")
+        return self._spec_problem(job)
+
+    def _spec_problem(self, job: Job) -> tuple[str, str] | None:
+        if job.spec.native:
+            return "native", f"native: {self.scheduler_name} takes no native flags"
+        return None
+
+    def output_files(self, job: Job) -> "OutputFiles":
+        """Where the job's stdout and stderr go (resolved paths, see OutputFiles). The one place each backend
+        says it: its submit command and GET /jobs/{id} both read it."""
+        stdout, stderr = custom_outputs(job)
+        return OutputFiles(stdout, None if job.spec.join else stderr, joined=job.spec.join)
+
+    def script_needs(self) -> str:
+        """What the submitter's script must be for this scheduler: "executable" (run as a program) or "readable"
+        (read by the scheduler's client, e.g. Grid Engine's script mode)."""
+        return "executable"
+
     # -- enforcement --------------------------------------------------------------------------
     def process_matcher(self) -> ProcessMatcher:
         return ProcessMatcher()
@@ -399,3 +432,310 @@ def launcher_pid(rc: int, stdout: str, stderr: str) -> str:
     if not pid.isdigit():
         raise RuntimeError(f"launcher printed no process id: {first_line(stdout, stderr)!r}")
     return pid
+
+
+# -- what a job asks for (issue 14): outputs, environment, native flags, resources --------------------------
+# Pure helpers shared by the backends: output path patterns, the job's environment as an argv prefix, a parser
+# for native scheduler flags that knows which options take a value. Each backend says, from these, what it
+# can honour (spec_problem) and how (its submit_argv).
+
+@dataclass(frozen=True)
+class OutputFiles:
+    """Where a job's output goes on the scheduler's nodes. None: not known yet (a default file named after the
+    native id, before the job was dispatched). joined: stderr goes into stdout (stderr is then None)."""
+    stdout: str | None
+    stderr: str | None
+    joined: bool = False
+
+
+_PATTERN_CODE = re.compile(r"%(.?)", re.S)
+
+
+def pattern_problem(pattern: str) -> str | None:
+    """Why an output path pattern is unusable, or None. %j (our job id), %x (the job name), %% (a percent)."""
+    if not pattern or "\x00" in pattern or "\n" in pattern:
+        return "must be a path without NUL or newline characters"
+    for m in _PATTERN_CODE.finditer(pattern):
+        if m.group(1) not in ("j", "x", "%"):
+            return (f"%{m.group(1)} is not a pattern metasched knows (%j: the job id, %x: the job name, %%: a "
+                    f"percent sign)")
+    return None
+
+
+def resolve_output(pattern: str, job: Job) -> str:
+    """An output pattern as a path: %j our job id, %x the job name, %% a percent sign; relative to pwd."""
+    def code(m):
+        return {"j": str(job.id), "x": job.name, "%": "%"}[m.group(1)]
+    path = _PATTERN_CODE.sub(code, pattern)
+    return _posixpath.normpath(_posixpath.join(job.pwd, path))
+
+
+def custom_outputs(job: Job) -> tuple[str | None, str | None]:
+    """The job's own output paths, resolved (None: the scheduler's default file for that stream)."""
+    spec = job.spec
+    return (resolve_output(spec.stdout, job) if spec.stdout else None,
+            resolve_output(spec.stderr, job) if spec.stderr else None)
+
+
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+# What sudo adds to the environment it runs a command in: never passed on to a job.
+SUDO_VARS = ("SUDO_COMMAND", "SUDO_USER", "SUDO_UID", "SUDO_GID")
+
+
+# Runs a scheduler client with the job's variables in its environment (then the site's env option, which wins),
+# so that the scheduler's own mechanism (qsub -V / -v NAME, sbatch --export) passes them on to the job. The
+# values are positional parameters set with `export "$1"`: they never meet the shell's parsing, commas, quotes
+# and newlines included. The client is looked up on the PATH sudo gave, before the job's PATH is set.
+# $1 = 1 to remove what sudo added (SUDO_*: for a client that exports its whole environment), $2 = n, then n
+# NAME=value words, the client, its arguments.
+ENV_SCRIPT = ('u=$1; n=$2; shift 2; i=$((n + 1)); eval "c=\\${$i}"; c=$(command -v "$c") || exit 127; '
+              '[ "$u" = 1 ] && unset SUDO_COMMAND SUDO_USER SUDO_UID SUDO_GID; '
+              'while [ "$n" -gt 0 ]; do export "$1"; shift; n=$((n - 1)); done; shift; exec "$c" "$@"')
+
+
+def client_argv(options: dict, name: str, job: Job, *, strip_sudo: bool = False) -> list[str]:
+    """argv prefix running scheduler client ``name`` for this job: scheduler_command() when the job has no
+    variables of its own (and nothing to strip), else through ENV_SCRIPT (``sh``, which sudo already allows)."""
+    pairs = [f"{k}={v}" for k, v in job.spec.env]
+    if not pairs and not strip_sudo:
+        return scheduler_command(options, name)
+    site = options.get("env") or {}
+    for key in site:
+        if not _ENV_KEY.match(str(key)):
+            raise ValueError(f"env: {key!r} is not a valid environment variable name")
+    pairs += [f"{k}={v}" for k, v in site.items()]
+    client = _posixpath.join(options["bin_dir"], name) if options.get("bin_dir") else name
+    return ["sh", "-c", ENV_SCRIPT, "sh", "1" if strip_sudo else "0", str(len(pairs)), *pairs, client]
+
+
+def export_names(job: Job) -> list[str]:
+    """The variables a job gets by name: the named ones of the submission environment, then its own."""
+    export = job.spec.export
+    named = list(export) if isinstance(export, tuple) else []
+    return named + [k for k, _ in job.spec.env if k not in named]
+
+
+def memory_text(n: int, smallest: str = "K") -> str:
+    """Bytes in the largest binary unit that holds them whole, at least ``smallest`` (rounded up to a whole one
+    of those): 512M, 2G, 1536K."""
+    units = "KMGT"
+    step = 1024 ** (units.index(smallest) + 1)
+    value, i = -(-n // step), units.index(smallest)
+    while i + 1 < len(units) and value % 1024 == 0:
+        value, i = value // 1024, i + 1
+    return f"{value}{units[i]}"
+
+
+def hms(seconds: int) -> str:
+    """Seconds as [D-]HH:MM:SS (Slurm's --time; Grid Engine's h_rt takes it too)."""
+    d, rest = divmod(int(seconds), 86400)
+    h, rest = divmod(rest, 3600)
+    m, s = divmod(rest, 60)
+    return (f"{d}-" if d else "") + f"{h:02d}:{m:02d}:{s:02d}"
+
+
+@dataclass(frozen=True)
+class NativeFlag:
+    """One option of a native flag list: where it is (native[index]), its canonical name, and its value."""
+    index: int
+    name: str
+    value: str | None = None
+
+
+class NativeProblem(ValueError):
+    def __init__(self, index: int, reason: str):
+        super().__init__(f"native[{index}]: {reason}")
+        self.index, self.reason = index, reason
+
+
+NOT_AN_OPTION = "is not an option (the script is `path` and its arguments `options`)"
+
+
+def parse_sge_native(native: tuple[str, ...], arity: dict[str, int]) -> list[NativeFlag]:
+    """qsub's options: each a token of its own followed by its values (arity: how many; ``-binding`` takes an
+    optional first word). An option qsub does not have is refused: its values could not be told apart."""
+    flags, i = [], 0
+    while i < len(native):
+        tok = native[i]
+        if not tok.startswith("-") or tok == "-":
+            raise NativeProblem(i, f"{tok!r} {NOT_AN_OPTION}")
+        if tok not in arity:
+            raise NativeProblem(i, f"{tok} is not a qsub option metasched knows")
+        n = arity[tok]
+        if tok == "-binding" and i + 1 < len(native) and native[i + 1] in ("env", "pe", "set"):
+            n = 2
+        if n and i + n >= len(native):
+            raise NativeProblem(i, f"{tok} needs {n} value{'s' if n > 1 else ''}")
+        value = " ".join(native[i + 1:i + 1 + n]) if n else None
+        flags.append(NativeFlag(i, tok, value))
+        i += 1 + n
+    return flags
+
+
+def parse_getopt_native(native: tuple[str, ...], short: dict[str, bool], long: dict[str, str],
+                        owned_long: set[str], program: str) -> list[NativeFlag]:
+    """getopt_long's reading of a native flag list, as the scheduler client (sbatch) will read it.
+
+    short: option letter -> takes a value (``-Jname``, ``-J name``, ``-kJ name``); an unknown letter is refused
+    (its value could not be told apart). long: name -> "required" | "optional" | "none"; getopt_long also takes
+    an unambiguous abbreviation (``--job`` for ``--job-name``): an abbreviation of a name in owned_long is refused
+    whatever else it could mean. An unknown long option is taken as given (``--name=value`` or a flag without a
+    value); a token after it that is not an option is refused ("write --name=value")."""
+    flags, i = [], 0
+    while i < len(native):
+        tok = native[i]
+        if tok == "--" or tok == ":" or not tok.startswith("-") or tok == "-":
+            raise NativeProblem(i, f"{tok!r} {NOT_AN_OPTION}" if tok != ":" else
+                                "':' separates the parts of a heterogeneous job, which metasched does not track")
+        if tok.startswith("--"):
+            name, eq, value = tok[2:].partition("=")
+            canonical = name if name in long else None
+            if canonical is None:
+                matches = [n for n in long if n.startswith(name)] if name else []
+                owned = [n for n in owned_long if n.startswith(name)] if name else []
+                if owned:
+                    canonical = owned[0] if len(matches) <= 1 else None
+                    if canonical is None:
+                        raise NativeProblem(i, f"--{name} may abbreviate --{owned[0]}, which metasched sets")
+                elif len(matches) == 1:
+                    canonical = matches[0]
+            kind = long.get(canonical, "optional" if eq else "none") if canonical else ("optional" if eq else "none")
+            shown = f"--{canonical or name}"
+            if eq:
+                if kind == "none":
+                    raise NativeProblem(i, f"{shown} takes no value")
+                flags.append(NativeFlag(i, shown, value))
+                i += 1
+                continue
+            if kind == "required":
+                if i + 1 >= len(native):
+                    raise NativeProblem(i, f"{shown} needs a value")
+                flags.append(NativeFlag(i, shown, native[i + 1]))
+                i += 2
+                continue
+            flags.append(NativeFlag(i, shown, None))
+            if canonical is None and i + 1 < len(native) and not native[i + 1].startswith("-"):
+                raise NativeProblem(i + 1, f"{native[i + 1]!r} {NOT_AN_OPTION}; if it is the value of {shown}, "
+                                           f"write {shown}=VALUE")
+            i += 1
+            continue
+        j, consumed = 1, 1
+        while j < len(tok):
+            c = tok[j]
+            if c not in short:
+                raise NativeProblem(i, f"-{c} is not a {program} option metasched knows")
+            if short[c]:
+                rest = tok[j + 1:]
+                if rest:
+                    flags.append(NativeFlag(i, f"-{c}", rest))
+                elif i + 1 < len(native):
+                    flags.append(NativeFlag(i, f"-{c}", native[i + 1]))
+                    consumed = 2
+                else:
+                    raise NativeProblem(i, f"-{c} needs a value")
+                break
+            flags.append(NativeFlag(i, f"-{c}", None))
+            j += 1
+        i += consumed
+    return flags
+
+
+def native_problem(flags: list[NativeFlag], owned: dict[str, str], resource_flags: dict[str, str], spec,
+                   forbid) -> str | None:
+    """The first native flag this job may not use, as 'native[i]: why', or None.
+
+    owned: option -> why it is refused (metasched sets it itself: which field replaces it); resource_flags: option ->
+    the resources field it also sets (refused only when the job asks for that field too); forbid: the site's
+    list of refused options (option names, or "*" for every native flag)."""
+    forbid = set(forbid or ())
+    for f in flags:
+        if f.name in owned:
+            return f"native[{f.index}]: {f.name}: {owned[f.name]}"
+        if "*" in forbid or f.name in forbid:
+            return f"native[{f.index}]: this site does not allow {f.name} (native_forbid)"
+        field = resource_flags.get(f.name)
+        if field and getattr(spec.resources, field) is not None:
+            return f"native[{f.index}]: {f.name} asks for what resources.{field} asks for; give one of them"
+    return None
+
+
+# -- reading a job's output on the scheduler's master node, as its owner ---------------------------------------
+# $1 = file, $2 = offset (negative: from the end), $3 = most bytes. One line "ok <size> <start>" and the bytes in
+# base64 on the next; or "missing" (no such file yet); or "refused <why>" (not a regular file: a FIFO would
+# block, a device never end). The transport's timeout bounds the whole read.
+READ_OUTPUT = ('f=$1; o=$2; n=$3; [ -e "$f" ] || { echo missing; exit 0; }; '
+               '[ -f "$f" ] || { echo "refused not a regular file"; exit 0; }; '
+               '[ -r "$f" ] || { echo "refused not readable by the job\'s owner"; exit 0; }; '
+               's=$(stat -L -c %s -- "$f") || exit 1; '
+               'if [ "$o" -lt 0 ]; then o=$((s + o)); [ "$o" -lt 0 ] && o=0; fi; [ "$o" -gt "$s" ] && o=$s; '
+               'echo "ok $s $o"; tail -c "+$((o + 1))" -- "$f" | head -c "$n" | base64 -w 0; echo')
+
+
+@dataclass(frozen=True)
+class OutputChunk:
+    path: str
+    size: int           # the file's size when it was read
+    offset: int         # where data starts
+    data: bytes
+
+
+def read_output_argv(path: str, offset: int, length: int, run_as: str | None) -> list[str]:
+    return as_user(["sh", "-c", READ_OUTPUT, "sh", path, str(int(offset)), str(int(length))], run_as)
+
+
+class OutputRefused(RuntimeError):
+    """The output path names something that is not a readable regular file (a FIFO, a device, a directory)."""
+
+
+def parse_read_output(path: str, rc: int, stdout: str, stderr: str) -> OutputChunk | None:
+    """The chunk read; None when the file does not exist (yet); OutputRefused when it is not a readable regular
+    file; RuntimeError when it could not be read (sudo refused, an answer cut short)."""
+    import base64 as _base64
+    head, _, rest = (stdout or "").partition("\n")
+    if rc == 0 and head == "missing":
+        return None
+    if rc == 0 and head.startswith("refused "):
+        raise OutputRefused(f"{path} is {head[len('refused '):]}")
+    m = re.match(r"^ok (\d+) (\d+)$", head)
+    if rc != 0 or not m:
+        raise RuntimeError(f"cannot read {path}: {first_line(stderr, stdout) or f'exit status {rc}'}")
+    try:
+        data = _base64.b64decode(rest.strip(), validate=True)
+    except ValueError:
+        raise RuntimeError(f"cannot read {path}: the answer was cut short") from None
+    return OutputChunk(path, int(m.group(1)), int(m.group(2)), data)
+
+
+# -- the submit's own checks, as the owner on the scheduler's master node (option check_paths) ------------------
+# Before the scheduler's client runs: pwd is a directory the owner can enter, each output file's directory one
+# the owner can write, and the script is there and readable (mode read: the client reads it, as sbatch and
+# qsub's script mode do) or executable (mode exec: Grid Engine's binary mode runs it as it is). A refusal is
+# one line saying which mistake it is, and nothing is submitted. Frontends that share /home with their nodes
+# see what the nodes will see; where the files live only on the compute nodes, set check_paths: false.
+# ms_check <mode> <script> <pwd> <n> <n output dirs> <the client and its arguments>
+CHECK_FUNCTION = (
+    'ms_check() { m=$1; p=$2; d=$3; n=$4; shift 4; '
+    'if [ ! -d "$d" ]; then echo "metasched: no such directory: pwd $d" >&2; return 1; fi; '
+    'if [ ! -x "$d" ]; then echo "metasched: cannot enter pwd $d" >&2; return 1; fi; '
+    'while [ "$n" -gt 0 ]; do '
+    'if [ ! -d "$1" ]; then echo "metasched: no such directory for the job\'s output: $1" >&2; return 1; fi; '
+    'if [ ! -w "$1" ] || [ ! -x "$1" ]; then echo "metasched: cannot write pwd $1 (the job\'s output goes there)" >&2; '
+    'return 1; fi; shift; n=$((n - 1)); done; '
+    'if [ ! -e "$p" ]; then echo "metasched: no such file: $p" >&2; return 1; fi; '
+    'if [ "$m" = exec ] && { [ ! -f "$p" ] || [ ! -x "$p" ]; }; then '
+    'echo "metasched: not executable: $p (chmod +x $p)" >&2; return 1; fi; '
+    'if [ "$m" = read ] && [ ! -r "$p" ]; then echo "metasched: not readable: $p (chmod u+r $p)" >&2; return 1; fi; '
+    '"$@"; }'
+)
+CHECK_SCRIPT = CHECK_FUNCTION + '; ms_check "$@"'
+
+
+def check_args(mode: str, job: Job, files: "OutputFiles") -> list[str]:
+    """ms_check's arguments for a job: the directories its output files are written in (pwd for a default file
+    the scheduler names after its id), each once."""
+    dirs = []
+    for path in (files.stdout, files.stderr):
+        d = _posixpath.dirname(path) if path else job.pwd
+        if d not in dirs:
+            dirs.append(d)
+    return [mode, job.path, job.pwd, str(len(dirs)), *dirs]

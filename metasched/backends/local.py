@@ -39,18 +39,31 @@ Design (why):
   process with our wrapper's command line for this job (pid reuse). A job killed without a chance to
   write its status (KILL, reboot) is "gone": CANCELLED if a cancel was requested, else ERROR.
 
+- What a job asks for (JobSpec): its variables (env, export) are the environment the launcher spawns it with
+  (no shell: "all" is the launcher's own environment as the owner, sudo's SUDO_* removed; "none" only the
+  job's; names: those of the launcher's environment); stdout/stderr/join: the files the launcher creates (see above). Limits
+  are kept by RUNNER, a small Python program the wrapper runs in front of the script (only for a job that
+  asks for one): cores (the job is bound to that many CPUs; more than the node has is refused at launch),
+  walltime and memory (the resident memory of the job's process group, polled every second, like Slurm's
+  jobacct_gather without cgroups). A job over a limit is sent TERM, then KILL after 5 s, and RUNNER exits
+  with a status of its own (LIMIT_STATUS: 152 for walltime, 153 for memory), which parse_final reads as that
+  limit for a job that had it. The job's processes stay in its process group (cancel and enforcement find them).
+  No nodes beyond one, no GPUs, queues, accounts or native flags: refused at submit.
+
 Options: ``grace`` (seconds between TERM and KILL, default 10), ``final_as_owner`` (default True),
 ``tz`` (zone of the node's clock for ps lstart, default "UTC"), ``python`` (the launcher's interpreter on
 the node, default "python3"; any Python 3.8 or later).
 """
 from __future__ import annotations
 
+import json
+import os
 import posixpath
 import re
 
 from ..model import Job
-from .base import (launcher_pid, Backend, FinalState, NativeJob, NativeState, ProcessMatcher, as_user,
-                   first_line, local_to_utc_iso, path_reason, tag)
+from .base import (launcher_pid, Backend, FinalState, NativeJob, NativeState, OutputFiles, ProcessMatcher, as_user,
+                   custom_outputs, first_line, hms, local_to_utc_iso, path_reason, tag)
 
 JOB_MARK = "metasched-job-"
 
@@ -91,9 +104,10 @@ assert not set(LEGACY_ARGS_PREFIX) & set("\\\t\n")
 # theirs, see private(); final and forget only look).
 # argv: operation (launch | final), form ("framed": one answer per record framed like BATCH_SCRIPT's,
 # for parse_batch; "plain": one record, its answer on stdout or its refusal on stderr with status 1),
-# for launch WRAP and the mark ($0 of the wrapper is <mark><marker>: what ps shows and status matches), then
-# records: the number of fields that follow and the fields.
-#   launch record: marker (<our id>-<token>), pwd, stdout file, stderr file, exit file, script, its arguments.
+# for launch WRAP, the mark ($0 of the wrapper is <mark><marker>: what ps shows and status matches) and
+# RUNNER, then records: the number of fields that follow and the fields.
+#   launch record: marker (<our id>-<token>), pwd, stdout file, stderr file (os.devnull when joined into
+#   stdout), exit file, options (JSON: env, export, limits, join; '' for none), script, its arguments.
 #   final record: "pgid", exit file, legacy exit file, pgid, expected command-line prefixes (WRAP's and
 #   LEGACY_WRAP's), [output files] | "tag", exit file, legacy exit file, [output files] | "forget", exit file,
 #   legacy exit file (removed once the job's final state is recorded; regular files of the caller's only).
@@ -103,7 +117,7 @@ assert not set(LEGACY_ARGS_PREFIX) & set("\\\t\n")
 #   The legacy exit file (in the pwd, where the earlier release kept it) counts only when there is no
 #   exit file, and only as a regular file of the caller's with one link.
 HELPER = r"""
-import os, pwd, signal, stat, sys
+import json, os, pwd, signal, stat, sys
 op, form, a = sys.argv[1], sys.argv[2], sys.argv[3:]
 os.closerange(3, 1 << 16)
 me = os.geteuid()
@@ -161,19 +175,38 @@ def output(f):
                 else "another user's file" if st.st_uid != me else "not a regular file")
         raise Refused("the job's output file %s exists and is %s: refusing to write the job's output there"
                       % (f, what))
-def launch(jid, pwd_, out, err, ext, script, *args):
+def launch(jid, pwd_, out, err, ext, opts, script, *args):
+    o = json.loads(opts) if opts else {}
     try:
         os.chdir(pwd_)
     except OSError as e:
         return 1, "", "metasched: cannot enter pwd %s: %s" % (pwd_, e.strerror)
     try:
         st = os.stat(script)
-    except OSError:
-        st = None
-    if st is None or not stat.S_ISREG(st.st_mode) or not os.access(script, os.X_OK):
-        return 1, "", "metasched: not an executable file: " + script
+    except FileNotFoundError:
+        return 1, "", "metasched: no such file: " + script
+    except OSError as e:
+        return 1, "", "metasched: cannot reach %s: %s" % (script, e.strerror)
+    if not stat.S_ISREG(st.st_mode):
+        return 1, "", "metasched: not a regular file: " + script
+    if not os.access(script, os.X_OK):
+        return 1, "", "metasched: not executable: %s (chmod +x %s)" % (script, script)
     if not os.access(pwd_, os.W_OK):
-        return 1, "", "metasched: cannot write in pwd %s (the job's output goes there)" % pwd_
+        return 1, "", "metasched: cannot write pwd %s (the job's output goes there)" % pwd_
+    for f in (out, err):
+        d = os.path.dirname(f) or "."
+        if f != os.devnull and not os.path.lexists(f):
+            if not os.path.isdir(d):
+                return 1, "", "metasched: cannot create the job's output file %s: no such directory %s" % (f, d)
+            if not os.access(d, os.W_OK | os.X_OK):
+                return 1, "", "metasched: cannot create the job's output file %s: cannot write %s" % (f, d)
+    cores = (o.get("limits") or {}).get("cores")
+    if cores and cores > len(os.sched_getaffinity(0)):
+        return 1, "", "metasched: the job asks for %d cores; this node has %d" % (cores, len(os.sched_getaffinity(0)))
+    cmd = [script, *args]
+    if o.get("limits") or o.get("join"):
+        cmd = [sys.executable, "-I", "-S", "-c", runner, json.dumps(dict(o.get("limits") or {}, join=o.get("join"))),
+               *cmd]
     fds, made = [], []
     try:
         ext = resolve(ext, True)
@@ -184,10 +217,16 @@ def launch(jid, pwd_, out, err, ext, script, *args):
         except OSError as e:
             raise Refused("cannot remove the old exit file %s: %s" % (ext, e.strerror))
         for f in (out, err):
+            if f == os.devnull:
+                fds.append(os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC))
+                continue
+            if f in made:                   # stdout and stderr asked for the same file
+                fds.append(os.dup(fds[made.index(f)]))
+                continue
             fds.append(output(f))
             made.append(f)
-        pid = os.posix_spawn("/bin/sh", ["sh", "-c", wrap, mark + jid, ext, script, *args],
-                             os.environ, setsid=True, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+        pid = os.posix_spawn("/bin/sh", ["sh", "-c", wrap, mark + jid, ext, *cmd],
+                             job_env(o), setsid=True, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
                              file_actions=[(os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, fds[0], 1),
                                            (os.POSIX_SPAWN_DUP2, fds[1], 2)])
         made = []
@@ -201,6 +240,18 @@ def launch(jid, pwd_, out, err, ext, script, *args):
         for f in made:
             os.unlink(f)
     return 0, "%d\n" % pid, ""
+def job_env(o):
+    export = o.get("export")
+    env = dict(os.environ)
+    if export == "none":
+        env = {}
+    elif isinstance(export, list):
+        env = {k: os.environ[k] for k in export if k in os.environ}
+    elif export == "all":
+        for k in ("SUDO_COMMAND", "SUDO_USER", "SUDO_UID", "SUDO_GID"):
+            env.pop(k, None)
+    env.update(o.get("env") or [])
+    return env
 def status(ext, single=False):
     try:
         fd = os.open(ext, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -259,7 +310,7 @@ def final_status(kind, ext, old, pgid, prefix, old_prefix):
     v = ended(ext, old)
     return 0, v or ("running\n" if args.startswith((prefix, old_prefix)) else "gone\n"), ""
 if op == "launch":
-    wrap, mark, a, act = a[0], a[1], a[2:], launch
+    wrap, mark, runner, a, act = a[0], a[1], a[2], a[3:], launch
     null = os.open(os.devnull, os.O_RDWR)
 else:
     act = final
@@ -275,6 +326,96 @@ while i < len(a):
         "utf-8", "surrogateescape"))
     n += 1
 """
+
+# RUNNER: what the wrapper runs in front of the script of a job that asks for limits or for join (as the owner,
+# in the job's process group). argv: options (JSON: cores, walltime, memory, join), the script, its arguments.
+# join: stderr onto stdout. cores: bound to that many of the node's CPUs (which ones rotates with the pid).
+# Without walltime or memory it becomes the script (exec); with them it runs the script as its child, ignores
+# TERM/INT/HUP itself (a cancel's TERM reaches the job through the group), polls every second and, over a
+# limit, says so on the job's stderr, sends TERM to the group (the wrapper traps it), then KILL to every other
+# process of the group after 5 s, and exits with LIMIT_STATUS; else with the script's status (128 + signal).
+LIMIT_STATUS = {"walltime": 152, "memory": 153}
+RUNNER = r"""
+import json, os, signal, sys, time
+o, cmd = json.loads(sys.argv[1]), sys.argv[2:]
+if o.get("join"):
+    os.dup2(1, 2)
+if o.get("cores"):
+    cpus = sorted(os.sched_getaffinity(0))
+    k = os.getpid() % len(cpus)
+    os.sched_setaffinity(0, (cpus[k:] + cpus[:k])[:o["cores"]])
+for s in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
+    signal.signal(s, signal.SIG_DFL)
+def run():
+    try:
+        os.execv(cmd[0], cmd)
+    except OSError as e:
+        os.write(2, ("metasched: cannot run %s: %s\n" % (cmd[0], e.strerror)).encode())
+        os._exit(126)
+wall, mem = o.get("walltime"), o.get("memory")
+if not wall and not mem:
+    run()
+pid = os.fork()
+if pid == 0:
+    run()
+for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(s, signal.SIG_IGN)
+me, group, page = os.getpid(), os.getpgrp(), os.sysconf("SC_PAGE_SIZE")
+def others():
+    out = []
+    for p in os.listdir("/proc"):
+        if p.isdigit() and int(p) not in (me, group):
+            try:
+                with open("/proc/%s/stat" % p) as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[3]) == group:
+                        out.append(int(p))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+def resident():
+    n = 0
+    for p in others():
+        try:
+            with open("/proc/%d/statm" % p) as f:
+                n += int(f.read().split()[1]) * page
+        except (OSError, IndexError, ValueError):
+            pass
+    return n
+def status(w):
+    return os.WEXITSTATUS(w) if os.WIFEXITED(w) else 128 + os.WTERMSIG(w)
+def hms(t):
+    return "%02d:%02d:%02d" % (t // 3600, t // 60 % 60, t % 60)
+start, over = time.monotonic(), None
+while over is None:
+    done, w = os.waitpid(pid, os.WNOHANG)
+    if done:
+        sys.exit(status(w))
+    if wall and time.monotonic() - start >= wall:
+        over = ("walltime", "its walltime of %s" % hms(wall))
+    elif mem and resident() > mem:
+        over = ("memory", "its memory of %d MiB (resident, all its processes)" % (mem // 1048576))
+    else:
+        time.sleep(min(1.0, max(0.05, wall - (time.monotonic() - start))) if wall else 1.0)
+os.write(2, ("metasched: the job went over %s: it is stopped\n" % over[1]).encode())
+try:
+    os.killpg(group, signal.SIGTERM)
+except OSError:
+    pass
+end = time.monotonic() + 5
+while time.monotonic() < end:
+    if os.waitpid(pid, os.WNOHANG)[0]:
+        pid = 0
+        break
+    time.sleep(0.1)
+for p in others():
+    try:
+        os.kill(p, signal.SIGKILL)
+    except OSError:
+        pass
+if pid:
+    os.waitpid(pid, 0)
+sys.exit(%(codes)s[over[0]])
+""".replace("%(codes)s", repr(LIMIT_STATUS))
 
 # $1 = pgid, $2 = grace seconds, $3 and $4 = the expected command-line prefixes of the leader (WRAP's and
 # LEGACY_WRAP's, for this job).
@@ -310,9 +451,28 @@ def legacy_exit_file(job: Job) -> str:
     return posixpath.join(job.pwd, f".{tag(job)}.exit")
 
 
-def output_files(job: Job) -> tuple[str, str]:
+def output_files(job: Job) -> tuple[str, str | None]:
+    """Where the job's stdout and stderr go: its own paths (stdout, stderr patterns), else <pwd>/<tag>.o<id> and
+    .e<id>; stderr None when joined into stdout. The one place the launcher and GET /jobs/{id} learn it."""
+    stdout, stderr = custom_outputs(job)
     base = posixpath.join(job.pwd, tag(job))
-    return f"{base}.o{job.id}", f"{base}.e{job.id}"
+    return stdout or f"{base}.o{job.id}", None if job.spec.join else (stderr or f"{base}.e{job.id}")
+
+
+def job_limits(job: Job) -> dict:
+    """What the launcher's runner keeps for a local job: its cores, walltime and resident memory."""
+    r = job.spec.resources
+    return {k: v for k, v in (("cores", r.slots if (r.tasks or r.cores_per_task) else None),
+                              ("walltime", r.walltime), ("memory", r.memory)) if v}
+
+
+def launch_options(job: Job, limits: dict) -> str:
+    """The launcher's options for a job (JSON: env, export, limits, join), '' when it asks for nothing."""
+    spec = job.spec
+    opts = {k: v for k, v in (("env", [list(p) for p in spec.env]),
+                              ("export", list(spec.export) if isinstance(spec.export, tuple) else spec.export),
+                              ("limits", limits), ("join", spec.join)) if v}
+    return json.dumps(opts, ensure_ascii=False) if opts else ""
 
 
 class LocalBackend(Backend):
@@ -335,13 +495,32 @@ class LocalBackend(Backend):
         """The command-line prefixes of this job's wrapper, as WRAP and as LEGACY_WRAP started it."""
         return [f"{prefix}{marker(job)} " for prefix in self.prefixes]
 
+    scheduler_name = "the local scheduler"
+    RESOURCES = frozenset(("nodes", "tasks", "cores_per_task", "memory", "walltime"))
+    RESOURCE_HINTS = {"gpus_per_node": "it gives jobs no GPUs", "native_queue": "it has one queue",
+                      "account": "it charges no accounts"}
+
+    def _spec_problem(self, job: Job) -> tuple[str, str] | None:
+        if (job.spec.resources.nodes or 1) > 1:
+            return "resources.nodes", "resources.nodes: the local scheduler runs a job on one node"
+        return super()._spec_problem(job)
+
+    def output_files(self, job: Job) -> OutputFiles:
+        out, err = output_files(job)
+        return OutputFiles(out, err, joined=job.spec.join)
+
     def _launch_fields(self, job: Job) -> list[str]:
         reason = path_reason(job)
         if reason:
             raise ValueError(reason)
         out, err = output_files(job)
-        fields = [marker(job), job.pwd, out, err, exit_file(job), *self._command(job)]
+        fields = [marker(job), job.pwd, out, err or os.devnull, exit_file(job), launch_options(job, self._limits(job)),
+                  *self._command(job)]
         return [str(len(fields)), *fields]
+
+    def _limits(self, job: Job) -> dict:
+        """What the launcher's runner keeps for this job (see job_limits)."""
+        return job_limits(job)
 
     def _command(self, job: Job) -> list[str]:
         """What the wrapper runs: the script (an executable file, checked by the launcher) and its arguments."""
@@ -356,14 +535,14 @@ class LocalBackend(Backend):
         return self._helper(op, "framed", [*head, *(f for fields in records for f in fields)], run_as)
 
     def submit_argv(self, job: Job, run_as: str | None) -> list[str]:
-        return self._helper("launch", "plain", [WRAP, self.mark, *self._launch_fields(job)], run_as)
+        return self._helper("launch", "plain", [WRAP, self.mark, RUNNER, *self._launch_fields(job)], run_as)
 
     # In a batch, one helper starts every job of the round trip.
     def batch_line(self, job: Job) -> list[str]:
         return self._launch_fields(job)
 
     def batch_submit_argv(self, lines: list, run_as: str | None) -> list[str]:
-        return self._framed("launch", [WRAP, self.mark], lines, run_as)
+        return self._framed("launch", [WRAP, self.mark, RUNNER], lines, run_as)
 
     def parse_submit(self, job: Job, rc: int, stdout: str, stderr: str) -> str:
         return launcher_pid(rc, stdout, stderr)
@@ -427,6 +606,13 @@ class LocalBackend(Backend):
                 return FinalState("COMPLETED", 0, "")
             if job.cancel_requested:
                 return FinalState("CANCELLED", code, "cancelled")
+            r = job.spec.resources
+            if code == LIMIT_STATUS["walltime"] and r.walltime:
+                return FinalState("ERROR", code, f"walltime exceeded: it ran longer than {hms(r.walltime)} and was "
+                                                 f"stopped by the local scheduler")
+            if code == LIMIT_STATUS["memory"] and r.memory:
+                return FinalState("ERROR", code, f"memory exceeded: it used more than {r.memory // 1048576} MiB "
+                                                 f"(resident) and was stopped by the local scheduler")
             if code > 128:
                 return FinalState("ERROR", code, f"killed (signal {code - 128})")
             return FinalState("ERROR", code, f"exit code {code}")

@@ -13,22 +13,43 @@ Options (all optional):
              honours the shebang, arguments are passed exactly, no shell) but must be executable there.
   shell      interpreter for script jobs (``-S``), e.g. "/bin/bash"; default: the queue's setting.
   tz         IANA zone of the qmaster's clock for the naive times in qstat -xml (default "UTC").
+  pe         the site's parallel environment for jobs of several slots (e.g. "smp", whose allocation rule
+             $pe_slots keeps them on one node): ``-pe <pe> <tasks x cores_per_task>``. Without it a job asking
+             for more than one slot is refused at submit.
+  memory_complex  the complex that carries resources.memory (h_vmem, h_rss or mem_free: sites differ).
+             Grid Engine counts it per slot, so metasched asks memory / slots. Without it a job asking for
+             memory is refused at submit.
+  native_forbid   native flags this site refuses (e.g. ["-P", "-p"]; ["*"]: every native flag).
+  check_paths     True (default): the submit first checks, as the owner on this master node, that pwd can be
+             entered, the output directories written and the script read (script mode) or run (binary mode),
+             and refuses with one line saying which (base.CHECK_FUNCTION); False where those files live only on
+             the execution hosts.
 
-Output files: qsub gets no -o/-e, so Grid Engine's default naming applies in the ``-wd`` directory:
+What a job asks for (JobSpec): walltime is ``-l h_rt``, the native queue ``-q``, the account ``-P``; native
+flags follow ours, each an argv element (qsub's own options only: -N, -wd, -o, -e, -j, -v, -V, -h, -terse,
+-sync, -t ... are metasched's or untracked, and refused). env: the variables are set in qsub's environment
+(``env NAME=value ... qsub``: values never meet a shell, commas included) and passed by name with ``-v NAME,...``;
+export "all" is ``-V`` (sudo's SUDO_* variables removed first). stdout/stderr: ``-o``/``-e`` with the resolved
+path (Grid Engine reads ``host:``, ``$VARIABLES`` and commas in them, so such paths are refused); join: ``-j y``.
+
+Output files: by default qsub gets no -o/-e, so Grid Engine's default naming applies in the ``-wd`` directory:
 ``<pwd>/<native name>.o<native id>`` and ``.e<native id>``, the native name being ``tag(job)``.
 (An explicit -o would need escaping of ':' (host prefix) and '$' (pseudo variables) in pwd.)
 """
 from __future__ import annotations
 
+import posixpath
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import replace
 
 from ..model import Job
-from .base import (Backend, FinalState, NativeJob, NativeState, ProcessMatcher, SubmitRefused,
-                   as_user, first_line, is_tag_of, local_to_utc_iso, path_reason, tag, tag_fields)
+from .base import (CHECK_FUNCTION, CHECK_SCRIPT, check_args, command_line, Backend, FinalState, NativeJob, NativeProblem, NativeState, OutputFiles, ProcessMatcher,
+                   SubmitRefused, as_user, client_argv, custom_outputs, export_names, first_line, is_tag_of,
+                   local_to_utc_iso, memory_text, native_problem, parse_sge_native, path_reason, tag, tag_fields)
 
 _SGE_FORBIDDEN = set("\n\t\r/:@\\*?")
+_PLAIN = re.compile(r"^[A-Za-z0-9_.@*][A-Za-z0-9_.@*,-]*$")
 _TERSE_ID = re.compile(r"^(\d+)(?:\.\d+-\d+:\d+)?$")
 _NUMERIC_ID = re.compile(r"^\d+$")
 _LEADING_INT = re.compile(r"^\s*(-?\d+)")
@@ -75,11 +96,106 @@ _PRIORITY = {NativeState.RUNNING: 3, NativeState.PENDING: 2, NativeState.ERROR: 
 
 class GridEngineBackend(Backend):
     type = "sge"
-    OPTIONS = ('bin_dir', 'env', 'qsub_args', 'binary', 'shell', 'tz', 'recovery_grace')
+    OPTIONS = ('bin_dir', 'env', 'qsub_args', 'binary', 'shell', 'tz', 'recovery_grace', 'pe', 'memory_complex',
+               'native_forbid', 'check_paths')
     default_recovery_grace = 30.0    # qacct lags by accounting_flush_time (15 s by default)
+    scheduler_name = "Grid Engine"
 
     validate_name = staticmethod(validate_name)
 
+    # -- what a job asks for ---------------------------------------------------------------------
+    RESOURCES = frozenset(("nodes", "tasks", "cores_per_task", "memory", "walltime", "native_queue", "account"))
+    RESOURCE_HINTS = {"gpus_per_node": "Grid Engine has no standard GPU resource: ask for your site's complex "
+                                       "with native, e.g. [\"-l\", \"gpu=1\"]"}
+
+    def script_needs(self) -> str:
+        return "executable" if self.options.get("binary") else "readable"
+
+    def _spec_problem(self, job: Job) -> tuple[str, str] | None:
+        spec, r = job.spec, job.spec.resources
+        if r.nodes is not None and r.nodes > 1:
+            return ("resources.nodes", "resources.nodes: Grid Engine places slots on nodes by its parallel "
+                                       "environment's allocation rule: ask for tasks and cores_per_task")
+        if r.slots > 1 and not self.options.get("pe"):
+            field = "resources.tasks" if (r.tasks or 1) > 1 else "resources.cores_per_task"
+            return field, (f"{field}: this Grid Engine has no parallel environment for jobs of several slots "
+                           f"configured (the scheduler's option pe)")
+        if r.memory is not None and not self.options.get("memory_complex"):
+            return ("resources.memory", "resources.memory: this Grid Engine has no memory complex configured "
+                                        "(the scheduler's option memory_complex: h_vmem, h_rss or mem_free)")
+        for value, field in ((r.native_queue, "native_queue"), (r.account, "account")):
+            if value is not None and not _PLAIN.match(value):
+                return f"resources.{field}", f"resources.{field}: {value!r} is not a plain Grid Engine name"
+        for field, path in zip(("stdout", "stderr"), custom_outputs(job)):
+            bad = sorted(set(path or "") & set(":$,"))
+            if bad:
+                return field, (f"{field}: Grid Engine reads {' '.join(repr(c) for c in bad)} in output paths "
+                               f"(host:path, $VARIABLES, lists) and cannot escape them: {path!r}")
+        if spec.native:
+            try:
+                flags = parse_sge_native(spec.native, QSUB_ARITY)
+            except NativeProblem as exc:
+                return f"native[{exc.index}]", str(exc)
+            why = native_problem(flags, QSUB_OWNED, QSUB_RESOURCE_FLAGS, spec, self.options.get("native_forbid"))
+            if why:
+                return why.split(":", 1)[0], why
+            for f in flags:
+                if f.name == "-w" and f.value not in ("e", "w", "n"):
+                    return f"native[{f.index}]", f"native[{f.index}]: -w {f.value} does not submit the job"
+                if f.name == "-l":
+                    for key in (item.split("=", 1)[0].strip() for item in (f.value or "").split(",")):
+                        field = {"h_rt": "walltime", "slots": "cores_per_task",
+                                 self.options.get("memory_complex") or "": "memory"}.get(key)
+                        if field and (getattr(r, field) is not None or (field == "cores_per_task" and r.slots > 1)):
+                            return (f"native[{f.index}]", f"native[{f.index}]: -l {key} asks for what "
+                                                          f"resources.{field} asks for; give one of them")
+        return None
+
+    def _resource_args(self, job: Job) -> list[str]:
+        r = job.spec.resources
+        args, limits = [], []
+        if r.slots > 1:
+            args += ["-pe", str(self.options["pe"]), str(r.slots)]
+        if r.walltime is not None:
+            limits.append(f"h_rt={r.walltime}")
+        if r.memory is not None:
+            # per node: Grid Engine counts memory complexes per slot (a node's limit is slots x the value)
+            limits.append(f"{self.options['memory_complex']}={memory_text(-(-r.memory // r.slots))}")
+        if limits:
+            args += ["-l", ",".join(limits)]
+        if r.native_queue is not None:
+            args += ["-q", r.native_queue]
+        if r.account is not None:
+            args += ["-P", r.account]
+        return args
+
+    def _env(self, job: Job) -> tuple[list[str], list[str]]:
+        """(qsub run with the job's variables in its environment, qsub's -V or -v NAME,...)."""
+        if job.spec.export == "all":
+            return client_argv(self.options, "qsub", job, strip_sudo=True), ["-V"]
+        names = export_names(job)
+        return client_argv(self.options, "qsub", job), (["-v", ",".join(names)] if names else [])
+
+    def _output_args(self, job: Job) -> list[str]:
+        stdout, stderr = custom_outputs(job)
+        args = []
+        if job.spec.join:
+            args += ["-j", "y"]
+        if stdout:
+            args += ["-o", stdout]
+        if stderr and not job.spec.join:
+            args += ["-e", stderr]
+        return args
+
+    def output_files(self, job: Job) -> OutputFiles:
+        """The job's own paths, else Grid Engine's default in the working directory: <tag>.o<native id>."""
+        stdout, stderr = custom_outputs(job)
+        nid = job.scheduler_job_id
+
+        def default(stream: str) -> str | None:
+            return posixpath.join(job.pwd, f"{tag(job)}.{stream}{nid}") if nid else None
+        return OutputFiles(stdout or default("o"), None if job.spec.join else (stderr or default("e")),
+                           joined=job.spec.join)
 
     def field_problem(self, path: str, pwd: str, options: list[str]) -> tuple[str, str] | None:
         """Grid Engine expands $HOME, $USER, $JOB_ID, $JOB_NAME, $HOSTNAME, $TASK_ID in the working
@@ -90,12 +206,29 @@ class GridEngineBackend(Backend):
         return None
 
     # -- submit -------------------------------------------------------------------------------
+    batch_preamble = CHECK_FUNCTION
+
+    def _check(self, job: Job) -> list[str]:
+        if not self.options.get("check_paths", True):
+            return []
+        return check_args("exec" if self.options.get("binary") else "read", job, self.output_files(job))
+
     def submit_argv(self, job: Job, run_as: str | None) -> list[str]:
+        check = self._check(job)
+        argv = self._client_argv(job)
+        return as_user(["sh", "-c", CHECK_SCRIPT, "sh", *check, *argv] if check else argv, run_as)
+
+    def batch_line(self, job: Job):
+        check = self._check(job)
+        return command_line((["ms_check", *check] if check else []) + self._client_argv(job))
+
+    def _client_argv(self, job: Job) -> list[str]:
         reason = path_reason(job)
         if reason:
             raise ValueError(reason)
-        argv = self._cmd("qsub") + ["-terse", "-N", tag(job), "-wd", job.pwd,
-                                    "-ac", f"metasched_id={job.id}"]
+        qsub, env = self._env(job)
+        argv = qsub + ["-terse", "-N", tag(job), "-wd", job.pwd,
+                                             "-ac", f"metasched_id={job.id}", *self._output_args(job), *env]
         if self.options.get("binary"):
             argv += ["-b", "y", "-shell", "no"]
         else:
@@ -103,8 +236,9 @@ class GridEngineBackend(Backend):
             if self.options.get("shell"):
                 argv += ["-S", str(self.options["shell"])]
         argv += [str(a) for a in self.options.get("qsub_args", ())]
+        argv += self._resource_args(job) + list(job.spec.native)
         argv += [job.path, *job.options]
-        return as_user(argv, run_as)
+        return argv
 
     def parse_submit(self, job: Job, rc: int, stdout: str, stderr: str) -> str:
         if rc != 0:
@@ -199,7 +333,7 @@ class GridEngineBackend(Backend):
             # record is still being flushed keeps its real end.
             return None
         rec = ours[-1]
-        failed_text = rec.get("failed", "0").strip()
+        failed_text = " ".join(rec.get("failed", "0").split())   # "37  : qmaster enforced h_rt, h_cpu, ..."
         failed = _int(failed_text) or 0
         exit_code = _int(rec.get("exit_status", ""))
         if failed == 0 and exit_code == 0:
@@ -253,3 +387,30 @@ def _qacct_records(text: str) -> list[dict[str, str]]:
     if current:
         records.append(current)
     return records
+
+
+# -- qsub's options (qsub(1), Son of Grid Engine 8.1.9): how many values each takes ---------------------------
+QSUB_ARITY = {o: 0 for o in "-cwd -h -hard -soft -notify -V -terse -verify -help -clear".split()}
+QSUB_ARITY |= {o: 1 for o in (
+    "-a -ac -A -ar -b -binding -c -ckpt -C -dc -dl -display -e -he -hold_jid -hold_jid_ad -i -j -js -jsv -l -m -M "
+    "-masterl -masterq -N -now -o -ot -P -p -pty -q -r -R -sc -shell -S -sync -t -tc -v -w -wd -@").split()}
+QSUB_ARITY["-pe"] = 2
+_USE = {"name": "metasched sets the job's name: give it in `name`",
+        "pwd": "metasched sets the working directory: give it in `pwd`",
+        "stdout": "metasched sets the output file: give it in `stdout`",
+        "stderr": "metasched sets the error file: give it in `stderr`", "join": "ask for it with `join`",
+        "env": "metasched passes the environment: give variables in `env` and the choice in `export`",
+        "hold": "metasched holds jobs itself: submit with `hold`",
+        "site": "the site sets it (the scheduler's options binary and shell)",
+        "none": "nothing would be submitted", "follow": "metasched follows the job itself",
+        "context": "metasched keeps its own id in the job's context",
+        "array": "array jobs are not tracked by metasched's Grid Engine backend",
+        "file": "options read from a file could set any of metasched's own"}
+QSUB_OWNED = {
+    "-N": _USE["name"], "-wd": _USE["pwd"], "-cwd": _USE["pwd"], "-o": _USE["stdout"], "-e": _USE["stderr"],
+    "-j": _USE["join"], "-v": _USE["env"], "-V": _USE["env"], "-h": _USE["hold"], "-terse": "metasched reads the "
+    "job id itself", "-b": _USE["site"], "-shell": _USE["site"], "-sync": _USE["follow"], "-verify": _USE["none"],
+    "-help": _USE["none"], "-clear": "it would clear metasched's own options", "-@": _USE["file"],
+    "-ac": _USE["context"], "-sc": _USE["context"], "-dc": _USE["context"], "-t": _USE["array"], "-tc": _USE["array"],
+}
+QSUB_RESOURCE_FLAGS = {"-pe": "cores_per_task", "-q": "native_queue", "-P": "account"}

@@ -9,6 +9,19 @@ Options (all optional):
                 slurmctld no longer lists is looked up by our tag (without it such a job is submitted
                 again). Must be readable by the service user.
   tz            IANA zone of the clock squeue prints start times in (default "UTC").
+  native_forbid native flags this site refuses (e.g. ["--qos", "--reservation"]; ["*"]: every native flag).
+  check_paths   True (default): the submit first checks, as the owner on this master node, that pwd can be
+                entered, the output directories written and the script read, and refuses with one line saying
+                which (base.CHECK_FUNCTION; Slurm itself would fail such a job later with JobLaunchFailure);
+                False where those files live only on the compute nodes.
+
+What a job asks for (JobSpec): resources become --nodes, --ntasks, --cpus-per-task, --mem (per node),
+--time, --gres=gpu:N, --partition, --account; native flags follow ours, each an argv element of its own,
+read here as sbatch's getopt_long will read them (flags metasched sets are refused: -J, -D, -o, -e,
+--parsable, --export, -H, --wait, --wrap, --clusters, ...). env: the variables are set in sbatch's own
+environment (``env NAME=value ... sbatch``: values never meet a shell) and passed by name, --export=NAME,...;
+export "all" is --export=ALL (sudo's SUDO_* variables removed first), "none" or names export only those
+(plus SLURM_*, as sbatch does). stdout/stderr: absolute, escaped like pwd below; join: -o without -e.
 
 Output files: ``<pwd>/<tag>.o<native id>`` and ``.e<native id>`` (``-o <tag>.o%j``, relative, which
 slurmstepd resolves against the working directory ``-D pwd``). Measured on Slurm 22.05: slurmstepd joins
@@ -19,13 +32,15 @@ escaped (``\\`` -> ``\``, ``\%`` -> ``%``), and without %j: ``<pwd>/<tag>.out`` 
 """
 from __future__ import annotations
 
+import posixpath
 import re
 from dataclasses import replace
 
 from ..model import Job
-from .base import (Backend, FinalState, NativeJob, NativeState, ProcessMatcher, SubmitRefused,
-                   as_user, control_character_reason, first_line, local_to_utc_iso, path_reason,
-                   tag, tag_fields)
+from .base import (CHECK_FUNCTION, CHECK_SCRIPT, check_args, command_line, Backend, FinalState, NativeJob, NativeProblem, NativeState, OutputFiles, ProcessMatcher,
+                   SubmitRefused, as_user, client_argv, control_character_reason, custom_outputs, export_names,
+                   first_line, hms, local_to_utc_iso, memory_text, native_problem, parse_getopt_native,
+                   path_reason, tag, tag_fields)
 
 # squeue fields: id | user | state | partition | start time | reason | name (LAST: it may contain '|').
 SQUEUE_FORMAT = "%i|%u|%T|%P|%S|%r|%j"
@@ -41,7 +56,8 @@ RUNNING_STATES = {"RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "SIGNALING", 
 FINISHED_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
                    "BOOT_FAIL", "DEADLINE", "PREEMPTED", "REVOKED"}
 
-_ERROR_REASONS = {"TIMEOUT": "timeout", "OUT_OF_MEMORY": "out of memory", "NODE_FAIL": "node failure",
+_ERROR_REASONS = {"TIMEOUT": "timeout: Slurm stopped it at its time limit (TIMEOUT)",
+                  "OUT_OF_MEMORY": "out of memory (OUT_OF_MEMORY)", "NODE_FAIL": "node failure",
                   "BOOT_FAIL": "node boot failure", "DEADLINE": "deadline reached", "PREEMPTED": "preempted",
                   "REVOKED": "revoked"}
 
@@ -86,22 +102,105 @@ def _native_state(state: str) -> NativeState:
 
 class SlurmBackend(Backend):
     type = "slurm"
-    OPTIONS = ('bin_dir', 'env', 'sbatch_args', 'jobcomp_file', 'tz', 'recovery_grace')
+    OPTIONS = ('bin_dir', 'env', 'sbatch_args', 'jobcomp_file', 'tz', 'recovery_grace', 'native_forbid', 'check_paths')
+    scheduler_name = "Slurm"
 
     validate_name = staticmethod(validate_name)
 
+    # -- what a job asks for ---------------------------------------------------------------------
+    RESOURCES = frozenset(("nodes", "tasks", "cores_per_task", "memory", "walltime", "gpus_per_node", "native_queue",
+                           "account"))
+
+    def _spec_problem(self, job: Job) -> tuple[str, str] | None:
+        spec = job.spec
+        if spec.native:
+            try:
+                flags = parse_getopt_native(spec.native, SBATCH_SHORT, SBATCH_LONG, OWNED_LONG, "sbatch")
+            except NativeProblem as exc:
+                return f"native[{exc.index}]", str(exc)
+            why = native_problem(flags, SBATCH_OWNED, SBATCH_RESOURCE_FLAGS, spec, self.options.get("native_forbid"))
+            if why:
+                return why.split(":", 1)[0], why
+        return None
+
+    def _resource_args(self, job: Job) -> list[str]:
+        r = job.spec.resources
+        args = []
+        if r.nodes is not None:
+            args.append(f"--nodes={r.nodes}")
+        if r.tasks is not None:
+            args.append(f"--ntasks={r.tasks}")
+        if r.cores_per_task is not None:
+            args.append(f"--cpus-per-task={r.cores_per_task}")
+        if r.memory is not None:
+            args.append(f"--mem={memory_text(r.memory, 'M')}")      # per node; Slurm counts whole megabytes
+        if r.walltime is not None:
+            args.append(f"--time={hms(r.walltime)}")
+        if r.gpus_per_node:
+            args.append(f"--gres=gpu:{r.gpus_per_node}")
+        if r.native_queue is not None:
+            args.append(f"--partition={r.native_queue}")
+        if r.account is not None:
+            args.append(f"--account={r.account}")
+        return args
+
+    def _env(self, job: Job) -> tuple[list[str], list[str]]:
+        """(sbatch run with the job's variables in its environment, the --export argument)."""
+        spec = job.spec
+        if spec.export is None and not spec.env:
+            return self._cmd("sbatch"), []                 # sbatch's default: --export=ALL, as before
+        if spec.export == "all" or (spec.export is None and spec.env):
+            return client_argv(self.options, "sbatch", job, strip_sudo=True), ["--export=ALL"]
+        names = export_names(job)
+        return (client_argv(self.options, "sbatch", job),
+                [f"--export={','.join(names)}"] if names else ["--export=NONE"])
+
+    def output_files(self, job: Job) -> OutputFiles:
+        """Where sbatch is told to write (see the module doc): the job's own paths, else <tag>.o<native id>."""
+        stdout, stderr = custom_outputs(job)
+        out, err = output_patterns(job.pwd, tag(job))
+        nid = job.scheduler_job_id
+
+        def default(pattern: str) -> str | None:
+            if "%j" not in pattern:
+                return _unescape(pattern)
+            return posixpath.join(job.pwd, pattern.replace("%j", nid)) if nid else None
+        return OutputFiles(stdout or default(out), None if job.spec.join else (stderr or default(err)),
+                           joined=job.spec.join)
 
     # -- submit -------------------------------------------------------------------------------
+    batch_preamble = CHECK_FUNCTION
+
+    def _check(self, job: Job) -> list[str]:
+        if not self.options.get("check_paths", True):
+            return []
+        return check_args("read", job, self.output_files(job))
+
     def submit_argv(self, job: Job, run_as: str | None) -> list[str]:
+        check = self._check(job)
+        argv = self._client_argv(job)
+        return as_user(["sh", "-c", CHECK_SCRIPT, "sh", *check, *argv] if check else argv, run_as)
+
+    def batch_line(self, job: Job):
+        check = self._check(job)
+        return command_line((["ms_check", *check] if check else []) + self._client_argv(job))
+
+    def _client_argv(self, job: Job) -> list[str]:
         reason = path_reason(job)
         if reason:
             raise ValueError(reason)
         name = tag(job)
         out, err = output_patterns(job.pwd, name)
-        argv = self._cmd("sbatch") + ["--parsable", "-J", name, "-D", job.pwd, "-o", out, "-e", err]
+        stdout, stderr = custom_outputs(job)
+        sbatch, export = self._env(job)
+        outputs = ["-o", literal(stdout) if stdout else out]
+        if not job.spec.join:
+            outputs += ["-e", literal(stderr) if stderr else err]
+        argv = sbatch + ["--parsable", "-J", name, "-D", job.pwd, *outputs, *export]
         argv += [str(a) for a in self.options.get("sbatch_args", ())]
+        argv += self._resource_args(job) + list(job.spec.native)
         argv += [job.path, *job.options]
-        return as_user(argv, run_as)
+        return argv
 
     def parse_submit(self, job: Job, rc: int, stdout: str, stderr: str) -> str:
         if rc != 0:
@@ -233,8 +332,61 @@ def output_patterns(pwd: str, name: str) -> tuple[str, str]:
     """sbatch -o/-e patterns that land in ``pwd`` whatever characters it holds (see the module doc)."""
     if "\\" not in pwd and "%" not in pwd:
         return f"{name}.o%j", f"{name}.e%j"
-    esc = pwd.replace("\\", "\\\\").replace("%", "\\%").rstrip("/")
+    esc = literal(pwd).rstrip("/")
     return f"{esc}/{name}.out", f"{esc}/{name}.err"
+
+
+def literal(path: str) -> str:
+    """A path as sbatch -o/-e must be given it to write exactly there: escaped when it holds '%' or '\\'."""
+    if "\\" not in path and "%" not in path:
+        return path
+    return path.replace("\\", "\\\\").replace("%", "\\%")
+
+
+def _unescape(pattern: str) -> str:
+    return re.sub(r"\\(.)", r"\1", pattern)
+
+
+# -- sbatch's options, as its getopt_long reads them (sbatch --help, Slurm 22.05) ---------------------------
+SBATCH_SHORT = {c: True for c in "aAbBcCdDeFGiJLMmnNopqStwx"} | {c: False for c in "HhkOQsuvVW"}
+SBATCH_LONG = {n: "required" for n in (
+    "array account bb bbf begin comment cpu-freq cpus-per-task dependency deadline delay-boot chdir error "
+    "export-file gid gres gres-flags input job-name licenses clusters container distribution mail-type "
+    "mail-user mcs-label ntasks ntasks-per-node nodes output partition power priority profile qos core-spec "
+    "signal switches thread-spec time time-min uid wckey cluster-constraint constraint nodefile mem mincpus "
+    "reservation tmp nodelist exclude mem-per-cpu sockets-per-node cores-per-socket threads-per-core "
+    "extra-node-info ntasks-per-core ntasks-per-socket cpus-per-gpu gpus gpu-bind gpu-freq gpus-per-node "
+    "gpus-per-socket gpus-per-task mem-per-gpu acctg-freq batch hint mem-bind network open-mode "
+    "kill-on-invalid-dep").split()}
+SBATCH_LONG |= {n: "optional" for n in "export nice propagate exclusive wrap get-user-env".split()}
+SBATCH_LONG |= {n: "none" for n in (
+    "hold ignore-pbs no-kill no-requeue overcommit parsable quiet reboot requeue oversubscribe spread-job "
+    "use-min-nodes verbose wait contiguous help usage version test-only").split()}
+_USE = {"name": "metasched sets the job's name: give it in `name`",
+        "pwd": "metasched sets the working directory: give it in `pwd`",
+        "stdout": "metasched sets the output file: give it in `stdout` (and `join` for one file)",
+        "stderr": "metasched sets the error file: give it in `stderr`",
+        "env": "metasched passes the environment: give variables in `env` and the choice in `export`",
+        "hold": "metasched holds jobs itself: submit with `hold`",
+        "id": "metasched reads the job id itself", "follow": "metasched follows the job itself",
+        "script": "the script is `path`", "none": "nothing would be submitted",
+        "cluster": "the job would leave the cluster metasched watches", "owner": "jobs run as their owner"}
+SBATCH_OWNED = {
+    "-J": _USE["name"], "--job-name": _USE["name"], "-D": _USE["pwd"], "--chdir": _USE["pwd"],
+    "-o": _USE["stdout"], "--output": _USE["stdout"], "-e": _USE["stderr"], "--error": _USE["stderr"],
+    "--parsable": _USE["id"], "--export": _USE["env"], "--export-file": _USE["env"], "--get-user-env": _USE["env"],
+    "-H": _USE["hold"], "--hold": _USE["hold"], "-W": _USE["follow"], "--wait": _USE["follow"],
+    "--wrap": _USE["script"], "--test-only": _USE["none"], "-h": _USE["none"], "--help": _USE["none"],
+    "--usage": _USE["none"], "-V": _USE["none"], "--version": _USE["none"], "-M": _USE["cluster"],
+    "--clusters": _USE["cluster"], "--uid": _USE["owner"], "--gid": _USE["owner"],
+}
+OWNED_LONG = {n[2:] for n in SBATCH_OWNED if n.startswith("--")}
+SBATCH_RESOURCE_FLAGS = {
+    "-N": "nodes", "--nodes": "nodes", "-n": "tasks", "--ntasks": "tasks", "-c": "cores_per_task",
+    "--cpus-per-task": "cores_per_task", "--mem": "memory", "-t": "walltime", "--time": "walltime",
+    "--gres": "gpus_per_node", "--gpus-per-node": "gpus_per_node", "-p": "native_queue",
+    "--partition": "native_queue", "-A": "account", "--account": "account",
+}
 
 
 def _native_id(job: Job) -> str:

@@ -151,8 +151,50 @@ class SparkBackend(LocalBackend):
     type = "spark"
     OPTIONS = ("master_url", "web_url", "bin_dir", "env", "conf", "submit_args", "executor_cores",
                "executor_memory", "total_executor_cores", "grace", "final_as_owner", "status_timeout",
-               "python", "recovery_grace")
+               "python", "recovery_grace", "native_forbid")
     mark = MARK
+    scheduler_name = "Spark"
+    # cores_per_task: --executor-cores; memory: --executor-memory (per executor, one per worker node here);
+    # tasks: --total-executor-cores = tasks x cores_per_task; walltime: the driver is stopped by the launcher's
+    # runner, as a local job is (its executors end with it)
+    RESOURCES = frozenset(("tasks", "cores_per_task", "memory", "walltime"))
+    RESOURCE_HINTS = {"nodes": "Spark places executors itself; ask for tasks and cores_per_task",
+                      "gpus_per_node": "give spark.executor.resource.gpu.* in native flags (--conf)",
+                      "native_queue": "a standalone master has no queues",
+                      "account": "a standalone master charges no accounts"}
+    # what metasched sets itself: the master, the deploy mode (the driver must be the launcher's process) and the
+    # application's name (its tag)
+    NATIVE_OWNED = {"--master": "the queue's master_url", "--deploy-mode": "metasched (client mode)",
+                    "--name": "metasched (the job's tag)", "spark.app.name": "metasched (the job's tag)",
+                    "--executor-cores": "resources.cores_per_task", "--executor-memory": "resources.memory",
+                    "--total-executor-cores": "resources.tasks"}
+
+    def _spec_problem(self, job: Job) -> tuple[str, str] | None:
+        native = job.spec.native
+        forbid = set(self.options.get("native_forbid") or ())
+        for i, arg in enumerate(native):
+            flag = arg.split("=", 1)[0]
+            if forbid and ("*" in forbid or flag in forbid):
+                return f"native[{i}]", f"native[{i}]: this site does not allow {flag} (native_forbid)"
+            prop = (native[i + 1] if arg == "--conf" and i + 1 < len(native) else
+                    arg[len("--conf="):] if arg.startswith("--conf=") else "").split("=", 1)[0]
+            owner = self.NATIVE_OWNED.get(flag) or self.NATIVE_OWNED.get(prop)
+            if owner:
+                return f"native[{i}]", f"native[{i}]: {prop or flag} is set by {owner}"
+        return None
+
+    def _limits(self, job: Job) -> dict:
+        # the driver is not the job's cores or memory (its executors are): only the walltime is the launcher's
+        return {"walltime": job.spec.resources.walltime} if job.spec.resources.walltime else {}
+
+    def _resource_args(self, job: Job) -> list[str]:
+        r = job.spec.resources
+        cores = r.cores_per_task or self.options.get("executor_cores")
+        memory = f"{-(-r.memory // 2 ** 20)}m" if r.memory else self.options.get("executor_memory")
+        total = r.slots if r.tasks else self.options.get("total_executor_cores")
+        return [arg for opt, value in (("--executor-cores", cores), ("--executor-memory", memory),
+                                       ("--total-executor-cores", total)) if value is not None
+                for arg in (opt, str(value))]
 
     # -- submit: the local launcher, running spark-submit ---------------------------------------
     def _command(self, job: Job) -> list[str]:
@@ -169,12 +211,9 @@ class SparkBackend(LocalBackend):
             if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(key)):
                 raise ValueError(f"conf: {key!r} is not a Spark property name")
             cmd += ["--conf", f"{key}={value}"]
-        for opt, flag in (("executor_cores", "--executor-cores"), ("executor_memory", "--executor-memory"),
-                          ("total_executor_cores", "--total-executor-cores")):
-            if self.options.get(opt) is not None:
-                cmd += [flag, str(self.options[opt])]
+        cmd += self._resource_args(job)
         cmd += [str(a) for a in self.options.get("submit_args") or ()]
-        return cmd + [job.path, *job.options]
+        return cmd + list(job.spec.native) + [job.path, *job.options]
 
     # -- observe ------------------------------------------------------------------------------
     def status_argv(self) -> list[str]:

@@ -22,7 +22,15 @@ the jar: works for jars whose main class uses ToolRunner), the batched status al
 and the engine may adopt the real ``application_...`` id, which every method here accepts as well.
 
 Options: ``bin_dir``, ``env`` (e.g. {"HADOOP_CONF_DIR": ...}), ``name_conf``, ``setsid`` (path),
-``final_as_owner`` (default True: the stderr file lives in the owner's pwd).
+``final_as_owner`` (default True: the stderr file lives in the owner's pwd), ``native_forbid``.
+
+What a job asks for (JobSpec), through Hadoop's generic ``-D`` options right after the jar (like name_conf: the
+jar's main class must use ToolRunner): native_queue is mapreduce.job.queuename, cores_per_task and memory each
+map and reduce container's vcores and megabytes; the rest of resources is refused at submit. native: more
+arguments for the jar, after ours (one setting name_conf is refused: it would hide the job). env: the yarn
+client's environment (HADOOP_CLASSPATH, JAVA_HOME, ...; what containers get is the application's
+configuration); export "all" removes sudo's SUDO_* first. stdout/stderr/join: the client's output
+files, where the application id is read from.
 """
 from __future__ import annotations
 
@@ -30,8 +38,8 @@ import posixpath
 import re
 
 from ..model import Job
-from .base import (launcher_pid, Backend, FinalState, NativeJob, NativeState, ProcessMatcher, as_user, epoch_ms_to_utc_iso, first_line, path_reason,
-                   tag, tag_fields)
+from .base import (launcher_pid, Backend, FinalState, NativeJob, NativeState, OutputFiles, ProcessMatcher, as_user,
+                   client_argv, custom_outputs, epoch_ms_to_utc_iso, first_line, path_reason, tag, tag_fields)
 
 CLIENT_PREFIX = "client:"
 _APP_ID = re.compile(r"^application_\d+_\d+$")
@@ -49,6 +57,8 @@ SUBMIT = (
     '"$s" sh -c "$w" metasched-yarn-client "$@" > "$o" 2> "$e" < /dev/null & '
     'echo "$!"'
 )
+# The same with stderr joined into stdout ($5 unused).
+SUBMIT_JOINED = SUBMIT.replace('2> "$e"', '2>&1')
 
 # Resolve the application id from the client's stderr file "$e" (the first one it logged). Sets $app.
 _FIND_APP = (
@@ -94,15 +104,63 @@ def _native_state(state: str) -> NativeState:
 
 
 def output_files(job: Job) -> tuple[str, str]:
+    """The client's stdout and stderr files: the job's own paths, else <pwd>/<tag>.o<id> and .e<id>. Joined:
+    both are the stdout file (where the application id is then read from too)."""
+    stdout, stderr = custom_outputs(job)
     base = posixpath.join(job.pwd, tag(job))
-    return f"{base}.o{job.id}", f"{base}.e{job.id}"
+    out = stdout or f"{base}.o{job.id}"
+    return out, out if job.spec.join else (stderr or f"{base}.e{job.id}")
 
 
 class YarnBackend(Backend):
     type = "yarn"
-    OPTIONS = ('bin_dir', 'env', 'name_conf', 'setsid', 'final_as_owner', 'recovery_grace')
+    OPTIONS = ('bin_dir', 'env', 'name_conf', 'setsid', 'final_as_owner', 'recovery_grace', 'native_forbid')
+    scheduler_name = "YARN"
+    RESOURCES = frozenset(("cores_per_task", "memory", "native_queue"))
+    RESOURCE_HINTS = {f: "YARN's containers are sized by cores_per_task and memory" for f in
+                      ("nodes", "tasks", "gpus_per_node")}
+    RESOURCE_HINTS |= {"walltime": "YARN applications have no walltime", "account": "YARN has queues, not accounts"}
 
+    def script_needs(self) -> str:
+        return "readable"           # a jar, read by the yarn client
 
+    def _spec_problem(self, job: Job) -> tuple[str, str] | None:
+        spec = job.spec
+        if spec.export is not None and spec.export != "all":
+            return "export", ("export: the YARN client always runs in the submission environment (export \"all\"); "
+                              "give its variables in env")
+        conf = self.options.get("name_conf")
+        forbid = set(self.options.get("native_forbid") or ())
+        for i, arg in enumerate(spec.native):
+            if forbid and ("*" in forbid or arg in forbid):
+                return f"native[{i}]", f"native[{i}]: this site does not allow {arg} (native_forbid)"
+            setting = arg[2:] if arg.startswith("-D") and len(arg) > 2 else (
+                spec.native[i + 1] if arg == "-D" and i + 1 < len(spec.native) else "")
+            key = setting.split("=", 1)[0]
+            if conf and key == conf:
+                return f"native[{i}]", f"native[{i}]: {conf} is set by metasched: it names the application after its tag"
+            taken = {"mapreduce.job.queuename": "native_queue", "mapreduce.map.memory.mb": "memory",
+                     "mapreduce.reduce.memory.mb": "memory", "mapreduce.map.cpu.vcores": "cores_per_task",
+                     "mapreduce.reduce.cpu.vcores": "cores_per_task"}.get(key)
+            if taken and getattr(spec.resources, taken) is not None:
+                return f"native[{i}]", f"native[{i}]: {key} asks for what resources.{taken} asks for; give one of them"
+        return None
+
+    def _resource_args(self, job: Job) -> list[str]:
+        r, args = job.spec.resources, []
+        if r.native_queue is not None:
+            args += ["-D", f"mapreduce.job.queuename={r.native_queue}"]
+        if r.cores_per_task is not None:
+            args += ["-D", f"mapreduce.map.cpu.vcores={r.cores_per_task}",
+                     "-D", f"mapreduce.reduce.cpu.vcores={r.cores_per_task}"]
+        if r.memory is not None:
+            mb = -(-r.memory // (1024 * 1024))
+            args += ["-D", f"mapreduce.map.memory.mb={mb}", "-D", f"mapreduce.reduce.memory.mb={mb}"]
+        return args
+
+    def output_files(self, job: Job) -> OutputFiles:
+        out, err = output_files(job)
+        return OutputFiles(out, None if job.spec.join else err, joined=job.spec.join)
 
     # -- submit -------------------------------------------------------------------------------
     def submit_argv(self, job: Job, run_as: str | None) -> list[str]:
@@ -110,12 +168,12 @@ class YarnBackend(Backend):
         if reason:
             raise ValueError(reason)
         out, err = output_files(job)
-        client = self._cmd("yarn") + ["jar", job.path]
+        client = client_argv(self.options, "yarn", job, strip_sudo=job.spec.export == "all") + ["jar", job.path]
         if self.options.get("name_conf"):
             client += ["-D", f"{self.options['name_conf']}={tag(job)}"]
-        client += list(job.options)
-        argv = ["sh", "-c", SUBMIT, "sh", CLIENT_WRAP, str(self.options.get("setsid", "setsid")),
-                job.pwd, out, err, *client]
+        client += self._resource_args(job) + list(job.spec.native) + list(job.options)
+        argv = ["sh", "-c", SUBMIT_JOINED if job.spec.join else SUBMIT, "sh", CLIENT_WRAP,
+                str(self.options.get("setsid", "setsid")), job.pwd, out, err, *client]
         return as_user(argv, run_as)
 
     def parse_submit(self, job: Job, rc: int, stdout: str, stderr: str) -> str:

@@ -55,6 +55,28 @@ def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
 SUB_EPILOG = "--socket, --url, --token-file: see `metasched --help`."
 
 
+def spec_options(s: argparse.ArgumentParser, export_default: str | None = "ALL") -> None:
+    """What a job asks for: the options of submit (and edit). One line of help each (`submit --help` stays short)."""
+    g = s.add_argument_group("what the job asks for (a scheduler refuses what it cannot honour)")
+    g.add_argument("--nodes", type=int, metavar="N", help="nodes")
+    g.add_argument("--tasks", type=int, metavar="N", help="tasks in all")
+    g.add_argument("--cores", type=int, metavar="N", help="CPU cores per task")
+    g.add_argument("--mem", metavar="SIZE", help="memory per node: 512M, 4G")
+    g.add_argument("--time", metavar="T", help="walltime: seconds, [D-]HH:MM:SS, 30m, 2h")
+    g.add_argument("--gpus", type=int, metavar="N", help="GPUs per node")
+    g.add_argument("--partition", metavar="P", help="the scheduler's own queue or partition")
+    g.add_argument("--account", metavar="A", help="the account or project charged")
+    g.add_argument("--native", action="append", metavar="F",
+                   help="scheduler flags, split like a shell: '-l a=b'")
+    g.add_argument("--export", metavar="E", default=export_default,
+                   help=("ALL (the default), NONE or NAME[=VALUE],... as sbatch" if export_default else
+                         "ALL, NONE or NAME[=VALUE],... as sbatch"))
+    g.add_argument("--env", action="append", metavar="N=V", help="one more variable (repeat)")
+    g.add_argument("--output", "-o", metavar="PATH", help="stdout file (%%j: the job id, %%x: its name)")
+    g.add_argument("--error", "-e", metavar="PATH", help="stderr file (the same patterns)")
+    g.add_argument("--join", "-j", action="store_true", help="stderr into the stdout file")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="metasched", description="Submit and follow jobs on the cluster's metascheduler.",
@@ -64,21 +86,25 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, suppress=False)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def cmd(name: str, func, help: str, description: str | None = None) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help, description=description or help, epilog=SUB_EPILOG,
+    def cmd(name: str, func, help: str, description: str | None = None, usage: str | None = None
+            ) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=description or help, epilog=SUB_EPILOG, usage=usage,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
         _common(sp, suppress=True)
         sp.set_defaults(func=func)
         return sp
 
     s = cmd("submit", C.cmd_submit, "submit a job script",
-            "Submit SCRIPT (a path relative to here is made absolute) with ARGS. Options go before SCRIPT;\n"
-            "everything after SCRIPT is passed to it unchanged.")
-    s.add_argument("--queue", "-q", help="queue name or id (needed when there are several: see `queues`)")
+            "Submit SCRIPT (made absolute) with ARGS: all after SCRIPT is its own. The job\n"
+            "gets your environment (not SUDO_*, METASCHED_*); SCRIPT and pwd are checked.",
+            usage="metasched submit [options] SCRIPT [ARGS...]")
+    s.add_argument("--queue", "-q", metavar="Q", help="queue name or id (needed when there are several)")
     s.add_argument("--name", "-n", help="job name (default: the script's file name)")
     s.add_argument("--pwd", metavar="DIR", help="working directory (default: the current directory)")
     s.add_argument("--hold", action="store_true", help="submit held: not dispatched until `release`")
     s.add_argument("--parsable", action="store_true", help="print only the job id")
+    s.add_argument("--no-check", action="store_true", help="no checks here: the files are on the nodes only")
+    spec_options(s)
     s.add_argument("script", metavar="SCRIPT", help="the job script (or program) to run")
     s.add_argument("args", metavar="ARGS", nargs=argparse.REMAINDER, help="its arguments")
 
@@ -89,11 +115,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--all", "-a", action="store_true", help="everyone's jobs (admins)")
     s.add_argument("--owner", "-u", help="this user's jobs (admins, or yourself)")
     s.add_argument("--limit", type=int, default=500, help="at most this many jobs, oldest first (default 500)")
+    s.add_argument("--newest", "-r", action="store_true", help="newest first (with --limit: the newest N)")
+    s.add_argument("--columns", "-o", metavar="COLS",
+                   help=f"the columns to show, a comma list of: {', '.join(C.JOB_COLUMNS)} (default: "
+                        f"{','.join(C.DEFAULT_COLUMNS)}, owner too with --all or --owner)")
+    s.add_argument("--wide", "-w", action="store_true",
+                   help="the classic columns (owner, native id) and nothing cut to fit the terminal")
     s.add_argument("--foreign", "-f", action="store_true",
                    help="jobs submitted to the schedulers directly (plain qsub, sbatch): seen, never touched")
 
-    s = cmd("show", C.cmd_show, "show one job")
+    s = cmd("show", C.cmd_show, "show one job (what it asks for, and where its output goes)")
     s.add_argument("id", type=int, metavar="ID", help="job id")
+    s = cmd("output", C.cmd_output, "print a job's output (its stdout, or its stderr)",
+            "Print a job's stdout (--stderr: its stderr), read by the service as the job's\n"
+            "owner on the scheduler's master node, where the job writes it. --tail N: the\n"
+            "last N lines only; --follow: go on printing what it writes until the job ends.")
+    s.add_argument("id", type=int, metavar="ID", help="job id")
+    s.add_argument("--stderr", "-e", action="store_true", help="the job's stderr instead of its stdout")
+    s.add_argument("--tail", "-n", type=int, metavar="N", help="only the last N lines")
+    s.add_argument("--follow", "-f", action="store_true", help="go on printing until the job has ended")
+    s.add_argument("--raw", action="store_true",
+                   help="another user's output (admins) is shown with control characters escaped on a terminal; "
+                        "--raw shows it as it is")
     s = cmd("events", C.cmd_events, "show a job's history (every state change and why)")
     s.add_argument("id", type=int, metavar="ID", help="job id")
     s = cmd("cancel", C.cmd_cancel, "cancel jobs",
@@ -106,17 +149,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("id", type=int, metavar="ID", help="job id")
 
     s = cmd("edit", C.cmd_edit, "change a job that has not been dispatched yet",
-            "Change a waiting or held job. --args must come last: everything after it becomes the\n"
-            "script's arguments (`--args` alone clears them); or give them one by one with --arg=VALUE.")
+            "Change a waiting or held job. --args comes last: all after it are the script's\n"
+            "arguments (alone: none); or one at a time with --arg=VALUE. Resources change one\n"
+            "by one; --native, --export/--env, --output, --error replace the job's.",
+            usage="metasched edit ID [options] [--args ARGS...]")
     s.add_argument("id", type=int, metavar="ID", help="job id")
     s.add_argument("--name", "-n", help="new name")
-    s.add_argument("--queue", "-q", help="new queue (name or id)")
-    s.add_argument("--script", metavar="SCRIPT", help="new script path")
+    s.add_argument("--queue", "-q", metavar="Q", help="new queue (name or id)")
+    s.add_argument("--script", metavar="S", help="new script path")
     s.add_argument("--pwd", metavar="DIR", help="new working directory")
     s.add_argument("--arg", action="append", metavar="VALUE", help="one argument (repeat for several)")
+    spec_options(s, export_default=None)
     s.add_argument("--args", nargs=argparse.REMAINDER, metavar="ARG", help="all arguments (must come last)")
 
-    cmd("queues", C.cmd_queues, "list the queues (one per scheduler) with job counts")
+    s = cmd("queues", C.cmd_queues, "list the queues (one per scheduler) with job counts",
+            "The queues and their jobs per state: WAIT (waiting or held in metasched), QUEUED\n"
+            "(in the scheduler's queue), RUN, DONE (completed), ERR, and DIRECT: jobs sent\n"
+            "to the scheduler directly, pending/running. --wide: a column for every state.")
+    s.add_argument("--wide", "-w", action="store_true", help="every state in a column of its own")
     cmd("nodes", C.cmd_nodes, "list the cluster's nodes")
 
     s = cmd("mode", C.cmd_mode, "show the cluster policy; `mode set` changes it (admins)")

@@ -151,13 +151,19 @@ class Client:
         cls = http.client.HTTPSConnection if self._parts.scheme == "https" else http.client.HTTPConnection
         return cls(self._parts.hostname, self._parts.port, timeout=READ_TIMEOUT)
 
-    def call(self, method: str, path: str, body: dict | None = None, query: dict | None = None):
+    def fetch(self, path: str, query: dict | None = None) -> tuple[bytes, dict[str, str]]:
+        """GET a resource that answers bytes (a job's output): (the body, its headers, names in lower case);
+        an error status is Refused with the service's JSON description, as for call()."""
+        return self.call("GET", path, query=query, raw=True)
+
+    def call(self, method: str, path: str, body: dict | None = None, query: dict | None = None, raw: bool = False):
         """``path`` is the API's path (``/jobs/3``); the service's JSON is returned as is."""
         if query:
             q = {k: v for k, v in query.items() if v is not None}
             if q:
                 path += ("&" if "?" in path else "?") + urllib.parse.urlencode(q)
-        headers = {"Accept": "application/json"}
+        raw_wanted = raw
+        headers = {"Accept": "application/octet-stream, application/json" if raw else "application/json"}
         data = None
         if body is not None:
             data = json.dumps(body).encode("utf-8")
@@ -169,12 +175,14 @@ class Client:
             try:
                 conn.request(method, self._prefix + path, body=data, headers=headers)
                 resp = conn.getresponse()
-                raw = resp.read()
+                data_in = resp.read()
             except (OSError, http.client.HTTPException) as exc:
                 raise self._unreachable(exc) from None
         finally:
             conn.close()
-        return self._decode(resp, raw)
+        if raw_wanted and 200 <= resp.status < 300:
+            return data_in, {k.lower(): v for k, v in resp.getheaders()}
+        return self._decode(resp, data_in)
 
     def _unreachable(self, exc: Exception) -> Unreachable:
         why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__

@@ -5,10 +5,14 @@ Each handler takes the parsed arguments and a ``Context`` and returns the exit s
 """
 from __future__ import annotations
 
+import codecs
 import datetime as _dt
 import json
 import os
+import re
+import shlex
 import sys
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 
@@ -76,19 +80,20 @@ def cmd_submit(a, ctx: Context) -> int:
     except FileNotFoundError:
         raise LocalError("the current directory no longer exists; cd somewhere else or give --pwd") from None
     script = os.path.normpath(os.path.join(cwd, a.script))
-    if ctx.endpoint.socket_path and not os.path.exists(script):
-        warn(f"warning: {script} does not exist here; submitting anyway (it must exist on the scheduler's nodes)")
+    pwd = os.path.normpath(os.path.join(cwd, a.pwd)) if a.pwd else cwd
     if a.queue is None:
         queues = ctx.queues()
         if len(queues) != 1:
             raise LocalError("give --queue: one of " + ", ".join(f"{q['name']} ({q['id']})" for q in queues))
         a.queue = str(queues[0]["id"])
-    body = {"queue": queue_ref(a.queue), "path": script, "options": list(a.args),
-            "pwd": os.path.normpath(os.path.join(cwd, a.pwd)) if a.pwd else cwd}
+    body = {"queue": queue_ref(a.queue), "path": script, "options": list(a.args), "pwd": pwd}
     if a.name:
         body["name"] = a.name
     if a.hold:
         body["hold"] = True
+    body.update(spec_fields(a))
+    if ctx.endpoint.socket_path and not a.no_check:
+        check_files(ctx, a.queue, script, pwd, body)
     job = ctx.call("POST", "/jobs", body)
     if a.parsable:
         ctx.print(str(job["id"]))
@@ -98,6 +103,130 @@ def cmd_submit(a, ctx: Context) -> int:
         ctx.print(f"submitted job {job['id']} ({render.escape(job['name'])}) to queue {ctx.queue_name(job['queue'])}: "
                   f"{render.state(job['status'], ctx.colour)}")
     return 0
+
+
+# What the caller's environment never passes on to a job: sudo's variables and the CLI's own (its token above all).
+NEVER_EXPORTED = ("SUDO_", "METASCHED_")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+ENV_MAX_BYTES = 32 * 1024      # what the service takes (services.ENV_MAX_BYTES)
+
+
+def spec_fields(a) -> dict:
+    """The API's resources, native, env, export, stdout, stderr and join from submit's (and edit's) options."""
+    out: dict = {}
+    res = {}
+    for opt, key in (("nodes", "nodes"), ("tasks", "tasks"), ("cores", "cores_per_task"), ("gpus", "gpus_per_node"),
+                     ("partition", "native_queue"), ("account", "account")):
+        if getattr(a, opt, None) is not None:
+            res[key] = getattr(a, opt)
+    if getattr(a, "mem", None) is not None:
+        if a.mem.strip().isdigit():
+            raise LocalError(f"--mem: give a unit, e.g. {a.mem.strip()}M or {a.mem.strip()}G")
+        res["memory"] = a.mem
+    if getattr(a, "time", None) is not None:
+        res["walltime"] = int(a.time) if a.time.strip().isdigit() else a.time.strip()
+    if res:
+        out["resources"] = res
+    if getattr(a, "native", None):
+        native = []
+        for text in a.native:
+            try:
+                native += shlex.split(text)
+            except ValueError as exc:
+                raise LocalError(f"--native {text!r}: {exc}") from None
+        out["native"] = native
+    if getattr(a, "export", None) is not None or getattr(a, "env", None):
+        out["env"], out["export"] = job_environment(getattr(a, "export", None) or "ALL", getattr(a, "env", None) or [])
+    for opt, key in (("output", "stdout"), ("error", "stderr")):
+        if getattr(a, opt, None) is not None:
+            out[key] = getattr(a, opt)
+    if getattr(a, "join", False):
+        out["join"] = True
+    return out
+
+
+def job_environment(export: str, extra: list[str], environ=None) -> tuple[dict, str]:
+    """(the variables the job gets, the API's export choice) for --export, like sbatch's: ALL (the default) is the
+    caller's whole environment, NONE none of it, NAME[,NAME=VALUE...] those (ALL,... all and those); --env
+    NAME=VALUE adds or sets one. Never SUDO_* nor METASCHED_* (NEVER_EXPORTED). The job then has exactly these
+    (export "none": nothing else of the scheduler side's environment, sudo's included)."""
+    environ = os.environ if environ is None else environ
+    items = [x for x in export.split(",") if x]
+    everything = bool(items) and items[0].upper() == "ALL"
+    if items and items[0].upper() in ("ALL", "NONE"):
+        items = items[1:]
+    env, skipped = {}, []
+    if everything:
+        for k, v in environ.items():
+            if k.startswith(NEVER_EXPORTED):
+                continue
+            if not ENV_NAME.match(k) or not _utf8(v):
+                skipped.append(k)
+                continue
+            env[k] = v
+    for item in items + list(extra):
+        name, eq, value = item.partition("=")
+        if not ENV_NAME.match(name):
+            raise LocalError(f"--export/--env: {name!r} is not a variable name")
+        if eq:
+            env[name] = value
+        elif name in environ and not name.startswith(NEVER_EXPORTED):
+            if not _utf8(environ[name]):
+                raise LocalError(f"--export: the value of {name} is not UTF-8 text; give it with --env {name}=...")
+            env[name] = environ[name]
+    if skipped:
+        warn(f"warning: not exported (not a variable name, or not UTF-8 text): {' '.join(render.escape(k) for k in sorted(skipped))}")
+    size = sum(len(k.encode()) + len(v.encode()) + 2 for k, v in env.items())
+    if size > ENV_MAX_BYTES:
+        raise LocalError(f"your environment is {size // 1024} KiB; a job takes at most {ENV_MAX_BYTES // 1024}: "
+                         f"give --export=NONE or --export=NAME,... (or unset what the job does not need)")
+    return env, "none"
+
+
+def _utf8(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:       # os.environ keeps undecodable bytes as surrogates
+        return False
+    return True
+
+
+def tilde(path: str) -> str:
+    home = os.path.expanduser("~")
+    return "~" + path[len(home):] if home not in ("", "/") and (path + "/").startswith(home + "/") else path
+
+
+def check_files(ctx: Context, queue: str, script: str, pwd: str, body: dict) -> None:
+    """As the caller, on this machine (the frontend, which shares /home with its nodes): the script is there and
+    executable (or readable, for a scheduler that reads it), pwd is there and writable, and so is the directory of
+    an output file asked for. One line saying what to do, else nothing (--no-check: the files are only on the
+    scheduler's nodes)."""
+    hint = " (or --no-check if it lives only on the scheduler's nodes)"
+    q = next((q for q in ctx.queues() if str(q["id"]) == queue or q["name"].lower() == queue.lower()), None)
+    needs = (q or {}).get("script", "executable")
+    shown = render.escape(tilde(script))
+    if not os.path.lexists(script):
+        raise LocalError(f"no such file: {shown}{hint}")
+    if os.path.isdir(script):
+        raise LocalError(f"{shown} is a directory, not a script")
+    if needs == "executable" and not os.access(script, os.X_OK):
+        raise LocalError(f"{shown} is not executable: chmod +x {shown}")
+    if not os.access(script, os.R_OK) and needs == "readable":
+        raise LocalError(f"{shown} is not readable: chmod u+r {shown}")
+    where = render.escape(tilde(pwd))
+    if not os.path.isdir(pwd):
+        raise LocalError(f"no such directory: {where} (the job's working directory; --pwd DIR)")
+    if not os.access(pwd, os.W_OK | os.X_OK):
+        raise LocalError(f"cannot write {where}, the job's working directory: chmod u+w {where}, or --pwd DIR")
+    for key, opt in (("stdout", "--output"), ("stderr", "--error")):
+        pattern = body.get(key)
+        if not pattern or "%" in os.path.dirname(pattern):
+            continue
+        d = os.path.dirname(os.path.normpath(os.path.join(pwd, pattern)))
+        if not os.path.isdir(d):
+            raise LocalError(f"no such directory for {opt}: {render.escape(tilde(d))} (mkdir -p {render.escape(tilde(d))})")
+        if not os.access(d, os.W_OK | os.X_OK):
+            raise LocalError(f"cannot write {render.escape(tilde(d))} ({opt}): chmod u+w {render.escape(tilde(d))}")
 
 
 # -- jobs ---------------------------------------------------------------------------------------
@@ -132,11 +261,11 @@ def owner_filter(ctx: Context, everyone: bool, owner: str | None) -> str | None:
 
 
 def fetch_jobs(ctx: Context, statuses: list[str] | None, queue: str | None, owner: str | None,
-               limit: int, path: str = "/jobs") -> tuple[list[dict], str | None]:
+               limit: int, path: str = "/jobs", newest: bool = False) -> tuple[list[dict], str | None]:
     """Follow the API's ``next`` links until ``limit`` jobs. Also returns the API path of the page after
     the jobs returned, or None when there are no more. ``path`` /foreign-jobs pages the same way."""
     query = {"status": ",".join(statuses) if statuses else None, "queue": queue, "owner": owner,
-             "limit": str(min(limit, PAGE))}
+             "limit": str(min(limit, PAGE)), "order": "newest" if newest else None}
     page = ctx.call("GET", path, query=query)
     items = list(page["items"])
     while page.get("next") and len(items) < limit:
@@ -148,17 +277,61 @@ def fetch_jobs(ctx: Context, statuses: list[str] | None, queue: str | None, owne
     if not more:
         return items, None
     rest = {k: v for k, v in query.items() if v is not None}
-    rest.update(after=str(items[-1]["id"]))
+    rest.update({"before" if newest else "after": str(items[-1]["id"])})
     return items, f"{path}?" + urllib.parse.urlencode(rest)
 
 
-def jobs_table(ctx: Context, jobs: list[dict]) -> str:
-    rows = [[j["id"], j["name"], ctx.queue_name(j["queue"]), j["owner"], render.state(j["status"], ctx.colour),
-             render.short_time(j["created_at"]), j["scheduler_job_id"],
-             j["exit_code"] if j["exit_code"] is not None else None]
-            for j in jobs]
-    return render.table(["ID", "NAME", "QUEUE", "OWNER", "STATE", "SUBMITTED", "NATIVE ID", "EXIT"], rows,
-                        ctx.colour)
+def _resource(key: str):
+    return lambda ctx, j: (j.get("resources") or {}).get(key)
+
+
+# The columns `jobs -o` can show: header and how to get the value.
+JOB_COLUMNS = {
+    "id": ("ID", lambda ctx, j: j["id"]),
+    "name": ("NAME", lambda ctx, j: j["name"]),
+    "queue": ("QUEUE", lambda ctx, j: ctx.queue_name(j["queue"])),
+    "owner": ("OWNER", lambda ctx, j: j["owner"]),
+    "state": ("STATE", lambda ctx, j: render.state(j["status"], ctx.colour)),
+    "submitted": ("SUBMITTED", lambda ctx, j: render.short_time(j["created_at"])),
+    "started": ("STARTED", lambda ctx, j: render.short_time(j["started_at"])),
+    "finished": ("FINISHED", lambda ctx, j: render.short_time(j["finished_at"])),
+    "native": ("NATIVE ID", lambda ctx, j: j["scheduler_job_id"]),
+    "exit": ("EXIT", lambda ctx, j: j["exit_code"]),
+    "reason": ("REASON", lambda ctx, j: j["reason"] if j["status"] == "ERROR" else None),
+    "nodes": ("NODES", _resource("nodes")),
+    "tasks": ("TASKS", _resource("tasks")),
+    "cores": ("CORES", _resource("cores_per_task")),
+    "mem": ("MEM", lambda ctx, j: render.size((j.get("resources") or {}).get("memory"))),
+    "time": ("TIME", lambda ctx, j: render.clock((j.get("resources") or {}).get("walltime"))),
+    "gpus": ("GPUS", _resource("gpus_per_node")),
+    "partition": ("PARTITION", _resource("native_queue")),
+    "account": ("ACCOUNT", _resource("account")),
+}
+DEFAULT_COLUMNS = ["id", "name", "queue", "state", "submitted", "exit", "reason"]
+WIDE_COLUMNS = ["id", "name", "queue", "owner", "state", "submitted", "native", "exit", "reason"]
+
+
+def parse_columns(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    cols = [c.strip().lower() for c in text.split(",") if c.strip()]
+    bad = [c for c in cols if c not in JOB_COLUMNS]
+    if bad or not cols:
+        raise LocalError(f"--columns: {', '.join(bad) or 'none given'}: choose from {', '.join(JOB_COLUMNS)}")
+    return cols
+
+
+def jobs_table(ctx: Context, jobs: list[dict], columns: list[str] | None = None, wide: bool = False,
+               owners: bool = False) -> str:
+    """Fits the terminal (80 columns when it is not one) by cutting the name, the reason and the queue, unless
+    wide; the owner's column when the jobs are not all the caller's."""
+    cols = columns or (WIDE_COLUMNS if wide else
+                       DEFAULT_COLUMNS[:3] + (["owner"] if owners else []) + DEFAULT_COLUMNS[3:])
+    rows = [[JOB_COLUMNS[c][1](ctx, j) for c in cols] for j in jobs]
+    soft = {"name": 16, "reason": 20, "queue": 10, "owner": 8}
+    shrink = tuple((cols.index(c), soft[c]) for c in ("name", "reason", "queue", "owner") if c in cols)
+    return render.table([JOB_COLUMNS[c][0] for c in cols], rows, ctx.colour,
+                        fit=None if wide else render.width(), shrink=shrink)
 
 
 def foreign_table(ctx: Context, jobs: list[dict]) -> str:
@@ -184,15 +357,16 @@ def cmd_jobs(a, ctx: Context) -> int:
     if a.foreign:
         return foreign_jobs(a, ctx)
     statuses = parse_states(a.state)
+    columns = parse_columns(a.columns)
     owner = owner_filter(ctx, a.all, a.owner)
-    items, more = fetch_jobs(ctx, statuses, a.queue, owner, a.limit)
+    items, more = fetch_jobs(ctx, statuses, a.queue, owner, a.limit, newest=a.newest)
     if ctx.json:
         ctx.emit_json({"items": items, "next": more})
         return 0
     if not items:
         ctx.print("no jobs")
     else:
-        ctx.print(jobs_table(ctx, items))
+        ctx.print(jobs_table(ctx, items, columns, a.wide, owners=owner != ctx.me()["user"]))
     if more:
         warn(f"showing the first {len(items)} jobs; there are more (raise --limit, or filter with --state)")
     return 0
@@ -230,7 +404,35 @@ def job_fields(ctx: Context, j: dict) -> str:
         ("submitted", render.long_time(j["created_at"])), ("dispatched", render.long_time(j["submitted_at"])),
         ("started", render.long_time(j["started_at"])), ("finished", render.long_time(j["finished_at"])),
         ("run time", render.duration(j["started_at"], j["finished_at"]) if j["started_at"] else None),
+        *spec_lines(j),
     ], ctx.colour)
+
+
+def spec_lines(j: dict) -> list[tuple[str, object]]:
+    """What the job asks for, for `show`: resources, native flags, environment, where its output goes."""
+    r = j.get("resources") or {}
+    words = [f"{label} {fmt(r[key])}" for key, label, fmt in (
+        ("nodes", "nodes", str), ("tasks", "tasks", str), ("cores_per_task", "cores/task", str),
+        ("memory", "memory", render.size), ("walltime", "walltime", render.clock), ("gpus_per_node", "gpus/node", str),
+        ("native_queue", "partition", str), ("account", "account", str)) if key in r]
+    names = j.get("env_names") or []
+    export = j.get("export")
+    env = (f"{len(names)} variable{'s' if len(names) != 1 else ''}" + (f": {' '.join(names[:8])}" if names else "")
+           + (" ..." if len(names) > 8 else "") if names else None)
+    export_text = {None: "the scheduler's default", "all": "all", "none": "none"}.get(
+        export if isinstance(export, str) or export is None else "", ", ".join(export or []))
+    outputs = j.get("outputs") or {}
+
+    def where(stream: str) -> str | None:
+        if stream == "stderr" and j.get("join"):
+            return "joined into stdout"
+        resolved = outputs.get(stream)
+        return resolved or (f"{j.get(stream)} (when dispatched)" if j.get(stream) else "the scheduler's default"
+                            + (" (named when dispatched)" if outputs and resolved is None else ""))
+    return [("resources", ", ".join(words) or "the scheduler's defaults"),
+            ("native flags", render.argv(j.get("native") or []) or None),
+            ("environment", f"{env or 'none of its own'}; export {export_text}"),
+            ("stdout", where("stdout")), ("stderr", where("stderr"))]
 
 
 def cmd_show(a, ctx: Context) -> int:
@@ -322,8 +524,10 @@ def cmd_edit(a, ctx: Context) -> int:
     options = a.args if a.args is not None else a.arg
     if options is not None:
         body["options"] = list(options)
+    body.update(spec_fields(a))
     if not body:
-        raise LocalError("nothing to change: give --name, --queue, --script, --pwd, --args or --arg")
+        raise LocalError("nothing to change: give --name, --queue, --script, --pwd, --args or --arg, or what the "
+                         "job asks for (--cores, --mem, --time, --native, --export, --output, ...)")
     job = ctx.call("PATCH", f"/jobs/{a.id}", body)
     if ctx.json:
         ctx.emit_json(job)
@@ -333,24 +537,113 @@ def cmd_edit(a, ctx: Context) -> int:
     return 0
 
 
+# -- output -------------------------------------------------------------------------------------
+
+CHUNK = 1024 * 1024          # what one request asks for (the service may return less: its output_max_bytes)
+FOLLOW_EVERY = 1.0           # seconds between looks at a followed output
+
+
+def cmd_output(a, ctx: Context) -> int:
+    """A job's stdout (or stderr), read by the service as the job's owner where the scheduler wrote it: all of it,
+    its last --tail lines, and with --follow what it writes next, until the job has ended and nothing more came."""
+    if a.tail is not None and a.tail < 0:
+        raise LocalError("--tail: give a number of lines, 0 or more")
+    stream = "stderr" if a.stderr else "stdout"
+    job = ctx.call("GET", f"/jobs/{a.id}")
+    out = getattr(ctx.out, "buffer", None) or ctx.out
+    tty = hasattr(ctx.out, "isatty") and ctx.out.isatty()
+    escape = tty and not a.raw and job["owner"] != ctx.me()["user"]     # someone else's bytes to our terminal
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def write(data: bytes) -> None:
+        if escape:
+            data = render.safe_text(decoder.decode(data)).encode("utf-8")
+        out.write(data)
+        out.flush()
+
+    url = f"/jobs/{a.id}/output"
+    waited = False
+    while True:
+        try:
+            offset = (tail_offset(ctx, url, stream, a.tail, write) if a.tail is not None
+                      else copy_from(ctx, url, stream, 0, write))
+            break
+        except Refused as exc:
+            if exc.status != 404 or not a.follow or job["status"] in FINAL:
+                raise
+            if not waited:
+                warn(f"waiting for job {a.id}'s {stream} ({exc.message})")
+                waited = True
+            time.sleep(FOLLOW_EVERY)
+            job = ctx.call("GET", f"/jobs/{a.id}")
+    while a.follow:
+        ended = job["status"] in FINAL
+        time.sleep(FOLLOW_EVERY)
+        before = offset
+        offset = copy_from(ctx, url, stream, offset, write)
+        if ended and offset == before:
+            break
+        job = ctx.call("GET", f"/jobs/{a.id}")
+    return 0
+
+
+def read_chunk(ctx: Context, url: str, stream: str, offset: int, length: int = CHUNK) -> tuple[bytes, int, int]:
+    data, headers = ctx.client.fetch(url, {"stream": stream, "offset": str(offset), "length": str(length)})
+    return data, int(headers.get("x-output-size", "0")), int(headers.get("x-output-offset", str(offset)))
+
+
+def copy_from(ctx: Context, url: str, stream: str, offset: int, write) -> int:
+    """Write everything from offset to the end of the file as it is now; the offset after it."""
+    while True:
+        data, size, start = read_chunk(ctx, url, stream, offset)
+        if data:
+            write(data)
+        offset = start + len(data)
+        if not data or offset >= size:
+            return offset
+
+
+def tail_offset(ctx: Context, url: str, stream: str, lines: int, write) -> int:
+    """Write the last ``lines`` lines (reading backwards a chunk at a time); the offset where the file ended."""
+    data, size, start = read_chunk(ctx, url, stream, -CHUNK)
+    end = start + len(data)
+    while start > 0 and data.count(b"\n") <= lines:
+        more, _, start = read_chunk(ctx, url, stream, max(0, start - CHUNK), min(CHUNK, start))
+        data = more + data
+    if lines:
+        keep = data.splitlines(keepends=True)[-lines:]
+        write(b"".join(keep))
+    return end
+
+
 # -- cluster ------------------------------------------------------------------------------------
 
 def reachable(value) -> str:
     return {True: "up", False: "DOWN", None: "unknown"}[value]
 
 
-def queues_table(ctx: Context, queues: list[dict], mode: dict | None = None) -> str:
-    """``mode`` (from /cluster/mode) gives the weights in force; a queue's own weight is the config's."""
+def queues_table(ctx: Context, queues: list[dict], mode: dict | None = None, wide: bool = False) -> str:
+    """``mode`` (from /cluster/mode) gives the weights in force; a queue's own weight is the config's. Fits 80
+    columns: WAIT counts held jobs too, DONE the completed ones, DIRECT the jobs submitted to the scheduler
+    directly (pending/running); wide: every state in a column of its own."""
     weights = {s["queue_id"]: s["weight"] for s in (mode or {}).get("schedulers", [])}
     rows = []
     for q in queues:
         n = q["jobs"]
         f = q.get("foreign_jobs") or {}
-        rows.append([q["id"], q["name"], q["type"], weights.get(q["id"], q["weight"]), reachable(q["reachable"]),
-                     n["TO_BE_QUEUED"], n["HELD"], n["DISPATCHING"] + n["QUEUED"], n["RUNNING"], n["COMPLETED"],
-                     n["ERROR"], n["CANCELLED"], f"{f.get('PENDING', 0)}/{f.get('RUNNING', 0)}"])
-    return render.table(["ID", "NAME", "TYPE", "WEIGHT", "STATE", "WAITING", "HELD", "QUEUED", "RUNNING",
-                         "COMPLETED", "ERROR", "CANCELLED", "DIRECT Q/R"], rows, ctx.colour)
+        head = [q["id"], q["name"], q["type"], weights.get(q["id"], q["weight"]), reachable(q["reachable"])]
+        direct = f"{f.get('PENDING', 0)}/{f.get('RUNNING', 0)}"
+        if wide:
+            rows.append(head + [n["TO_BE_QUEUED"], n["HELD"], n["DISPATCHING"] + n["QUEUED"], n["RUNNING"],
+                                n["COMPLETED"], n["ERROR"], n["CANCELLED"], direct])
+        else:
+            rows.append(head + [n["TO_BE_QUEUED"] + n["HELD"], n["DISPATCHING"] + n["QUEUED"], n["RUNNING"],
+                                n["COMPLETED"], n["ERROR"], direct])
+    if wide:
+        return render.table(["ID", "NAME", "TYPE", "WEIGHT", "STATE", "WAITING", "HELD", "QUEUED", "RUNNING",
+                             "COMPLETED", "ERROR", "CANCELLED", "DIRECT Q/R"], rows, ctx.colour)
+    return render.table(["ID", "NAME", "TYPE", "WEIGHT", "STATE", "WAIT", "QUEUED", "RUN", "DONE", "ERR", "DIRECT"],
+                        rows, ctx.colour, fit=render.width(), shrink=((1, 8),))
 
 
 def cmd_queues(a, ctx: Context) -> int:
@@ -358,7 +651,7 @@ def cmd_queues(a, ctx: Context) -> int:
     if ctx.json:
         ctx.emit_json(data)
     else:
-        ctx.print(queues_table(ctx, data["items"], ctx.call("GET", "/cluster/mode")))
+        ctx.print(queues_table(ctx, data["items"], ctx.call("GET", "/cluster/mode"), wide=a.wide))
         errors = [f"{q['name']}: {q['last_error']}" for q in data["items"] if q.get("last_error")]
         for e in errors:
             ctx.print(f"  {render.escape(e)}")

@@ -10,6 +10,7 @@ import datetime as _dt
 import os
 import re
 import shlex
+import shutil
 import sys
 
 # C0 controls, DEL, C1 controls (U+009B is a one-character CSI on many terminals), the bidirectional
@@ -71,13 +72,53 @@ def state(value: str | None, colour: bool) -> str:
     return c
 
 
-def table(headers: list[str], rows: list[list], colour: bool = False) -> str:
-    """Left-aligned columns separated by two spaces; the last column is not padded."""
+_UNSAFE_BUT_LINES = re.compile(_UNSAFE.pattern.replace("\x00-\x1f", "\x00-\x08\x0b-\x1f"))
+
+
+def safe_text(text: str) -> str:
+    """Like escape, keeping newlines and tabs: for a job's output shown on a terminal."""
+    return _UNSAFE_BUT_LINES.sub(_escaped, text) if _UNSAFE_BUT_LINES.search(text) else text
+
+
+def width() -> int:
+    """The terminal's width (COLUMNS, else the terminal, else 80)."""
+    return shutil.get_terminal_size((80, 24)).columns
+
+
+ELLIPSIS = "~"
+
+
+def _shorten(text: str, n: int) -> str:
+    if len(text) <= n:
+        return text
+    out = (Cell if isinstance(text, Cell) else str)(text[: max(0, n - 1)] + ELLIPSIS)
+    if isinstance(text, Cell):
+        out.colour = text.colour
+    return out
+
+
+def table(headers: list[str], rows: list[list], colour: bool = False, fit: int | None = None,
+          shrink: tuple[tuple[int, int], ...] = ()) -> str:
+    """Left-aligned columns separated by two spaces; the last column is not padded. fit: the most characters
+    a line may take; the ``shrink`` columns ((index, width it is cut to first), in order) are cut, ending in ~,
+    to get there: first down to those widths, then, if that is not enough, down to 4 characters."""
     cells = [[_safe(v) for v in r] for r in rows]
     widths = [len(h) for h in headers]
     for r in cells:
         for i, v in enumerate(r):
             widths[i] = max(widths[i], len(v))
+    if fit is not None and shrink:
+        over = sum(widths) + 2 * (len(widths) - 1) - fit
+        for floor in (None, 4):
+            for i, soft in shrink:
+                if over <= 0:
+                    break
+                cut = min(over, widths[i] - max(floor or soft, 4, len(headers[i])))
+                if cut > 0:
+                    widths[i] -= cut
+                    over -= cut
+        cut_cols = {i for i, _ in shrink}
+        cells = [[_shorten(v, widths[i]) if i in cut_cols else v for i, v in enumerate(r)] for r in cells]
     out = []
 
     def line(values):
@@ -105,6 +146,26 @@ def fields(pairs: list[tuple[str, object]], colour: bool = False) -> str:
             return f"\033[{text.colour}m{text}\033[0m"
         return text
     return "\n".join(f"{k + ':':<{width}} {value(v)}" for k, v in pairs)
+
+
+def size(n: int | None) -> str | None:
+    """Bytes as the largest binary unit that holds them whole (512M, 1.5G shown as 1536M)."""
+    if n is None:
+        return None
+    for unit, scale in (("T", 2 ** 40), ("G", 2 ** 30), ("M", 2 ** 20), ("K", 2 ** 10)):
+        if n % scale == 0:
+            return f"{n // scale}{unit}"
+    return f"{n}B"
+
+
+def clock(seconds: int | None) -> str | None:
+    """Seconds as [D-]H:MM:SS."""
+    if seconds is None:
+        return None
+    d, rest = divmod(int(seconds), 86400)
+    h, rest = divmod(rest, 3600)
+    m, s = divmod(rest, 60)
+    return (f"{d}-" if d else "") + f"{h}:{m:02d}:{s:02d}"
 
 
 # -- time -------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ def job_frame(ctx: C.Context, a, job: dict, events: list[dict]) -> str:
 def cluster_frame(ctx: C.Context, a, mode: dict, queues: list[dict], jobs: list[dict], more) -> str:
     lines = [_header(ctx, a, f"watch  policy {mode['policy']}"), "", C.queues_table(ctx, queues, mode), ""]
     if jobs:
-        lines.append(C.jobs_table(ctx, jobs))
+        lines.append(C.jobs_table(ctx, jobs, owners=a.all))
         if more:
             lines.append(f"... and more (showing {len(jobs)}; raise --limit)")
     else:

@@ -11,14 +11,15 @@ import dataclasses
 import json
 import sqlite3
 
-from ..model import (ClusterEvent, ForeignJob, Job, JobEvent, JobStatus, LeaseRecord, Node, PollCycle, Queue,
-                     SchedulerType, Setting, Token)
+from ..model import (NO_SPEC, ClusterEvent, ForeignJob, Job, JobEvent, JobSpec, JobStatus, LeaseRecord, Node,
+                     PollCycle, Queue, SchedulerType, Setting, Token)
 from .core import Database
 
 
 _JOB_FIELDS = [f.name for f in dataclasses.fields(Job)]
 _STATUS_OF = {s.value: s for s in JobStatus}
-_STATUS_I, _OPTIONS_I, _CANCEL_I = (_JOB_FIELDS.index(n) for n in ("status", "options", "cancel_requested"))
+_STATUS_I, _OPTIONS_I, _CANCEL_I, _SPEC_I = (_JOB_FIELDS.index(n) for n in ("status", "options", "cancel_requested",
+                                                                              "spec"))
 
 
 def rows_to_jobs(rows: list[sqlite3.Row]) -> list[Job]:
@@ -35,8 +36,14 @@ def rows_to_jobs(rows: list[sqlite3.Row]) -> list[Job]:
         opts = v[_OPTIONS_I]
         v[_OPTIONS_I] = () if opts == "[]" else tuple(json.loads(opts))
         v[_CANCEL_I] = bool(v[_CANCEL_I])
+        spec = v[_SPEC_I]
+        v[_SPEC_I] = NO_SPEC if spec == "{}" else JobSpec.from_dict(json.loads(spec))
         out.append(Job(*v))
     return out
+
+
+def _spec_json(spec: JobSpec) -> str:
+    return "{}" if spec is NO_SPEC else json.dumps(spec.to_dict(), ensure_ascii=False)
 
 
 def row_to_job(r: sqlite3.Row) -> Job:
@@ -80,10 +87,11 @@ class Repository:
         return self.db.conn.execute(sql, params).fetchall()
 
     # -- jobs (state changes only through metasched.lifecycle) -----------------------------------
-    def insert_job(self, *, name, queue_id, owner, status, path, options, pwd, token, now) -> Job:
+    def insert_job(self, *, name, queue_id, owner, status, path, options, pwd, token, now,
+                   spec: JobSpec = NO_SPEC) -> Job:
         return row_to_job(self._one(self.q.insert_job, name=name, queue_id=queue_id, owner=owner,
                                     status=status.value, path=path, options=json.dumps(list(options)),
-                                    pwd=pwd, token=token, now=now))
+                                    pwd=pwd, token=token, now=now, spec=_spec_json(spec)))
 
     def get_job(self, job_id: int) -> Job | None:
         r = self._one(self.q.get_job, id=job_id)
@@ -96,9 +104,18 @@ class Repository:
             return rows_to_jobs(self._all(self.q.list_jobs_of_owner, owner=owner, **params))
         return rows_to_jobs(self._all(self.q.list_jobs, owner=None, **params))
 
-    def update_job_fields(self, *, id, version, name, queue_id, path, options, pwd, now) -> Job | None:
+    def list_jobs_newest(self, *, before: int | None, limit: int, owner=None, queue_id=None,
+                         statuses=None) -> list[Job]:
+        params = dict(before=before, limit=limit, queue_id=queue_id,
+                      statuses=json.dumps([s.value for s in statuses]) if statuses else None)
+        if owner is not None:
+            return rows_to_jobs(self._all(self.q.list_jobs_of_owner_newest, owner=owner, **params))
+        return rows_to_jobs(self._all(self.q.list_jobs_newest, owner=None, **params))
+
+    def update_job_fields(self, *, id, version, name, queue_id, path, options, pwd, now,
+                          spec: JobSpec = NO_SPEC) -> Job | None:
         r = self._one(self.q.update_job_fields, id=id, version=version, name=name, queue_id=queue_id, path=path,
-                      options=json.dumps(list(options)), pwd=pwd, now=now)
+                      options=json.dumps(list(options)), pwd=pwd, now=now, spec=_spec_json(spec))
         return row_to_job(r) if r else None
 
     def update_job(self, *, id, version, status, reason, now, scheduler_job_id=None, exit_code=None,

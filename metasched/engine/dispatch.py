@@ -102,7 +102,8 @@ class Dispatcher:
                 run_as = self.run_as(job, q.master_node_id)
             except SubmitRefused:
                 run_as = job.owner      # refused again, with its reason, in submit_batch
-            cost = len(job.path) + sum(len(o) for o in job.options) + len(job.pwd) + len(job.name) + 300
+            cost = (len(job.path) + sum(len(o) for o in job.options) + len(job.pwd) + len(job.name) + 300
+                    + job.spec.env_size() + sum(len(a) for a in job.spec.native))
             if batch and (run_as != owner or len(batch) >= BATCH_MAX or size + cost > BATCH_BYTES):
                 yield owner, batch
                 batch, size = [], 0

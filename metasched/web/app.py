@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import urllib.parse
 
 import falcon
 
@@ -219,7 +220,7 @@ class JobsResource(Base):
         resp.media = V.job(job)
 
     def on_get(self, req, resp):
-        params = _query(req, {"status", "queue", "owner", "after", "limit"})
+        params = _query(req, {"status", "queue", "owner", "after", "before", "limit", "order"})
         statuses = None
         if params.get("status"):
             statuses = []
@@ -228,12 +229,22 @@ class JobsResource(Base):
                     statuses.append(JobStatus(s.strip().upper()))
                 except ValueError:
                     raise E.Invalid(f"status: {s!r} is not one of {', '.join(S.STATUSES)}", field="status") from None
+        order = params.get("order", "oldest")
+        if order not in ("oldest", "newest"):
+            raise E.Invalid(f"order: expected oldest or newest, got {order!r}", field="order")
+        if ("after" if order == "newest" else "before") in params:
+            wrong = "after" if order == "newest" else "before"
+            raise E.Invalid(f"{wrong}: the cursor of order={'oldest' if wrong == 'after' else 'newest'}; "
+                            f"with order={order} give {'before' if wrong == 'after' else 'after'}", field=wrong)
         after = _int_param(params, "after", 0, 0)
+        before = _int_param(params, "before", 0, 1) if "before" in params else None
         limit = _int_param(params, "limit", self.page_limit, 1, 1000)
         queue = params.get("queue") or None
         result = self.svc.list_jobs(req.context.caller, statuses=statuses, queue=queue,
-                                    owner=params.get("owner") or None, after=after, limit=limit)
-        resp.media = V.page(result, V.job, "/jobs", dict(params, limit=str(limit)))
+                                    owner=params.get("owner") or None, after=after, limit=limit,
+                                    newest=order == "newest", before=before)
+        resp.media = V.page(result, V.job, "/jobs", dict(params, limit=str(limit)),
+                            cursor_param="before" if order == "newest" else "after")
 
 
 class ForeignJobsResource(Base):
@@ -254,7 +265,7 @@ class ForeignJobsResource(Base):
 
 class JobResource(Base):
     def on_get(self, req, resp, job_id):
-        resp.media = V.job(self.svc.get_job(req.context.caller, job_id))
+        resp.media = V.job_detail(self.svc.job_detail(req.context.caller, job_id))
 
     def on_patch(self, req, resp, job_id):
         resp.media = V.job(self.svc.edit_job(req.context.caller, job_id, read_body(req, S.JOB_PATCH)))
@@ -273,6 +284,26 @@ class JobHoldResource(Base):
 class JobReleaseResource(Base):
     def on_post(self, req, resp, job_id):
         resp.media = V.job(self.svc.release_job(req.context.caller, job_id))
+
+
+class JobOutputResource(Base):
+    """A job's stdout or stderr, read as its owner on its scheduler's master node: raw bytes, a bounded piece
+    at a time (offset: where to start, negative from the end; length: the most bytes)."""
+
+    def on_get(self, req, resp, job_id):
+        params = _query(req, {"stream", "offset", "length"})
+        stream = params.get("stream", "stdout")
+        if stream not in ("stdout", "stderr"):
+            raise E.Invalid(f"stream: expected stdout or stderr, got {stream!r}", field="stream")
+        offset = _signed_param(params, "offset", 0)
+        most = self.svc.config.server.output_max_bytes
+        length = _int_param(params, "length", most, 1, most)
+        chunk = self.svc.read_output(req.context.caller, job_id, stream, offset, length)
+        resp.content_type = "application/octet-stream"
+        resp.data = chunk.data
+        resp.set_header("X-Output-Size", str(chunk.size))
+        resp.set_header("X-Output-Offset", str(chunk.offset))
+        resp.set_header("X-Output-Path", urllib.parse.quote(chunk.path, safe="/"))
 
 
 class JobEventsResource(Base):
@@ -322,6 +353,15 @@ def _query(req, allowed: set[str]) -> dict:
     return out
 
 
+def _signed_param(params: dict, name: str, default: int) -> int:
+    if name not in params:
+        return default
+    v = params[name]
+    if not re.fullmatch(r"-?[0-9]{1,18}", v):
+        raise E.Invalid(f"{name}: expected an integer (negative: from the end), got {v!r}", field=name)
+    return int(v)
+
+
 def _int_param(params: dict, name: str, default: int, lo: int, hi: int | None = None) -> int:
     if name not in params:
         return default
@@ -350,6 +390,7 @@ def routes(services: Services) -> list[tuple[str, object]]:
         (f"/jobs/{{job_id:{ID}}}/hold", JobHoldResource(services)),
         (f"/jobs/{{job_id:{ID}}}/release", JobReleaseResource(services)),
         (f"/jobs/{{job_id:{ID}}}/events", JobEventsResource(services)),
+        (f"/jobs/{{job_id:{ID}}}/output", JobOutputResource(services)),
         ("/foreign-jobs", ForeignJobsResource(services, page)),
         ("/tokens", TokensResource(services)),
         (f"/tokens/{{token_id:{ID}}}", TokenResource(services)),

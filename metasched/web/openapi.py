@@ -60,16 +60,21 @@ PATHS = {
     "/jobs": {
         "post": _op("Submit a job", {"201": _resp("Job", "created; Location names it")},
                     errors=(400, 401, 403, 413, 415), body="JobSubmit"),
-        "get": _op("List jobs (yours; admins: everyone's), oldest first, a page at a time",
+        "get": _op("List jobs (yours; admins: everyone's), oldest first (or newest first), a page at a time",
                    {"200": _resp("JobList")}, errors=(400, 401, 403), params=[
                        _query("status", {"type": "string"}, "comma-separated states"),
                        _query("queue", {"type": "string"}, "queue id or name (empty: any)"),
                        _query("owner", {"type": "string"}, "admins only (empty: anyone's)"),
+                       _query("order", {"type": "string", "enum": ["oldest", "newest"]}, "oldest first (default) "
+                              "or newest first"),
                        _query("after", {"type": "integer", "minimum": 0}, "cursor: list ids greater than this"),
+                       _query("before", {"type": "integer", "minimum": 1}, "cursor of order=newest: list ids "
+                              "smaller than this"),
                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size")]),
     },
     "/jobs/{job_id}": {
-        "get": _op("One job", {"200": _resp("Job")}, errors=(401, 404), params=JOB_ID),
+        "get": _op("One job, with its variables and where its output goes", {"200": _resp("JobDetail")},
+                   errors=(401, 404), params=JOB_ID),
         "patch": _op("Edit a job before it is dispatched", {"200": _resp("Job")}, errors=WRITE_ERRORS,
                      body="JobPatch", params=JOB_ID),
         "delete": _op("Cancel: at once before dispatch (200), else a request the poller carries out (202)",
@@ -82,6 +87,20 @@ PATHS = {
                                            errors=(401, 404, 409), params=JOB_ID)},
     "/jobs/{job_id}/events": {"get": _op("Every state change of a job", {"200": _resp("EventList")},
                                          errors=(401, 404), params=JOB_ID)},
+    "/jobs/{job_id}/output": {"get": _op(
+        "A job's stdout or stderr: its bytes, read as the job's owner on the scheduler's master node, a bounded "
+        "piece at a time; 404 while the file does not exist, 503 when the node does not answer within the "
+        "server's output_timeout",
+        {"200": {"description": "the bytes; X-Output-Size: the file's size when read, X-Output-Offset: where they "
+                                "start, X-Output-Path: the file (percent-encoded)",
+                 "headers": {h: {"schema": {"type": "integer" if h != "X-Output-Path" else "string"}}
+                             for h in ("X-Output-Size", "X-Output-Offset", "X-Output-Path")},
+                 "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
+        errors=(400, 401, 403, 404, 503), params=JOB_ID + [
+            _query("stream", {"type": "string", "enum": ["stdout", "stderr"]}, "which output (default stdout)"),
+            _query("offset", {"type": "integer"}, "where to start, in bytes (default 0; negative: from the end)"),
+            _query("length", {"type": "integer", "minimum": 1},
+                   "the most bytes to return (default and at most the server's output_max_bytes)")])},
     "/foreign-jobs": {
         "get": _op("Jobs submitted directly to the schedulers (yours; admins: everyone's), oldest first, a page "
                    "at a time; metasched only observes them", {"200": _resp("ForeignJobList")},
@@ -105,7 +124,7 @@ PATHS = {
 COMPONENTS = {
     "Error": S.ERROR, "Status": S.STATUS, "Mode": S.MODE, "ModePut": S.MODE_PUT, "Node": S.NODE,
     "NodeList": S.NODE_LIST, "Queue": S.QUEUE, "QueueList": S.QUEUE_LIST, "Job": S.JOB, "JobList": S.JOB_LIST,
-    "JobSubmit": S.JOB_SUBMIT, "JobPatch": S.JOB_PATCH, "EventList": S.EVENT_LIST, "Token": S.TOKEN,
+    "JobDetail": S.JOB_DETAIL, "JobSubmit": S.JOB_SUBMIT, "JobPatch": S.JOB_PATCH, "EventList": S.EVENT_LIST, "Token": S.TOKEN,
     "TokenCreated": S.TOKEN_CREATED, "TokenCreate": S.TOKEN_CREATE, "TokenList": S.TOKEN_LIST,
     "ForeignJobList": S.FOREIGN_JOB_LIST,
 }

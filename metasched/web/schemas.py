@@ -47,17 +47,71 @@ ARGS = {"type": "array", "maxItems": 256, "items": text(4096),
         "description": "arguments passed to the script, each one verbatim"}
 TIME = {"type": ["string", "null"], "description": "UTC, ISO 8601"}
 
+# -- what a job asks for (issue 14): resources, native flags, environment, outputs -------------------------
+# Resources after PSI/J's ResourceSpecV1 and JobAttributes (their names in brackets); each scheduler maps them to
+# its own flags and a field it cannot honour is a 400 naming it. On input memory and walltime take units too;
+# a job shows them in bytes and seconds.
+ENV_NAME_PATTERN = "^[A-Za-z_][A-Za-z0-9_]{0,254}$"
+MEMORY = {"oneOf": [{"type": "integer", "minimum": 1, "maximum": 2 ** 50},
+                    {"type": "string", "minLength": 1, "maxLength": 32}],
+          "description": "memory per node: bytes, or a number with a unit K, M, G, T (powers of 1024), e.g. \"512M\""}
+WALLTIME = {"oneOf": [{"type": "integer", "minimum": 1, "maximum": 366 * 86400},
+                      {"type": "string", "minLength": 1, "maxLength": 32}],
+            "description": "the longest the job may run: seconds, \"[D-]HH:MM:SS\" or a number with s, m, h or d "
+                           "[duration]; over it the scheduler stops the job (ERROR with its reason)"}
+SCHED_NAME = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[A-Za-z0-9_.@*][A-Za-z0-9_.@*,:+=/-]*$"}
+RESOURCES = {
+    "type": "object", "additionalProperties": False,
+    "description": "what the job needs from its scheduler; each field left out is the scheduler's default",
+    "properties": {
+        "nodes": {"type": "integer", "minimum": 1, "maximum": 100000, "description": "nodes [node_count]"},
+        "tasks": {"type": "integer", "minimum": 1, "maximum": 1000000, "description": "tasks in all [process_count]"},
+        "cores_per_task": {"type": "integer", "minimum": 1, "maximum": 100000,
+                           "description": "CPU cores of each task [cpu_cores_per_process]"},
+        "memory": MEMORY, "walltime": WALLTIME,
+        "gpus_per_node": {"type": "integer", "minimum": 0, "maximum": 1024},
+        "native_queue": SCHED_NAME | {"description": "the scheduler's own queue or partition [queue_name]"},
+        "account": SCHED_NAME | {"description": "the account or project charged [project_name]"},
+    },
+}
+RESOURCES_PATCH = {**RESOURCES, "description": "merged into the job's resources; null removes a field",
+                   "properties": {k: {"oneOf": (v["oneOf"] if "oneOf" in v else [v]) + [{"type": "null"}]}
+                                  for k, v in RESOURCES["properties"].items()}}
+NATIVE = {"type": "array", "maxItems": 64, "items": {"type": "string", "minLength": 1, "maxLength": 4096},
+          "description": "flags for the job's scheduler (qsub, sbatch), each argv element as it is, after metasched's "
+                         "own; flags metasched sets (name, working directory, output, environment, hold, ...) are "
+                         "refused with the field that replaces them"}
+ENV = {"type": "object", "additionalProperties": {"type": "string", "maxLength": 16384},
+       "description": "variables the job gets (NAME: value; names " + ENV_NAME_PATTERN + ", at most 256 variables "
+                      "and 32 KiB), passed by the scheduler's own mechanism, never through a shell"}
+EXPORT = {"oneOf": [{"type": "string", "enum": ["all", "none"]},
+                    {"type": "array", "maxItems": 256, "items": {"type": "string", "pattern": ENV_NAME_PATTERN}}],
+          "description": "what the job also inherits of the submission environment on the scheduler's side (the "
+                         "scheduler client's, as the owner; sudo's own variables never): all, none, or these "
+                         "names; left out: the scheduler's default (Slurm: all, Grid Engine: none, local: all)"}
+OUTPUT = {"type": "string", "minLength": 1, "maxLength": 4096,
+          "description": "a file path, absolute or relative to pwd; %j is the job id, %x the job name, %% a percent "
+                         "sign; left out: the scheduler's default file"}
+SPEC_FIELDS = {"resources": RESOURCES, "native": NATIVE, "env": ENV, "export": EXPORT, "stdout": OUTPUT,
+               "stderr": OUTPUT, "join": {"type": "boolean", "description": "stderr goes into the stdout file"}}
+SPEC_PATCH = {"resources": RESOURCES_PATCH, "native": NATIVE, "env": ENV,
+              "export": {"oneOf": EXPORT["oneOf"] + [{"type": "null"}], "description": EXPORT["description"]},
+              "stdout": {"oneOf": [OUTPUT, {"type": "null"}]}, "stderr": {"oneOf": [OUTPUT, {"type": "null"}]},
+              "join": SPEC_FIELDS["join"]}
+
 JOB_SUBMIT = {
     "type": "object", "additionalProperties": False, "required": ["queue", "path"],
     "properties": {
         "queue": QUEUE_REF, "path": SCRIPT_PATH, "name": NAME, "options": ARGS, "pwd": DIRECTORY,
         "hold": {"type": "boolean", "description": "submit it held: not dispatched until released"},
         "owner": user_name("admins only: submit on behalf of this user (default: the caller)"),
+        **SPEC_FIELDS,
     },
 }
 JOB_PATCH = {
     "type": "object", "additionalProperties": False, "minProperties": 1,
-    "properties": {"queue": QUEUE_REF, "path": SCRIPT_PATH, "name": NAME, "options": ARGS, "pwd": DIRECTORY},
+    "properties": {"queue": QUEUE_REF, "path": SCRIPT_PATH, "name": NAME, "options": ARGS, "pwd": DIRECTORY,
+                   **SPEC_PATCH},
 }
 MODE_PUT = {
     "type": "object", "additionalProperties": False, "minProperties": 1,
@@ -103,9 +157,33 @@ JOB = {
         "cancel_requested": {"type": "boolean"},
         "created_at": {"type": "string"}, "submitted_at": TIME, "started_at": TIME, "finished_at": TIME,
         "updated_at": {"type": "string"},
-        "links": {"type": "object", "properties": {"self": {"type": "string"}, "events": {"type": "string"}}},
+        "links": {"type": "object", "properties": {"self": {"type": "string"}, "events": {"type": "string"},
+                                                   "output": {"type": "string"}}},
+        # -- what the job asks for (issue 14) --
+        "resources": {"type": "object", "description": "what was asked for (memory in bytes per node, walltime in "
+                                                       "seconds); {}: the scheduler's defaults",
+                      "properties": {k: ({"type": "integer"} if k not in ("native_queue", "account")
+                                         else {"type": "string"}) for k in RESOURCES["properties"]}},
+        "native": {"type": "array", "items": {"type": "string"}},
+        "env_names": {"type": "array", "items": {"type": "string"},
+                      "description": "the names of the job's variables (GET /jobs/{id} shows their values in env)"},
+        "export": {"type": ["string", "array", "null"], "items": {"type": "string"}},
+        "stdout": {"type": ["string", "null"], "description": "the stdout pattern asked for (null: the default)"},
+        "stderr": {"type": ["string", "null"]}, "join": {"type": "boolean"},
     },
 }
+JOB["required"] += ["resources", "native", "env_names", "export", "stdout", "stderr", "join"]
+OUTPUT_FILES = {
+    "type": "object", "required": ["stdout", "stderr", "join"],
+    "description": "where the job's output goes, resolved (null: not known before the job is dispatched, when the "
+                   "scheduler names the file after its own job id; stderr null when joined): read it with GET "
+                   "/jobs/{id}/output",
+    "properties": {"stdout": {"type": ["string", "null"]}, "stderr": {"type": ["string", "null"]},
+                   "join": {"type": "boolean"}},
+}
+JOB_DETAIL = {**JOB, "required": JOB["required"] + ["env", "outputs"],
+              "properties": {**JOB["properties"], "outputs": OUTPUT_FILES,
+                             "env": {"type": "object", "additionalProperties": {"type": "string"}}}}
 JOB_LIST = {
     "type": "object", "required": ["items", "next"],
     "properties": {"items": {"type": "array", "items": JOB}, "next": {"type": ["string", "null"]}},
@@ -119,7 +197,7 @@ EVENT = {
 EVENT_LIST = {"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": EVENT}}}
 QUEUE = {
     "type": "object",
-    "required": ["id", "name", "type", "master_node_id", "weight", "reachable", "jobs", "foreign_jobs"],
+    "required": ["id", "name", "type", "master_node_id", "weight", "reachable", "jobs", "foreign_jobs", "script"],
     "properties": {
         "id": {"type": "integer"}, "name": {"type": "string"},
         "type": {"type": "string", "enum": ["sge", "slurm", "yarn", "local", "spark"]},
@@ -130,6 +208,9 @@ QUEUE = {
         "foreign_jobs": {"type": "object", "properties": {s: {"type": "integer"} for s in FOREIGN_STATES},
                          "required": FOREIGN_STATES,
                          "description": "jobs submitted to the scheduler directly, not through metasched"},
+        "script": {"type": "string", "enum": ["executable", "readable"],
+                   "description": "what a job's script must be for this scheduler: run as a program, or read by "
+                                  "its client (Grid Engine's script mode, a YARN jar): what the CLI checks at submit"},
     },
 }
 QUEUE_LIST = {"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": QUEUE}}}

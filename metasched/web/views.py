@@ -9,10 +9,11 @@ import urllib.parse
 
 from ..backends.base import tag
 from ..model import ClusterEvent, ForeignJob, Job, JobEvent, Node, Token
-from ..services import Mode, Page, QueueSummary, Status
+from ..services import JobDetail, Mode, Page, QueueSummary, Status
 
 
 def job(j: Job) -> dict:
+    spec = j.spec
     return {
         "id": j.id, "name": j.name, "native_name": tag(j), "queue": j.queue_id, "owner": j.owner,
         "status": j.status.value,
@@ -20,8 +21,20 @@ def job(j: Job) -> dict:
         "exit_code": j.exit_code, "reason": j.reason, "cancel_requested": j.cancel_requested,
         "created_at": j.created_at, "submitted_at": j.submitted_at, "started_at": j.started_at,
         "finished_at": j.finished_at, "updated_at": j.updated_at,
-        "links": {"self": f"/jobs/{j.id}", "events": f"/jobs/{j.id}/events"},
+        "links": {"self": f"/jobs/{j.id}", "events": f"/jobs/{j.id}/events", "output": f"/jobs/{j.id}/output"},
+        # -- what the job asks for (issue 14); the variables' values only in job_detail --
+        "resources": spec.resources.asked(), "native": list(spec.native), "env_names": [k for k, _ in spec.env],
+        "export": spec.export if not isinstance(spec.export, tuple) else list(spec.export),
+        "stdout": spec.stdout, "stderr": spec.stderr, "join": spec.join,
     }
+
+
+def job_detail(d: JobDetail) -> dict:
+    """GET /jobs/{id}: the job, its variables, and where its output goes (resolved)."""
+    out = job(d.job)
+    out["env"] = dict(d.job.spec.env)
+    out["outputs"] = {"stdout": d.outputs.stdout, "stderr": d.outputs.stderr, "join": d.outputs.joined}
+    return out
 
 
 def event(e: JobEvent) -> dict:
@@ -46,7 +59,7 @@ def queue(s: QueueSummary) -> dict:
     return {"id": q.id, "name": q.name, "type": q.type.value, "master_node_id": q.master_node_id,
             "weight": q.weight, "reachable": q.reachable, "last_error": q.last_error, "jobs": dict(s.jobs),
             # jobs submitted to the scheduler directly (not through us), as of its last status call
-            "foreign_jobs": dict(s.foreign)}
+            "foreign_jobs": dict(s.foreign), "script": s.script}
 
 
 def mode(m: Mode) -> dict:
@@ -81,12 +94,12 @@ def token(t: Token, secret: str | None = None) -> dict:
     return out
 
 
-def page(result: Page, item, base: str, params: dict, cursor=lambda x: x.id) -> dict:
+def page(result: Page, item, base: str, params: dict, cursor=lambda x: x.id, cursor_param: str = "after") -> dict:
     """A listing page: its items serialized with ``item``, and a ``next`` link (the same query, after the
-    last item) exactly when more items follow."""
+    last item; ``before`` it, newest first) exactly when more items follow."""
     nxt = None
     if result.more and result.items:
-        q = {k: v for k, v in params.items() if k != "after"}
-        q["after"] = str(cursor(result.items[-1]))
+        q = {k: v for k, v in params.items() if k != cursor_param}
+        q[cursor_param] = str(cursor(result.items[-1]))
         nxt = f"{base}?{urllib.parse.urlencode(q)}"
     return {"items": [item(x) for x in result.items], "next": nxt}

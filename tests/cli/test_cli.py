@@ -23,7 +23,7 @@ import pytest
 
 from .conftest import as_user, cli_argv, user_env
 
-COMMANDS = ["submit", "jobs", "show", "events", "cancel", "hold", "release", "edit", "queues", "nodes", "mode",
+COMMANDS = ["submit", "jobs", "show", "output", "events", "cancel", "hold", "release", "edit", "queues", "nodes", "mode",
             "watch", "token"]
 
 
@@ -79,7 +79,9 @@ def test_submit_prints_the_id_and_makes_paths_absolute(cli, lab, as_json):
 
 
 def test_submit_parsable_prints_only_the_id(cli, lab, as_json):
-    (lab.workdir("alice") / "sub").mkdir(exist_ok=True)
+    sub = lab.workdir("alice") / "sub"
+    sub.mkdir(exist_ok=True)
+    os.chown(sub, pwd.getpwnam("alice").pw_uid, -1)       # alice's own: the CLI checks she can write there
     r = cli("alice", "submit", "--parsable", "-q", "local", "--hold", "--pwd", "sub", "job.sh")
     assert r.returncode == 0, r.stderr
     assert re.fullmatch(r"\d+\n", r.stdout), repr(r.stdout)
@@ -116,10 +118,14 @@ def test_jobs_shows_your_own_jobs_and_admins_see_all_with_all(cli, submit, as_js
 
     r = cli("alice", "jobs")
     assert r.returncode == 0
-    assert r.stdout.splitlines()[0].split() == ["ID", "NAME", "QUEUE", "OWNER", "STATE", "SUBMITTED", "NATIVE",
-                                                "ID", "EXIT"]
+    assert r.stdout.splitlines()[0].split() == ["ID", "NAME", "QUEUE", "STATE", "SUBMITTED", "EXIT", "REASON"]
     row = next(line for line in r.stdout.splitlines() if line.split()[0] == str(a))
-    assert row.split()[1:5] == ["job.sh", "local", "alice", "TO_BE_QUEUED"]
+    assert row.split()[1:4] == ["job.sh", "local", "TO_BE_QUEUED"]
+    r = cli("root", "jobs", "--all")                   # someone's else too: whose they are
+    assert r.stdout.splitlines()[0].split()[:4] == ["ID", "NAME", "QUEUE", "OWNER"]
+    r = cli("alice", "jobs", "--wide")
+    assert r.stdout.splitlines()[0].split() == ["ID", "NAME", "QUEUE", "OWNER", "STATE", "SUBMITTED", "NATIVE",
+                                                "ID", "EXIT", "REASON"]
     assert "ago" in row
     assert "\033[" not in r.stdout          # not a terminal: no colour
 
@@ -244,7 +250,11 @@ def test_queues_and_nodes(cli, as_json):
     r = cli("bob", "queues")
     assert r.returncode == 0
     lines = r.stdout.splitlines()
-    assert lines[0].split()[:6] == ["ID", "NAME", "TYPE", "WEIGHT", "STATE", "WAITING"]
+    assert lines[0].split() == ["ID", "NAME", "TYPE", "WEIGHT", "STATE", "WAIT", "QUEUED", "RUN", "DONE", "ERR",
+                                "DIRECT"]
+    assert max(len(line) for line in lines) <= 80
+    assert cli("bob", "queues", "--wide").stdout.splitlines()[0].split()[:6] == ["ID", "NAME", "TYPE", "WEIGHT",
+                                                                                 "STATE", "WAITING"]
     assert [line.split()[1] for line in lines[1:]] == ["local", "batch"]
     assert [q["name"] for q in as_json("bob", "queues")["items"]] == ["local", "batch"]
 
@@ -445,7 +455,7 @@ def test_watch_prints_one_frame_per_refresh_until_interrupted(lab, submit):
                          cwd=lab.workdir("alice"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out = _reader(p.stdout)
-        first = _wait_for(out, rf"^{jid}\s+job\.sh\s+local\s+alice\s+TO_BE_QUEUED")
+        first = _wait_for(out, rf"^{jid}\s+job\.sh\s+local\s+TO_BE_QUEUED")   # your own jobs: no owner column
         assert any(re.match(r"^metasched watch\s+policy shared", x) for x in first)
         _wait_for(out, r"^metasched watch\s+policy")        # a second frame, printed below the first
         p.send_signal(signal.SIGINT)                        # Ctrl-C is how it normally ends
@@ -514,5 +524,5 @@ def test_queues_count_direct_jobs(cli, as_json, direct_jobs):
     assert queues == {"local": {"PENDING": 1, "RUNNING": 1}, "batch": {"PENDING": 0, "RUNNING": 1}}
     r = cli("bob", "queues")
     lines = r.stdout.splitlines()
-    assert lines[0].split()[-2:] == ["DIRECT", "Q/R"]
+    assert lines[0].split()[-1] == "DIRECT"
     assert [line.split()[-1] for line in lines[1:]] == ["1/1", "0/1"]

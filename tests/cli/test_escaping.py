@@ -27,7 +27,7 @@ def _terminal_safe(text: str) -> None:
 
 
 def test_show_jobs_events_and_watch_escape_what_the_user_typed(cli, lab, as_json):
-    r = cli("alice", "submit", "--parsable", "--queue", "local", "--name", NAME, "--pwd", PWD, "--hold",
+    r = cli("alice", "submit", "--no-check", "--parsable", "--queue", "local", "--name", NAME, "--pwd", PWD, "--hold",
             SCRIPT, *ARGS)
     assert r.returncode == 0, r.stderr
     jid = int(r.stdout)

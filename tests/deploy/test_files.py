@@ -15,7 +15,7 @@ import pytest
 from metasched import preflight
 from metasched.backends import get_backend
 from metasched.config import ServerConfig
-from metasched.model import Job, JobStatus
+from metasched.model import Job, JobSpec, JobStatus
 
 from .conftest import REPO, SITE, SOCKET_IN_SITE, require_binary
 
@@ -76,7 +76,10 @@ def test_every_command_a_backend_runs_as_the_owner_is_one_preflight_checks(kind)
     ran = dataclasses.replace(job, status=JobStatus.RUNNING,
                               scheduler_job_id="client:4242" if kind == "yarn" else "4242")
     lines = [backend.batch_line(job), backend.batch_line(job)]
+    # a job with variables of its own runs its scheduler client through sh (never env right after sudo)
+    with_env = dataclasses.replace(job, spec=JobSpec(env=(("A", "1"),), export="all"))
     argvs = [backend.submit_argv(job, "alice"), backend.batch_submit_argv(lines, "alice"),
+             backend.submit_argv(with_env, "alice"),
              backend.cancel_argv(ran, "alice"), backend.final_argv(ran)]
     for j in (ran,) + ((job,) if backend.final_by_tag_argv else ()):
         run_as, entry = backend.final_entry(j)

@@ -9,7 +9,7 @@ What a test gets from ``lab`` (see tests/lab/lab.py):
   lab.nodes[i].address / .port / .name / .sshd / .netns   node 0 = frontend (master of SGE and Slurm)
   lab.node_endpoints -> [(address, port), ...]
   lab.key_file, lab.known_hosts (Paths), lab.ssh_user ("metascheduler"), lab.users ("alice", "bob")
-  lab.hostname, lab.jobcomp_path, lab.sge_env, lab.sge_bin, lab.sge_queue, lab.slurm_partition
+  lab.hostname, lab.jobcomp_path, lab.sge_env, lab.sge_bin, lab.sge_queue, lab.sge_pe, lab.slurm_partition
   lab.connect(i) -> paramiko.SSHClient (RejectPolicy, TCP_NODELAY); ssh_exec(client, cmd)
   lab.stop_node_sshd(i) / lab.start_node_sshd(i); lab.start_untrusted_sshd() -> Sshd
 

@@ -48,6 +48,7 @@ SGE_ENV = {"SGE_ROOT": SGE_ROOT, "SGE_CELL": SGE_CELL}
 SGE_QMASTER_PORT = 6444
 SGE_EXECD_PORT = 6445
 SGE_QUEUE = "all.q"
+SGE_PE = "smp"          # the lab's parallel environment ($pe_slots: every slot on one host)
 
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
 SLURMCTLD_PORT = 6817
@@ -584,11 +585,18 @@ class GridEngine:
         (self.dir / "conf").mkdir(exist_ok=True)
         self._conf_file("conf/global", glob)
         self.cmd("qconf", "-Mconf", str(self.dir / "conf" / "global"))
+        # A parallel environment for jobs of several slots on one host (what metasched's option pe names).
+        pe = {"pe_name": SGE_PE, "slots": str(2 * self.slots), "user_lists": "NONE", "xuser_lists": "NONE",
+              "start_proc_args": "NONE", "stop_proc_args": "NONE", "allocation_rule": "$pe_slots",
+              "control_slaves": "FALSE", "job_is_first_task": "TRUE", "urgency_slots": "min",
+              "accounting_summary": "FALSE", "qsort_args": "NONE"}
+        has_pe = SGE_PE in self.cmd("qconf", "-spl", check=False).stdout.split()
+        self.cmd("qconf", "-Mp" if has_pe else "-Ap", self._conf_file("pe", pe))
         exists = SGE_QUEUE in self.cmd("qconf", "-sql", check=False).stdout.split()
         queue = parse_sge_conf(self.cmd("qconf", "-sq", *([SGE_QUEUE] if exists else [])).stdout)
         # No load threshold: the tests load the 2 cores, and an alarm state would stop scheduling.
         queue.update(qname=SGE_QUEUE, hostlist=self.hostname, slots=str(self.slots), shell="/bin/sh",
-                     load_thresholds="NONE", pe_list="NONE", tmpdir="/tmp")
+                     load_thresholds="NONE", pe_list=SGE_PE, tmpdir="/tmp")
         self.cmd("qconf", "-Mq" if exists else "-Aq", self._conf_file("queue", queue))
 
     def delete_all_jobs(self) -> None:
@@ -965,6 +973,7 @@ class Lab:
     sge_bin: str = SGE_BIN
     slurm_partition: str = SLURM_PARTITION
     sge_queue: str = SGE_QUEUE
+    sge_pe: str = SGE_PE
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> "Lab":

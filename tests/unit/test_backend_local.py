@@ -76,7 +76,9 @@ def submit(b, j) -> Job:
 
 def test_job_runs_detached_in_its_pwd_and_its_exit_code_is_kept(workdir):
     b = backend()
-    j = make_job(workdir, script(workdir, 'echo "out $1 $(pwd)"; echo err >&2; sleep 1; exit 3\n'),
+    gate = workdir / "gate"                     # the job runs until the test opens the gate (no timing)
+    j = make_job(workdir, script(workdir, f'echo "out $1 $(pwd)"; echo err >&2; '
+                                          f'while [ ! -e {gate} ]; do sleep 0.05; done; exit 3\n'),
                  options=("arg one",))
     j = submit(b, j)                            # returns at once: the final check below finds it running
     pgid = int(j.scheduler_job_id)
@@ -88,6 +90,7 @@ def test_job_runs_detached_in_its_pwd_and_its_exit_code_is_kept(workdir):
     assert ours[0].state is NativeState.RUNNING and ours[0].start_time.endswith("Z")
     p = run(b.final_argv(j))
     assert b.parse_final(j, p.returncode, p.stdout, p.stderr) is None      # still running
+    gate.touch()
 
     fs = wait_final(b, j)
     assert (fs.status, fs.exit_code, fs.reason) == ("ERROR", 3, "exit code 3")
@@ -176,18 +179,21 @@ def test_cancel_of_a_reused_pgid_does_nothing(workdir):
         other.wait()
 
 
-def test_not_executable_is_refused_at_submit(workdir):
+def test_each_mistake_is_refused_at_launch_with_its_own_reason(workdir):
+    """A missing script, one that is not executable, a directory, a pwd that is not there: each says which (a
+    missing file was "not an executable file" too)."""
     b = backend()
     p = workdir / "plain.sh"
     p.write_text("echo hi\n")
-    j = make_job(workdir, p, jid=47)
-    r = run(b.submit_argv(j, None))
-    with pytest.raises(SubmitRefused, match="not an executable file"):
-        b.parse_submit(j, r.returncode, r.stdout, r.stderr)
-    j = make_job(workdir / "missing", script(workdir, "exit 0\n"), jid=48)
-    r = run(b.submit_argv(j, None))
-    with pytest.raises(SubmitRefused):
-        b.parse_submit(j, r.returncode, r.stdout, r.stderr)
+    (workdir / "adir").mkdir()
+    cases = [(make_job(workdir, p, jid=47), rf"^metasched: not executable: {p} \(chmod \+x {p}\)$"),
+             (make_job(workdir, workdir / "nosuch.sh", jid=46), rf"^metasched: no such file: {workdir}/nosuch.sh$"),
+             (make_job(workdir, workdir / "adir", jid=45), "^metasched: not a regular file: "),
+             (make_job(workdir / "missing", script(workdir, "exit 0\n"), jid=48), "^metasched: cannot enter pwd ")]
+    for j, reason in cases:
+        r = run(b.submit_argv(j, None))
+        with pytest.raises(SubmitRefused, match=reason):
+            b.parse_submit(j, r.returncode, r.stdout, r.stderr)
 
 
 def exit_path(j: Job) -> Path:
@@ -288,7 +294,7 @@ def test_a_pwd_the_owner_cannot_write_is_refused_at_submit(workdir):
     workdir.chmod(0o755)                          # root's directory: alice may read it, not write
     j = make_job(workdir, script(workdir, "exit 0\n"), jid=62, owner="alice")
     r = run(get_backend("local", {}).submit_argv(j, "alice"))
-    with pytest.raises(SubmitRefused, match="cannot write in pwd"):
+    with pytest.raises(SubmitRefused, match="cannot write pwd"):
         LocalBackend().parse_submit(j, r.returncode, r.stdout, r.stderr)
     assert list(workdir.iterdir()) == [workdir / "job.sh"]
 
@@ -499,3 +505,133 @@ def test_the_old_exit_file_counts_only_as_the_owners_own(alices):
     subprocess.run(["sudo", "-n", "-u", "alice", "--", "sh", "-c", f"echo 4 > {old}"], check=True)
     p = run(b.final_argv(j))
     assert b.parse_final_by_tag(j, p.returncode, p.stdout, p.stderr)[1].exit_code == 4
+
+
+# -- what a job asks for: its environment, outputs and limits, kept by the launcher (real processes) ----------
+
+from metasched.backends.local import LIMIT_STATUS  # noqa: E402
+from metasched.model import JobSpec, Resources  # noqa: E402
+
+
+def spec_job(d: Path, body: str, jid: int, **spec) -> Job:
+    return make_job(d, script(d, body, f"job{jid}.sh"), jid=jid, spec=JobSpec(**spec))
+
+
+def test_the_job_gets_its_variables_and_the_export_it_chose_without_a_shell(workdir, monkeypatch):
+    """Values with quotes, $(...), commas and newlines arrive as given; nothing is evaluated; export decides what
+    of the launcher's own environment the job also has (sudo's SUDO_* variables never with "all")."""
+    b = backend()
+    canary = workdir / "CANARY"
+    value = f"a,b 'c' \"d\" $(touch {canary}) `touch {canary}`\nsecond line"
+    monkeypatch.setenv("SUDO_USER", "someone")
+    monkeypatch.setenv("FROM_LAUNCHER", "here")
+    body = 'for v in MINE FROM_LAUNCHER SUDO_USER PATH; do printf "%s=[%s]\\n" "$v" "$(printenv "$v")"; done\n'
+    runs = {"all": dict(export="all"), "none": dict(export="none"), "names": dict(export=("FROM_LAUNCHER", "NOPE")),
+            "default": dict()}
+    jobs = {k: submit(b, spec_job(workdir, body, 70 + i, env=(("MINE", value),), **kw))
+            for i, (k, kw) in enumerate(runs.items())}
+    got = {}
+    for k, j in jobs.items():
+        assert wait_final(b, j).status == "COMPLETED", k
+        got[k] = Path(output_files(j)[0]).read_text()
+    mine = f"MINE=[{value}]\n"
+    assert got["all"].startswith(mine + "FROM_LAUNCHER=[here]\nSUDO_USER=[]\nPATH=[/")
+    assert got["none"] == mine + "FROM_LAUNCHER=[]\nSUDO_USER=[]\nPATH=[]\n"
+    assert got["names"] == mine + "FROM_LAUNCHER=[here]\nSUDO_USER=[]\nPATH=[]\n"
+    assert got["default"].startswith(mine + "FROM_LAUNCHER=[here]\nSUDO_USER=[someone]\n")
+    assert not canary.exists()
+
+
+def test_custom_outputs_land_where_asked_and_join_makes_one_file(workdir):
+    b = backend()
+    (workdir / "logs").mkdir()
+    j = submit(b, spec_job(workdir, "echo out; echo err >&2; echo out2\n", 80, stdout="logs/%x-%j.o", stderr="/%%/../"
+                                                                                  f"{workdir}/e%%.txt"))
+    assert wait_final(b, j).status == "COMPLETED"
+    assert output_files(j) == (f"{workdir}/logs/hello-80.o", f"{workdir}/e%.txt")
+    assert Path(output_files(j)[0]).read_text() == "out\nout2\n" and Path(output_files(j)[1]).read_text() == "err\n"
+    j = submit(b, spec_job(workdir, "echo out; echo err >&2; echo out2\n", 81, join=True))
+    assert wait_final(b, j).status == "COMPLETED"
+    assert output_files(j)[1] is None and b.output_files(j).joined
+    assert Path(output_files(j)[0]).read_text() == "out\nerr\nout2\n"
+    assert not list(workdir.glob("*.e81"))
+    # a directory that is not there is this launch's refusal, with its reason
+    j = spec_job(workdir, "true\n", 82, stdout="nosuch/out")
+    r = run(b.submit_argv(j, None))
+    with pytest.raises(SubmitRefused, match=r"cannot create the job's output file .*/nosuch/out: no such directory"):
+        b.parse_submit(j, r.returncode, r.stdout, r.stderr)
+
+
+def test_cores_bind_the_job_to_that_many_cpus_and_more_than_the_node_has_is_refused(workdir):
+    b = backend()
+    have = len(os.sched_getaffinity(0))
+    j = submit(b, spec_job(workdir, "nproc\n", 83, resources=Resources(cores_per_task=1)))
+    assert wait_final(b, j).status == "COMPLETED"
+    assert Path(output_files(j)[0]).read_text() == "1\n"
+    j = submit(b, spec_job(workdir, "nproc\n", 84, resources=Resources(tasks=have)))
+    assert wait_final(b, j).status == "COMPLETED"
+    assert Path(output_files(j)[0]).read_text() == f"{have}\n"
+    j = spec_job(workdir, "nproc\n", 85, resources=Resources(cores_per_task=have + 1))
+    r = run(b.submit_argv(j, None))
+    with pytest.raises(SubmitRefused, match=rf"asks for {have + 1} cores; this node has {have}"):
+        b.parse_submit(j, r.returncode, r.stdout, r.stderr)
+
+
+def test_a_job_over_its_walltime_is_stopped_and_ends_in_error_saying_so(workdir):
+    """The job and a child it left in the background are stopped; the reason names the limit. A job within its
+    walltime ends as itself (its own status)."""
+    b = backend()
+    pidfile = workdir / "child.pid"
+    j = submit(b, spec_job(workdir, f"sleep 300 & echo $! > {pidfile}\necho started\nwait\n", 86,
+                           resources=Resources(walltime=1)))
+    fs = wait_final(b, j, timeout=30)
+    assert (fs.status, fs.exit_code) == ("ERROR", LIMIT_STATUS["walltime"]), fs
+    assert fs.reason.startswith("walltime exceeded: it ran longer than 00:00:01"), fs
+    assert "went over its walltime of 00:00:01" in Path(output_files(j)[1]).read_text()
+    child = int(pidfile.read_text())
+    end = time.monotonic() + 10
+    while time.monotonic() < end and Path(f"/proc/{child}").exists() and \
+            Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        time.sleep(0.05)
+    assert not Path(f"/proc/{child}").exists() or \
+        Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    j = submit(b, spec_job(workdir, "exit 4\n", 87, resources=Resources(walltime=3600)))
+    assert (wait_final(b, j).status, wait_final(b, j).exit_code, wait_final(b, j).reason) == ("ERROR", 4,
+                                                                                               "exit code 4")
+
+
+def test_a_job_over_its_memory_is_stopped_and_ends_in_error_saying_so(workdir):
+    b = backend()
+    hog = ("python3 -c 'import time\nb = bytearray(300 * 1024 * 1024)\nfor i in range(0, len(b), 4096): b[i] = 1\n"
+           "time.sleep(300)'\n")
+    j = submit(b, spec_job(workdir, hog, 88, resources=Resources(memory=100 * 1024 * 1024)))
+    fs = wait_final(b, j, timeout=60)
+    assert (fs.status, fs.exit_code) == ("ERROR", LIMIT_STATUS["memory"]), fs
+    assert fs.reason.startswith("memory exceeded: it used more than 100 MiB"), fs
+    j = submit(b, spec_job(workdir, "echo small\n", 89, resources=Resources(memory=100 * 1024 * 1024)))
+    assert wait_final(b, j).status == "COMPLETED"
+
+
+def test_a_limited_job_is_still_cancelled_by_its_group_and_its_status_kept(workdir):
+    b = backend()
+    j = submit(b, spec_job(workdir, "sleep 300\n", 90, resources=Resources(walltime=3600, memory=2 ** 30)))
+    p = run(b.status_argv())
+    assert [n.native_id for n in b.parse_status(p.returncode, p.stdout, p.stderr) if n.our_id == j.id] == [
+        j.scheduler_job_id]
+    end = time.monotonic() + 10
+    while time.monotonic() < end and "terminating" not in run(b.cancel_argv(j, None)).stdout:
+        time.sleep(0.1)
+    fs = wait_final(b, dataclasses.replace(j, cancel_requested=True), timeout=20)
+    assert fs.status == "CANCELLED", fs
+
+
+def test_the_spec_the_local_scheduler_cannot_honour():
+    b = LocalBackend({})
+    j = Job(id=1, name="x", queue_id=1, owner="alice", status=JobStatus.HELD, path="/x", pwd="/tmp")
+    for spec, field in ((JobSpec(resources=Resources(gpus_per_node=1)), "resources.gpus_per_node"),
+                        (JobSpec(resources=Resources(native_queue="q")), "resources.native_queue"),
+                        (JobSpec(resources=Resources(nodes=2)), "resources.nodes"),
+                        (JobSpec(native=("-x",)), "native")):
+        assert b.spec_problem(dataclasses.replace(j, spec=spec))[0] == field
+    assert b.spec_problem(dataclasses.replace(j, spec=JobSpec(resources=Resources(
+        nodes=1, tasks=2, cores_per_task=1, memory=1, walltime=1)))) is None

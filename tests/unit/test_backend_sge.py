@@ -29,16 +29,21 @@ def test_registry_returns_sge_backend_with_options():
 
 
 def test_submit_argv_plain_names_and_sudo():
-    argv = GridEngineBackend().submit_argv(job(), "alice")
+    argv = GridEngineBackend({"check_paths": False}).submit_argv(job(), "alice")
     assert argv == ["sudo", "-n", "-u", "alice", "--", "qsub", "-terse", "-N", "ms7_hello",
                     "-wd", "/home/alice", "-ac", "metasched_id=7", "-b", "n",
                     "/home/alice/job.sh", "a", "b c"]
+    # by default the owner's sh first checks the script can be read and pwd written (check_paths)
+    checked = GridEngineBackend().submit_argv(job(), "alice")
+    assert checked[5:11] == ["sh", "-c", checked[7], "sh", "read", "/home/alice/job.sh"]
+    assert checked[11:14] == ["/home/alice", "1", "/home/alice"] and checked[14:] == argv[5:]
+    assert GridEngineBackend({"binary": True}).submit_argv(job(), None)[4] == "exec"
 
 
 def test_submit_argv_env_prefix_comes_after_sudo_and_options_apply():
     b = GridEngineBackend({"bin_dir": "/usr/lib/gridengine",
                            "env": {"SGE_ROOT": "/var/lib/gridengine", "SGE_CELL": "default"},
-                           "qsub_args": ["-q", "all.q"], "shell": "/bin/bash"})
+                           "qsub_args": ["-q", "all.q"], "shell": "/bin/bash", "check_paths": False})
     argv = b.submit_argv(job(), "alice")
     assert argv[:8] == ["sudo", "-n", "-u", "alice", "--", "env", "SGE_ROOT=/var/lib/gridengine",
                         "SGE_CELL=default"]
@@ -202,6 +207,12 @@ def test_parse_final_killed_cancelled_and_error():
         .replace("exit_status  137", "exit_status  0")
     fs = b.parse_final(job(scheduler_job_id="44"), 0, failed26, "")
     assert fs.status == "ERROR" and fs.reason == "failed 26 : opening input/output file"
+    # h_rt over (captured from the lab: qacct prints two spaces after the code)
+    walltime = _KILLED.replace("failed       100 : assumedly after job",
+                               "failed       37  : qmaster enforced h_rt, h_cpu, or h_vmem limit")
+    fs = b.parse_final(job(scheduler_job_id="44"), 0, walltime, "")
+    assert (fs.status, fs.exit_code, fs.reason) == ("ERROR", 137, "failed 37 : qmaster enforced h_rt, h_cpu, or "
+                                                                  "h_vmem limit")
 
 
 def test_parse_final_takes_the_last_of_several_records():
@@ -233,3 +244,49 @@ def test_a_dollar_in_the_working_directory_is_refused_naming_pwd():
     b = get_backend("sge")
     assert b.field_problem("/a/$x.sh", "/home/a/d $HOME", [])[0] == "pwd"
     assert b.field_problem("/a/$x.sh", "/home/a/d ;`x`:@\\%", ["$HOME"]) is None
+
+
+# -- what a job asks for ------------------------------------------------------------------------------------
+
+from metasched.model import JobSpec, Resources  # noqa: E402
+
+
+def test_resources_become_a_pe_h_rt_the_sites_memory_complex_per_slot_queue_and_project():
+    b = get_backend("sge", {"pe": "smp", "memory_complex": "h_vmem"})
+    j = job(spec=JobSpec(resources=Resources(tasks=2, cores_per_task=2, memory=2 * 1024 ** 3, walltime=90,
+                                             native_queue="all.q", account="physics")))
+    argv = b.submit_argv(j, None)
+    tail = argv[argv.index("n") + 1:]
+    assert tail == ["-pe", "smp", "4", "-l", "h_rt=90,h_vmem=512M", "-q", "all.q", "-P", "physics",
+                    "/home/alice/job.sh", "a", "b c"]
+    # one slot needs no parallel environment; memory that does not divide is rounded up to a whole K
+    argv = b.submit_argv(job(spec=JobSpec(resources=Resources(cores_per_task=3, memory=1000))), None)
+    assert argv[argv.index("-pe"):argv.index("-pe") + 5] == ["-pe", "smp", "3", "-l", "h_vmem=1K"]
+    assert "-pe" not in b.submit_argv(job(spec=JobSpec(resources=Resources(tasks=1, walltime=5))), None)
+
+
+def test_outputs_join_and_native_flags_take_their_place_and_the_default_stays():
+    b = get_backend("sge", {"check_paths": False})
+    assert b.submit_argv(job(), None) == ["qsub", "-terse", "-N", "ms7_hello", "-wd", "/home/alice", "-ac",
+                                          "metasched_id=7", "-b", "n", "/home/alice/job.sh", "a", "b c"]
+    argv = b.submit_argv(job(spec=JobSpec(stdout="o/%x.%j", join=True, native=("-l", "arch=lx-amd64", "-p", "-5"))),
+                         None)
+    assert argv[7:] == ["metasched_id=7", "-j", "y", "-o", "/home/alice/o/hello.7", "-b", "n", "-l", "arch=lx-amd64",
+                        "-p", "-5", "/home/alice/job.sh", "a", "b c"]
+    assert b.output_files(job(spec=JobSpec(stdout="o/%x.%j", join=True))).stdout == "/home/alice/o/hello.7"
+    assert b.output_files(job(scheduler_job_id="41")).stderr == "/home/alice/ms7_hello.e41"
+    assert b.output_files(job(scheduler_job_id=None)).stdout is None
+
+
+def test_the_variables_are_passed_by_name_and_export_all_is_minus_V():
+    b = get_backend("sge", {"bin_dir": "/usr/lib/gridengine", "check_paths": False})
+    argv = b.submit_argv(job(spec=JobSpec(env=(("A", "1,2"),), export=("PATH", "A"))), None)
+    assert argv[argv.index("-v") + 1] == "PATH,A" and argv[:3] == ["sh", "-c", argv[2]]
+    assert argv[argv.index("/usr/lib/gridengine/qsub") - 1] == "A=1,2"
+    argv = b.submit_argv(job(spec=JobSpec(export="all")), None)
+    assert "-V" in argv and "-v" not in argv and argv[4] == "1"       # sudo's variables removed
+
+
+def test_script_mode_needs_a_readable_script_binary_mode_an_executable():
+    assert get_backend("sge", {}).script_needs() == "readable"
+    assert get_backend("sge", {"binary": True}).script_needs() == "executable"

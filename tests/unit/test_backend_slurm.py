@@ -23,7 +23,7 @@ def job(**kw) -> Job:
 
 
 def test_submit_argv():
-    argv = get_backend("slurm", {"sbatch_args": ["-p", "debug"]}).submit_argv(job(), "alice")
+    argv = get_backend("slurm", {"sbatch_args": ["-p", "debug"], "check_paths": False}).submit_argv(job(), "alice")
     assert argv == ["sudo", "-n", "-u", "alice", "--", "sbatch", "--parsable", "-J", "ms7_hello",
                     "-D", "/home/alice", "-o", "ms7_hello.o%j", "-e", "ms7_hello.e%j",
                     "-p", "debug", "/home/alice/job.sh", "x"]
@@ -116,8 +116,8 @@ def _scontrol(state: str, code: str) -> str:
 @pytest.mark.parametrize("state,code,expected", [
     ("FAILED", "3:0", ("ERROR", 3, "exit code 3")),
     ("FAILED", "0:9", ("ERROR", 137, "signal 9")),
-    ("TIMEOUT", "0:15", ("ERROR", 143, "timeout")),
-    ("OUT_OF_MEMORY", "0:125", ("ERROR", 253, "out of memory")),
+    ("TIMEOUT", "0:15", ("ERROR", 143, "timeout: Slurm stopped it at its time limit (TIMEOUT)")),
+    ("OUT_OF_MEMORY", "0:125", ("ERROR", 253, "out of memory (OUT_OF_MEMORY)")),
     ("NODE_FAIL", "0:0", ("ERROR", 0, "node failure")),
     ("CANCELLED", "0:15", ("CANCELLED", 143, "cancelled")),
 ])
@@ -258,3 +258,38 @@ def test_an_array_job_is_one_job_listed_and_ended_by_all_its_tasks():
     comp = ("JobId=31 UserId=alice(1001) GroupId=alice(1001) Name=ms9-abcdef_arr JobState=FAILED Partition=debug "
             "StartTime=2026-12-01T13:22:13 ArrayJobId=30 ArrayTaskId=2 DerivedExitCode=0:0 ExitCode=2:0 \n")
     assert b.parse_final(j, 0, comp, "").reason == "array task 2: exit code 2"
+
+
+# -- what a job asks for ------------------------------------------------------------------------------------
+
+from metasched.model import JobSpec, Resources  # noqa: E402
+
+
+def test_resources_become_sbatch_options_after_ours_and_before_native_flags():
+    b = get_backend("slurm", {})
+    j = job(spec=JobSpec(resources=Resources(nodes=1, tasks=4, cores_per_task=2, memory=512 * 1024 ** 2 + 1,
+                                             walltime=86400 + 61, gpus_per_node=2, native_queue="debug",
+                                             account="phys"), native=("--qos=low",)))
+    argv = b.submit_argv(j, None)
+    assert argv[argv.index("--nodes=1"):] == [
+        "--nodes=1", "--ntasks=4", "--cpus-per-task=2", "--mem=513M", "--time=1-00:01:01", "--gres=gpu:2",
+        "--partition=debug", "--account=phys", "--qos=low", j.path, *j.options]
+
+
+def test_outputs_are_literal_paths_and_join_leaves_out_minus_e():
+    b = get_backend("slurm", {})
+    j = job(pwd="/d/100%", spec=JobSpec(stdout="%x-%j.out", join=True))
+    argv = b.submit_argv(j, None)
+    assert argv[argv.index("-o") + 1] == "/d/100\\%/" + f"{j.name}-{j.id}.out" and "-e" not in argv
+    assert b.output_files(j).stdout == f"/d/100%/{j.name}-{j.id}.out" and b.output_files(j).stderr is None
+    plain = job(scheduler_job_id="55")
+    assert b.output_files(plain).stdout == f"{plain.pwd}/ms{plain.id}_{plain.name}.o55"
+
+
+def test_export_maps_to_sbatch_export_and_the_default_is_unchanged():
+    b = get_backend("slurm", {})
+    assert not [a for a in b.submit_argv(job(), None) if a.startswith("--export")]
+    assert "--export=NONE" in b.submit_argv(job(spec=JobSpec(export="none")), None)
+    argv = b.submit_argv(job(spec=JobSpec(export=("HOME",), env=(("X", "1"),))), None)
+    assert "--export=HOME,X" in argv and "X=1" in argv
+    assert "--export=ALL" in b.submit_argv(job(spec=JobSpec(env=(("X", "1"),))), None)

@@ -99,7 +99,7 @@ def test_submit_runs_the_owners_spark_submit_in_client_mode_named_with_our_tag(w
     assert argv[:5] == ["sudo", "-n", "-u", "alice", "--"]                 # as the owner, never root
     run_as, inner = split_run_as(argv)
     assert run_as == "alice" and inner[:4] == ["python3", "-I", "-S", "-c"]   # the local launcher
-    cmd = inner[inner.index(marker(j), 8) + 5:]                         # the record: id-token, pwd, out, err, exit, ...
+    cmd = inner[inner.index(marker(j), 8) + 6:]                         # the record: id-token, pwd, out, err, exit, options, ...
     assert cmd == ["/usr/bin/env", "JAVA_HOME=/usr/lib/jvm/x", "spark-submit", "--master", "spark://10.1.2.3:7077",
                    "--deploy-mode", "client", "--name", tag(j), "--conf", "spark.driver.host=127.0.0.1",
                    "--conf", "spark.ui.enabled=false", "--executor-cores", "1", "--total-executor-cores", "2",

@@ -200,3 +200,21 @@ def test_client_failing_before_submission_is_an_error(fake_yarn):
     j = dataclasses.replace(j, scheduler_job_id=b.parse_submit(j, r.returncode, r.stdout, r.stderr))
     fs = wait_final(b, j)
     assert fs is not None and (fs.status, fs.exit_code) == ("ERROR", 7)
+
+
+def test_what_a_yarn_job_asks_for_goes_through_hadoops_generic_options():
+    from metasched.model import JobSpec, Resources
+    b = get_backend("yarn", {"name_conf": "mapreduce.job.name"})
+    j = Job(id=3, name="wc", queue_id=1, owner="alice", status=JobStatus.QUEUED, path="/h/wc.jar", options=("in",),
+            pwd="/h", spec=JobSpec(resources=Resources(native_queue="etl", cores_per_task=2, memory=3 * 2 ** 30),
+                                   native=("-D", "mapreduce.job.reduces=4"), join=True))
+    argv = b.submit_argv(j, None)
+    assert argv[argv.index("jar"):] == ["jar", "/h/wc.jar", "-D", "mapreduce.job.name=ms3_wc",
+                                        "-D", "mapreduce.job.queuename=etl", "-D", "mapreduce.map.cpu.vcores=2",
+                                        "-D", "mapreduce.reduce.cpu.vcores=2", "-D", "mapreduce.map.memory.mb=3072",
+                                        "-D", "mapreduce.reduce.memory.mb=3072", "-D", "mapreduce.job.reduces=4", "in"]
+    assert '2>&1' in argv[2]                                    # joined: the client's one file
+    bad = [JobSpec(native=("-Dmapreduce.job.name=x",)), JobSpec(resources=Resources(walltime=5)),
+           JobSpec(export="none"), JobSpec(resources=Resources(memory=1), native=("-D", "mapreduce.map.memory.mb=9"))]
+    for spec in bad:
+        assert b.spec_problem(dataclasses.replace(j, spec=spec)) is not None, spec

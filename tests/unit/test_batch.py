@@ -43,7 +43,7 @@ def test_local_batch_launches_each_job_with_its_arguments_verbatim(tmp_path):
     lines = [backend.batch_line(j) for j in jobs]
     answers = run_batch(lines, argv=backend.batch_submit_argv(lines, None))
     assert answers[0][0] == 0 and answers[0][1].strip().isdigit()          # the launcher printed the pgid
-    assert answers[1][0] == 1 and "not an executable file" in answers[1][2]  # refused, with its reason
+    assert answers[1][0] == 1 and "no such file" in answers[1][2]  # refused, with its reason
     assert answers[2][0] == 0 and answers[2][1].strip().isdigit()
     deadline = time.monotonic() + 10
     while len(list(tmp_path.glob("args.*"))) < 2 and time.monotonic() < deadline:

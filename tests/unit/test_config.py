@@ -146,7 +146,7 @@ ERRORS = [
     ("tiny body limit", _with("server.max_body_bytes", 10), "server.max_body_bytes: 10 is out of range"),
     ("options not a mapping", _with("schedulers.0.options", "-q all.q"), "schedulers[0].options: "),
     ("unknown backend option", _with("schedulers.1.options", {"partition": "debug"}),
-     "schedulers[1].options.partition: unknown key (expected one of: bin_dir, env, jobcomp_file"),
+     "schedulers[1].options.partition: unknown key (expected one of: bin_dir, check_paths, env, jobcomp_file"),
 ]
 
 

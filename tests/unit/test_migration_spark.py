@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from metasched.db.core import Database, _split_statements, migrations
+from metasched.db.core import SCHEMA_VERSION, Database, _split_statements, migrations
 
 
 def migrate_to(db: Database, upto: int) -> None:
@@ -43,7 +43,7 @@ def test_a_populated_database_gains_the_spark_type_and_keeps_its_rows(tmp_path):
     dispatched = c.execute("SELECT * FROM dispatch_counters ORDER BY queue_id").fetchall()
     assert counts and dispatched
 
-    assert db.migrate() == 4
+    assert db.migrate() == SCHEMA_VERSION
     assert [tuple(r) for r in c.execute("SELECT * FROM queues ORDER BY id")] == [tuple(r) for r in before]
     assert [tuple(r) for r in c.execute("SELECT * FROM jobs_per_queue_state")] == [("SGE", "RUNNING", 1),
                                                                                  ("Slurm", "COMPLETED", 1)]

@@ -163,3 +163,15 @@ def test_token_lookup_while_locked_is_503(exclusively_locked):
 def test_post_tokens_takes_no_body_at_all(root):
     tok = root.request("/tokens", method="POST", body=b"", status=201).json
     assert tok["token"].startswith("mst_")
+
+
+@pytest.mark.parametrize("body", [
+    b'{"queue": "Slurm", "path": "/home/alice/\\udc80.sh"}',          # a lone surrogate: not Unicode text
+    b'{"queue": "Slurm", "path": "/x.sh", "options": ["\\ud800"]}',
+    b'{"queue": "Slurm", "path": "/x.sh", "name": "a\\udfffb"}',
+])
+def test_a_string_that_is_not_valid_unicode_is_a_400_naming_the_field(alice, body):
+    """JSON may escape a lone surrogate (\\udc80) that no UTF-8 text can hold: it was stored as a 500."""
+    err = _send(alice, "POST", "/jobs", body).json
+    assert "Unicode" in err["description"] and err["field"] in ("path", "options[0]", "name"), err
+    assert alice.get("/jobs").json["items"] == []
