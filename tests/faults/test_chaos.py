@@ -102,7 +102,10 @@ def test_chaos_never_runs_a_job_twice_and_never_loses_one(scenario):
     aborted = sum(srv_stderr(s).count("poll cycle failed") for s in sc.servers)
     print(f"\nchaos totals: {len(ids)} jobs, faults {dict(faults)}, final states {dict(states)}, "
           f"duplicate runs {len(twice)}, lost jobs {len(not_run)}, stuck jobs 0, aborted cycles {aborted}")
-    assert not twice, f"jobs that ran more than once: {twice}"
+    twice_ids = [j for j in ids if ids[j] in twice]
+    assert not twice, (f"jobs that ran more than once: {twice}; the first's events: "
+                       f"{[(e['old_status'], e['new_status'], e['reason']) for e in sc.events(srv, twice_ids[0])]}; "
+                       f"failed cycles: {[l for s in sc.servers for l in srv_stderr(s).splitlines() if 'poll cycle failed' in l][:3]}")
     assert not cancelled_early & set(runs), "a job cancelled before it was dispatched ran"
     assert not never and not not_run, (never, not_run, [(j["id"], j["status"], j["reason"]) for j in jobs.values()
                                                         if ids[j["id"]] in never + not_run][:10])

@@ -30,13 +30,17 @@ def workdir():
     # Not pytest's tmp_path (0700 under root's tree): the other-user test needs to enter it.
     d = Path(tempfile.mkdtemp(prefix="ms-local-", dir="/tmp"))
     d.chmod(0o755)
-    # where the jobs of this user (and of alice, in the sudo tests) keep their exit status
-    private = [Path(os.path.expanduser("~/.metasched")), Path(os.path.expanduser("~alice/.metasched"))]
-    before = {f for p in private for f in p.glob("ms*.exit")}
     yield d
     shutil.rmtree(d, ignore_errors=True)
-    for f in {f for p in private for f in p.glob("ms*.exit")} - before:
-        f.unlink()
+    # the exit files of this test's jobs, in their owners' private ~/.metasched: only those (every other file
+    # there may be a job's of a service running beside the tests, whose end it records)
+    for j in MADE:
+        f = Path(os.path.expanduser(f"~{j.owner}")) / exit_file(j)[2:]
+        f.unlink(missing_ok=True)
+    MADE.clear()
+
+
+MADE: list[Job] = []      # the jobs this test made (make_job), whose exit files its teardown removes
 
 
 def script(d: Path, body: str, name: str = "job.sh") -> Path:
@@ -50,7 +54,9 @@ def make_job(d: Path, path: Path, jid: int = 41, **kw) -> Job:
     base = dict(id=jid, name="hello", queue_id=4, owner=pwd.getpwuid(os.getuid()).pw_name,
                 status=JobStatus.DISPATCHING, path=str(path), options=(), pwd=str(d))
     base.update(kw)
-    return Job(**base)
+    job = Job(**base)
+    MADE.append(job)
+    return job
 
 
 def backend(**opts) -> LocalBackend:
