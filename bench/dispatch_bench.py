@@ -155,9 +155,9 @@ def agent_round_trip_ms(lab: Lab, parallel: bool, rounds: int = 7) -> float:
     from concurrent.futures import ThreadPoolExecutor as Pool
     from metasched import enforcement
     from metasched.backends import get_backend
-    from metasched.model import Queue, SchedulerType
-    qs = [Queue(1, "SGE", SchedulerType("sge"), 1, 50, 0), Queue(2, "Slurm", SchedulerType("slurm"), 1, 50, 1)]
-    req = enforcement.build_request([(q, 50.0, get_backend(q.type.value).process_matcher(), []) for q in qs],
+    from metasched.model import Queue
+    qs = [Queue(1, "SGE", "sge", 1, 50, 0), Queue(2, "Slurm", "slurm", 1, 50, 1)]
+    req = enforcement.build_request([(q, 50.0, get_backend(q.type).process_matcher(), []) for q in qs],
                                     method="auto", parent="metasched-bench")
     cmd = enforcement.command(req, None)
     clients = [lab.connect(i) for i in (range(len(lab.nodes)) if parallel else [0])]

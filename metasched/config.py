@@ -13,15 +13,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
-from .model import Policy, SchedulerType
-
-_NAME_TYPES = [
-    (re.compile(r"grid\s*engine|\bsge\b|\bsoge\b|\buge\b", re.I), SchedulerType.SGE),
-    (re.compile(r"slurm", re.I), SchedulerType.SLURM),
-    (re.compile(r"hadoop|yarn", re.I), SchedulerType.YARN),
-    (re.compile(r"^local$", re.I), SchedulerType.LOCAL),
-    (re.compile(r"spark", re.I), SchedulerType.SPARK),
-]
+from .model import Policy
 
 
 @dataclass(frozen=True)
@@ -36,7 +28,7 @@ class SchedulerConfig:
     name: str
     master: int
     weight: int
-    type: SchedulerType
+    type: str                       # one of backends.TYPES
     options: dict = field(default_factory=dict)
 
 
@@ -279,16 +271,16 @@ def parse(raw: Any, source: str = "<memory>", overrides: dict | None = None) -> 
         if not 0 <= master < len(nodes):
             raise ConfigError(f"{p}.master: {master} is not a node index (0..{len(nodes) - 1})")
         weight = _int(s.get("weight", 0), f"{p}.weight", 0, 100)
+        from .backends import BACKENDS, TYPES, infer_type
         if "type" in s:
-            stype = SchedulerType(_choice(s["type"], f"{p}.type", [t.value for t in SchedulerType]))
+            stype = _choice(s["type"], f"{p}.type", list(TYPES))
         else:
-            stype = next((t for rx, t in _NAME_TYPES if rx.search(name)), None)
+            stype = infer_type(name)
             if stype is None:
                 raise ConfigError(f"{p}.type: required, cannot infer it from name {name!r} "
-                                  f"(expected one of {', '.join(t.value for t in SchedulerType)})")
+                                  f"(expected one of {', '.join(TYPES)})")
         options = _mapping(s.get("options"), f"{p}.options")
-        from .backends import BACKENDS
-        _no_unknown(options, set(BACKENDS[stype.value].OPTIONS), f"{p}.options")
+        _no_unknown(options, set(BACKENDS[stype].OPTIONS), f"{p}.options")
         schedulers.append(SchedulerConfig(name, master, weight, stype, dict(options)))
 
     # policy

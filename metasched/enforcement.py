@@ -27,10 +27,10 @@ def agent_program() -> str:
 
 def group_name(queue: Queue) -> str:
     """A cgroup name for the scheduler: stable (its id) and readable (its type and name)."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"q{queue.id}-{queue.type.value}-{queue.name}")[:64]
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"q{queue.id}-{queue.type}-{queue.name}")[:64]
 
 
-def match_for(matcher: ProcessMatcher, pgids: list[int], kind: str = "") -> dict:
+def match_for(matcher: ProcessMatcher, pgids: list[int]) -> dict:
     """The agent's description of one scheduler's job trees: Grid Engine and Slurm by their per-job
     daemons (descendants of sge_shepherd / slurmstepd), local jobs by process group, YARN containers
     by the agent's own rule (children of the NodeManager or of container-executor, never the
@@ -39,7 +39,7 @@ def match_for(matcher: ProcessMatcher, pgids: list[int], kind: str = "") -> dict
     m: dict = {"roots_by_comm": list(matcher.roots_by_comm), "exclude_comm": list(matcher.exclude_comm)}
     if pgids:
         m["pgids"] = sorted({p for p in pgids if p > 1})
-    if kind == "yarn":
+    if matcher.yarn_containers:
         m["yarn_containers"] = True
     elif matcher.trees_by_args_regex:      # the agent's own YARN rule describes the same trees as its regex
         m["trees_by_args"] = matcher.trees_by_args_regex
@@ -56,7 +56,7 @@ def build_request(groups: list[tuple[Queue, float, ProcessMatcher, list[int]]], 
     return {
         "version": 1, "parent": parent, "mechanism": method,
         "groups": [] if method == "none" else [
-            {"name": group_name(q), "weight_percent": round(max(share, 0.0), 3), "match": match_for(m, pgids, q.type.value)}
+            {"name": group_name(q), "weight_percent": round(max(share, 0.0), 3), "match": match_for(m, pgids)}
             for q, share, m, pgids in groups],
     }
 

@@ -57,14 +57,6 @@ class Policy(str, enum.Enum):
     DYNAMIC = "dynamic"
 
 
-class SchedulerType(str, enum.Enum):
-    SGE = "sge"
-    SLURM = "slurm"
-    YARN = "yarn"
-    LOCAL = "local"
-    SPARK = "spark"
-
-
 # -- what a job asks for (issue 14): resources, native flags, environment, outputs ---------------------------
 
 @dataclass(frozen=True)
@@ -177,7 +169,7 @@ class Queue:
     """One scheduler, as configured (position None: no longer in the config) and as last checked."""
     id: int
     name: str
-    type: SchedulerType
+    type: str                          # its backend's type (backends.TYPES)
     master_node_id: int
     weight: int
     position: int | None

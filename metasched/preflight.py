@@ -32,6 +32,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, TextIO
 
+from .backends import BACKENDS, LocalBackend
 from .config import Config, NodeConfig, SchedulerConfig
 from .engine.fanout import Call, FanOut
 from .transport import Result, for_node
@@ -39,22 +40,8 @@ from .transport import Result, for_node
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 FRONTEND = "-"          # the node column of checks made on this machine, not on a node
 
-# Commands the service runs on a scheduler's master node (status and accounting as the service user,
-# submit and cancel as the job owner through sudo).
-SCHEDULER_COMMANDS = {
-    "sge": ("qsub", "qstat", "qacct", "qdel"),
-    "slurm": ("sbatch", "squeue", "scontrol", "scancel"),
-    "yarn": ("yarn", "setsid"),
-    "local": ("ps", "python3"),
-    "spark": ("python3",),
-}
-SUDO_COMMANDS = {          # what runs after `sudo -n -u <owner> --` (sh: several submissions in one round trip)
-    "sge": ("qsub", "qdel", "sh"),
-    "slurm": ("sbatch", "scancel", "sh"),
-    "yarn": ("sh",),
-    "local": ("sh", "python3"),
-    "spark": ("sh", "python3"),
-}
+# The commands the service runs on a scheduler's master node, as itself and after sudo as the job owner, are
+# each backend's status_commands and sudo_commands (backends.BACKENDS).
 
 
 @dataclass(frozen=True)
@@ -196,7 +183,7 @@ def check_local_job_files(cfg: Config) -> list[Row]:
     rows = []
     user = sudo_test_user(cfg)
     for s in cfg.schedulers:
-        if s.type.value != "local":
+        if not issubclass(BACKENDS[s.type], LocalBackend):      # its launcher keeps the exit status (Spark's too)
             continue
         detail = "output files created 0600 by the owner in the job's directory; exit status in ~owner/.metasched (0700)"
         result = OK
@@ -290,7 +277,7 @@ def _command_path(sched: SchedulerConfig, name: str) -> str:
 
 
 def check_commands(sched: SchedulerConfig, node: NodeConfig, transport) -> list[Row]:
-    names = [_command_path(sched, c) for c in SCHEDULER_COMMANDS[sched.type.value]]
+    names = [_command_path(sched, c) for c in BACKENDS[sched.type].status_commands]
     script = "; ".join(f"command -v {shlex.quote(n)} >/dev/null 2>&1 || echo {shlex.quote(n)}" for n in names)
     res = transport.run(script)
     check = f"{sched.name} commands"
@@ -350,7 +337,7 @@ def check_sudo(cfg: Config, node: NodeConfig, transport, schedulers: list[Schedu
                                          "the service user (metascheduler; README.md, 'Deploying on a cluster')")]
     commands: list[str] = []
     for s in schedulers:
-        for c in SUDO_COMMANDS[s.type.value]:
+        for c in BACKENDS[s.type].sudo_commands:
             path = _command_path(s, c)
             if path not in commands:
                 commands.append(path)

@@ -256,7 +256,7 @@ class Services:
             queue_ids = []
             for pos, s in enumerate(self.config.schedulers):
                 queue = self.repo.get_queue_by_name(s.name)
-                fields = dict(type=s.type.value, master_node_id=node_ids[s.master], weight=s.weight, position=pos)
+                fields = dict(type=s.type, master_node_id=node_ids[s.master], weight=s.weight, position=pos)
                 if queue is None:
                     queue = self.repo.insert_queue(name=s.name, now=now, **fields)
                 else:
@@ -509,13 +509,13 @@ class Services:
     def _check_name(queue, name: str) -> None:
         if "\n" in name or "\r" in name or "\0" in name:
             raise Invalid("name: must not contain newlines or NUL", field="name")
-        problem = _backend_name_problem(queue.type.value, name)
+        problem = _backend_name_problem(queue.type, name)
         if problem:
             raise Invalid(f"name: {queue.name} would refuse {name!r}: {problem}", field="name")
 
     @staticmethod
     def _check_fields(queue, path: str, pwd: str, options: list[str]) -> None:
-        check = _field_checker(queue.type.value)
+        check = _field_checker(queue.type)
         problem = check(path, pwd, list(options)) if check else None
         if problem:
             field, reason = problem
@@ -530,7 +530,7 @@ class Services:
             from .backends import get_backend
             opts = next((sc.options for sc in self.config.schedulers if sc.name.lower() == key), {})
             with self._backends_lock:
-                b = self._backends.setdefault(key, get_backend(queue.type.value, opts))
+                b = self._backends.setdefault(key, get_backend(queue.type, opts))
         return b
 
     def _check_spec(self, queue: Queue, job: Job) -> None:

@@ -1,5 +1,8 @@
--- Schema version 4: the `spark` scheduler type. SQLite cannot change a CHECK constraint in place, so the
--- queues table is rebuilt with the same columns, the wider CHECK and the same rows (ids kept).
+-- Schema version 4: the `spark` scheduler type, and no list of scheduler types in the schema any more: a queue's
+-- type is one of the backends' (metasched/backends/__init__.py, BACKENDS), checked by the config that creates
+-- the queue, so that a new scheduler is its backend module and needs no migration. SQLite cannot change a CHECK
+-- constraint in place, so the queues table is rebuilt with the same columns, without that CHECK, and the same
+-- rows (ids kept).
 -- This runs inside the migration's transaction, with foreign keys on (PRAGMA foreign_keys cannot change
 -- inside a transaction): the foreign keys of jobs and foreign_jobs are deferred to the COMMIT, by which
 -- time every queue row is back; legacy_alter_table keeps the RENAME from re-checking the views that
@@ -13,7 +16,7 @@ PRAGMA legacy_alter_table = ON;
 CREATE TABLE queues_v4 (
     id              INTEGER PRIMARY KEY,
     name            TEXT NOT NULL UNIQUE COLLATE NOCASE,  -- the scheduler's name: what keeps the id stable
-    type            TEXT NOT NULL CHECK (type IN ('sge', 'slurm', 'yarn', 'local', 'spark')),
+    type            TEXT NOT NULL,        -- one of backends.BACKENDS (the config checks it)
     master_node_id  INTEGER NOT NULL REFERENCES nodes (id),
     weight          INTEGER NOT NULL CHECK (weight BETWEEN 0 AND 100),
     position        INTEGER,             -- index in the config's schedulers list; NULL once removed

@@ -81,13 +81,29 @@ class ProcessMatcher:
     trees_by_args_regex: str | None = None
     exclude_args_regex: str | None = None
     include_process_group: bool = False
+    # yarn_containers: the agent's own rule for YARN containers (children of the NodeManager or of
+    # container-executor, never the NodeManager itself), which the regex above also describes
+    yarn_containers: bool = False
+    # job_process_groups: each of the job's trees is the process group its native id names (the engine
+    # tells the agent which groups are jobs in flight)
+    job_process_groups: bool = False
 
 
 class Backend:
-    """Base class; each scheduler type subclasses it. Instances are cheap and stateless."""
+    """Base class; each scheduler type subclasses it. Instances are cheap and stateless.
+
+    What a scheduler is, declared once here by each subclass (``backends.BACKENDS`` lists the subclasses; the
+    config, the pre-flight check, the API's schemas and the engine iterate it): ``type`` (the config's and the
+    database's name for it), ``inferred_from`` (a regular expression, case-insensitive, for the scheduler names
+    its type is inferred from), ``OPTIONS``, ``status_commands`` (what the service runs on the master node as
+    itself) and ``sudo_commands`` (what runs there after ``sudo -n -u <owner> --``), the name rule (``tag``),
+    its output paths (``output_files``) and its process matcher (``process_matcher``)."""
 
     type: str = ""
+    inferred_from: str | None = None
     OPTIONS: tuple[str, ...] = ("recovery_grace",)   # the option keys this backend reads (the config checks)
+    status_commands: tuple[str, ...] = ()
+    sudo_commands: tuple[str, ...] = ()
     starts_on_submit = False    # True when the job runs as soon as it is submitted (no native queue)
 
     def __init__(self, options: dict | None = None):

@@ -477,6 +477,9 @@ def launch_options(job: Job, limits: dict) -> str:
 
 class LocalBackend(Backend):
     type = "local"
+    inferred_from = r"^local$"
+    status_commands = ("ps", "python3")
+    sudo_commands = ("sh", "python3")
     OPTIONS = ('grace', 'final_as_owner', 'tz', 'python', 'recovery_grace')
     starts_on_submit = True     # the launcher starts the job at once: RUNNING, not QUEUED
     mark = JOB_MARK             # $0 of the wrapper: <mark><marker> (the Spark backend's drivers use another)
@@ -643,7 +646,7 @@ class LocalBackend(Backend):
 
     def process_matcher(self) -> ProcessMatcher:
         return ProcessMatcher(trees_by_args_regex="^(?:" + "|".join(map(re.escape, self.prefixes)) + r")\d+(-[a-z]{6})? ",
-                              include_process_group=True)
+                              include_process_group=True, job_process_groups=True)
 
 
 def _pgid(job: Job) -> str:

@@ -96,6 +96,9 @@ _PRIORITY = {NativeState.RUNNING: 3, NativeState.PENDING: 2, NativeState.ERROR: 
 
 class GridEngineBackend(Backend):
     type = "sge"
+    inferred_from = r"grid\s*engine|\bsge\b|\bsoge\b|\buge\b"
+    status_commands = ("qsub", "qstat", "qacct", "qdel")
+    sudo_commands = ("qsub", "qdel", "sh")
     OPTIONS = ('bin_dir', 'env', 'qsub_args', 'binary', 'shell', 'tz', 'recovery_grace', 'pe', 'memory_complex',
                'native_forbid', 'check_paths')
     default_recovery_grace = 30.0    # qacct lags by accounting_flush_time (15 s by default)

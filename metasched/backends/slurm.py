@@ -102,6 +102,9 @@ def _native_state(state: str) -> NativeState:
 
 class SlurmBackend(Backend):
     type = "slurm"
+    inferred_from = r"slurm"
+    status_commands = ("sbatch", "squeue", "scontrol", "scancel")
+    sudo_commands = ("sbatch", "scancel", "sh")
     OPTIONS = ('bin_dir', 'env', 'sbatch_args', 'jobcomp_file', 'tz', 'recovery_grace', 'native_forbid', 'check_paths')
     scheduler_name = "Slurm"
 

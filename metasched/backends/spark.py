@@ -149,6 +149,9 @@ def web_url(options: dict) -> str:
 
 class SparkBackend(LocalBackend):
     type = "spark"
+    inferred_from = r"spark"
+    status_commands = ("python3",)
+    sudo_commands = ("sh", "python3")
     OPTIONS = ("master_url", "web_url", "bin_dir", "env", "conf", "submit_args", "executor_cores",
                "executor_memory", "total_executor_cores", "grace", "final_as_owner", "status_timeout",
                "python", "recovery_grace", "native_forbid")

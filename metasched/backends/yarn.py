@@ -114,6 +114,9 @@ def output_files(job: Job) -> tuple[str, str]:
 
 class YarnBackend(Backend):
     type = "yarn"
+    inferred_from = r"hadoop|yarn"
+    status_commands = ("yarn", "setsid")
+    sudo_commands = ("sh",)
     OPTIONS = ('bin_dir', 'env', 'name_conf', 'setsid', 'final_as_owner', 'recovery_grace', 'native_forbid')
     scheduler_name = "YARN"
     RESOURCES = frozenset(("cores_per_task", "memory", "native_queue"))
@@ -265,6 +268,7 @@ class YarnBackend(Backend):
         return ProcessMatcher(
             trees_by_args_regex=r"(?:^|[\s/])(?:default_container_executor(?:_session)?\.sh|launch_container\.sh)(?:\s|$)",
             exclude_args_regex=r"org\.apache\.hadoop\.yarn\.server\.nodemanager\.NodeManager",
+            yarn_containers=True,
         )
 
 

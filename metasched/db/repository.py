@@ -12,7 +12,7 @@ import json
 import sqlite3
 
 from ..model import (NO_SPEC, ClusterEvent, ForeignJob, Job, JobEvent, JobSpec, JobStatus, LeaseRecord, Node,
-                     PollCycle, Queue, SchedulerType, Setting, Token)
+                     PollCycle, Queue, Setting, Token)
 from .core import Database
 
 
@@ -55,7 +55,7 @@ def _bool(v) -> bool | None:
 
 
 def row_to_queue(r: sqlite3.Row) -> Queue:
-    return Queue(id=r["id"], name=r["name"], type=SchedulerType(r["type"]), master_node_id=r["master_node_id"],
+    return Queue(id=r["id"], name=r["name"], type=r["type"], master_node_id=r["master_node_id"],
                  weight=r["weight"], position=r["position"], reachable=_bool(r["reachable"]),
                  last_error=r["last_error"])
 

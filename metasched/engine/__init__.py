@@ -36,7 +36,7 @@ from ..transport import Result, for_node
 from .dispatch import ACTOR, PARALLEL_BATCHES, BATCH_MAX, Dispatcher
 from .fanout import Call, FanOut, reason
 from .lease import Identity, Lease, LeaseLost, boottime
-from .observe import (AgentStreams, Observation, agent_request, classify_foreign, feedback, local_pgids,
+from .observe import (AgentStreams, Observation, agent_request, classify_foreign, feedback, job_process_groups,
                       nodes_to_settle, observe, raise_fences, written_shares)
 from .reconcile import Recovery, reconcile, resolve
 from .values import Change, CycleReport, Question, QueueStatus, Tick
@@ -119,7 +119,7 @@ class Engine:
         b = self._backends.get(queue.id)
         if b is None:
             opts = next((s.options for s in self.config.schedulers if s.name.lower() == queue.name.lower()), {})
-            b = self._backends[queue.id] = get_backend(queue.type.value, opts)
+            b = self._backends[queue.id] = get_backend(queue.type, opts)
         return b
 
     def transport_user(self, node_id: int) -> str:
@@ -202,8 +202,8 @@ class Engine:
         with phase("observe"):
             unsettled = self.settle(jobs, queues, nodes, deadline, report)
             self._progressed()
-            pgids = local_pgids(jobs, queues)
             matchers = {q.id: backends[q.id].process_matcher() for q in queues}
+            pgids = job_process_groups(jobs, {qid for qid, m in matchers.items() if m.job_process_groups})
             requests = {n.id: agent_request(n, queues, self.written_shares(n.id, queues), matchers, pgids,
                                             method=self.config.enforcement.method,
                                             parent=self.config.enforcement.parent_group) for n in nodes}

@@ -101,12 +101,12 @@ def classify_foreign(statuses: dict, jobs: list[Job]) -> None:
 
 # -- node agents ----------------------------------------------------------------------------------
 
-def local_pgids(jobs: list[Job], queues: list[Queue]) -> dict[int, list[int]]:
-    """queue id -> process groups of its local jobs in flight (their trees are process groups)."""
-    local = {q.id for q in queues if q.type.value == "local"}
+def job_process_groups(jobs: list[Job], queue_ids: set[int]) -> dict[int, list[int]]:
+    """queue id -> process groups of its jobs in flight, for the queues whose job trees are the process groups
+    their native ids name (their matcher's job_process_groups: the local backend's)."""
     out: dict[int, list[int]] = {}
     for j in jobs:
-        if j.queue_id in local and j.status in (JobStatus.QUEUED, JobStatus.RUNNING) \
+        if j.queue_id in queue_ids and j.status in (JobStatus.QUEUED, JobStatus.RUNNING) \
                 and (j.scheduler_job_id or "").isdigit():
             out.setdefault(j.queue_id, []).append(int(j.scheduler_job_id))
     return out

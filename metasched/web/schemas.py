@@ -6,6 +6,7 @@ the 400 when it does not match); none takes NUL, and no text anywhere in a body 
 surrogate (validation.check_text: a pattern cannot say that)."""
 from __future__ import annotations
 
+from ..backends import TYPES
 from ..model import JobStatus, Policy
 from ..services import MAX_NAME
 from .validation import TEXT_RULE
@@ -200,7 +201,7 @@ QUEUE = {
     "required": ["id", "name", "type", "master_node_id", "weight", "reachable", "jobs", "foreign_jobs", "script"],
     "properties": {
         "id": {"type": "integer"}, "name": {"type": "string"},
-        "type": {"type": "string", "enum": ["sge", "slurm", "yarn", "local", "spark"]},
+        "type": {"type": "string", "enum": list(TYPES)},
         "master_node_id": {"type": "integer"}, "weight": {"type": "integer"},
         "reachable": {"type": ["boolean", "null"]}, "last_error": {"type": ["string", "null"]},
         "jobs": {"type": "object", "properties": {s: {"type": "integer"} for s in STATUSES},

@@ -56,7 +56,7 @@ def node(n: Node) -> dict:
 
 def queue(s: QueueSummary) -> dict:
     q = s.queue
-    return {"id": q.id, "name": q.name, "type": q.type.value, "master_node_id": q.master_node_id,
+    return {"id": q.id, "name": q.name, "type": q.type, "master_node_id": q.master_node_id,
             "weight": q.weight, "reachable": q.reachable, "last_error": q.last_error, "jobs": dict(s.jobs),
             # jobs submitted to the scheduler directly (not through us), as of its last status call
             "foreign_jobs": dict(s.foreign), "script": s.script}
@@ -65,7 +65,7 @@ def queue(s: QueueSummary) -> dict:
 def mode(m: Mode) -> dict:
     hp = m.high_priority
     return {"policy": m.policy, "high_priority": {"queue_id": hp.id, "name": hp.name} if hp else None,
-            "schedulers": [{"queue_id": q.id, "name": q.name, "type": q.type.value, "weight": m.weights[q.id]}
+            "schedulers": [{"queue_id": q.id, "name": q.name, "type": q.type, "weight": m.weights[q.id]}
                            for q in m.queues],
             "updated_at": m.updated_at, "updated_by": m.updated_by}
 

@@ -23,7 +23,7 @@ from metasched.backends.base import NativeState, command_line, is_tag_of, parse_
 from metasched.backends.local import marker
 from metasched.backends.spark import SparkBackend, driver_reason, parse_master, web_url
 from metasched.engine.observe import classify_foreign, parse_status
-from metasched.model import Job, JobStatus, Queue, SchedulerType
+from metasched.model import Job, JobStatus, Queue
 from metasched.transport import Result
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "spark"
@@ -231,7 +231,7 @@ def test_status_lists_our_running_drivers_and_the_foreign_applications(workdir, 
         ("app-20261201102546-0009", NativeState.PENDING)]             # bob's wordcount waits for cores
     # what the engine makes of it: only our driver is the job's (found by its exact tag); every other
     # application is foreign, the ones named like ours included
-    st = parse_status(Queue(id=5, name="Spark", type=SchedulerType.SPARK, master_node_id=1, weight=1, position=0),
+    st = parse_status(Queue(id=5, name="Spark", type="spark", master_node_id=1, weight=1, position=0),
                       b, res)
     classify_foreign({5: st}, [dataclasses.replace(j, status=JobStatus.DISPATCHING, scheduler_job_id=None)])
     assert st.tagged(j).native_id == j.scheduler_job_id
@@ -243,7 +243,7 @@ def test_an_application_of_ours_whose_driver_just_exited_is_not_foreign_and_ends
     j = submit(b, job(workdir, options=("raise",)))
     wait_final(b, j)
     res = status_answer(b, [{"id": "app-20261201102546-0008", "name": tag(j), "user": ME}], master)
-    st = parse_status(Queue(id=5, name="Spark", type=SchedulerType.SPARK, master_node_id=1, weight=1, position=0),
+    st = parse_status(Queue(id=5, name="Spark", type="spark", master_node_id=1, weight=1, position=0),
                       b, res)
     lost = dataclasses.replace(j, status=JobStatus.DISPATCHING, scheduler_job_id=None)
     classify_foreign({5: st}, [lost])
@@ -332,12 +332,12 @@ def b_prefix() -> str:
 def test_spark_is_inferred_from_its_name_and_its_options_are_checked():
     from metasched import config as C
     from metasched.errors import ConfigError
-    from metasched.model import SchedulerType
+
     raw = {"policy": {"name": "shared"}, "nodes": [{"ip": "10.0.0.1"}],
            "schedulers": [{"name": "Apache Spark", "master": 0, "weight": 50,
                            "options": {"master_url": "spark://10.0.0.1:7077"}}]}
     c = C.parse(raw)
-    assert c.schedulers[0].type is SchedulerType.SPARK
+    assert c.schedulers[0].type == "spark"
     raw["schedulers"][0]["options"]["deploy_mode"] = "cluster"
     with pytest.raises(ConfigError, match=r"schedulers\[0\]\.options"):
         C.parse(raw)
@@ -345,7 +345,7 @@ def test_spark_is_inferred_from_its_name_and_its_options_are_checked():
 
 def test_the_node_agent_places_executors_and_drivers_in_the_spark_group_never_the_daemons(tmp_path):
     from metasched import enforcement, node_agent
-    from metasched.model import Queue, SchedulerType
+    from metasched.model import Queue
     from tests.unit.test_node_agent import make_v2, stat_line
     rows = {comm_args.split("\t")[2] for comm_args in (DATA / "processes.txt").read_text().splitlines()}
     master = next(a for a in rows if "deploy.master.Master" in a)
@@ -373,7 +373,7 @@ def test_the_node_agent_places_executors_and_drivers_in_the_spark_group_never_th
         (root / str(pid) / "stat").write_text(stat_line(pid, comm, ppid, pgrp, 0, "S"))
         (root / str(pid) / "cmdline").write_text(cmd.replace(" ", "\0") + "\0")
     (root / "uptime").write_text("1.0 1.0\n")
-    q = Queue(id=3, name="Spark", type=SchedulerType.SPARK, master_node_id=1, weight=50, position=0)
+    q = Queue(id=3, name="Spark", type="spark", master_node_id=1, weight=50, position=0)
     req = enforcement.build_request([(q, 100.0, backend().process_matcher(), [])], method="cgroup", parent="ms")
     cg = make_v2(tmp_path)
     out = node_agent.run(dict(req, proc_root=str(root), cgroup_root=str(cg)), self_pid=60)

@@ -12,17 +12,17 @@ import pytest
 
 from metasched import enforcement, node_agent
 from metasched.backends import get_backend
-from metasched.model import Queue, SchedulerType
+from metasched.model import Queue
 from tests.unit.test_node_agent import LOCAL_TREE, SGE_TREE, SLURM_TREE, YARN_TREE, make_v2, pids_in, proc  # noqa: F401
 
-QUEUES = [Queue(id=1, name="SGE", type=SchedulerType("sge"), master_node_id=0, weight=60, position=0),
-          Queue(id=2, name="Slurm", type=SchedulerType("slurm"), master_node_id=0, weight=20, position=0),
-          Queue(id=3, name="Apache Hadoop", type=SchedulerType("yarn"), master_node_id=0, weight=10, position=0),
-          Queue(id=4, name="local", type=SchedulerType("local"), master_node_id=0, weight=10, position=0)]
+QUEUES = [Queue(id=1, name="SGE", type="sge", master_node_id=0, weight=60, position=0),
+          Queue(id=2, name="Slurm", type="slurm", master_node_id=0, weight=20, position=0),
+          Queue(id=3, name="Apache Hadoop", type="yarn", master_node_id=0, weight=10, position=0),
+          Queue(id=4, name="local", type="local", master_node_id=0, weight=10, position=0)]
 
 
 def real_request(shares=(60.0, 20.0, 10.0, 10.0), method="auto"):
-    groups = [(q, s, get_backend(q.type.value, {}).process_matcher(), [600] if q.type.value == "local" else [])
+    groups = [(q, s, get_backend(q.type, {}).process_matcher(), [600] if q.type == "local" else [])
               for q, s in zip(QUEUES, shares)]
     return enforcement.build_request(groups, method=method, parent="metasched")
 
@@ -31,7 +31,7 @@ def test_group_names_are_stable_safe_path_components():
     names = [enforcement.group_name(q) for q in QUEUES]
     assert names == ["q1-sge-SGE", "q2-slurm-Slurm", "q3-yarn-Apache_Hadoop", "q4-local-local"]
     assert all(node_agent.NAME_RE.match(n) for n in names)
-    odd = Queue(id=9, name="../x y/" + "z" * 80, type=SchedulerType("sge"), master_node_id=0, weight=1, position=0)
+    odd = Queue(id=9, name="../x y/" + "z" * 80, type="sge", master_node_id=0, weight=1, position=0)
     assert node_agent.NAME_RE.match(enforcement.group_name(odd))
 
 

@@ -19,7 +19,7 @@ from metasched.engine import Engine
 from metasched.engine.observe import NodeObservation, feedback, written_shares
 from metasched.enforcement import AgentReport, group_name
 from metasched.identity import Authority
-from metasched.model import Node, Queue, SchedulerType
+from metasched.model import Node, Queue
 from metasched.services import Services
 from metasched.transport import LocalTransport, Result, _LineStream
 
@@ -162,8 +162,8 @@ def test_no_correction_with_the_feedback_off_or_a_policy_that_asks_for_no_split(
 
 # -- the pure parts -----------------------------------------------------------------------------
 
-Q = [Queue(id=1, name="SGE", type=SchedulerType.SGE, master_node_id=1, weight=70, position=0),
-     Queue(id=2, name="Slurm", type=SchedulerType.SLURM, master_node_id=1, weight=30, position=1)]
+Q = [Queue(id=1, name="SGE", type="sge", master_node_id=1, weight=70, position=0),
+     Queue(id=2, name="Slurm", type="slurm", master_node_id=1, weight=30, position=1)]
 N = [Node(id=n, address=f"10.0.0.{n}", port=22, position=n - 1, is_master=n == 1) for n in (1, 2)]
 
 

@@ -8,10 +8,10 @@ from metasched.backends.base import NativeJob, NativeState
 from metasched.backends.sge import GridEngineBackend
 from metasched.engine.reconcile import Recovery, backoff, reconcile, resolve
 from metasched.engine.values import CycleReport, QueueStatus
-from metasched.model import Job, JobStatus, Queue, SchedulerType
+from metasched.model import Job, JobStatus, Queue
 from metasched.transport import Result
 
-Q = Queue(id=1, name="SGE", type=SchedulerType.SGE, master_node_id=1, weight=100, position=0)
+Q = Queue(id=1, name="SGE", type="sge", master_node_id=1, weight=100, position=0)
 QMAP = {1: Q}
 
 

@@ -1,4 +1,4 @@
-"""Migration 0004: the queues table accepts the `spark` type; a database of version 3 that already holds
+"""Migration 0004: the queues table accepts the `spark` type (and any backend's: no list of types in the schema); a database of version 3 that already holds
 queues, jobs, events and foreign jobs keeps every row, every id, every foreign key and its counters."""
 from __future__ import annotations
 
@@ -63,6 +63,9 @@ def test_a_populated_database_gains_the_spark_type_and_keeps_its_rows(tmp_path):
                   "VALUES (3, 'c', 42, 'alice', 'RUNNING', '/x', '/y', 't', 't')")
     with pytest.raises(sqlite3.IntegrityError):   # and the other checks
         c.execute("INSERT INTO queues (id, name, type, master_node_id, weight, created_at) "
-                  "VALUES (10, 'Y', 'pbs', 1, 1, 't')")
+                  "VALUES (10, 'Y', 'sge', 1, 101, 't')")
+    # the types are the backends' (the config checks them): a scheduler added later needs no migration
+    c.execute("INSERT INTO queues (id, name, type, master_node_id, weight, created_at) "
+              "VALUES (11, 'PBS', 'pbs', 1, 1, 't')")
     assert c.execute("PRAGMA legacy_alter_table").fetchone()[0] == 0
     db.close()
