@@ -38,9 +38,9 @@ from __future__ import annotations
 import posixpath
 import re
 
-from ..model import Job
+from ..model import Accounting, Job
 from .base import (launcher_pid, Backend, FinalState, NativeJob, NativeState, ProcessMatcher, as_user,
-                   first_line, local_to_utc_iso, path_reason, tag)
+                   epoch_to_utc_iso, first_line, local_to_utc_iso, path_reason, signal_of, tag)
 
 JOB_MARK = "metasched-job-"
 
@@ -54,12 +54,36 @@ JOB_MARK = "metasched-job-"
 # The exit status goes straight into the file: no temporary file and mv, one process less per job (about
 # 17% more launches per second on 2 cores). A reader that catches the file half written sees "exit" with
 # no number and asks again next cycle (parse_final returns None, parse_final_by_tag raises).
+#
+# What the job used (issue 15) is the wrapper's rusage, in one place: RUSAGE. Once the script ended, the
+# wrapper execs it (a process replaced by exec keeps its children's resource usage, getrusage(2)): it
+# writes the exit status and, on a second line, ``rusage <user s> <system s> <max rss KiB> <wall s> <end,
+# Unix time> <node name>`` in one write. The children's CPU time and peak memory are the kernel's own
+# (RUSAGE_CHILDREN: the script and every descendant it waited for); the wall time is measured on the
+# node's boot clock (the wrapper's start in /proc/self/stat to /proc/uptime), so a clock step does not
+# change it. No python3 on the node's PATH: the exit status alone, as before (the job's accounting is
+# then what the node agents measured). While the writer runs the job's leader is the writer, which the
+# final-state question also recognises (WRITER_PREFIX), so a job is never taken for "gone" in between.
+RUSAGE = ('import os,resource as r,sys,time;u=r.getrusage(r.RUSAGE_CHILDREN);'
+          's=open("/proc/self/stat").read().rsplit(")",1)[1].split();'
+          'w=float(open("/proc/uptime").read().split()[0])-int(s[19])/os.sysconf("SC_CLK_TCK");'
+          'f=os.open(sys.argv[1],os.O_WRONLY|os.O_CREAT|os.O_TRUNC|os.O_NOFOLLOW,438);'
+          'os.write(f,("%s%crusage %.6f %.6f %d %.3f %.3f %s%c"%(sys.argv[2],10,u.ru_utime,u.ru_stime,'
+          'u.ru_maxrss,w,time.time(),os.uname().nodename,10)).encode())')
+WRITER = f"python3 -I -S -c {RUSAGE}"
+PREVIOUS_WRAP = ('x=$1; exec > "$2" 2> "$3"; shift 3; trap : TERM; "$@"; rc=$?; '
+                 'echo "$rc" > "$x"')
 WRAP = ('x=$1; exec > "$2" 2> "$3"; shift 3; trap : TERM; "$@"; rc=$?; '
+        f"command -v python3 > /dev/null 2>&1 && exec python3 -I -S -c '{RUSAGE}' \"$x\" \"$rc\"; "
         'echo "$rc" > "$x"')
 ARGS_PREFIX = f"sh -c {WRAP} {JOB_MARK}"
+# Jobs started by the release before the rusage capture (PREVIOUS_WRAP) are still recognised: a job running
+# across an upgrade still reaches its truthful end (its exit status, without rusage).
+PREFIXES = (ARGS_PREFIX, f"sh -c {PREVIOUS_WRAP} {JOB_MARK}")
 # The prefix is matched with a quoted ``case "$a" in "$3"*)`` pattern: dash mishandles backslashes in
 # quoted pattern expansions, and ps would rewrite tabs or newlines. Keep it to plain characters.
-assert not set(ARGS_PREFIX) & set("\\\t\n"), "WRAP must stay a plain one-line text"
+assert not set("".join(PREFIXES) + WRITER) & set("\\\t\n"), "WRAP must stay a plain one-line text"
+assert "'" not in RUSAGE, "RUSAGE is single-quoted in WRAP"
 
 # The helper, run as the owner (a short ``python3 -I -S``: no site, no user paths, only built-in modules),
 # ONE per round trip whatever the number of jobs: the per-job work of a round trip costs no new process.
@@ -72,12 +96,14 @@ assert not set(ARGS_PREFIX) & set("\\\t\n"), "WRAP must stay a plain one-line te
 # - final: how a job ended: its exit file (opened without following a symlink, a regular file owned by
 #   the caller), else whether its group leader still runs our wrapper for this job (/proc/<pgid>/cmdline,
 #   what ``ps -o args`` prints), else the exit file again (it may have ended meanwhile): prints
-#   "exit <status>", "running" or "gone" (by tag: the exit file or "gone").
+#   "exit <status>" (and the exit file's rusage line when it has one), "running" or "gone" (by tag: the
+#   exit file or "gone").
 # argv: operation (launch | final), form ("framed": one answer per record framed like BATCH_SCRIPT's,
 # for parse_batch; "plain": one record, its answer on stdout or its refusal on stderr with status 1),
 # for launch WRAP, then records: the number of fields that follow and the fields.
 #   launch record: our id, pwd, stdout file, stderr file, exit file, script, its arguments.
-#   final record: "pgid", exit file, pgid, expected command-line prefix | "tag", exit file |
+#   final record: "pgid", exit file, pgid, the leader's expected command-line prefixes (any of them: WRAP's,
+#   PREVIOUS_WRAP's, the rusage writer's) | "tag", exit file |
 #   "forget", exit file (removed once the job's final state is recorded; a regular file of the caller's only).
 HELPER = r"""
 import os, signal, stat, sys
@@ -126,10 +152,11 @@ def status(ext):
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
             return None
-        return "exit %s\n" % os.read(fd, 64).decode("ascii", "replace").split("\n")[0].strip()
+        t = os.read(fd, 512).decode("ascii", "replace").split("\n")
+        return "exit %s\n" % t[0].strip() + ("%s\n" % t[1] if len(t) > 2 and t[1].startswith("rusage ") else "")
     finally:
         os.close(fd)
-def final(kind, ext, pgid=None, prefix=None):
+def final(kind, ext, pgid=None, *prefixes):
     if kind == "forget":
         try:
             st = os.lstat(ext)
@@ -147,7 +174,7 @@ def final(kind, ext, pgid=None, prefix=None):
     except OSError:
         args = ""
     v = status(ext)
-    return 0, v or ("running\n" if args.startswith(prefix) else "gone\n"), ""
+    return 0, v or ("running\n" if args.startswith(prefixes) else "gone\n"), ""
 if op == "launch":
     wrap, a, act = a[0], a[1:], launch
     null = os.open(os.devnull, os.O_RDWR)
@@ -166,13 +193,14 @@ while i < len(a):
     n += 1
 """
 
-# $1 = pgid, $2 = grace seconds, $3 = expected command-line prefix of the leader.
+# $1 = pgid, $2 = grace seconds, $3 and $4 = the expected command-line prefixes of the leader (WRAP's and
+# PREVIOUS_WRAP's, for this job).
 CANCEL = (
     'p=$1; g=$2; a=$(ps -ww -o args= -p "$p" 2>/dev/null); '
-    'case "$a" in "$3"*) ;; *) echo "not running"; exit 0;; esac; '
+    'case "$a" in "$3"*|"$4"*) ;; *) echo "not running"; exit 0;; esac; '
     'kill -s TERM -- "-$p" 2>/dev/null || exit 0; '
     '( sleep "$g"; a=$(ps -ww -o args= -p "$p" 2>/dev/null); '
-    'case "$a" in "$3"*) kill -s KILL -- "-$p";; esac ) > /dev/null 2>&1 < /dev/null & '
+    'case "$a" in "$3"*|"$4"*) kill -s KILL -- "-$p";; esac ) > /dev/null 2>&1 < /dev/null & '
     'echo "terminating"'
 )
 
@@ -244,9 +272,10 @@ class LocalBackend(Backend):
             if not m:
                 continue
             pid, pgid, user, lstart, args = m.groups()
-            if pid != pgid or not args.startswith(ARGS_PREFIX):
+            prefix = next((p for p in PREFIXES if args.startswith(p)), None)
+            if pid != pgid or prefix is None:
                 continue
-            our = _MARK_RE.match(args[len(ARGS_PREFIX):])
+            our = _MARK_RE.match(args[len(prefix):])
             if not our:
                 continue
             our_id = int(our.group(1))
@@ -262,7 +291,8 @@ class LocalBackend(Backend):
     def _final_fields(self, job: Job) -> list[str]:
         if job.scheduler_job_id is None:
             return ["2", "tag", exit_file(job)]
-        return ["4", "pgid", exit_file(job), _pgid(job), f"{ARGS_PREFIX}{marker(job)} "]
+        ours = [f"{p}{marker(job)} " for p in PREFIXES] + [f"{WRITER} {exit_file(job)} "]
+        return [str(3 + len(ours)), "pgid", exit_file(job), _pgid(job), *ours]
 
     def final_argv(self, job: Job) -> list[str]:
         return self._helper("final", "plain", self._final_fields(job), self._asker(job))
@@ -299,6 +329,26 @@ class LocalBackend(Backend):
                                              "output files could not be created, or the node restarted)")
         return None   # sudo or ps failed: ask again next cycle
 
+    def parse_accounting(self, job: Job, rc: int, stdout: str, stderr: str) -> Accounting | None:
+        """The wrapper's record (RUSAGE): CPU time and peak memory from rusage, the wall time, its end and
+        the node name from the wrapper (the start is the end minus the wall time). A signal only by the
+        shell's convention (an exit status 128 + n). Nothing when the job left no record ("gone")."""
+        lines = (stdout or "").splitlines()
+        m = re.match(r"^exit (\d+)$", lines[0].strip()) if lines else None
+        if not m:
+            return None
+        signal = signal_of(int(m.group(1)))
+        rec = re.match(r"^rusage (\d+(?:\.\d+)?) (\d+(?:\.\d+)?) (\d+) (\d+(?:\.\d+)?) (\d+(?:\.\d+)?) (\S+)$",
+                       lines[1].strip()) if len(lines) > 1 else None
+        if rec is None:
+            return Accounting.of("wrapper", exit_signal=signal) if signal else None
+        utime, stime, maxrss_kb, wall, end, node = rec.groups()
+        rusage = Accounting.of("rusage", cpu_user_seconds=float(utime), cpu_system_seconds=float(stime),
+                               max_rss_bytes=int(maxrss_kb) * 1024)
+        return rusage.completed_by(Accounting.of(
+            "wrapper", wall_seconds=float(wall), end_time=epoch_to_utc_iso(float(end)),
+            start_time=epoch_to_utc_iso(float(end) - float(wall)), nodes=node, exit_signal=signal))
+
     def final_by_tag_argv(self, job: Job) -> list[str]:
         """An interrupted dispatch: did the job run (its exit file exists)? It is not running (not in ps)."""
         return self.final_argv(job)
@@ -315,11 +365,12 @@ class LocalBackend(Backend):
 
     def cancel_argv(self, job: Job, run_as: str | None) -> list[str]:
         grace = str(int(self.options.get("grace", 10)))
-        return as_user(["sh", "-c", CANCEL, "sh", _pgid(job), grace, f"{ARGS_PREFIX}{marker(job)} "], run_as)
+        return as_user(["sh", "-c", CANCEL, "sh", _pgid(job), grace, *(f"{p}{marker(job)} " for p in PREFIXES)],
+                       run_as)
 
     def process_matcher(self) -> ProcessMatcher:
-        return ProcessMatcher(trees_by_args_regex="^" + re.escape(ARGS_PREFIX) + r"\d+(-[a-z]{6})? ",
-                              include_process_group=True)
+        return ProcessMatcher(trees_by_args_regex="^(?:" + "|".join(map(re.escape, PREFIXES)) + r")\d+(-[a-z]{6})? ",
+                              include_process_group=True, job_ids="pgid")
 
 
 def _pgid(job: Job) -> str:

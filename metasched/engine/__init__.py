@@ -467,7 +467,7 @@ class Engine:
                     if c.fact:
                         new = lifecycle.observed(self.repo, job, c.new, actor=ACTOR, reason=c.reason, now=now,
                                                  scheduler_job_id=c.scheduler_job_id, exit_code=c.exit_code,
-                                                 started_at=c.started_at)
+                                                 started_at=c.started_at, accounting=c.accounting)
                     else:
                         new = lifecycle.transition(self.repo, updated.get(job.id, job), c.new, actor=ACTOR,
                                                    reason=c.reason, now=now)
