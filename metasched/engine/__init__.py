@@ -36,6 +36,7 @@ from ..transport import Result, for_node
 from .dispatch import ACTOR, PARALLEL_BATCHES, BATCH_MAX, Dispatcher
 from .fanout import Call, FanOut, reason
 from .lease import Identity, Lease, LeaseLost, boottime
+from . import measure
 from .observe import (AgentStreams, Observation, agent_request, classify_foreign, local_pgids, nodes_to_settle,
                       observe, raise_fences)
 from .reconcile import Recovery, reconcile, resolve
@@ -93,6 +94,7 @@ class Engine:
         self.usage = enforcement.UsageWindow()
         self.last_usage_time: float | None = None
         self.queue_usage: dict[int, float] = {}     # decayed CPU seconds per scheduler (dynamic policy)
+        self.meters = measure.Meters()              # what jobs and nodes use (engine/measure.py)
         self.progress = self.clock.mono()           # last time a cycle got something done (the watchdog)
         # a holder whose cycle makes no progress for this long stops renewing its lease (another takes over)
         self.stall_limit = (config.ssh.command_timeout + config.ssh.connect_timeout
@@ -205,12 +207,16 @@ class Engine:
             matchers = {q.id: backends[q.id].process_matcher() for q in queues}
             requests = {n.id: agent_request(n, queues, self.shares, matchers, pgids,
                                             method=self.config.enforcement.method,
-                                            parent=self.config.enforcement.parent_group) for n in nodes}
+                                            parent=self.config.enforcement.parent_group,
+                                            measure=self.config.metrics.enabled,
+                                            disk_paths=self.config.metrics.disk_paths) for n in nodes}
             obs = observe(self.fan, queues=queues, nodes=nodes, backends=backends, transports=self.transports,
                           agents=self.agents, requests=requests, deadline=deadline)
             self._progressed()
             classify_foreign(obs.statuses, jobs)
             self.record_observation(obs, queues, tick, report)
+            measure.record(self.lease, self.repo, self.meters, obs.nodes, queues, jobs, self.shares, tick,
+                           self.config, report)
 
         with phase("reconcile"):
             plan = reconcile(jobs, qmap, obs.statuses, unsettled)
