@@ -5,6 +5,7 @@ errors are mapped to HTTP once, in ``_handle_domain_error``; resources never cat
 """
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import logging
 import re
@@ -14,7 +15,7 @@ import falcon
 from .. import __version__, errors as E
 from ..identity import ANONYMOUS, peer_uid
 from ..model import JobStatus
-from ..services import Services
+from ..services import History, Services, days_before, utc_text
 from . import schemas as S
 from . import views as V
 from .validation import validate
@@ -197,7 +198,7 @@ class JobsResource(Base):
         resp.media = V.job(job)
 
     def on_get(self, req, resp):
-        params = _query(req, {"status", "queue", "owner", "after", "limit"})
+        params = _query(req, {"status", "queue", "owner", "after", "limit", "since", "until", "before", "include"})
         statuses = None
         if params.get("status"):
             statuses = []
@@ -209,9 +210,19 @@ class JobsResource(Base):
         after = _int_param(params, "after", 0, 0)
         limit = _int_param(params, "limit", self.page_limit, 1, 1000)
         queue = params.get("queue")
+        history = _history(params)
+        metrics = _include(params)
+        if history is not None and "after" in params:
+            raise E.Invalid("after: a history listing (since, until) pages with before", field="after")
         result = self.svc.list_jobs(req.context.caller, statuses=statuses, queue=queue,
-                                    owner=params.get("owner") or None, after=after, limit=limit)
-        resp.media = V.page(result, V.job, "/jobs", dict(params, limit=str(limit)))
+                                    owner=params.get("owner") or None, after=after, limit=limit, history=history,
+                                    include_metrics=metrics)
+        item = (lambda j: V.job(j, result.metrics.get(j.id))) if metrics else V.job
+        if history is not None:
+            resp.media = V.page(result, item, "/jobs", dict(params, limit=str(limit)), cursor=V.history_cursor,
+                                cursor_param="before")
+        else:
+            resp.media = V.page(result, item, "/jobs", dict(params, limit=str(limit)))
 
 
 class ForeignJobsResource(Base):
@@ -232,7 +243,11 @@ class ForeignJobsResource(Base):
 
 class JobResource(Base):
     def on_get(self, req, resp, job_id):
-        resp.media = V.job(self.svc.get_job(req.context.caller, job_id))
+        if _include(_query(req, {"include"})):
+            detail = self.svc.job_detail(req.context.caller, job_id)
+            resp.media = V.job(detail.job, detail.metrics)
+        else:
+            resp.media = V.job(self.svc.get_job(req.context.caller, job_id))
 
     def on_patch(self, req, resp, job_id):
         resp.media = V.job(self.svc.edit_job(req.context.caller, job_id, read_body(req, S.JOB_PATCH)))
@@ -256,6 +271,42 @@ class JobReleaseResource(Base):
 class JobEventsResource(Base):
     def on_get(self, req, resp, job_id):
         resp.media = {"items": [V.event(e) for e in self.svc.job_events(req.context.caller, job_id)]}
+
+
+class JobMetricsResource(Base):
+    """A job's CPU and memory over time, as the node agents measured it (issue 15)."""
+
+    def on_get(self, req, resp, job_id):
+        params = _query(req, {"since", "until", "after", "limit"})
+        since, until = _window(params)
+        result = self.svc.job_metrics(req.context.caller, job_id, since=since, until=until,
+                                      after=_int_param(params, "after", 0, 0),
+                                      limit=_int_param(params, "limit", 100, 1, 1000))
+        resp.media = V.job_metrics(result, params)
+
+
+class NodeMetricsResource(Base):
+    def on_get(self, req, resp, node_id):
+        params = _query(req, {"since", "until", "after", "limit"})
+        since, until = _window(params)
+        result = self.svc.node_metrics(req.context.caller, node_id, since=since, until=until,
+                                       after=_int_param(params, "after", 0, 0),
+                                       limit=_int_param(params, "limit", 100, 1, 1000))
+        resp.media = V.node_metrics(result, params)
+
+
+class UsageResource(Base):
+    """What the jobs that ended in a window used, per user or per queue, and the CPU split per node."""
+
+    def on_get(self, req, resp):
+        params = _query(req, {"since", "until", "group_by", "owner"})
+        until = _time_param(params, "until") or self.svc.now()
+        since = _time_param(params, "since") or days_before(until, 1)
+        if since >= until:
+            raise E.Invalid("since: must be before until", field="since")
+        report = self.svc.usage_report(req.context.caller, since=since, until=until,
+                                       group_by=params.get("group_by", "user"), owner=params.get("owner") or None)
+        resp.media = V.usage(report)
 
 
 class TokensResource(Base):
@@ -298,6 +349,56 @@ def _query(req, allowed: set[str]) -> dict:
     return out
 
 
+_TIME = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?)?(Z|[+-][0-9]{2}:?[0-9]{2})?$")
+
+
+def _time_param(params: dict, name: str) -> str | None:
+    """An ISO 8601 date or time (a time without a zone is UTC) as the database's UTC format, or None."""
+    v = params.get(name)
+    if v is None or v == "":
+        return None
+    try:
+        if not _TIME.match(v):
+            raise ValueError
+        t = _dt.datetime.fromisoformat(v.replace("Z", "+00:00").replace(" ", "T"))
+    except ValueError:
+        raise E.Invalid(f"{name}: expected an ISO 8601 date or time (e.g. 2026-11-28 or 2026-11-28T12:00:00Z), "
+                        f"got {v!r}", field=name) from None
+    return utc_text(t if t.tzinfo else t.replace(tzinfo=_dt.timezone.utc))
+
+
+def _window(params: dict) -> tuple[str, str]:
+    since, until = _time_param(params, "since") or "", _time_param(params, "until") or "9999"
+    return since, until
+
+
+def _history(params: dict) -> History | None:
+    """A history listing (jobs that ended in a window, newest end first) when since, until or before is given."""
+    if not any(params.get(k) for k in ("since", "until", "before")):
+        return None
+    since, until = _window(params)
+    before = History.before
+    if params.get("before"):
+        at, _, jid = params["before"].rpartition(",")
+        try:
+            if not re.fullmatch(r"[0-9]{1,18}", jid) or _time_param({"t": at}, "t") != at:
+                raise ValueError
+        except (ValueError, E.Invalid):
+            raise E.Invalid(f"before: expected the cursor of a next link (<finished_at>,<id>), got "
+                            f"{params['before']!r}", field="before") from None
+        before = (at, int(jid))
+    return History(since=since, until=until, before=before)
+
+
+def _include(params: dict) -> bool:
+    v = params.get("include")
+    if v is None:
+        return False
+    if v != "metrics":
+        raise E.Invalid(f"include: expected metrics, got {v!r}", field="include")
+    return True
+
+
 def _int_param(params: dict, name: str, default: int, lo: int, hi: int | None = None) -> int:
     if name not in params:
         return default
@@ -326,6 +427,9 @@ def routes(services: Services) -> list[tuple[str, object]]:
         (f"/jobs/{{job_id:{ID}}}/hold", JobHoldResource(services)),
         (f"/jobs/{{job_id:{ID}}}/release", JobReleaseResource(services)),
         (f"/jobs/{{job_id:{ID}}}/events", JobEventsResource(services)),
+        (f"/jobs/{{job_id:{ID}}}/metrics", JobMetricsResource(services)),
+        (f"/cluster/nodes/{{node_id:{ID}}}/metrics", NodeMetricsResource(services)),
+        ("/usage", UsageResource(services)),
         ("/foreign-jobs", ForeignJobsResource(services, page)),
         ("/tokens", TokensResource(services)),
         (f"/tokens/{{token_id:{ID}}}", TokenResource(services)),

@@ -36,6 +36,13 @@ def _query(name: str, schema: dict, description: str) -> dict:
 
 
 JOB_ID = [_path_param("job_id")]
+TIME_PARAM = {"type": "string", "description": "ISO 8601 date or time; without a zone: UTC"}
+INCLUDE = _query("include", {"type": "string", "enum": ["metrics"]},
+                 "metrics: each job with its latest live measurement (metrics)")
+WINDOW = [_query("since", TIME_PARAM, "samples taken at or after this"),
+          _query("until", TIME_PARAM, "samples taken before this"),
+          _query("after", {"type": "integer", "minimum": 0}, "cursor, from a next link"),
+          _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size")]
 WRITE_ERRORS = (400, 401, 404, 409, 413, 415)
 
 PATHS = {
@@ -58,16 +65,21 @@ PATHS = {
     "/jobs": {
         "post": _op("Submit a job", {"201": _resp("Job", "created; Location names it")},
                     errors=(400, 401, 403, 413, 415), body="JobSubmit"),
-        "get": _op("List jobs (yours; admins: everyone's), oldest first, a page at a time",
+        "get": _op("List jobs (yours; admins: everyone's), oldest first, a page at a time. With since, until "
+                   "(or before): the history, jobs that ended in that window, newest end first",
                    {"200": _resp("JobList")}, errors=(400, 401, 403), params=[
                        _query("status", {"type": "string"}, "comma-separated states"),
                        _query("queue", {"type": "string"}, "queue id or name"),
                        _query("owner", {"type": "string"}, "admins only"),
                        _query("after", {"type": "integer", "minimum": 0}, "cursor: list ids greater than this"),
-                       _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size")]),
+                       _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size"),
+                       _query("since", TIME_PARAM, "history: jobs that ended (finished_at) at or after this"),
+                       _query("until", TIME_PARAM, "history: jobs that ended before this"),
+                       _query("before", {"type": "string"}, "history cursor, from a next link"),
+                       INCLUDE]),
     },
     "/jobs/{job_id}": {
-        "get": _op("One job", {"200": _resp("Job")}, errors=(401, 404), params=JOB_ID),
+        "get": _op("One job", {"200": _resp("Job")}, errors=(400, 401, 404), params=JOB_ID + [INCLUDE]),
         "patch": _op("Edit a job before it is dispatched", {"200": _resp("Job")}, errors=WRITE_ERRORS,
                      body="JobPatch", params=JOB_ID),
         "delete": _op("Cancel: at once before dispatch (200), else a request the poller carries out (202)",
@@ -80,6 +92,21 @@ PATHS = {
                                            errors=(401, 404, 409), params=JOB_ID)},
     "/jobs/{job_id}/events": {"get": _op("Every state change of a job", {"200": _resp("EventList")},
                                          errors=(401, 404), params=JOB_ID)},
+    "/jobs/{job_id}/metrics": {"get": _op(
+        "A job's CPU time and memory over time, as the node agents measured it (downsampled samples, oldest "
+        "first) and the latest measurement", {"200": _resp("JobMetrics")}, errors=(400, 401, 404),
+        params=JOB_ID + WINDOW)},
+    "/cluster/nodes/{node_id}/metrics": {"get": _op(
+        "A node's cpu %, memory %, disk % and load over time (samples, oldest first) and its latest figures",
+        {"200": _resp("NodeMetrics")}, errors=(400, 401, 404), params=[_path_param("node_id")] + WINDOW)},
+    "/usage": {"get": _op(
+        "What the jobs that ended in [since, until) used, per user or per queue (yours; admins: everyone's): "
+        "jobs, CPU-hours, wall-hours, wait p50/p95, failure rate; and per node and scheduler the CPU share it "
+        "had next to the share the policy targeted", {"200": _resp("Usage")}, errors=(400, 401, 403), params=[
+            _query("since", TIME_PARAM, "default: a day before until"),
+            _query("until", TIME_PARAM, "default: now"),
+            _query("group_by", {"type": "string", "enum": ["user", "queue"]}, "default user"),
+            _query("owner", {"type": "string"}, "admins: one user's jobs only")])},
     "/foreign-jobs": {
         "get": _op("Jobs submitted directly to the schedulers (yours; admins: everyone's), oldest first, a page "
                    "at a time; metasched only observes them", {"200": _resp("ForeignJobList")},
@@ -105,7 +132,8 @@ COMPONENTS = {
     "NodeList": S.NODE_LIST, "Queue": S.QUEUE, "QueueList": S.QUEUE_LIST, "Job": S.JOB, "JobList": S.JOB_LIST,
     "JobSubmit": S.JOB_SUBMIT, "JobPatch": S.JOB_PATCH, "EventList": S.EVENT_LIST, "Token": S.TOKEN,
     "TokenCreated": S.TOKEN_CREATED, "TokenCreate": S.TOKEN_CREATE, "TokenList": S.TOKEN_LIST,
-    "ForeignJobList": S.FOREIGN_JOB_LIST,
+    "ForeignJobList": S.FOREIGN_JOB_LIST, "JobMetrics": S.JOB_METRICS, "NodeMetrics": S.NODE_METRICS,
+    "Usage": S.USAGE,
 }
 
 
