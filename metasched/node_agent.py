@@ -418,9 +418,13 @@ def set_autogroup_nice(proc_root: str, leader: int, nice: int, dry_run: bool, er
 # -- what the jobs and the node use (issue 15) ---------------------------------------------------------
 JOB_ID_KINDS = ("sge_shepherd", "slurmstepd", "pgid", "yarn")
 _JOB_ID_RE = {
-    "sge_shepherd": re.compile(r"^sge_shepherd-(\d+)(?:\s|$)"),       # execd names the shepherd after the job
     "slurmstepd": re.compile(r"^slurmstepd: \[(\d+)\.[A-Za-z0-9_]+\]"),  # a step: [<job id>.<step>]
 }
+# Grid Engine (8.1.9) names the shepherd plainly ("sge_shepherd -bg"): the job is the shepherd's working
+# directory, execd's spool active_jobs/<job>.<task> (readable as root or sgeadmin), else its job script, which
+# the job's shell runs from the spool (world-readable: "-sh .../job_scripts/<job>"; not for binary jobs, -b y).
+_SGE_CWD_RE = re.compile(r"/active_jobs/(\d+)\.\d+$")
+_SGE_SCRIPT_RE = re.compile(r"/job_scripts/(\d+)(?:\s|$)")
 _YARN_APP_RE = re.compile(r"\b(?:application_(\d+)_(\d+)|container_(?:e\d+_)?(\d+)_(\d+)_\d+_\d+)\b")
 MAX_DISK_PATHS = 32
 
@@ -438,10 +442,22 @@ def job_of_tree(tree: Tree, kind: str, key: Tuple[str, int]) -> Optional[str]:
         if not m:
             return None
         return "application_%s_%s" % ((m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4)))
-    rx = _JOB_ID_RE.get(kind)
-    if rx is None or how != "root":
+    if how != "root":
         return None
-    m = rx.match(tree.cmdline(pid))
+    if kind == "sge_shepherd":
+        try:
+            m = _SGE_CWD_RE.search(os.readlink(os.path.join(tree.proc_root, str(pid), "cwd")))
+            if m:
+                return m.group(1)
+        except OSError:
+            pass
+        for child in tree.children.get(pid, ()):
+            m = _SGE_SCRIPT_RE.search(tree.cmdline(child))
+            if m:
+                return m.group(1)
+        return None
+    rx = _JOB_ID_RE.get(kind)
+    m = rx.match(tree.cmdline(pid)) if rx else None
     return m.group(1) if m else None
 
 
