@@ -633,8 +633,19 @@ def run(request: Any, dry_run: bool = False, allow_overrides: bool = True,
            "mechanism_note": "; ".join(notes), "groups": result, "errors": errors, "dry_run": dry_run,
            "elapsed_ms": round((time.time() - t0) * 1000.0, 3)}
     if node is not None:
+        node["procs_id"] = procs_identity(proc_root)
         out["node"] = node
     return out
+
+
+def procs_identity(proc_root: str) -> Optional[str]:
+    """Which processes this node's /proc shows: the boot and the PID namespace. Two configured nodes that are
+    one machine's namespaces (a test lab) see the same processes; the engine then counts them once."""
+    try:
+        boot = read_text("/proc/sys/kernel/random/boot_id").strip()
+        return "%s:%s" % (boot, os.readlink(os.path.join(proc_root, "self", "ns", "pid")))
+    except OSError:
+        return None
 
 
 def answer(text: str, dry_run: bool) -> Dict[str, Any]:

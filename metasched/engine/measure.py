@@ -85,12 +85,19 @@ def read(node_obs: list, queues: list[Queue], jobs: list[Job], shares: dict[int,
     ours = {(j.queue_id, j.scheduler_job_id): j for j in jobs
             if j.status in MEASURED_STATES and j.scheduler_job_id}
     per_job: dict[int, list[tuple[str, int, int, int, float | None]]] = {}
+    machines: set[str] = set()
     for no in node_obs:
         node, agent = no.node, no.agent
         if not agent.ok:
             continue
         seen = 0
-        for group, figures in agent.jobs.items():
+        # nodes that are namespaces of one machine (one boot, one PID namespace) see the same processes:
+        # their jobs and CPU are counted once, by the first of them
+        ident = (agent.node or {}).get("procs_id")
+        again = ident is not None and ident in machines
+        if ident is not None:
+            machines.add(ident)
+        for group, figures in ({} if again else agent.jobs).items():
             q = by_group.get(group)
             if q is None:
                 continue
@@ -107,7 +114,7 @@ def read(node_obs: list, queues: list[Queue], jobs: list[Job], shares: dict[int,
                 per_job.setdefault(job.id, []).append((node.address, f["cpu_usec"], f["rss_bytes"], f["pids"], pct))
         if agent.node is not None:
             out.nodes[node.id] = _node_figures(node, agent, meters, iso, seen)
-        _shares(out, node.id, agent, by_group, shares, queues, meters)
+        _shares(out, node.id, agent, by_group, shares, queues, meters, count=not again)
     for jid, parts in per_job.items():
         pcts = [p[4] for p in parts]
         out.jobs[jid] = JobReading(
@@ -158,7 +165,7 @@ def _node_figures(node, agent, meters: Meters, iso: str, jobs_seen: int) -> dict
 
 
 def _shares(out: Reading, node_id: int, agent, by_group: dict, shares: dict[int, float], queues: list[Queue],
-            meters: Meters) -> None:
+            meters: Meters, count: bool = True) -> None:
     """This node's step of the enforcement measurements: each scheduler group's CPU since the previous answer,
     the span, and the share the policy targeted (the one the agents applied)."""
     if agent.uptime is None:
@@ -176,7 +183,8 @@ def _shares(out: Reading, node_id: int, agent, by_group: dict, shares: dict[int,
         cpu = max(0, usec - prev[1][group]) / 1e6     # a group recreated (reboot) loses one step, never more
         target = shares.get(q.id, default)
         out.shares.append((node_id, q.id, dt, cpu, target * dt))
-        out.queue_cpu[q.id] = out.queue_cpu.get(q.id, 0.0) + cpu
+        if count:
+            out.queue_cpu[q.id] = out.queue_cpu.get(q.id, 0.0) + cpu
 
 
 def bucket_of(wall: float, seconds: float) -> str:

@@ -113,6 +113,23 @@ def test_a_job_on_two_nodes_is_summed(env):
     assert (u.cpu_seconds, u.cpu_percent, u.rss_bytes, u.pids, u.nodes) == (4.0, 100.0, 150, 3, ("10.0.0.1", "10.0.0.2"))
 
 
+def test_two_nodes_that_are_one_machine_count_its_jobs_and_cpu_once(env):
+    n1, n2, j = env["nodes"][0], env["nodes"][1], env["jobs"][0]
+    q1, q2 = env["queues"]
+    meters = measure.Meters()
+    for up, cpu in ((10.0, 1.0), (12.0, 3.0)):
+        obs = [answer(n, up, {"41": fig(cpu, 100)}, usage={group_name(q1): int(cpu * 1e6), group_name(q2): 0},
+                      ticks=[1, 1]) for n in (n1, n2)]
+        for o in obs:
+            o.agent.node["procs_id"] = "boot-1:pid:[4026531836]"
+        cycle(env, meters, obs, wall=up, mono=up)
+    u = usage(env, j)
+    assert (u.cpu_seconds, u.rss_bytes, u.nodes) == (3.0, 100, ("10.0.0.1",))
+    with env["db"].read():
+        assert env["repo"].queue_cpu_totals() == pytest.approx({q1.id: 2.0})
+        assert {t.node_id for t in env["repo"].share_totals(since="", until="9999")} == {n1.id, n2.id}
+
+
 def test_figures_of_no_job_of_ours_and_unanswered_nodes_are_left_out(env):
     n1, n2 = env["nodes"]
     meters = measure.Meters()
