@@ -128,8 +128,9 @@ def _count(v) -> bool:
 
 
 def _job_figures(groups: dict) -> tuple[dict, int]:
-    """Each group's per-job figures, entry by entry: one the agent got wrong (a native id that is not a short
-    plain word, a figure that is not a count) is left out and counted, the others are kept."""
+    """Each group's per-job figures (the agent sends [cpu_usec, rss_bytes, pids] per native id), entry by
+    entry: one the agent got wrong (a native id that is not a short plain word, a figure that is not a count)
+    is left out and counted, the others are kept."""
     out, dropped = {}, 0
     for name, g in groups.items():
         jobs = g.get("jobs")
@@ -137,9 +138,10 @@ def _job_figures(groups: dict) -> tuple[dict, int]:
             continue
         keep = {}
         for native, fig in jobs.items():
-            if (isinstance(native, str) and re.fullmatch(r"[A-Za-z0-9_]{1,64}", native) and isinstance(fig, dict)
-                    and all(_count(fig.get(k)) for k in ("cpu_usec", "rss_bytes", "pids"))):
-                keep[native] = {k: fig[k] for k in ("cpu_usec", "rss_bytes", "pids")}
+            if (isinstance(native, str) and 0 < len(native) <= 64 and native.isascii()
+                    and native.replace("_", "").isalnum() and isinstance(fig, list) and len(fig) == 3
+                    and all(_count(v) for v in fig)):
+                keep[native] = {"cpu_usec": fig[0], "rss_bytes": fig[1], "pids": fig[2]}
             else:
                 dropped += 1
         out[name] = keep

@@ -45,12 +45,12 @@ class Unavailable(Exception):
 
 class Proc(object):
     """The fields of /proc/<pid>/stat that the agent needs."""
-    __slots__ = ("pid", "comm", "state", "ppid", "pgrp", "sid", "flags", "ticks", "nice", "rss")
+    __slots__ = ("pid", "comm", "state", "ppid", "pgrp", "sid", "flags", "ticks", "nice", "rss", "start")
 
-    def __init__(self, pid, comm, state, ppid, pgrp, sid, flags, ticks, nice, rss=0):
-        # type: (int, str, str, int, int, int, int, int, int, int) -> None
+    def __init__(self, pid, comm, state, ppid, pgrp, sid, flags, ticks, nice, rss=0, start=0):
+        # type: (int, str, str, int, int, int, int, int, int, int, int) -> None
         self.pid, self.comm, self.state, self.ppid, self.pgrp = pid, comm, state, ppid, pgrp
-        self.sid, self.flags, self.ticks, self.nice, self.rss = sid, flags, ticks, nice, rss
+        self.sid, self.flags, self.ticks, self.nice, self.rss, self.start = sid, flags, ticks, nice, rss, start
 
 
 def parse_stat(text: str) -> Proc:
@@ -58,10 +58,10 @@ def parse_stat(text: str) -> Proc:
     lp, rp = text.index("("), text.rindex(")")
     f = text[rp + 2:].split()
     # f[0]=state f[1]=ppid f[2]=pgrp f[3]=session f[6]=flags f[11..14]=utime stime cutime cstime f[16]=nice
-    # f[21]=rss (pages)
+    # f[19]=starttime f[21]=rss (pages)
     ticks = int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
     return Proc(int(text[:lp]), text[lp + 1:rp], f[0], int(f[1]), int(f[2]), int(f[3]), int(f[6]), ticks, int(f[16]),
-                int(f[21]) if len(f) > 21 else 0)
+                int(f[21]) if len(f) > 21 else 0, int(f[19]) if len(f) > 19 else 0)
 
 
 def read_text(path: str) -> str:
@@ -461,29 +461,70 @@ def job_of_tree(tree: Tree, kind: str, key: Tuple[str, int]) -> Optional[str]:
     return m.group(1) if m else None
 
 
+# What stays true of a process as long as it lives (same pid, same start): the job its tree is, the filesystem
+# it works in. Kept between the requests of one --serve agent, so a cycle reads /proc for new processes only.
+_JOB_OF = {}  # type: Dict[Tuple[str, str, str, int], Tuple[int, Optional[str]]]   # (proc root, kind, how, pid)
+_DEV_OF = {}  # type: Dict[Tuple[str, int], Tuple[int, Optional[int]]]             # (proc root, pid)
+
+
+def _forget_gone(proc_root: str, procs: Dict[int, Proc]) -> None:
+    for key in [k for k, (start, _) in _JOB_OF.items()
+                if k[0] == proc_root and (k[3] not in procs or procs[k[3]].start != start)]:
+        del _JOB_OF[key]
+    for key in [k for k, (start, _) in _DEV_OF.items()
+                if k[0] == proc_root and (k[1] not in procs or procs[k[1]].start != start)]:
+        del _DEV_OF[key]
+
+
 def job_figures(tree: Tree, kind: str, per_tree: Dict[Tuple[str, int], Set[int]], members: Set[int],
-                page_size: int, hz: int) -> Dict[str, Dict[str, Any]]:
-    """Per native job: the CPU time of its processes (user + system, with what they reaped from their own
-    children: /proc/<pid>/stat utime stime cutime cstime), their resident memory now, how many there are, and
-    one of them (``probe``: where the job works, for the disk figures; not sent back)."""
-    out = {}  # type: Dict[str, Dict[str, Any]]
+                page_size: int, hz: int) -> Dict[str, List[int]]:
+    """Per native job: [the CPU time of its processes in microseconds (user + system, with what they reaped
+    from their own children: /proc/<pid>/stat utime stime cutime cstime), their resident memory now in bytes,
+    how many there are, one of them (where the job works, for the disk figures; not sent back)]."""
+    out = {}  # type: Dict[str, List[int]]
     for key, pids in per_tree.items():
         pids = pids & members
         if not pids:
             continue
-        native = job_of_tree(tree, kind, key)
+        root = tree.procs.get(key[1])
+        ckey = (tree.proc_root, kind) + key
+        cached = _JOB_OF.get(ckey) if root is not None else None
+        if cached is not None and cached[0] == root.start:
+            native = cached[1]
+        else:
+            native = job_of_tree(tree, kind, key)
+            if root is not None and native is not None:   # not yet told (a shepherd before its job's shell)
+                _JOB_OF[ckey] = (root.start, native)
         if native is None:
             continue
-        j = out.setdefault(native, {"cpu_usec": 0, "rss_bytes": 0, "pids": 0, "probe": min(pids)})
+        j = out.setdefault(native, [0, 0, 0, min(pids)])
+        ticks = rss = 0
         for p in pids:
             proc = tree.procs[p]
-            j["cpu_usec"] += proc.ticks * 1000000 // hz
-            j["rss_bytes"] += proc.rss * page_size
-            j["pids"] += 1
+            ticks += proc.ticks
+            rss += proc.rss
+        j[0] += ticks * 1000000 // hz
+        j[1] += rss * page_size
+        j[2] += len(pids)
     return out
 
 
-def node_figures(proc_root: str, probes: List[int], paths: List[str]) -> Dict[str, Any]:
+def _device(proc_root: str, procs: Dict[int, Proc], pid: int) -> Optional[int]:
+    """The filesystem a process works in (its current directory's device), looked up once per process."""
+    cached = _DEV_OF.get((proc_root, pid))
+    if cached is not None and pid in procs and cached[0] == procs[pid].start:
+        return cached[1]
+    try:
+        dev = os.stat("%s/%d/cwd" % (proc_root, pid)).st_dev   # type: Optional[int]
+    except OSError:
+        dev = None
+    if pid in procs:
+        _DEV_OF[(proc_root, pid)] = (procs[pid].start, dev)
+    return dev
+
+
+def node_figures(proc_root: str, probes: List[int], paths: List[str],
+                 procs: Optional[Dict[int, Proc]] = None) -> Dict[str, Any]:
     """The node's counters (the engine turns two of them into percentages): /proc/stat's total and idle CPU
     ticks, /proc/meminfo's total and available memory, and the filesystems the jobs work in (the current
     directory of one process per job) and the configured paths: size, used and available bytes as df
@@ -506,14 +547,19 @@ def node_figures(proc_root: str, probes: List[int], paths: List[str]) -> Dict[st
             out["memory"] = {"total": mem["MemTotal"], "available": mem["MemAvailable"]}
     except (OSError, ValueError, IndexError):
         pass
-    where = ["%s/%d/cwd" % (proc_root, p) for p in probes] + list(paths)
-    seen, disks = set(), []
-    for path in where:
+    where = {}  # type: Dict[int, str]      # device -> a path on it
+    for p in probes:
+        dev = _device(proc_root, procs or {}, p)
+        if dev is not None and dev not in where:
+            where[dev] = "%s/%d/cwd" % (proc_root, p)
+    for path in paths:
         try:
-            dev = os.stat(path).st_dev
-            if dev in seen:
-                continue
-            seen.add(dev)
+            where.setdefault(os.stat(path).st_dev, path)
+        except OSError:
+            continue
+    disks = []
+    for dev, path in where.items():
+        try:
             st = os.statvfs(path)
         except OSError:
             continue
@@ -616,14 +662,15 @@ def run(request: Any, dry_run: bool = False, allow_overrides: bool = True,
         entry["trees"] = trees[name]
     node = None
     if measure:
+        _forget_gone(proc_root, procs)
         hz, page = os.sysconf("SC_CLK_TCK"), os.sysconf("SC_PAGE_SIZE")
         probes = []
         for g in groups:
             if g["name"] in per_tree and g["name"] in result:
                 jobs = job_figures(tree, g["match"]["job_ids"], per_tree[g["name"]], members[g["name"]], page, hz)
-                probes += [j.pop("probe") for j in jobs.values()]
+                probes += [j.pop() for j in jobs.values()]
                 result[g["name"]]["jobs"] = jobs
-        node = node_figures(proc_root, probes, req.get("disk_paths") or [])
+        node = node_figures(proc_root, probes, req.get("disk_paths") or [], procs)
     try:
         uptime = float(read_text(os.path.join(proc_root, "uptime")).split()[0])
     except (OSError, ValueError, IndexError):

@@ -670,7 +670,11 @@ class Services:
         scope, _ = self._listing_scope(caller, owner, 1)
         with self.db.read():
             rows = self.repo.usage_jobs(since=since, until=until, owner=scope)
-            totals = self.repo.share_totals(since=since, until=until)
+            # the enforcement measurements are summed per bucket: those that overlap the window count whole
+            bucket = self.config.metrics.share_bucket_seconds
+            totals = self.repo.share_totals(
+                since=format_time(parse_time(since) - _dt.timedelta(seconds=bucket) + _dt.timedelta(microseconds=1)),
+                until=until)
             queues = {q.id: q for q in self.repo.list_queues()}
             for qid in {r["queue_id"] for r in rows} | {t.queue_id for t in totals}:
                 if qid not in queues:

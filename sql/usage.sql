@@ -40,19 +40,21 @@ SELECT id, owner, queue_id, status, created_at, started_at, acct_cpu_seconds, ac
 WHERE owner = :owner AND finished_at IS NOT NULL AND finished_at >= :since AND finished_at < :until;
 
 -- name: upsert_job_usage
--- The latest measurement of a running job. CPU time and the peak memory only grow; nodes accumulate.
-INSERT INTO job_usage (job_id, at, nodes, cpu_seconds, cpu_percent, rss_bytes, max_rss_bytes, pids)
-VALUES (:job_id, :at, :nodes, :cpu_seconds, :cpu_percent, :rss_bytes, :rss_bytes, :pids)
+-- The latest measurement of a running job (run for every measured job of a cycle at once). CPU time and the
+-- peak memory only grow; nodes accumulate; :sampled (0 or 1) counts the sample stored beside it.
+INSERT INTO job_usage (job_id, at, nodes, cpu_seconds, cpu_percent, rss_bytes, max_rss_bytes, pids, samples)
+VALUES (:job_id, :at, :nodes, :cpu_seconds, :cpu_percent, :rss_bytes, :rss_bytes, :pids, :sampled)
 ON CONFLICT (job_id) DO UPDATE SET
     at = excluded.at,
-    nodes = (SELECT json_group_array(value) FROM (SELECT value FROM json_each(job_usage.nodes)
-                                                  UNION SELECT value FROM json_each(excluded.nodes))),
+    nodes = CASE WHEN excluded.nodes = job_usage.nodes THEN job_usage.nodes
+                 ELSE (SELECT json_group_array(value) FROM (SELECT value FROM json_each(job_usage.nodes)
+                                                           UNION SELECT value FROM json_each(excluded.nodes))) END,
     cpu_seconds = max(job_usage.cpu_seconds, excluded.cpu_seconds),
     cpu_percent = excluded.cpu_percent,
     rss_bytes = excluded.rss_bytes,
     max_rss_bytes = max(job_usage.max_rss_bytes, excluded.rss_bytes),
-    pids = excluded.pids
-RETURNING *;
+    pids = excluded.pids,
+    samples = job_usage.samples + excluded.samples;
 
 -- name: get_job_usage
 SELECT * FROM job_usage WHERE job_id = :job_id;
@@ -64,9 +66,6 @@ SELECT * FROM job_usage WHERE job_id IN (SELECT value FROM json_each(:ids));
 -- name: insert_job_sample
 INSERT INTO job_samples (job_id, at, cpu_seconds, cpu_percent, rss_bytes, pids, nodes)
 VALUES (:job_id, :at, :cpu_seconds, :cpu_percent, :rss_bytes, :pids, :nodes);
-
--- name: count_job_sample
-UPDATE job_usage SET samples = samples + 1 WHERE job_id = :job_id RETURNING samples, stride;
 
 -- name: thin_job_samples
 -- Downsampling: a job that reached metrics.max_samples_per_job keeps every other of its samples (the first
@@ -114,7 +113,8 @@ ON CONFLICT (node_id, queue_id, bucket) DO UPDATE SET
     target_seconds = target_seconds + excluded.target_seconds;
 
 -- name: share_totals
--- Per node and scheduler, the measured spans, CPU and target of the buckets that start in [since, until).
+-- Per node and scheduler, the measured spans, CPU and target of the buckets that start in [since, until)
+-- (GET /usage passes a since one bucket earlier: every bucket that overlaps its window).
 SELECT node_id, queue_id, sum(seconds) AS seconds, sum(cpu_seconds) AS cpu_seconds,
        sum(target_seconds) AS target_seconds
 FROM share_samples WHERE bucket >= :since AND bucket < :until

@@ -148,6 +148,22 @@ class Database:
             yield conn
 
     @contextlib.contextmanager
+    def savepoint(self, name: str):
+        """Inside a write transaction: a part that either happens whole or not at all, without undoing the rest
+        of the transaction (ROLLBACK TO on any exception, which is raised again)."""
+        if not re.fullmatch(r"[a-z_]+", name):
+            raise ValueError(f"savepoint name {name!r}")
+        conn = self.conn
+        conn.execute(f"SAVEPOINT {name}")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute(f"ROLLBACK TO {name}")
+            conn.execute(f"RELEASE {name}")
+            raise
+        conn.execute(f"RELEASE {name}")
+
+    @contextlib.contextmanager
     def read(self):
         """A consistent snapshot across several SELECTs (deferred BEGIN, read only)."""
         with self._transaction("BEGIN") as conn:

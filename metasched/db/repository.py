@@ -341,10 +341,17 @@ class Repository:
             rows = self._all(self.q.usage_jobs, since=since, until=until)
         return [dict(r) for r in rows]
 
-    def upsert_job_usage(self, *, job_id, at, nodes, cpu_seconds, cpu_percent, rss_bytes, pids) -> JobUsage:
-        return row_to_usage(self._one(self.q.upsert_job_usage, job_id=job_id, at=at, nodes=json.dumps(list(nodes)),
-                                      cpu_seconds=cpu_seconds, cpu_percent=cpu_percent, rss_bytes=rss_bytes,
-                                      pids=pids))
+    def upsert_job_usages(self, rows: list[dict]) -> None:
+        """One cycle's measurements (dicts of job_id, at, nodes, cpu_seconds, cpu_percent, rss_bytes, pids,
+        sampled), in one executemany: with 200 running jobs a statement each cost the cycle 3 ms more."""
+        self.db.conn.executemany(self.q.upsert_job_usage, [dict(r, nodes=json.dumps(list(r["nodes"])))
+                                                           for r in rows])
+
+    def upsert_job_usage(self, *, job_id, at, nodes, cpu_seconds, cpu_percent, rss_bytes, pids,
+                         sampled: int = 0) -> JobUsage:
+        self.upsert_job_usages([dict(job_id=job_id, at=at, nodes=nodes, cpu_seconds=cpu_seconds,
+                                     cpu_percent=cpu_percent, rss_bytes=rss_bytes, pids=pids, sampled=sampled)])
+        return self.get_job_usage(job_id)
 
     def get_job_usage(self, job_id: int) -> JobUsage | None:
         r = self._one(self.q.get_job_usage, job_id=job_id)
@@ -353,13 +360,15 @@ class Repository:
     def list_job_usage(self, ids) -> dict[int, JobUsage]:
         return {r["job_id"]: row_to_usage(r) for r in self._all(self.q.list_job_usage, ids=json.dumps(list(ids)))}
 
-    def insert_job_sample(self, *, job_id, at, cpu_seconds, cpu_percent, rss_bytes, pids, nodes) -> tuple[int, int]:
-        """Store one sample; (samples the job now has, its stride)."""
-        self.db.conn.execute(self.q.insert_job_sample, dict(job_id=job_id, at=at, cpu_seconds=cpu_seconds,
-                                                            cpu_percent=cpu_percent, rss_bytes=rss_bytes, pids=pids,
-                                                            nodes=json.dumps(list(nodes))))
-        r = self._one(self.q.count_job_sample, job_id=job_id)
-        return (r["samples"], r["stride"]) if r else (0, 1)
+    def insert_job_samples(self, rows: list[dict]) -> None:
+        """Samples (dicts of job_id, at, cpu_seconds, cpu_percent, rss_bytes, pids, nodes); the jobs' sample
+        counts are kept by upsert_job_usages (sampled)."""
+        self.db.conn.executemany(self.q.insert_job_sample, [dict(r, nodes=json.dumps(list(r["nodes"])))
+                                                            for r in rows])
+
+    def insert_job_sample(self, *, job_id, at, cpu_seconds, cpu_percent, rss_bytes, pids, nodes) -> None:
+        self.insert_job_samples([dict(job_id=job_id, at=at, cpu_seconds=cpu_seconds, cpu_percent=cpu_percent,
+                                      rss_bytes=rss_bytes, pids=pids, nodes=nodes)])
 
     def thin_job_samples(self, job_id: int) -> int:
         """Every other sample of the job removed, its stride doubled; how many were removed."""
@@ -392,9 +401,11 @@ class Repository:
         return self.db.conn.execute(self.q.prune_node_samples, dict(before=before, limit=limit)).rowcount
 
     def add_share_sample(self, *, node_id, queue_id, bucket, seconds, cpu_seconds, target_seconds) -> None:
-        self.db.conn.execute(self.q.add_share_sample, dict(node_id=node_id, queue_id=queue_id, bucket=bucket,
-                                                           seconds=seconds, cpu_seconds=cpu_seconds,
-                                                           target_seconds=target_seconds))
+        self.add_share_samples([dict(node_id=node_id, queue_id=queue_id, bucket=bucket, seconds=seconds,
+                                     cpu_seconds=cpu_seconds, target_seconds=target_seconds)])
+
+    def add_share_samples(self, rows: list[dict]) -> None:
+        self.db.conn.executemany(self.q.add_share_sample, rows)
 
     def share_totals(self, *, since: str, until: str) -> list[ShareSample]:
         return [ShareSample(r["node_id"], r["queue_id"], r["seconds"], r["cpu_seconds"], r["target_seconds"])

@@ -214,9 +214,7 @@ class Engine:
                           agents=self.agents, requests=requests, deadline=deadline)
             self._progressed()
             classify_foreign(obs.statuses, jobs)
-            self.record_observation(obs, queues, tick, report)
-            measure.record(self.lease, self.repo, self.meters, obs.nodes, queues, jobs, self.shares, tick,
-                           self.config, report)
+            self.record_observation(obs, queues, tick, report, jobs=jobs)
 
         with phase("reconcile"):
             plan = reconcile(jobs, qmap, obs.statuses, unsettled)
@@ -282,7 +280,8 @@ class Engine:
             break
         return unsettled
 
-    def record_observation(self, obs: Observation, queues: list[Queue], tick: Tick, report: CycleReport) -> None:
+    def record_observation(self, obs: Observation, queues: list[Queue], tick: Tick, report: CycleReport,
+                           jobs: list[Job] | None = None) -> None:
         for q in queues:
             st = obs.statuses[q.id]
             if not st.ok:
@@ -309,6 +308,9 @@ class Engine:
                     last_error=no.agent.error, now=stamp, load=no.agent.load, ncpus=no.agent.ncpus,
                     enforcement=self._enforcement_view(no.node, queues, no.agent) if no.agent.ok else None)
             self._record_foreign(obs.statuses, stamp, report)
+            if jobs is not None:        # what the jobs and the nodes use (engine/measure.py, issue 15)
+                measure.record(self.repo, self.meters, obs.nodes, queues, jobs, self.shares, tick, self.config,
+                               report)
         self.queue_usage = usage
 
     def record_foreign(self, statuses: dict[int, QueueStatus], report: CycleReport) -> None:

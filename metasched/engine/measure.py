@@ -13,6 +13,7 @@ one cycle's answers into plain values (pure, but for the :class:`Meters` it carr
 - per node and scheduler, the CPU its group used next to the share the policy targeted (the enforcement
   measurements), summed per ``metrics.share_bucket_seconds``; per scheduler, a CPU-seconds counter.
 
+Every write happens in the cycle's fenced transaction (the one that records the observation), in a savepoint.
 Rates (a job's cpu %, the node's cpu %) and spans come from two answers of the same node, on its boot clock
 (/proc/uptime): a wall-clock step changes none of them, and a reboot (the clock went back) starts afresh.
 What the previous lease holder measured is not carried over: the first cycle after a takeover has no rates
@@ -64,6 +65,7 @@ class Meters:
     group_prev: dict[int, tuple[float, dict[str, int]]] = field(default_factory=dict)  # node -> (uptime, usage)
     job_sampled: dict[int, float] = field(default_factory=dict)      # job id -> when its last sample was stored
     node_sampled: dict[int, float] = field(default_factory=dict)     # node id -> the same (monotonic)
+    strides: dict[int, list[int]] = field(default_factory=dict)      # job id -> [stride, samples] as stored
 
 
 def _rate(prev: tuple[float, int] | None, uptime: float | None, usec: int) -> float | None:
@@ -126,6 +128,8 @@ def read(node_obs: list, queues: list[Queue], jobs: list[Job], shares: dict[int,
         del meters.job_prev[key]
     for jid in [k for k in meters.job_sampled if k not in active]:
         del meters.job_sampled[jid]
+    for jid in [k for k in meters.strides if k not in active]:
+        del meters.strides[jid]
     return out
 
 
@@ -194,20 +198,32 @@ def bucket_of(wall: float, seconds: float) -> str:
 def write(repo: Repository, reading: Reading, tick: Tick, config, meters: Meters) -> int:
     """Store one cycle's readings (the caller holds the fenced transaction); how many samples it stored."""
     m, ret = config.metrics, config.retention
-    stored = 0
+    unknown = [jid for jid in reading.jobs if jid not in meters.strides]
+    if unknown:        # a new holder (or new jobs): their strides and sample counts as stored
+        known = repo.list_job_usage(unknown)
+        for jid in unknown:
+            u = known.get(jid)
+            meters.strides[jid] = [u.stride, u.samples] if u is not None else [1, 0]
+    usages, samples, full = [], [], []
     for jid, r in reading.jobs.items():
-        usage = repo.upsert_job_usage(job_id=jid, at=tick.iso, nodes=r.nodes, cpu_seconds=r.cpu_seconds,
-                                      cpu_percent=r.cpu_percent, rss_bytes=r.rss_bytes, pids=r.pids)
+        stride = meters.strides[jid]
         last = meters.job_sampled.get(jid)
-        if last is not None and tick.mono - last < m.job_sample_interval * usage.stride:
-            continue
-        meters.job_sampled[jid] = tick.mono
-        samples, _stride = repo.insert_job_sample(job_id=jid, at=tick.iso, cpu_seconds=r.cpu_seconds,
-                                                  cpu_percent=r.cpu_percent, rss_bytes=r.rss_bytes, pids=r.pids,
-                                                  nodes=r.nodes)
-        stored += 1
-        if samples >= m.max_samples_per_job:
-            repo.thin_job_samples(jid)
+        due = last is None or tick.mono - last >= m.job_sample_interval * stride[0]
+        row = dict(job_id=jid, at=tick.iso, nodes=r.nodes, cpu_seconds=r.cpu_seconds, cpu_percent=r.cpu_percent,
+                   rss_bytes=r.rss_bytes, pids=r.pids)
+        usages.append(dict(row, sampled=int(due)))
+        if due:
+            meters.job_sampled[jid] = tick.mono
+            samples.append(row)
+            stride[1] += 1
+            if stride[1] >= m.max_samples_per_job:
+                full.append(jid)
+    repo.upsert_job_usages(usages)
+    repo.insert_job_samples(samples)
+    for jid in full:               # downsampling: every other sample goes, the interval doubles
+        repo.thin_job_samples(jid)
+        meters.strides.pop(jid, None)         # re-read next cycle, as stored
+    stored = len(samples)
     for nid, fig in reading.nodes.items():
         repo.set_node_metrics(id=nid, metrics=fig)
         last = meters.node_sampled.get(nid)
@@ -217,9 +233,8 @@ def write(repo: Repository, reading: Reading, tick: Tick, config, meters: Meters
                                     memory_percent=fig["memory_percent"], disk_percent=fig["disk_percent"],
                                     load1=fig["load"][0] if fig["load"] else None, jobs=fig["jobs"])
     bucket = bucket_of(tick.wall, m.share_bucket_seconds)
-    for node_id, queue_id, seconds, cpu, target in reading.shares:
-        repo.add_share_sample(node_id=node_id, queue_id=queue_id, bucket=bucket, seconds=seconds, cpu_seconds=cpu,
-                              target_seconds=target)
+    repo.add_share_samples([dict(node_id=node_id, queue_id=queue_id, bucket=bucket, seconds=seconds, cpu_seconds=cpu,
+                                 target_seconds=target) for node_id, queue_id, seconds, cpu, target in reading.shares])
     for queue_id, cpu in reading.queue_cpu.items():
         if cpu > 0:
             repo.add_queue_cpu(queue_id=queue_id, cpu_seconds=cpu)
@@ -231,18 +246,24 @@ def write(repo: Repository, reading: Reading, tick: Tick, config, meters: Meters
     return stored
 
 
-def record(lease, repo: Repository, meters: Meters, node_obs: list, queues: list[Queue], jobs: list[Job],
+def record(repo: Repository, meters: Meters, node_obs: list, queues: list[Queue], jobs: list[Job],
            shares: dict[int, float], tick: Tick, config, report: CycleReport) -> None:
-    """The engine's one call per cycle (after the observation is recorded, before the decision)."""
+    """The engine's one call per cycle, inside the fenced transaction that records the observation (one
+    commit less: with synchronous=FULL a commit costs this machine 2.8 ms, 4 % of a cycle with 200 jobs). In a
+    savepoint of its own: whatever goes wrong here costs this cycle its measurements (one error line), never
+    the rest of what the cycle records."""
     if not config.metrics.enabled:
         return
     t0 = time.monotonic()
-    reading = read(node_obs, queues, jobs, shares, meters, tick.iso)
-    dropped = sum(no.agent.dropped for no in node_obs if no.agent.ok)
-    if dropped:
-        report.error("metrics", f"{dropped} job figures of the node agents were not readable (left out)")
-    if reading.jobs or reading.nodes or reading.shares:
-        with lease.fenced():
+    try:
+        reading = read(node_obs, queues, jobs, shares, meters, tick.iso)
+        dropped = sum(no.agent.dropped for no in node_obs if no.agent.ok)
+        if dropped:
+            report.error("metrics", f"{dropped} job figures of the node agents were not readable (left out)")
+        with repo.db.savepoint("measure"):
             report.summary["samples"] = write(repo, reading, tick, config, meters)
-    report.summary["measured_jobs"] = len(reading.jobs)
+        report.summary["measured_jobs"] = len(reading.jobs)
+    except Exception as exc:
+        log.exception("recording the measurements failed")
+        report.error("metrics", f"measurements not recorded this cycle: {type(exc).__name__}: {exc}")
     report.summary["measure_ms"] = round((time.monotonic() - t0) * 1000, 2)

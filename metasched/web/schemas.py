@@ -295,7 +295,9 @@ USAGE = {
         "groups": {"type": "array", "items": USAGE_GROUP}, "total": USAGE_GROUP,
         "shares": {"type": "array", "description": "per node and scheduler over the window: the CPU its group got "
                                                    "(measured_share, percent of the schedulers' CPU there) next to "
-                                                   "the share the policy targeted, from the enforcement measurements",
+                                                   "the share the policy targeted, from the enforcement measurements "
+                                                   "(summed per metrics.share_bucket_seconds: the buckets that overlap "
+                                                   "the window count whole; measured_seconds says how long that was)",
                    "items": {"type": "object", "required": ["node_id", "queue_id", "measured_share", "target_share"],
                              "properties": {"node_id": {"type": "integer"}, "node": {"type": ["string", "null"]},
                                             "queue_id": {"type": "integer"}, "queue": {"type": ["string", "null"]},

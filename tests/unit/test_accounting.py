@@ -212,3 +212,27 @@ def test_an_unreadable_accounting_record_costs_that_job_its_accounting_only():
         assert [c.new for c in changes] == [JobStatus.COMPLETED, JobStatus.COMPLETED]
         assert [c.accounting is not None for c in changes] == [expect, expect]
     assert [k[0] for k in report.job_errors] == ["accounting answer"]
+
+
+# -- the live captures of a 200 MiB, 2 s CPU job (tests/data/sge/README.md, tests/data/slurm/README.md) ---------
+
+BURN = dict(id=1, name="burn", token="abcdef")
+
+
+def test_the_captured_grid_engine_job_is_within_its_known_use():
+    text = (DATA / "sge" / "qacct-burn-200mb.txt").read_text()
+    a = GridEngineBackend().parse_accounting(job(scheduler_job_id="135", **BURN), 0, text, "")
+    assert a.cpu_seconds == pytest.approx(2.202) and (a.cpu_user_seconds, a.cpu_system_seconds) == (2.042, 0.160)
+    assert a.max_rss_bytes == 207879 * 1024 and abs(a.max_rss_bytes - (200 << 20)) < 0.05 * (200 << 20)
+    assert (a.wall_seconds, a.nodes, a.start_time, a.end_time) == (13.0, "vm", "2026-12-01T14:15:31Z",
+                                                                   "2026-12-01T14:15:44Z")
+    assert a.extra["maxvmem_bytes"] == 209738000
+
+
+def test_the_captured_slurm_job_has_times_but_no_cpu_nor_memory():
+    nid = dict(scheduler_job_id="1", **dict(BURN, id=2))
+    for name in ("scontrol-burn-200mb.txt", "jobcomp-burn-200mb.txt"):
+        a = SlurmBackend().parse_accounting(job(**nid), 0, (DATA / "slurm" / name).read_text(), "")
+        assert (a.start_time, a.end_time, a.wall_seconds, a.nodes) == (
+            "2026-12-01T14:15:33Z", "2026-12-01T14:15:51Z", 18.0, "vm"), name
+        assert (a.cpu_seconds, a.max_rss_bytes) == (None, None)

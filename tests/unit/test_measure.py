@@ -65,8 +65,9 @@ def fig(cpu_s, rss, pids=2):
 def cycle(env, meters, observations, wall, mono, shares=None):
     tick = Tick(wall=wall, mono=mono, iso=f"2026-11-28T10:{int(wall) // 60 % 60:02d}:{int(wall) % 60:02d}.000000Z")
     report = CycleReport(started_at=tick.iso)
-    measure.record(env["lease"], env["repo"], meters, observations, env["queues"], env["jobs"],
-                   shares or {env["queues"][0].id: 70.0, env["queues"][1].id: 30.0}, tick, env["cfg"], report)
+    with env["lease"].fenced():         # as Engine.record_observation calls it
+        measure.record(env["repo"], meters, observations, env["queues"], env["jobs"],
+                       shares or {env["queues"][0].id: 70.0, env["queues"][1].id: 30.0}, tick, env["cfg"], report)
     return report
 
 
@@ -192,3 +193,23 @@ def test_disabled_metrics_measure_nothing(env):
     env["cfg"] = cfgmod.parse(dict(RAW, metrics={"enabled": False}))
     report = cycle(env, measure.Meters(), [answer(env["nodes"][0], 1.0, {"41": fig(1, 1)})], wall=0, mono=0)
     assert usage(env, env["jobs"][0]) is None and "measured_jobs" not in report.summary
+
+
+def test_a_failure_while_recording_costs_the_cycle_its_measurements_only(env, monkeypatch):
+    n1 = env["nodes"][0]
+
+    def broken(rows):
+        if rows:                        # the second cycle has a step of the CPU split to store
+            raise RuntimeError("disk full, say")
+    monkeypatch.setattr(env["repo"], "add_share_samples", broken)
+    meters = measure.Meters()
+    with env["lease"].fenced():
+        env["repo"].set_node_health(id=n1.id, reachable=1, last_seen="t", last_error=None, now="t")
+        for up in (1.0, 2.0):
+            report = CycleReport(started_at="t")
+            measure.record(env["repo"], meters, [answer(n1, up, {"41": fig(up, 1)})], env["queues"], env["jobs"], {},
+                           Tick(wall=up, mono=up, iso="t"), env["cfg"], report)
+    assert "measurements not recorded" in report.errors["metrics"]
+    with env["db"].read():
+        assert env["repo"].get_node(n1.id).reachable is True        # the rest of the transaction stands
+    assert usage(env, env["jobs"][0]).cpu_seconds == 1.0            # the second cycle's writes were undone

@@ -55,13 +55,14 @@ def test_each_jobs_cpu_memory_and_pids(measured):
     resp = node_agent.run(measuring(measured), self_pid=SELF)
     assert resp["ok"], resp
     g = resp["groups"]
-    assert g["sge"]["jobs"] == {"7": {"cpu_usec": 3 * 150 * 1000000 // HZ, "rss_bytes": (10 + 2560 + 30) * PAGE,
-                                      "pids": 3}}
-    assert g["slurm"]["jobs"] == {"42": {"cpu_usec": 2 * 150 * 1000000 // HZ, "rss_bytes": 12 * PAGE, "pids": 2}}
-    assert g["local"]["jobs"] == {"600": {"cpu_usec": 3 * 150 * 1000000 // HZ, "rss_bytes": 6 * PAGE, "pids": 3}}
-    assert g["yarn"]["jobs"] == {APP: {"cpu_usec": 2 * 150 * 1000000 // HZ, "rss_bytes": 100 * PAGE, "pids": 2},
-                                 "application_1795824000000_0002": {
-                                     "cpu_usec": 2 * 150 * 1000000 // HZ, "rss_bytes": 200 * PAGE, "pids": 2}}
+    # per job: [CPU microseconds, resident bytes, pids]
+    assert g["sge"]["jobs"] == {"7": [3 * 150 * 1000000 // HZ, (10 + 2560 + 30) * PAGE, 3]}
+    assert g["slurm"]["jobs"] == {"42": [2 * 150 * 1000000 // HZ, 12 * PAGE, 2]}
+    assert g["local"]["jobs"] == {"600": [3 * 150 * 1000000 // HZ, 6 * PAGE, 3]}
+    assert g["yarn"]["jobs"] == {APP: [2 * 150 * 1000000 // HZ, 100 * PAGE, 2],
+                                 "application_1795824000000_0002": [2 * 150 * 1000000 // HZ, 200 * PAGE, 2]}
+    # the next cycle finds the same (the jobs' ids and directories are looked up once per process)
+    assert node_agent.run(measuring(measured), self_pid=SELF)["groups"]["sge"]["jobs"] == g["sge"]["jobs"]
 
 
 def test_a_grid_engine_shepherd_whose_spool_cannot_be_read_is_told_by_its_job_script(measured):
@@ -114,10 +115,8 @@ def test_the_request_asks_each_backend_for_its_job_ids():
 def test_a_bad_job_entry_in_an_answer_is_left_out_and_counted():
     import json
     answer = {"ok": True, "uptime": 12.5, "groups": {"g": {"usage_usec": 1, "jobs": {
-        "7": {"cpu_usec": 10, "rss_bytes": 20, "pids": 1},
-        "8": {"cpu_usec": -1, "rss_bytes": 20, "pids": 1},
-        "../9": {"cpu_usec": 1, "rss_bytes": 1, "pids": 1},
-        "10": "lots"}}}, "node": {"cpu_ticks": [1, 1]}}
+        "7": [10, 20, 1], "8": [-1, 20, 1], "../9": [1, 1, 1], "10": "lots", "11": [1, 2], "x²": [1, 1, 1],
+        "12": [1.5, 1, 1]}}}, "node": {"cpu_ticks": [1, 1]}}
     rep = enforcement.parse_answer(0, json.dumps(answer), "")
-    assert rep.ok and rep.jobs == {"g": {"7": {"cpu_usec": 10, "rss_bytes": 20, "pids": 1}}} and rep.dropped == 3
+    assert rep.ok and rep.jobs == {"g": {"7": {"cpu_usec": 10, "rss_bytes": 20, "pids": 1}}} and rep.dropped == 6
     assert rep.uptime == 12.5 and rep.node == {"cpu_ticks": [1, 1]}

@@ -66,7 +66,7 @@ def test_live_measurements_with_include_and_over_time(alice, bob, root, anon, se
     with services.db.write():
         for i, (cpu, rss) in enumerate([(0.5, 100), (1.5, 300), (2.0, 200)]):
             services.repo.upsert_job_usage(job_id=job.id, at=t(f"09:00:0{2 + i}"), nodes=["10.0.0.1"], cpu_seconds=cpu,
-                                           cpu_percent=50.0 if i else None, rss_bytes=rss, pids=2)
+                                           cpu_percent=50.0 if i else None, rss_bytes=rss, pids=2, sampled=1)
             services.repo.insert_job_sample(job_id=job.id, at=t(f"09:00:0{2 + i}"), cpu_seconds=cpu,
                                             cpu_percent=50.0 if i else None, rss_bytes=rss, pids=2,
                                             nodes=["10.0.0.1"])
@@ -223,6 +223,9 @@ def test_usage_shows_the_cpu_share_each_scheduler_had_next_to_its_target(alice, 
     assert shares["SGE"]["measured_share"] == 65.0 and shares["SGE"]["target_share"] == 70.0
     assert shares["Slurm"]["measured_share"] == 35.0 and shares["Slurm"]["cpu_seconds"] == 70.0
     assert shares["SGE"]["measured_seconds"] == 600 and shares["SGE"]["node"] == "127.0.0.1:22"
+    # a window inside one bucket (metrics.share_bucket_seconds, 300 s here) shows that whole bucket
+    inside = alice.get(f"/usage?since={DAY}T10:06:00Z&until={DAY}T10:07:00Z").json["shares"]
+    assert {s["queue"]: s["measured_share"] for s in inside} == {"SGE": 60.0, "Slurm": 40.0}
 
 
 @pytest.mark.parametrize("query, field", [
