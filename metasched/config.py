@@ -50,6 +50,18 @@ class RetentionConfig:
     cluster_events_days: float = 365.0
     poll_cycles: int = 1000         # cycle records kept
     batch: int = 1000               # at most this many jobs removed per cycle
+    metrics_days: float = 30.0      # job and node samples and enforcement measurements older than this; 0: never
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """What the node agents measure while jobs run, and how much of it is kept (issue 15)."""
+    enabled: bool = True               # each job's CPU time and memory, the nodes' cpu, memory, disk, load
+    job_sample_interval: float = 30.0  # seconds between the stored samples of a running job
+    max_samples_per_job: int = 240     # beyond: every other sample goes and the interval doubles
+    node_sample_interval: float = 60.0
+    share_bucket_seconds: float = 300.0   # enforcement measurements summed per bucket, node and scheduler
+    disk_paths: tuple[str, ...] = ()   # filesystems reported beside those the jobs work in
 
 
 @dataclass(frozen=True)
@@ -111,6 +123,7 @@ class Config:
     server: ServerConfig = ServerConfig()
     source: str = "<memory>"
     retention: RetentionConfig = RetentionConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
 
 # -- validation helpers: each takes the key path for its message --------------------------------
@@ -224,7 +237,7 @@ def parse(raw: Any, source: str = "<memory>", overrides: dict | None = None) -> 
     if set(raw) == {"cluster"}:           # the original project's JSON layout
         raw = _mapping(raw["cluster"], "cluster")
     _no_unknown(raw, {"policy", "nodes", "schedulers", "poller", "ssh", "auth", "enforcement", "server",
-                      "retention"}, "")
+                      "retention", "metrics"}, "")
 
     # nodes
     nodes_raw = raw.get("nodes")
@@ -315,6 +328,21 @@ def parse(raw: Any, source: str = "<memory>", overrides: dict | None = None) -> 
         "cluster_events_days": lambda v, p: _nonneg(v, p),
         "poll_cycles": lambda v, p: _int(v, p, 1, 10_000_000),
         "batch": lambda v, p: _int(v, p, 1, 1_000_000),
+        "metrics_days": lambda v, p: _nonneg(v, p),
+    })
+
+    def _paths(v, p):
+        if not isinstance(v, list) or len(v) > 32 or not all(isinstance(x, str) and x.startswith("/") for x in v):
+            raise ConfigError(f"{p}: expected a list of at most 32 absolute paths, got {v!r}")
+        return tuple(v)
+
+    metrics = _section(raw, "metrics", MetricsConfig, {
+        "enabled": _bool,
+        "job_sample_interval": _num,
+        "max_samples_per_job": lambda v, p: _int(v, p, 2, 1_000_000),
+        "node_sample_interval": _num,
+        "share_bucket_seconds": _num,
+        "disk_paths": _paths,
     })
     ssh = _section(raw, "ssh", SshConfig, {
         "known_hosts": _str,
@@ -365,7 +393,7 @@ def parse(raw: Any, source: str = "<memory>", overrides: dict | None = None) -> 
         ssh = _replace(ssh, **{k: v for k, v in overrides.get("ssh", {}).items() if v is not None})
         poller = _replace(poller, **{k: v for k, v in overrides.get("poller", {}).items() if v is not None})
     return Config(policy, high_priority, tuple(nodes), tuple(schedulers), poller, ssh, auth, enforcement,
-                  server, source, retention)
+                  server, source, retention, metrics)
 
 
 def _validate_group(name: str, path: str) -> str:

@@ -39,7 +39,7 @@ def match_for(matcher: ProcessMatcher, pgids: list[int]) -> dict:
     m: dict = {"roots_by_comm": list(matcher.roots_by_comm), "exclude_comm": list(matcher.exclude_comm)}
     if pgids:
         m["pgids"] = sorted({p for p in pgids if p > 1})
-    if matcher.yarn_containers:
+    if matcher.job_ids == "yarn":
         m["yarn_containers"] = True
     elif matcher.trees_by_args_regex:      # the agent's own YARN rule describes the same trees as its regex
         m["trees_by_args"] = matcher.trees_by_args_regex
@@ -47,18 +47,27 @@ def match_for(matcher: ProcessMatcher, pgids: list[int]) -> dict:
             m["exclude_args"] = matcher.exclude_args_regex
         if matcher.include_process_group:
             m["process_group"] = True
+    if matcher.job_ids:
+        m["job_ids"] = matcher.job_ids
     return m
 
 
 def build_request(groups: list[tuple[Queue, float, ProcessMatcher, list[int]]], *, method: str,
-                  parent: str) -> dict:
-    """groups: (queue, target percent, its backend's matcher, process groups of its local jobs)."""
-    return {
+                  parent: str, measure: bool = False, disk_paths: tuple[str, ...] = ()) -> dict:
+    """groups: (queue, target percent, its backend's matcher, process groups of its local jobs). With
+    ``measure``, the agent also reports each job's CPU time and memory and the node's figures (issue 15);
+    with method "none" it still finds the trees then, to measure them, and moves nothing."""
+    req = {
         "version": 1, "parent": parent, "mechanism": method,
-        "groups": [] if method == "none" else [
+        "groups": [] if method == "none" and not measure else [
             {"name": group_name(q), "weight_percent": round(max(share, 0.0), 3), "match": match_for(m, pgids)}
             for q, share, m, pgids in groups],
     }
+    if measure:
+        req["measure"] = True
+        if disk_paths:
+            req["disk_paths"] = list(disk_paths)
+    return req
 
 
 def command(request: dict, helper: str | None) -> str:
@@ -93,6 +102,12 @@ class AgentReport:
     groups: dict[str, dict] = field(default_factory=dict)      # group name -> what the agent applied there
     errors: list[str] = field(default_factory=list)
     time: float | None = None
+    # issue 15: the node's boot clock, each job's figures (group -> native id -> cpu_usec, rss_bytes, pids) and
+    # the node's counters (cpu_ticks, memory, disks, clk_tck), when the request asked to measure
+    uptime: float | None = None
+    jobs: dict[str, dict[str, dict]] = field(default_factory=dict)
+    node: dict | None = None
+    dropped: int = 0          # job entries of the answer that were not what we expect (left out, counted)
 
 
 def parse_answer(rc: int | None, stdout: str, stderr: str) -> AgentReport:
@@ -106,11 +121,40 @@ def parse_answer(rc: int | None, stdout: str, stderr: str) -> AgentReport:
         return AgentReport(False, "node agent: " + "; ".join(d.get("errors") or ["failed"])[:300])
     load = d.get("load")
     groups = {name: g for name, g in (d.get("groups") or {}).items() if isinstance(g, dict)}
+    jobs, dropped = _job_figures(groups)
+    uptime = d.get("uptime")
     return AgentReport(
         True, load=tuple(load) if load and len(load) == 3 else None, ncpus=d.get("ncpus"),
         mechanism=d.get("mechanism"), note=d.get("mechanism_note") or None,
         usage_usec={name: int(g.get("usage_usec") or 0) for name, g in groups.items()},
-        groups=groups, errors=list(d.get("errors") or []), time=d.get("time"))
+        groups=groups, errors=list(d.get("errors") or []), time=d.get("time"),
+        uptime=float(uptime) if isinstance(uptime, (int, float)) and not isinstance(uptime, bool) else None,
+        jobs=jobs, node=d["node"] if isinstance(d.get("node"), dict) else None, dropped=dropped)
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _job_figures(groups: dict) -> tuple[dict, int]:
+    """Each group's per-job figures (the agent sends [cpu_usec, rss_bytes, pids] per native id), entry by
+    entry: one the agent got wrong (a native id that is not a short plain word, a figure that is not a count)
+    is left out and counted, the others are kept."""
+    out, dropped = {}, 0
+    for name, g in groups.items():
+        jobs = g.get("jobs")
+        if not isinstance(jobs, dict):
+            continue
+        keep = {}
+        for native, fig in jobs.items():
+            if (isinstance(native, str) and 0 < len(native) <= 64 and native.isascii()
+                    and native.replace("_", "").isalnum() and isinstance(fig, list) and len(fig) == 3
+                    and all(_count(v) for v in fig)):
+                keep[native] = {"cpu_usec": fig[0], "rss_bytes": fig[1], "pids": fig[2]}
+            else:
+                dropped += 1
+        out[name] = keep
+    return out, dropped
 
 
 class UsageWindow:

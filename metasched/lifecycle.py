@@ -17,11 +17,12 @@ readers (webhooks, streams, the dashboard) follow with a cursor.
 """
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import string
 
 from .db.repository import Repository
-from .model import NO_SPEC, Job, JobSpec, JobStatus, can_transition
+from .model import NO_SPEC, Accounting, Job, JobSpec, JobStatus, JobUsage, can_transition
 
 _TOKEN_ALPHABET = string.ascii_lowercase
 
@@ -65,9 +66,12 @@ def transition(repo: Repository, job: Job, new: JobStatus, *, actor: str, reason
 
 
 def observed(repo: Repository, job: Job, new: JobStatus, *, actor: str, reason: str, now: str,
-             **fields) -> Job | None:
+             accounting: Accounting | None = None, **fields) -> Job | None:
     """Record what a scheduler said about ``job`` on the job as it is now (re-read in this transaction), if it
-    is still in the state the observation is about; None when it is not (it moved on meanwhile)."""
+    is still in the state the observation is about; None when it is not (it moved on meanwhile).
+
+    A final state is recorded with the job's accounting: what the scheduler reported (``accounting``),
+    completed by the node agents' measurements while it ran for the fields the scheduler does not report."""
     current = repo.get_job(job.id)
     if current is None or current.status is not job.status:
         return None
@@ -75,7 +79,23 @@ def observed(repo: Repository, job: Job, new: JobStatus, *, actor: str, reason: 
         return current
     if not can_transition(current.status, new):
         raise IllegalTransition(current, new)
-    return transition(repo, current, new, actor=actor, reason=reason, now=now, **fields)
+    updated = transition(repo, current, new, actor=actor, reason=reason, now=now, **fields)
+    if updated is not None and updated.status.final:
+        acct = final_accounting(accounting, repo.get_job_usage(job.id))
+        if acct is not None:
+            repo.record_job_accounting(job.id, acct)
+            updated = dataclasses.replace(updated, accounting=acct)
+    return updated
+
+
+def final_accounting(reported: Accounting | None, usage: JobUsage | None) -> Accounting | None:
+    """The scheduler's record first; the agents' measurements (CPU time, peak memory, where its processes
+    ran) only for what it leaves out. None when neither knows anything (a job that never ran)."""
+    measured = None if usage is None else Accounting.of(
+        "agent", cpu_seconds=usage.cpu_seconds, max_rss_bytes=usage.max_rss_bytes,
+        nodes=",".join(usage.nodes) or None)
+    acct = reported.completed_by(measured) if reported is not None else measured
+    return acct if acct is not None and (acct.reported() or acct.extra) else None
 
 
 def note(repo: Repository, job: Job, reason: str, *, actor: str | None = None, now: str | None = None) -> bool:

@@ -103,6 +103,7 @@ def collect(services: Services) -> list[Family]:
             node_up.add(int(n.reachable), node=f"{n.address}:{n.port}")
 
     out = [info, jobs, disp, refused, queue_up, node_up]
+    out += _usage_families(m)
 
     lease_info = Family("metasched_poller_lease_info", "gauge",
                         "The poller lease: the holder (host:pid:thread) is the one worker that acts.")
@@ -130,6 +131,40 @@ def collect(services: Services) -> list[Family]:
     recorded.add(m.cycles["n"])
     out += [last, started, errors, worst, recorded]
     return out
+
+
+def _usage_families(m) -> list[Family]:
+    """What the jobs used (issue 15): CPU seconds per scheduler (its group's, every node, as the node agents
+    measure it for enforcement: a counter since the database was made; a step the poller did not see, e.g.
+    across a takeover, is not counted rather than guessed) and each node's latest utilisation (absent until
+    its agent measured it: never a made-up zero)."""
+    cpu = Family("metasched_scheduler_cpu_seconds_total", "counter",
+                 "CPU time used by each scheduler's jobs on all nodes, as the node agents measure its group.")
+    for q in m.queues:
+        cpu.add(float((m.queue_cpu or {}).get(q.id, 0.0)), queue=q.name)
+    node_cpu = Family("metasched_node_cpu_ratio", "gauge", "Share of the node's CPU time that was busy over the "
+                                                          "last poll cycle (0..1).")
+    node_mem = Family("metasched_node_memory_ratio", "gauge", "Share of the node's memory in use (1 - available / "
+                                                             "total).")
+    node_disk = Family("metasched_node_disk_ratio", "gauge", "Share of each filesystem the node's jobs work in "
+                                                            "that is used (as df counts it).")
+    node_load = Family("metasched_node_load1", "gauge", "The node's 1-minute load average.")
+    node_jobs = Family("metasched_node_jobs", "gauge", "Our jobs whose processes the node's agent saw running.")
+    for n in m.nodes:
+        fig = n.metrics or {}
+        name = f"{n.address}:{n.port}"
+        if fig.get("cpu_percent") is not None:
+            node_cpu.add(fig["cpu_percent"] / 100.0, node=name)
+        if fig.get("memory_percent") is not None:
+            node_mem.add(fig["memory_percent"] / 100.0, node=name)
+        for d in fig.get("disks") or []:
+            if d.get("used_percent") is not None:
+                node_disk.add(d["used_percent"] / 100.0, node=name, mount=d.get("mount") or "")
+        if fig.get("load"):
+            node_load.add(float(fig["load"][0]), node=name)
+        if fig.get("jobs") is not None:
+            node_jobs.add(int(fig["jobs"]), node=name)
+    return [cpu, node_cpu, node_mem, node_disk, node_load, node_jobs]
 
 
 class MetricsResource:

@@ -162,6 +162,9 @@ class Job:
     attempts: int = 0               # dispatch attempts so far
     # -- issue 14: what the job asks for (jobs.spec, one JSON column) --
     spec: JobSpec = NO_SPEC
+    # -- accounting (issue 15): what the job used, recorded with its final state (None: nothing reported).
+    #    Not a column: the repository builds it from the acct_* columns (see Accounting).
+    accounting: "Accounting | None" = None
 
 
 @dataclass(frozen=True)
@@ -191,6 +194,7 @@ class Node:
     ncpus: int | None = None
     enforcement: dict = field(default_factory=dict)
     transport: str = "ssh"             # ssh | local
+    metrics: dict = field(default_factory=dict)   # the node's latest figures (issue 15: NodeMetrics.as_dict)
 
 
 @dataclass(frozen=True)
@@ -273,3 +277,92 @@ class PollCycle:
     duration_ms: float
     summary: dict
     errors: dict
+
+
+# -- what a job used (issue 15) ------------------------------------------------------------------------
+
+ACCOUNTING_FIELDS = ("start_time", "end_time", "nodes", "wall_seconds", "cpu_user_seconds", "cpu_system_seconds",
+                     "cpu_seconds", "max_rss_bytes", "exit_signal")
+
+
+@dataclass(frozen=True)
+class Accounting:
+    """What a finished job used, as its scheduler reported it. A field the scheduler did not report is None,
+    never estimated; ``sources`` names where each reported field came from (``qacct``, ``scontrol``,
+    ``jobcomp``, ``rusage``, ``wrapper``, ``yarn``, ``agent``: the node agent's own measurements while the job
+    ran). ``extra`` holds what only one scheduler reports (YARN's allocation in MB-seconds, Grid Engine's
+    maxvmem and failed code...).
+
+    cpu_seconds is user + system when both are reported, or the scheduler's own total. Times are ISO 8601 UTC.
+    """
+    start_time: str | None = None
+    end_time: str | None = None
+    nodes: str | None = None                 # as the scheduler names them (a Slurm host list stays compressed)
+    wall_seconds: float | None = None
+    cpu_user_seconds: float | None = None
+    cpu_system_seconds: float | None = None
+    cpu_seconds: float | None = None
+    max_rss_bytes: int | None = None
+    exit_signal: int | None = None
+    sources: dict = field(default_factory=dict)    # field name -> source
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, source: str, extra: dict | None = None, **values) -> "Accounting":
+        """An Accounting whose reported fields (the non-None ones) all come from ``source``."""
+        reported = {k: v for k, v in values.items() if v is not None}
+        unknown = set(reported) - set(ACCOUNTING_FIELDS)
+        if unknown:
+            raise TypeError(f"not an accounting field: {', '.join(sorted(unknown))}")
+        if "cpu_seconds" not in reported and "cpu_user_seconds" in reported and "cpu_system_seconds" in reported:
+            reported["cpu_seconds"] = reported["cpu_user_seconds"] + reported["cpu_system_seconds"]
+        return cls(**reported, sources={k: source for k in reported}, extra=dict(extra or {}))
+
+    def reported(self) -> dict:
+        return {k: getattr(self, k) for k in ACCOUNTING_FIELDS if getattr(self, k) is not None}
+
+    def completed_by(self, other: "Accounting | None") -> "Accounting":
+        """These values, and ``other``'s for the fields these do not report (each keeps its own source)."""
+        if other is None:
+            return self
+        mine = self.reported()
+        values = {**{k: v for k, v in other.reported().items() if k not in mine}, **mine}
+        sources = {**{k: other.sources.get(k, "") for k in values if k not in mine},
+                   **{k: self.sources.get(k, "") for k in mine}}
+        return Accounting(**values, sources=sources, extra={**other.extra, **self.extra})
+
+
+@dataclass(frozen=True)
+class JobUsage:
+    """The latest live measurement of a job by the node agents (every poll cycle while it runs)."""
+    job_id: int
+    at: str                          # UTC, when measured
+    nodes: tuple[str, ...]           # where its processes were seen
+    cpu_seconds: float               # CPU time of its processes so far (user + system, the largest total seen)
+    cpu_percent: float | None        # over the last cycle, 100 = one core (None: no earlier measurement)
+    rss_bytes: int                   # resident memory of its processes now
+    max_rss_bytes: int               # the largest resident memory seen
+    pids: int
+    samples: int = 0                 # samples stored (GET /jobs/{id}/metrics)
+    stride: int = 1                  # one stored sample every `stride` sample intervals (downsampling)
+
+
+@dataclass(frozen=True)
+class JobSample:
+    """One stored sample of a running job (downsampled, bounded: see config metrics)."""
+    at: str
+    cpu_seconds: float
+    cpu_percent: float | None
+    rss_bytes: int
+    pids: int
+    nodes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ShareSample:
+    """The CPU one scheduler's group got on one node over a span, next to the share the policy targeted."""
+    node_id: int
+    queue_id: int
+    seconds: float                   # how long the span was (the nodes' boot clock)
+    cpu_seconds: float               # CPU its group used in it
+    target_seconds: float            # target share (percent) x seconds: target = target_seconds / seconds

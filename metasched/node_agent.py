@@ -45,12 +45,12 @@ class Unavailable(Exception):
 
 class Proc(object):
     """The fields of /proc/<pid>/stat that the agent needs."""
-    __slots__ = ("pid", "comm", "state", "ppid", "pgrp", "sid", "flags", "ticks", "nice")
+    __slots__ = ("pid", "comm", "state", "ppid", "pgrp", "sid", "flags", "ticks", "nice", "rss", "start")
 
-    def __init__(self, pid, comm, state, ppid, pgrp, sid, flags, ticks, nice):
-        # type: (int, str, str, int, int, int, int, int, int) -> None
+    def __init__(self, pid, comm, state, ppid, pgrp, sid, flags, ticks, nice, rss=0, start=0):
+        # type: (int, str, str, int, int, int, int, int, int, int, int) -> None
         self.pid, self.comm, self.state, self.ppid, self.pgrp = pid, comm, state, ppid, pgrp
-        self.sid, self.flags, self.ticks, self.nice = sid, flags, ticks, nice
+        self.sid, self.flags, self.ticks, self.nice, self.rss, self.start = sid, flags, ticks, nice, rss, start
 
 
 def parse_stat(text: str) -> Proc:
@@ -58,8 +58,10 @@ def parse_stat(text: str) -> Proc:
     lp, rp = text.index("("), text.rindex(")")
     f = text[rp + 2:].split()
     # f[0]=state f[1]=ppid f[2]=pgrp f[3]=session f[6]=flags f[11..14]=utime stime cutime cstime f[16]=nice
+    # f[19]=starttime f[21]=rss (pages)
     ticks = int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
-    return Proc(int(text[:lp]), text[lp + 1:rp], f[0], int(f[1]), int(f[2]), int(f[3]), int(f[6]), ticks, int(f[16]))
+    return Proc(int(text[:lp]), text[lp + 1:rp], f[0], int(f[1]), int(f[2]), int(f[3]), int(f[6]), ticks, int(f[16]),
+                int(f[21]) if len(f) > 21 else 0, int(f[19]) if len(f) > 19 else 0)
 
 
 def read_text(path: str) -> str:
@@ -124,11 +126,14 @@ class Tree(object):
             self._cmdlines[pid] = text.rstrip("\0").replace("\0", " ")
         return self._cmdlines[pid]
 
-    def select_by_args(self, match: Dict[str, Any]) -> Tuple[Set[int], int]:
+    def select_by_args(self, match: Dict[str, Any], per_tree: Optional[Dict[Tuple[str, int], Set[int]]] = None
+                       ) -> Tuple[Set[int], int]:
         """Trees whose root's command line matches ``trees_by_args`` (the root belongs to the job), its
         process group too with ``process_group`` when the root leads it; a process whose command line matches
         ``exclude_args`` is never a member, nor is anything reached only through it (a Spark Worker's
-        executors are matched by their own command line, not as the Worker's children)."""
+        executors are matched by their own command line, not as the Worker's children). With ``per_tree``, a
+        tree whose root leads its process group is kept there as that group's (a local job's wrapper: its
+        pgid is the job's id), with the group's pids found from ``pgids``."""
         rx = re.compile(match["trees_by_args"]) if match.get("trees_by_args") else None
         ex = re.compile(match["exclude_args"]) if match.get("exclude_args") else None
         if rx is None:
@@ -144,14 +149,19 @@ class Tree(object):
                     if pid not in excluded:
                         tree |= {pid} | self.descendants(pid, avoid=excluded)
             trees[r] = tree - excluded
+            if per_tree is not None and match.get("process_group") and self.procs[r].pgrp == r:
+                per_tree[("pgid", r)] = per_tree.get(("pgid", r), set()) | trees[r]
         members = set()  # type: Set[int]
         for t in trees.values():
             members |= t
         nested = {r for r in trees for o, t in trees.items() if o != r and r in t}
         return members, sum(1 for r in trees if r not in nested and trees[r] - self.protected)
 
-    def select(self, match: Dict[str, Any]) -> Tuple[Set[int], int]:
-        """Pids of the job trees that `match` describes, and how many trees. Roots are not members."""
+    def select(self, match: Dict[str, Any], per_tree: Optional[Dict[Tuple[str, int], Set[int]]] = None
+               ) -> Tuple[Set[int], int]:
+        """Pids of the job trees that `match` describes, and how many trees. Roots are not members.
+        With ``per_tree``, each tree's pids are also kept there under (kind, root pid or process group), for
+        the per-job measurements (see job_figures)."""
         members, roots, trees = set(), set(), 0
         names = {comm_of(c) for c in match.get("roots_by_comm") or ()}
         for p in self.procs.values():
@@ -160,11 +170,17 @@ class Tree(object):
                 d = self.descendants(p.pid)
                 trees += bool(d - self.protected)
                 members |= d
+                if per_tree is not None:
+                    per_tree[("root", p.pid)] = d
         for pgid in set(match.get("pgids") or ()):
             found = self.by_pgrp.get(pgid, [])
             trees += bool(set(found) - self.protected)
+            tree = set()
             for pid in found:
-                members |= {pid} | self.descendants(pid)
+                tree |= {pid} | self.descendants(pid)
+            members |= tree
+            if per_tree is not None:
+                per_tree[("pgid", pgid)] = tree
         if match.get("yarn_containers"):
             yroots = {p.pid for p in self.procs.values() if p.comm == comm_of(CONTAINER_EXECUTOR)
                       or (p.comm == "java" and NODEMANAGER in self.cmdline(p.pid))}
@@ -173,8 +189,11 @@ class Tree(object):
                 for c in self.children.get(r, ()):
                     if c not in yroots and c not in self.protected:
                         trees += 1
-                        members |= {c} | self.descendants(c)
-        by_args, n = self.select_by_args(match)
+                        tree = {c} | self.descendants(c)
+                        members |= tree
+                        if per_tree is not None:
+                            per_tree[("container", c)] = tree
+        by_args, n = self.select_by_args(match, per_tree)
         return (members - roots | by_args) - self.protected, trees + n
 
 
@@ -433,6 +452,171 @@ def set_autogroup_nice(proc_root: str, leader: int, nice: int, dry_run: bool, er
         return 0
 
 
+# -- what the jobs and the node use (issue 15) ---------------------------------------------------------
+JOB_ID_KINDS = ("sge_shepherd", "slurmstepd", "pgid", "yarn")
+_JOB_ID_RE = {
+    "slurmstepd": re.compile(r"^slurmstepd: \[(\d+)\.[A-Za-z0-9_]+\]"),  # a step: [<job id>.<step>]
+}
+# Grid Engine (8.1.9) names the shepherd plainly ("sge_shepherd -bg"): the job is the shepherd's working
+# directory, execd's spool active_jobs/<job>.<task> (readable as root or sgeadmin), else its job script, which
+# the job's shell runs from the spool (world-readable: "-sh .../job_scripts/<job>"; not for binary jobs, -b y).
+_SGE_CWD_RE = re.compile(r"/active_jobs/(\d+)\.\d+$")
+_SGE_SCRIPT_RE = re.compile(r"/job_scripts/(\d+)(?:\s|$)")
+_YARN_APP_RE = re.compile(r"\b(?:application_(\d+)_(\d+)|container_(?:e\d+_)?(\d+)_(\d+)_\d+_\d+)\b")
+MAX_DISK_PATHS = 32
+
+
+def job_of_tree(tree: Tree, kind: str, key: Tuple[str, int]) -> Optional[str]:
+    """The native job id a tree belongs to: the shepherd's or slurmstepd's command line, the process group (a
+    local job's pgid is its id), the application a container's launch script names (YARN); None: unknown."""
+    how, pid = key
+    if kind == "pgid":
+        return str(pid) if how == "pgid" else None
+    if kind == "yarn":
+        if how != "container":
+            return None
+        m = _YARN_APP_RE.search(tree.cmdline(pid))
+        if not m:
+            return None
+        return "application_%s_%s" % ((m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4)))
+    if how != "root":
+        return None
+    if kind == "sge_shepherd":
+        try:
+            m = _SGE_CWD_RE.search(os.readlink(os.path.join(tree.proc_root, str(pid), "cwd")))
+            if m:
+                return m.group(1)
+        except OSError:
+            pass
+        for child in tree.children.get(pid, ()):
+            m = _SGE_SCRIPT_RE.search(tree.cmdline(child))
+            if m:
+                return m.group(1)
+        return None
+    rx = _JOB_ID_RE.get(kind)
+    m = rx.match(tree.cmdline(pid)) if rx else None
+    return m.group(1) if m else None
+
+
+# What stays true of a process as long as it lives (same pid, same start): the job its tree is, the filesystem
+# it works in. Kept between the requests of one --serve agent, so a cycle reads /proc for new processes only.
+_JOB_OF = {}  # type: Dict[Tuple[str, str, str, int], Tuple[int, Optional[str]]]   # (proc root, kind, how, pid)
+_DEV_OF = {}  # type: Dict[Tuple[str, int], Tuple[int, Optional[int]]]             # (proc root, pid)
+
+
+def _forget_gone(proc_root: str, procs: Dict[int, Proc]) -> None:
+    for key in [k for k, (start, _) in _JOB_OF.items()
+                if k[0] == proc_root and (k[3] not in procs or procs[k[3]].start != start)]:
+        del _JOB_OF[key]
+    for key in [k for k, (start, _) in _DEV_OF.items()
+                if k[0] == proc_root and (k[1] not in procs or procs[k[1]].start != start)]:
+        del _DEV_OF[key]
+
+
+def job_figures(tree: Tree, kind: str, per_tree: Dict[Tuple[str, int], Set[int]], members: Set[int],
+                page_size: int, hz: int) -> Dict[str, List[int]]:
+    """Per native job: [the CPU time of its processes in microseconds (user + system, with what they reaped
+    from their own children: /proc/<pid>/stat utime stime cutime cstime), their resident memory now in bytes,
+    how many there are, one of them (where the job works, for the disk figures; not sent back)]."""
+    out = {}  # type: Dict[str, List[int]]
+    for key, pids in per_tree.items():
+        pids = pids & members
+        if not pids:
+            continue
+        root = tree.procs.get(key[1])
+        ckey = (tree.proc_root, kind) + key
+        cached = _JOB_OF.get(ckey) if root is not None else None
+        if cached is not None and cached[0] == root.start:
+            native = cached[1]
+        else:
+            native = job_of_tree(tree, kind, key)
+            if root is not None and native is not None:   # not yet told (a shepherd before its job's shell)
+                _JOB_OF[ckey] = (root.start, native)
+        if native is None:
+            continue
+        j = out.setdefault(native, [0, 0, 0, min(pids)])
+        ticks = rss = 0
+        for p in pids:
+            proc = tree.procs[p]
+            ticks += proc.ticks
+            rss += proc.rss
+        j[0] += ticks * 1000000 // hz
+        j[1] += rss * page_size
+        j[2] += len(pids)
+    return out
+
+
+def _device(proc_root: str, procs: Dict[int, Proc], pid: int) -> Optional[int]:
+    """The filesystem a process works in (its current directory's device), looked up once per process."""
+    cached = _DEV_OF.get((proc_root, pid))
+    if cached is not None and pid in procs and cached[0] == procs[pid].start:
+        return cached[1]
+    try:
+        dev = os.stat("%s/%d/cwd" % (proc_root, pid)).st_dev   # type: Optional[int]
+    except OSError:
+        dev = None
+    if pid in procs:
+        _DEV_OF[(proc_root, pid)] = (procs[pid].start, dev)
+    return dev
+
+
+def node_figures(proc_root: str, probes: List[int], paths: List[str],
+                 procs: Optional[Dict[int, Proc]] = None) -> Dict[str, Any]:
+    """The node's counters (the engine turns two of them into percentages): /proc/stat's total and idle CPU
+    ticks, /proc/meminfo's total and available memory, and the filesystems the jobs work in (the current
+    directory of one process per job) and the configured paths: size, used and available bytes as df
+    counts them. A figure that cannot be read is absent, never guessed."""
+    out = {"clk_tck": os.sysconf("SC_CLK_TCK"), "page_size": os.sysconf("SC_PAGE_SIZE")}  # type: Dict[str, Any]
+    try:
+        cpu = read_text(os.path.join(proc_root, "stat")).splitlines()[0].split()
+        if cpu[0] == "cpu":
+            v = [int(x) for x in cpu[1:9]]          # user nice system idle iowait irq softirq steal
+            out["cpu_ticks"] = [sum(v), v[3] + v[4]]
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        mem = {}
+        for line in read_text(os.path.join(proc_root, "meminfo")).splitlines():
+            k, _, rest = line.partition(":")
+            if k in ("MemTotal", "MemAvailable"):
+                mem[k] = int(rest.split()[0]) * 1024
+        if "MemTotal" in mem and "MemAvailable" in mem:
+            out["memory"] = {"total": mem["MemTotal"], "available": mem["MemAvailable"]}
+    except (OSError, ValueError, IndexError):
+        pass
+    where = {}  # type: Dict[int, str]      # device -> a path on it
+    for p in probes:
+        dev = _device(proc_root, procs or {}, p)
+        if dev is not None and dev not in where:
+            where[dev] = "%s/%d/cwd" % (proc_root, p)
+    for path in paths:
+        try:
+            where.setdefault(os.stat(path).st_dev, path)
+        except OSError:
+            continue
+    disks = []
+    for dev, path in where.items():
+        try:
+            st = os.statvfs(path)
+        except OSError:
+            continue
+        used = (st.f_blocks - st.f_bfree) * st.f_frsize
+        disks.append({"dev": "%d:%d" % (os.major(dev), os.minor(dev)), "size": st.f_blocks * st.f_frsize,
+                      "used": used, "avail": st.f_bavail * st.f_frsize})
+    if disks:
+        mounts = {}  # type: Dict[str, str]
+        try:
+            for line in read_text("/proc/self/mountinfo").splitlines():
+                f = line.split()
+                mounts.setdefault(f[2], re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), f[4]))
+        except (OSError, IndexError):
+            pass
+        for d in disks:
+            d["mount"] = mounts.get(d.pop("dev"))
+    out["disks"] = disks
+    return out
+
+
 def validate(req: Any, allow_overrides: bool) -> Dict[str, Any]:
     """Check the request. Names become path components, so they are restricted; root overrides are
     refused under sudo (an unprivileged caller must not point a root agent at arbitrary paths)."""
@@ -467,6 +651,12 @@ def validate(req: Any, allow_overrides: bool) -> Dict[str, Any]:
                     re.compile(m[key] if isinstance(m[key], str) else None)
                 except (re.error, TypeError):
                     raise RequestError("groups[%d].match.%s: expected a regular expression" % (i, key))
+        if m.get("job_ids") is not None and m["job_ids"] not in JOB_ID_KINDS:
+            raise RequestError("groups[%d].match.job_ids: expected one of %s" % (i, ", ".join(JOB_ID_KINDS)))
+    paths = req.get("disk_paths") or []
+    if not isinstance(paths, list) or len(paths) > MAX_DISK_PATHS or not all(
+            isinstance(p, str) and p.startswith("/") for p in paths):
+        raise RequestError("disk_paths: expected at most %d absolute paths" % MAX_DISK_PATHS)
     return req
 
 
@@ -483,8 +673,13 @@ def run(request: Any, dry_run: bool = False, allow_overrides: bool = True,
         exclude.update((g.get("match") or {}).get("exclude_comm") or ())
     tree = Tree(procs, os.getpid() if self_pid is None else self_pid, exclude, proc_root)
     members, trees, taken = {}, {}, set()  # type: Dict[str, Set[int]], Dict[str, int], Set[int]
+    measure = bool(req.get("measure"))
+    per_tree = {}  # type: Dict[str, Dict[Tuple[str, int], Set[int]]]
     for g in groups:  # a pid matched by two groups belongs to the first
-        pids, trees[g["name"]] = tree.select(g.get("match") or {})
+        kind = (g.get("match") or {}).get("job_ids") if measure else None
+        if kind:
+            per_tree[g["name"]] = {}
+        pids, trees[g["name"]] = tree.select(g.get("match") or {}, per_tree.get(g["name"]))
         members[g["name"]] = pids - taken
         taken |= pids
     errors, notes = [], []  # type: List[str], List[str]
@@ -508,14 +703,39 @@ def run(request: Any, dry_run: bool = False, allow_overrides: bool = True,
                               "usage_usec": usage_from_procs(members[g["name"]], procs)} for g in groups}
     for name, entry in result.items():
         entry["trees"] = trees[name]
+    node = None
+    if measure:
+        _forget_gone(proc_root, procs)
+        hz, page = os.sysconf("SC_CLK_TCK"), os.sysconf("SC_PAGE_SIZE")
+        probes = []
+        for g in groups:
+            if g["name"] in per_tree and g["name"] in result:
+                jobs = job_figures(tree, g["match"]["job_ids"], per_tree[g["name"]], members[g["name"]], page, hz)
+                probes += [j.pop() for j in jobs.values()]
+                result[g["name"]]["jobs"] = jobs
+        node = node_figures(proc_root, probes, req.get("disk_paths") or [], procs)
     try:
         uptime = float(read_text(os.path.join(proc_root, "uptime")).split()[0])
     except (OSError, ValueError, IndexError):
         uptime = None
-    return {"ok": True, "version": 1, "hostname": socket.gethostname(), "time": time.time(),
-            "ncpus": os.cpu_count(), "load": list(os.getloadavg()), "uptime": uptime, "mechanism": used,
-            "mechanism_note": "; ".join(notes), "groups": result, "errors": errors, "dry_run": dry_run,
-            "elapsed_ms": round((time.time() - t0) * 1000.0, 3)}
+    out = {"ok": True, "version": 1, "hostname": socket.gethostname(), "time": time.time(),
+           "ncpus": os.cpu_count(), "load": list(os.getloadavg()), "uptime": uptime, "mechanism": used,
+           "mechanism_note": "; ".join(notes), "groups": result, "errors": errors, "dry_run": dry_run,
+           "elapsed_ms": round((time.time() - t0) * 1000.0, 3)}
+    if node is not None:
+        node["procs_id"] = procs_identity(proc_root)
+        out["node"] = node
+    return out
+
+
+def procs_identity(proc_root: str) -> Optional[str]:
+    """Which processes this node's /proc shows: the boot and the PID namespace. Two configured nodes that are
+    one machine's namespaces (a test lab) see the same processes; the engine then counts them once."""
+    try:
+        boot = read_text("/proc/sys/kernel/random/boot_id").strip()
+        return "%s:%s" % (boot, os.readlink(os.path.join(proc_root, "self", "ns", "pid")))
+    except OSError:
+        return None
 
 
 def answer(text: str, dry_run: bool) -> Dict[str, Any]:

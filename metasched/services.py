@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import functools
+import math
 import posixpath
 import re
 import threading
@@ -20,8 +21,9 @@ from .db.repository import Repository
 from .errors import (Conflict, Forbidden, Invalid, JobStateConflict, NoOutput, NotFound, Unauthenticated,
                      Unavailable)
 from .identity import Authority, Caller, hash_secret, new_secret
-from .model import (FINAL_STATES, NO_SPEC, RESOURCE_FIELDS, UNDISPATCHED_STATES, ClusterEvent, Job, JobEvent, JobSpec,
-                    JobStatus, LeaseRecord, Node, Policy, PollCycle, Queue, Resources, Token, can_transition)
+from .model import (FINAL_STATES, NO_SPEC, RESOURCE_FIELDS, UNDISPATCHED_STATES, ClusterEvent, Job, JobEvent,
+                    JobSample, JobSpec, JobStatus, JobUsage, LeaseRecord, Node, Policy, PollCycle, Queue, Resources,
+                    Token, can_transition)
 
 MAX_PAGE = 1000
 MAX_NAME = 200   # characters of a job name (the API's schema says the same)
@@ -41,9 +43,12 @@ class QueueSummary:
 
 @dataclass(frozen=True)
 class JobDetail:
-    """One job as GET /jobs/{id} shows it: with where its output goes (its backend's resolved paths)."""
+    """One job as GET /jobs/{id} shows it: with where its output goes (its backend's resolved paths) and, when
+    asked for (include=metrics, issue 15), its latest live measurement."""
     job: Job
     outputs: object                   # backends.base.OutputFiles
+    metrics: "JobUsage | None" = None     # None: not asked for, or the agents never saw it run
+    include_metrics: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,7 @@ class Page:
     """One page of a keyset listing and whether more follow (looked one item ahead, never guessed)."""
     items: list
     more: bool
+    metrics: dict | None = None       # job id -> its latest JobUsage, when asked for (include=metrics)
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,81 @@ class Metrics:
     lease: LeaseRecord | None
     last_cycle: PollCycle | None
     cycles: dict                              # recorded cycles: n, sum_ms, max_ms
+    queue_cpu: dict[int, float] | None = None    # queue id -> CPU seconds its jobs used, all nodes (counter)
+
+
+@dataclass(frozen=True)
+class History:
+    """A history listing's window on the jobs' end (finished_at, UTC, as stored) and its keyset cursor."""
+    since: str = ""
+    until: str = "9999"
+    before: tuple[str, int] = ("9999", 2 ** 63 - 1)    # (finished_at, id) of the last job of the previous page
+
+
+@dataclass(frozen=True)
+class JobMetrics:
+    """A job's measurements over time (GET /jobs/{id}/metrics)."""
+    job: Job
+    latest: JobUsage | None
+    samples: list[tuple[int, JobSample]]     # (cursor, sample), oldest first
+    more: bool
+    interval: float                          # seconds between its samples now (downsampled: x its stride)
+
+
+@dataclass(frozen=True)
+class NodeMetrics:
+    node: Node
+    samples: list[dict]                      # node_samples rows (id is the cursor), oldest first
+    more: bool
+
+
+@dataclass(frozen=True)
+class UsageGroup:
+    """What the jobs of one user (or one queue) that ended in the window used. A job whose scheduler (and the
+    agents) reported no CPU time is not in cpu_hours: cpu_jobs says how many are; the same for wall time."""
+    key: str
+    name: str
+    jobs: int
+    completed: int
+    failed: int                               # ERROR
+    cancelled: int
+    cpu_hours: float
+    cpu_jobs: int
+    wall_hours: float
+    wall_jobs: int
+    wait_p50_seconds: float | None            # submit (created_at) to start (started_at)
+    wait_p95_seconds: float | None
+    waited_jobs: int                          # jobs that started (the ones the wait is measured on)
+
+    @property
+    def failure_rate(self) -> float | None:
+        """ERROR among the jobs that ran to an end of their own (COMPLETED or ERROR; cancels are not failures)."""
+        done = self.completed + self.failed
+        return self.failed / done if done else None
+
+
+@dataclass(frozen=True)
+class ShareUsage:
+    """On one node, the CPU one scheduler's group got in the window, next to the share the policy targeted."""
+    node: Node | None
+    node_id: int
+    queue: Queue | None
+    queue_id: int
+    seconds: float                            # how much of the window was measured
+    cpu_seconds: float
+    measured_share: float | None              # percent of the schedulers' CPU on that node
+    target_share: float | None                # percent, averaged over the measured time
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    since: str
+    until: str
+    group_by: str                             # user | queue
+    scope: str | None                         # the one user the report is about (None: everyone, admins)
+    groups: list[UsageGroup]
+    total: UsageGroup
+    shares: list[ShareUsage]
 
 
 @dataclass(frozen=True)
@@ -324,7 +405,8 @@ class Services:
             return Metrics(queues=self.repo.list_queues(), jobs=self.repo.count_jobs_by_queue_status(),
                            dispatches=self.repo.metrics_dispatch_counts(), nodes=self.repo.list_nodes(),
                            lease=lease if lease is not None and lease.holder else None,
-                           last_cycle=self.repo.last_poll_cycle(), cycles=self.repo.metrics_poll_cycle_stats())
+                           last_cycle=self.repo.last_poll_cycle(), cycles=self.repo.metrics_poll_cycle_stats(),
+                           queue_cpu=self.repo.queue_cpu_totals())
 
     # -- mode ---------------------------------------------------------------------------------
     def get_mode(self, caller: Caller) -> Mode:
@@ -542,13 +624,15 @@ class Services:
             field, reason = problem
             raise Invalid(f"{reason} (queue {queue.name})", field=field)
 
-    def job_detail(self, caller: Caller, job_id: int) -> JobDetail:
-        """One job, and where its output goes (GET /jobs/{id})."""
+    def job_detail(self, caller: Caller, job_id: int, *, include_metrics: bool = False) -> JobDetail:
+        """One job, where its output goes (GET /jobs/{id}) and, with ``include_metrics``, its latest live
+        measurement."""
         self.require(caller)
         with self.db.read():
             job = self._visible_job(caller, job_id)
             queue = self.repo.get_queue(job.queue_id)
-        return JobDetail(job, self.backend(queue).output_files(job))
+            usage = self.repo.get_job_usage(job_id) if include_metrics else None
+        return JobDetail(job, self.backend(queue).output_files(job), usage, include_metrics)
 
     def read_output(self, caller: Caller, job_id: int, stream: str, offset: int, length: int):
         """Bytes of a job's stdout or stderr, read as its owner on its scheduler's master node (through the
@@ -599,17 +683,24 @@ class Services:
             return self._visible_job(caller, job_id)
 
     def list_jobs(self, caller: Caller, *, statuses=None, queue=None, owner=None, after: int = 0,
-                  limit: int = 100, newest: bool = False, before: int | None = None) -> Page:
-        """One page of jobs, oldest first (after a cursor) or newest first (before one), and whether more follow."""
+                  limit: int = 100, newest: bool = False, before: int | None = None, history: History | None = None,
+                  include_metrics: bool = False) -> Page:
+        """One page of jobs, oldest first (after a cursor) or newest first (before one), and whether more follow.
+        With ``history`` (an end-time window): the jobs that ended in it, newest end first (issue 15)."""
         owner, limit = self._listing_scope(caller, owner, limit)
         with self.db.read():
-            if newest:
-                jobs = self.repo.list_jobs_newest(before=before, limit=limit + 1, owner=owner,
-                                                  queue_id=self._queue_filter(queue), statuses=statuses)
+            queue_id = self._queue_filter(queue)
+            if history is not None:
+                jobs = self.repo.list_job_history(since=history.since, until=history.until, before=history.before,
+                                                  limit=limit + 1, owner=owner, queue_id=queue_id, statuses=statuses)
+            elif newest:
+                jobs = self.repo.list_jobs_newest(before=before, limit=limit + 1, owner=owner, queue_id=queue_id,
+                                                  statuses=statuses)
             else:
-                jobs = self.repo.list_jobs(after=after, limit=limit + 1, owner=owner,
-                                           queue_id=self._queue_filter(queue), statuses=statuses)
-        return Page(jobs[:limit], len(jobs) > limit)
+                jobs = self.repo.list_jobs(after=after, limit=limit + 1, owner=owner, queue_id=queue_id,
+                                           statuses=statuses)
+            metrics = self.repo.list_job_usage([j.id for j in jobs[:limit]]) if include_metrics else None
+        return Page(jobs[:limit], len(jobs) > limit, metrics)
 
     def job_events(self, caller: Caller, job_id: int) -> list[JobEvent]:
         self.require(caller)
@@ -735,4 +826,115 @@ class Services:
     def _notify(self) -> None:
         if self.on_new_work is not None:
             self.on_new_work()
+
+    # -- what jobs used (issue 15) ------------------------------------------------------------
+    def job_metrics(self, caller: Caller, job_id: int, *, since: str = "", until: str = "9999", after: int = 0,
+                    limit: int = 100) -> JobMetrics:
+        """A job's samples over time (yours; admins: anyone's; another user's job is not found)."""
+        self.require(caller)
+        limit = max(1, min(limit, MAX_PAGE))
+        with self.db.read():
+            job = self._visible_job(caller, job_id)
+            latest = self.repo.get_job_usage(job_id)
+            rows = self.repo.list_job_samples(job_id=job_id, since=since, until=until, after=after, limit=limit + 1)
+        stride = latest.stride if latest is not None else 1
+        return JobMetrics(job, latest, rows[:limit], len(rows) > limit,
+                          self.config.metrics.job_sample_interval * stride)
+
+    def node_metrics(self, caller: Caller, node_id: int, *, since: str = "", until: str = "9999", after: int = 0,
+                     limit: int = 100) -> NodeMetrics:
+        self.require(caller)
+        limit = max(1, min(limit, MAX_PAGE))
+        with self.db.read():
+            node = self.repo.get_node(node_id)
+            if node is None:
+                raise NotFound("node", node_id)
+            rows = self.repo.list_node_samples(node_id=node_id, since=since, until=until, after=after,
+                                               limit=limit + 1)
+        return NodeMetrics(node, rows[:limit], len(rows) > limit)
+
+    def usage_report(self, caller: Caller, *, since: str, until: str, group_by: str = "user",
+                     owner: str | None = None) -> UsageReport:
+        """What the jobs that ended in [since, until) used, per user or per queue: a user's report covers their
+        own jobs only (asking for another user's is refused, as listings are); admins see everyone's, or one
+        user's with ``owner``. The CPU split per node and scheduler is the cluster's (no user's rows)."""
+        if group_by not in ("user", "queue"):
+            raise Invalid(f"group_by: expected user or queue, got {group_by!r}", field="group_by")
+        scope, _ = self._listing_scope(caller, owner, 1)
+        with self.db.read():
+            rows = self.repo.usage_jobs(since=since, until=until, owner=scope)
+            # the enforcement measurements are summed per bucket: those that overlap the window count whole
+            bucket = self.config.metrics.share_bucket_seconds
+            totals = self.repo.share_totals(
+                since=format_time(parse_time(since) - _dt.timedelta(seconds=bucket) + _dt.timedelta(microseconds=1)),
+                until=until)
+            queues = {q.id: q for q in self.repo.list_queues()}
+            for qid in {r["queue_id"] for r in rows} | {t.queue_id for t in totals}:
+                if qid not in queues:
+                    q = self.repo.get_queue(qid)
+                    if q is not None:
+                        queues[qid] = q
+            nodes = {n.id: n for n in self.repo.list_nodes()}
+        groups: dict[str, list[dict]] = {}
+        for r in rows:
+            key = r["owner"] if group_by == "user" else str(r["queue_id"])
+            groups.setdefault(key, []).append(r)
+
+        def name(key: str) -> str:
+            if group_by == "user":
+                return key
+            q = queues.get(int(key))
+            return q.name if q is not None else key
+        out = [_usage_group(k, name(k), v) for k, v in sorted(groups.items(), key=lambda kv: name(kv[0]).lower())]
+        return UsageReport(since=since, until=until, group_by=group_by, scope=scope, groups=out,
+                           total=_usage_group("total", "total", rows), shares=_share_usage(totals, nodes, queues))
+
+
+def utc_text(t: _dt.datetime) -> str:
+    """A time as the database writes it (UTC, fixed width: comparable as text)."""
+    return format_time(t)
+
+
+def days_before(text: str, days: float) -> str:
+    return format_time(parse_time(text) - _dt.timedelta(days=days))
+
+
+def _percentile(sorted_values: list[float], p: float) -> float | None:
+    """Nearest-rank percentile (a value that occurred, never interpolated)."""
+    if not sorted_values:
+        return None
+    return sorted_values[max(0, math.ceil(p / 100.0 * len(sorted_values)) - 1)]
+
+
+def _seconds_between(a: str | None, b: str | None) -> float | None:
+    if not a or not b:
+        return None
+    try:
+        t0 = _dt.datetime.fromisoformat(a.replace("Z", "+00:00"))
+        t1 = _dt.datetime.fromisoformat(b.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return max(0.0, (t1 - t0).total_seconds())    # hosts' clocks may differ by a little: never a negative wait
+
+
+def _usage_group(key: str, name: str, rows: list[dict]) -> UsageGroup:
+    cpu = [r["acct_cpu_seconds"] for r in rows if r["acct_cpu_seconds"] is not None]
+    wall = [r["acct_wall_seconds"] for r in rows if r["acct_wall_seconds"] is not None]
+    waits = sorted(w for w in (_seconds_between(r["created_at"], r["started_at"]) for r in rows) if w is not None)
+    by = {s: sum(1 for r in rows if r["status"] == s) for s in ("COMPLETED", "ERROR", "CANCELLED")}
+    return UsageGroup(key=key, name=name, jobs=len(rows), completed=by["COMPLETED"], failed=by["ERROR"],
+                      cancelled=by["CANCELLED"], cpu_hours=sum(cpu) / 3600.0, cpu_jobs=len(cpu),
+                      wall_hours=sum(wall) / 3600.0, wall_jobs=len(wall), wait_p50_seconds=_percentile(waits, 50),
+                      wait_p95_seconds=_percentile(waits, 95), waited_jobs=len(waits))
+
+
+def _share_usage(totals, nodes: dict, queues: dict) -> list[ShareUsage]:
+    per_node: dict[int, float] = {}
+    for t in totals:
+        per_node[t.node_id] = per_node.get(t.node_id, 0.0) + t.cpu_seconds
+    return [ShareUsage(node=nodes.get(t.node_id), node_id=t.node_id, queue=queues.get(t.queue_id),
+                       queue_id=t.queue_id, seconds=t.seconds, cpu_seconds=t.cpu_seconds,
+                       measured_share=100.0 * t.cpu_seconds / per_node[t.node_id] if per_node[t.node_id] else None,
+                       target_share=t.target_seconds / t.seconds if t.seconds else None)
+            for t in totals]
 

@@ -17,7 +17,7 @@ import re
 import shlex
 from dataclasses import dataclass
 
-from ..model import Job
+from ..model import Accounting, Job
 
 TAG_PREFIX = "ms"          # native job name: ms<id>-<token>_<name>
 
@@ -81,12 +81,12 @@ class ProcessMatcher:
     trees_by_args_regex: str | None = None
     exclude_args_regex: str | None = None
     include_process_group: bool = False
-    # yarn_containers: the agent's own rule for YARN containers (children of the NodeManager or of
-    # container-executor, never the NodeManager itself), which the regex above also describes
-    yarn_containers: bool = False
-    # job_process_groups: each of the job's trees is the process group its native id names (the engine
-    # tells the agent which groups are jobs in flight)
-    job_process_groups: bool = False
+    # job_ids: how the node agent tells which native job a tree is (node_agent.JOB_ID_KINDS: "sge_shepherd",
+    # "slurmstepd", "pgid", "yarn"); None: not told apart. "pgid": each job's tree is the process group its
+    # native id names (the engine tells the agent which groups are jobs in flight); "yarn": the agent's own rule
+    # for YARN containers (children of the NodeManager or of container-executor, never the NodeManager itself),
+    # which the regex above also describes.
+    job_ids: str | None = None
 
 
 class Backend:
@@ -158,6 +158,11 @@ class Backend:
     def parse_final(self, job: Job, rc: int, stdout: str, stderr: str) -> FinalState | None:
         """How the job ended, or None while the scheduler's accounting does not know yet."""
         raise NotImplementedError
+
+    def parse_accounting(self, job: Job, rc: int, stdout: str, stderr: str) -> Accounting | None:
+        """What the job used, from the same answer parse_final ended it with (called only once that found a
+        final state): only the fields the scheduler reports, each with its source. None: it reports nothing."""
+        return None
 
     # Several final-state questions of one owner go in one round trip (see batch_argv).
     def final_entry(self, job: Job):
@@ -755,3 +760,46 @@ def check_args(mode: str, job: Job, files: "OutputFiles") -> list[str]:
         if d not in dirs:
             dirs.append(d)
     return [mode, job.path, job.pwd, str(len(dirs)), *dirs]
+
+
+# -- accounting helpers (issue 15) -------------------------------------------------------------------
+
+_NUMBER = re.compile(r"^\s*(-?\d+(?:\.\d+)?)")
+
+
+def leading_number(text: str | None) -> float | None:
+    """The number a scheduler's field starts with ('8s' -> 8.0, '0.002s' -> 0.002), or None."""
+    m = _NUMBER.match(text or "")
+    return float(m.group(1)) if m else None
+
+
+def duration_seconds(text: str | None) -> float | None:
+    """Slurm's [D-]HH:MM:SS (also MM:SS) as seconds, or None ('Unknown', 'INVALID')."""
+    m = re.match(r"^(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+(?:\.\d+)?)$", (text or "").strip())
+    if not m:
+        return None
+    d, h, mi, sec = m.groups()
+    return int(d or 0) * 86400 + int(h or 0) * 3600 + int(mi) * 60 + float(sec)
+
+
+def iso_seconds_between(start: str | None, end: str | None) -> float | None:
+    """Seconds from one ISO 8601 UTC time to another (both as the scheduler reported them), or None."""
+    if not start or not end:
+        return None
+    try:
+        a = _datetime.fromisoformat(start.replace("Z", "+00:00"))
+        b = _datetime.fromisoformat(end.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return max(0.0, (b - a).total_seconds())
+
+
+def epoch_to_utc_iso(value: float) -> str:
+    return _datetime.fromtimestamp(value, _timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def signal_of(exit_status: int | None) -> int | None:
+    """The signal that killed a job whose exit status follows the shell's convention (128 + signal), or None."""
+    if exit_status is None or not 128 < exit_status < 128 + 65:
+        return None
+    return exit_status - 128

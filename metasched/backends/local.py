@@ -12,10 +12,11 @@ Design (why):
   (another user's file in a world-writable pwd, a symlink, a FIFO) refuses the submission, naming the
   file: the job's output is never written into a file someone else made (and can read).
 - The session leader is a small constant ``sh`` wrapper (WRAP) that runs the script (exec'd directly:
-  the kernel honours its shebang) and then writes its exit status to the exit file. It traps TERM (with
-  a no-op handler, which children do not inherit) so that a cancel lets it record the job's status. The
-  exit file survives a restart of the service; it is removed once the job's final state is committed
-  (forget_entry), so the directory does not fill up with one file per job.
+  the kernel honours its shebang) and then writes its exit status to the exit file, with what the script
+  used (issue 15: its rusage, written by a short python3 the wrapper execs at the end; see RUSAGE). It
+  traps TERM (with a no-op handler, which children do not inherit) so that a cancel lets it record the
+  job's status. The exit file survives a restart of the service; it is removed once the job's final state
+  is committed (forget_entry), so the directory does not fill up with one file per job.
 - The exit file is ``~owner/.metasched/<tag>.exit`` on the node: a directory the launcher creates mode
   0700 and trusts only when it is the owner's own directory, not a symlink, in a home no one else may
   write. Not the job's pwd: in a world-writable pwd (a 1777 scratch directory) another user could
@@ -61,9 +62,9 @@ import os
 import posixpath
 import re
 
-from ..model import Job
+from ..model import Accounting, Job
 from .base import (launcher_pid, Backend, FinalState, NativeJob, NativeState, OutputFiles, ProcessMatcher, as_user,
-                   custom_outputs, first_line, hms, local_to_utc_iso, path_reason, tag)
+                   custom_outputs, epoch_to_utc_iso, first_line, hms, local_to_utc_iso, path_reason, signal_of, tag)
 
 JOB_MARK = "metasched-job-"
 
@@ -73,11 +74,33 @@ JOB_MARK = "metasched-job-"
 # The exit status goes straight into the file: no temporary file and mv, one process less per job (about
 # 17% more launches per second on 2 cores). A reader that catches the file half written sees "exit" with
 # no number and asks again next cycle (parse_final returns None, parse_final_by_tag raises).
-WRAP = 'x=$1; shift; trap : TERM; "$@"; rc=$?; echo "$rc" > "$x"'
+#
+# What the job used (issue 15) is the wrapper's rusage, in one place: RUSAGE. Once the script ended, the
+# wrapper execs it (a process replaced by exec keeps its children's resource usage, getrusage(2)): it
+# writes the exit status and, on a second line, ``rusage <user s> <system s> <max rss KiB> <wall s> <end,
+# Unix time> <node name>`` in one write. The children's CPU time and peak memory are the kernel's own
+# (RUSAGE_CHILDREN: the script, the launcher's RUNNER when the job has limits, and every descendant they
+# waited for); the wall time is measured on the node's boot clock (the wrapper's start in /proc/self/stat to
+# /proc/uptime), so a clock step does not change it. No python3 on the job's PATH: the exit status alone, as
+# before (the job's accounting is then what the node agents measured). While the writer runs, the job's
+# leader is the writer (WRITER, then the exit file), which the final-state question also recognises (the
+# helper knows WRITER), so a job is never taken for "gone" in between.
+RUSAGE = ('import os,resource as r,sys,time;u=r.getrusage(r.RUSAGE_CHILDREN);'
+          's=open("/proc/self/stat").read().rsplit(")",1)[1].split();'
+          'w=float(open("/proc/uptime").read().split()[0])-int(s[19])/os.sysconf("SC_CLK_TCK");'
+          'f=os.open(sys.argv[1],os.O_WRONLY|os.O_CREAT|os.O_TRUNC|os.O_NOFOLLOW,438);'
+          'os.write(f,("%s%crusage %.6f %.6f %d %.3f %.3f %s%c"%(sys.argv[2],10,u.ru_utime,u.ru_stime,'
+          'u.ru_maxrss,w,time.time(),os.uname().nodename,10)).encode())')
+WRITER = f"python3 -I -S -c {RUSAGE}"
+WRAP = ('x=$1; shift; trap : TERM; "$@"; rc=$?; '
+        f"command -v python3 > /dev/null 2>&1 && exec python3 -I -S -c '{RUSAGE}' \"$x\" \"$rc\"; "
+        'echo "$rc" > "$x"')
 ARGS_PREFIX = f"sh -c {WRAP} {JOB_MARK}"
 # The prefix is matched with a quoted ``case "$a" in "$3"*)`` pattern: dash mishandles backslashes in
-# quoted pattern expansions, and ps would rewrite tabs or newlines. Keep it to plain characters.
-assert not set(ARGS_PREFIX) & set("\\\t\n"), "WRAP must stay a plain one-line text"
+# quoted pattern expansions, and ps would rewrite tabs or newlines. Keep it to plain characters (the
+# writer's command line too: the helper compares it with /proc/<pgid>/cmdline).
+assert not set(ARGS_PREFIX + WRITER) & set("\\\t\n"), "WRAP must stay a plain one-line text"
+assert "'" not in RUSAGE, "RUSAGE is single-quoted in WRAP"
 
 # The earlier release's wrapper: $1 = exit file (in the pwd), $2 and $3 = the output files, which it opened
 # itself, $4... = the script and its arguments. Never started any more; the jobs it started are still
@@ -99,7 +122,9 @@ assert not set(LEGACY_ARGS_PREFIX) & set("\\\t\n")
 # - final: how a job ended: its exit file (opened without following a symlink, a regular file owned by
 #   the caller), else whether its group leader still runs our wrapper for this job (/proc/<pgid>/cmdline,
 #   what ``ps -o args`` prints), else the exit file again (it may have ended meanwhile): prints
-#   "exit <status>", "running" or "gone" (by tag: the exit file or "gone").
+#   "exit <status>" (and the exit file's rusage line when it has one), "running" or "gone" (by tag: the exit
+#   file or "gone"). The leader still runs our wrapper when its command line starts with one of the record's
+#   prefixes, or with WRITER and the job's exit file (the wrapper's rusage writer, exec'd in its place).
 # An exit file "~/DIR/NAME" is in the caller's home, in a private DIR (launch creates it and checks it is
 # theirs, see private(); final and forget only look).
 # argv: operation (launch | final), form ("framed": one answer per record framed like BATCH_SCRIPT's,
@@ -117,10 +142,11 @@ assert not set(LEGACY_ARGS_PREFIX) & set("\\\t\n")
 #   The legacy exit file (in the pwd, where the earlier release kept it) counts only when there is no
 #   exit file, and only as a regular file of the caller's with one link.
 HELPER = r"""
-import json, os, pwd, signal, stat, sys
+import json, os, pwd, signal, stat, sys, time
 op, form, a = sys.argv[1], sys.argv[2], sys.argv[3:]
 os.closerange(3, 1 << 16)
 me = os.geteuid()
+writer = %(writer)s
 checked = {}
 class Refused(Exception):
     pass
@@ -261,7 +287,8 @@ def status(ext, single=False):
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_uid != me or (single and st.st_nlink != 1):
             return None
-        return "exit %s\n" % os.read(fd, 64).decode("ascii", "replace").split("\n")[0].strip()
+        t = os.read(fd, 512).decode("ascii", "replace").split("\n")
+        return "exit %s\n" % t[0].strip() + ("%s\n" % t[1] if len(t) > 2 and t[1].startswith("rusage ") else "")
     finally:
         os.close(fd)
 def ended(ext, old):
@@ -291,9 +318,15 @@ def final(kind, ext, old, *rest):
     pgid, prefix, old_prefix, files = (rest[0], rest[1], rest[2], rest[3:]) if kind == "pgid" else (
         None, None, None, rest)
     rc, o, e = final_status(kind, resolve(ext), old, pgid, prefix, old_prefix)
-    if o.startswith("exit ") and o.strip() != "exit 0":
+    if o.startswith("exit ") and o.split("\n", 1)[0].strip() != "exit 0":
         o += "".join("@@tail\n" + tail(f) for f in files)
     return rc, o, e
+def cmdline(pid):
+    try:
+        with open("/proc/%s/cmdline" % pid, "rb") as f:
+            return f.read().rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "surrogateescape")
+    except OSError:
+        return ""
 def final_status(kind, ext, old, pgid, prefix, old_prefix):
     if kind == "forget":
         forget(ext)
@@ -302,13 +335,17 @@ def final_status(kind, ext, old, pgid, prefix, old_prefix):
     v = ended(ext, old)
     if v or kind == "tag":
         return 0, v or "gone\n", ""
-    try:
-        with open("/proc/%s/cmdline" % pgid, "rb") as f:
-            args = f.read().rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "surrogateescape")
-    except OSError:
-        args = ""
+    args = cmdline(pgid)
+    for _ in range(5):
+        # while the wrapper execs its rusage writer the kernel shows an empty command line for an instant:
+        # look again before taking a live process for something else (a zombie stays empty, briefly)
+        if args or not os.path.exists("/proc/%s" % pgid):
+            break
+        time.sleep(0.01)
+        args = cmdline(pgid)
     v = ended(ext, old)
-    return 0, v or ("running\n" if args.startswith((prefix, old_prefix)) else "gone\n"), ""
+    ours = (prefix, old_prefix, "%s %s " % (writer, ext))
+    return 0, v or ("running\n" if args.startswith(ours) else "gone\n"), ""
 if op == "launch":
     wrap, mark, runner, a, act = a[0], a[1], a[2], a[3:], launch
     null = os.open(os.devnull, os.O_RDWR)
@@ -325,7 +362,7 @@ while i < len(a):
     os.write(1, ("%s\n@@metasched-rc %d %d\n%s\n@@metasched-end %d\n" % (o, n, rc, e, n)).encode(
         "utf-8", "surrogateescape"))
     n += 1
-"""
+""".replace("%(writer)s", repr(WRITER))
 
 # RUNNER: what the wrapper runs in front of the script of a job that asks for limits or for join (as the owner,
 # in the job's process group). argv: options (JSON: cores, walltime, memory, join), the script, its arguments.
@@ -626,6 +663,30 @@ class LocalBackend(Backend):
                                              "output files could not be created, or the node restarted)")
         return None   # sudo or ps failed: ask again next cycle
 
+    def parse_accounting(self, job: Job, rc: int, stdout: str, stderr: str) -> Accounting | None:
+        """The wrapper's record (RUSAGE): CPU time and peak memory from rusage, the wall time, its end and
+        the node name from the wrapper (the start is the end minus the wall time). A signal only by the
+        shell's convention (an exit status 128 + n; not the runner's LIMIT_STATUS for a limit the job had).
+        Nothing when the job left no record ("gone"). The tails after the record (Spark) are not read."""
+        lines = (stdout or "").splitlines()
+        m = re.match(r"^exit (\d+)$", lines[0].strip()) if lines else None
+        if not m:
+            return None
+        code, r = int(m.group(1)), job.spec.resources
+        # the runner's own status for a limit the job had (LIMIT_STATUS) is no signal: parse_final's reason says it
+        limit = (code == LIMIT_STATUS["walltime"] and r.walltime) or (code == LIMIT_STATUS["memory"] and r.memory)
+        signal = None if limit else signal_of(code)
+        rec = re.match(r"^rusage (\d+(?:\.\d+)?) (\d+(?:\.\d+)?) (\d+) (\d+(?:\.\d+)?) (\d+(?:\.\d+)?) (\S+)$",
+                       lines[1].strip()) if len(lines) > 1 else None
+        if rec is None:
+            return Accounting.of("wrapper", exit_signal=signal) if signal else None
+        utime, stime, maxrss_kb, wall, end, node = rec.groups()
+        rusage = Accounting.of("rusage", cpu_user_seconds=float(utime), cpu_system_seconds=float(stime),
+                               max_rss_bytes=int(maxrss_kb) * 1024)
+        return rusage.completed_by(Accounting.of(
+            "wrapper", wall_seconds=float(wall), end_time=epoch_to_utc_iso(float(end)),
+            start_time=epoch_to_utc_iso(float(end) - float(wall)), nodes=node, exit_signal=signal))
+
     def final_by_tag_argv(self, job: Job) -> list[str]:
         """An interrupted dispatch: did the job run (its exit file exists)? It is not running (not in ps)."""
         return self.final_argv(job)
@@ -646,7 +707,7 @@ class LocalBackend(Backend):
 
     def process_matcher(self) -> ProcessMatcher:
         return ProcessMatcher(trees_by_args_regex="^(?:" + "|".join(map(re.escape, self.prefixes)) + r")\d+(-[a-z]{6})? ",
-                              include_process_group=True, job_process_groups=True)
+                              include_process_group=True, job_ids="pgid")
 
 
 def _pgid(job: Job) -> str:

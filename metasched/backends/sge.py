@@ -43,10 +43,11 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import replace
 
-from ..model import Job
+from ..model import Accounting, Job
 from .base import (CHECK_FUNCTION, CHECK_SCRIPT, check_args, command_line, Backend, FinalState, NativeJob, NativeProblem, NativeState, OutputFiles, ProcessMatcher,
                    SubmitRefused, as_user, client_argv, custom_outputs, export_names, first_line, is_tag_of,
-                   local_to_utc_iso, memory_text, native_problem, parse_sge_native, path_reason, tag, tag_fields)
+                   leading_number, local_to_utc_iso, memory_text, native_problem, parse_sge_native, path_reason,
+                   signal_of, tag, tag_fields)
 
 _SGE_FORBIDDEN = set("\n\t\r/:@\\*?")
 _PLAIN = re.compile(r"^[A-Za-z0-9_.@*][A-Za-z0-9_.@*,-]*$")
@@ -349,12 +350,66 @@ class GridEngineBackend(Backend):
             return FinalState("ERROR", exit_code, f"failed {failed_text}")
         return FinalState("ERROR", exit_code, f"exit code {exit_code}")
 
+    def parse_accounting(self, job: Job, rc: int, stdout: str, stderr: str) -> Accounting | None:
+        """The job's qacct records (our tag's only; an array job or a rerun has several: their times span
+        them all, CPU and wall time add up, the peak memory is the largest): start_time, end_time,
+        hostname, ru_wallclock, ru_utime, ru_stime, cpu, ru_maxrss, exit_status (> 128: killed by signal
+        exit_status - 128, qacct(1)); maxvmem and failed as extras."""
+        recs = [r for r in _qacct_records(stdout)
+                if r.get("jobnumber") == job.scheduler_job_id and is_tag_of(r.get("jobname"), job)]
+        if not recs:
+            return None
+        tz = self.options.get("tz", "UTC")
+
+        def when(r, key):
+            t = local_to_utc_iso(r.get(key), "%a %b %d %H:%M:%S %Y", tz)
+            return None if t is None or t.startswith("1970-") else t
+
+        def total(key, parse=leading_number):
+            vals = [parse(r.get(key)) for r in recs]
+            return None if any(v is None for v in vals) else sum(vals)
+
+        starts = [t for t in (when(r, "start_time") for r in recs) if t]
+        ends = [t for t in (when(r, "end_time") for r in recs) if t]
+        rss = [qacct_bytes(r.get("ru_maxrss"), rusage_kb=True) for r in recs]
+        vmem = [qacct_bytes(r.get("maxvmem")) for r in recs]
+        hosts = sorted({r["hostname"] for r in recs if r.get("hostname") and r["hostname"] != "NONE"})
+        last = recs[-1]
+        extra = {"failed": last.get("failed", "").strip()} if last.get("failed", "0").strip() != "0" else {}
+        if all(v is not None for v in vmem):
+            extra["maxvmem_bytes"] = max(vmem)
+        if len(recs) > 1:
+            extra["records"] = len(recs)
+        return Accounting.of(
+            "qacct", extra=extra, start_time=min(starts) if starts else None, end_time=max(ends) if ends else None,
+            nodes=",".join(hosts) or None, wall_seconds=total("ru_wallclock"),
+            cpu_user_seconds=total("ru_utime"), cpu_system_seconds=total("ru_stime"), cpu_seconds=total("cpu"),
+            max_rss_bytes=max(rss) if rss and all(v is not None for v in rss) else None,
+            exit_signal=signal_of(_int(last.get("exit_status", ""))))
+
     # -- cancel -------------------------------------------------------------------------------
     def cancel_argv(self, job: Job, run_as: str | None) -> list[str]:
         return as_user(self._cmd("qdel") + [_native_id(job)], run_as)
 
     def process_matcher(self) -> ProcessMatcher:
-        return ProcessMatcher(roots_by_comm=("sge_shepherd",), exclude_comm=("sge_execd", "sge_qmaster"))
+        return ProcessMatcher(roots_by_comm=("sge_shepherd",), exclude_comm=("sge_execd", "sge_qmaster"),
+                              job_ids="sge_shepherd")
+
+
+_MEM = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)B?\s*$")
+_MEM_FACTOR = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
+
+
+def qacct_bytes(text: str | None, rusage_kb: bool = False) -> int | None:
+    """A qacct memory field as bytes. qacct prints sizes with decimal prefixes ('3.523MB' = 3,523,000 bytes).
+    ru_maxrss is getrusage's, which Linux gives in kilobytes, and qacct prints that number as if it were
+    bytes ('4.477KB' is 4,477 KiB): ``rusage_kb`` converts it (checked against jobs of known size on the lab's
+    Grid Engine, tests/integration/test_accounting_lab.py)."""
+    m = _MEM.match(text or "")
+    if not m:
+        return None
+    value = float(m.group(1)) * _MEM_FACTOR[m.group(2)]
+    return int(round(value * 1024 if rusage_kb else value))
 
 
 def _native_id(job: Job) -> str:

@@ -36,11 +36,11 @@ import posixpath
 import re
 from dataclasses import replace
 
-from ..model import Job
+from ..model import Accounting, Job
 from .base import (CHECK_FUNCTION, CHECK_SCRIPT, check_args, command_line, Backend, FinalState, NativeJob, NativeProblem, NativeState, OutputFiles, ProcessMatcher,
-                   SubmitRefused, as_user, client_argv, control_character_reason, custom_outputs, export_names,
-                   first_line, hms, local_to_utc_iso, memory_text, native_problem, parse_getopt_native,
-                   path_reason, tag, tag_fields)
+                   SubmitRefused, as_user, client_argv, control_character_reason, custom_outputs, duration_seconds,
+                   export_names, first_line, hms, iso_seconds_between, local_to_utc_iso, memory_text,
+                   native_problem, parse_getopt_native, path_reason, tag, tag_fields)
 
 # squeue fields: id | user | state | partition | start time | reason | name (LAST: it may contain '|').
 SQUEUE_FORMAT = "%i|%u|%T|%P|%S|%r|%j"
@@ -300,12 +300,47 @@ class SlurmBackend(Backend):
             return FinalState("ERROR", code, f"signal {signal}")
         return FinalState("ERROR", code, f"exit code {exit_code}")
 
+    def parse_accounting(self, job: Job, rc: int, stdout: str, stderr: str) -> Accounting | None:
+        """From ``scontrol show job`` (StartTime, EndTime, RunTime, NodeList, ExitCode=code:signal) or, once
+        slurmctld forgot the job, its jobcomp line (the same without RunTime: the wall time is EndTime -
+        StartTime). Neither reports CPU time nor memory: without slurmdbd, Slurm 22.05 keeps them nowhere
+        (sacct needs it; sstat only while a step runs), so those come from the node agents (source
+        "agent", metasched/lifecycle.py). An array job: its tasks' span, summed run times, all their nodes.
+        A job that never got a node (cancelled while pending) has an end but no start."""
+        nid = job.scheduler_job_id or ""
+        source, tasks = "scontrol", _scontrol_accounting(stdout, nid)
+        if not tasks:
+            source, tasks = "jobcomp", _jobcomp_accounting(stdout, nid)
+        if not tasks:
+            return None
+        tz = self.options.get("tz", "UTC")
+        starts, ends, walls, nodes, signals = [], [], [], [], []
+        for f in tasks.values():
+            ran = f.get("NodeList") not in (None, "", "(null)", "None")
+            start = local_to_utc_iso(f.get("StartTime"), "%Y-%m-%dT%H:%M:%S", tz) if ran else None
+            end = local_to_utc_iso(f.get("EndTime"), "%Y-%m-%dT%H:%M:%S", tz)
+            ends.append(end)
+            if ran:
+                starts.append(start)
+                nodes.append(f["NodeList"])
+                walls.append(duration_seconds(f["RunTime"]) if "RunTime" in f else iso_seconds_between(start, end))
+            signals.append(_exit_code(f.get("ExitCode", ""))[1] or None)
+        known = [t for t in starts if t]
+        return Accounting.of(
+            source, extra={"tasks": len(tasks)} if len(tasks) > 1 else None,
+            start_time=min(known) if known and len(known) == len(starts) else None,
+            end_time=max(ends) if ends and all(ends) else None,
+            nodes=",".join(dict.fromkeys(nodes)) or None,
+            wall_seconds=sum(walls) if walls and all(w is not None for w in walls) else None,
+            exit_signal=next((sig for sig in signals if sig), None))
+
     # -- cancel -------------------------------------------------------------------------------
     def cancel_argv(self, job: Job, run_as: str | None) -> list[str]:
         return as_user(self._cmd("scancel") + [_native_id(job)], run_as)
 
     def process_matcher(self) -> ProcessMatcher:
-        return ProcessMatcher(roots_by_comm=("slurmstepd",), exclude_comm=("slurmd", "slurmctld"))
+        return ProcessMatcher(roots_by_comm=("slurmstepd",), exclude_comm=("slurmd", "slurmctld"),
+                              job_ids="slurmstepd")
 
 
 _TASK = re.compile(r"^(\d+)_(?:\d+|\[[^\]]*\])$")
@@ -457,3 +492,52 @@ def _exit_code(text: str) -> tuple[int | None, int]:
     if not m:
         return None, 0
     return int(m.group(1)), int(m.group(2))
+
+
+_ACCT_KEYS = ("StartTime", "EndTime", "RunTime", "NodeList", "ExitCode")
+
+
+def _scontrol_accounting(text: str, nid: str) -> dict[int | None, dict[str, str]] | None:
+    """Per task (None: a plain job), the accounting fields of its ``scontrol show job`` block, each read from
+    an indented line (a job name cannot stand in for them, as in _parse_scontrol)."""
+    out: dict[int | None, dict[str, str]] = {}
+    lines = text.splitlines()
+    heads = [(i, m) for i, m in ((i, _SC_HEAD.match(l)) for i, l in enumerate(lines)) if m]
+    for n, (i, m) in enumerate(heads):
+        array, task = m.group(2), m.group(3)
+        if not (array == nid or (array is None and m.group(1) == nid)):
+            continue
+        fields: dict[str, str] = {}
+        for line in lines[i + 1:heads[n + 1][0] if n + 1 < len(heads) else len(lines)]:
+            if not line.startswith(" "):
+                continue
+            for key in _ACCT_KEYS:
+                hit = re.search(rf"(?:^|\s){key}=(\S+)", line)
+                if hit and key not in fields:
+                    fields[key] = hit.group(1)
+        out[int(task) if task else None] = fields
+    return out or None
+
+
+def _jobcomp_accounting(text: str, nid: str) -> dict[int | None, dict[str, str]] | None:
+    """Per task, the accounting fields of its last jobcomp line. The fields after Name= are read after the
+    line's own JobState= (our names have no spaces, see _parse_jobcomp); ExitCode is the line's last field."""
+    out: dict[int | None, dict[str, str]] = {}
+    for line in text.splitlines():
+        arr = re.search(rf" ArrayJobId={re.escape(nid)} ArrayTaskId=(\d+) ", line)
+        if not (arr or (line.startswith(f"JobId={nid} UserId=") and " ArrayJobId=" not in line)):
+            continue
+        st = re.search(r" JobState=(\S+)", line)
+        if not st:
+            continue
+        rest = line[st.end():]
+        fields = {}
+        for key in ("StartTime", "EndTime", "NodeList"):
+            hit = re.search(rf" {key}=(\S+)", rest)
+            if hit:
+                fields[key] = hit.group(1)
+        ex = re.search(r" ExitCode=(\d+:\d+)\s*$", line)
+        if ex:
+            fields["ExitCode"] = ex.group(1)
+        out[int(arr.group(1)) if arr else None] = fields
+    return out or None

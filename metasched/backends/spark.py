@@ -62,7 +62,7 @@ import json
 import re
 from urllib.parse import urlsplit
 
-from ..model import Job
+from ..model import Accounting, Job
 from .base import (FinalState, NativeJob, NativeState, ProcessMatcher, epoch_ms_to_utc_iso, first_line,
                    scheduler_command, tag, tag_fields)
 from .local import LocalBackend, exit_file, output_files
@@ -257,6 +257,20 @@ class SparkBackend(LocalBackend):
         tails = (stdout or "").split("@@tail\n")[1:]
         reason = next((r for r in map(driver_reason, tails) if r), None)
         return FinalState("ERROR", fs.exit_code, f"{reason} (exit code {fs.exit_code})" if reason else fs.reason)
+
+    def parse_accounting(self, job: Job, rc: int, stdout: str, stderr: str) -> Accounting | None:
+        """The driver's wrapper record (the local launcher's, issue 15): its wall time, start, end and a signal
+        are the application's; its rusage is the driver's alone (spark-submit's JVM and a PySpark driver), not
+        what the executors used on the workers: extras under the driver's name, never the job's CPU time or
+        memory; nor is the driver's node where the job ran (extra driver_node)."""
+        local = super().parse_accounting(job, rc, stdout, stderr)
+        if local is None:
+            return None
+        extra = {k: v for k, v in (("driver_cpu_seconds", local.cpu_seconds),
+                                   ("driver_max_rss_bytes", local.max_rss_bytes),
+                                   ("driver_node", local.nodes)) if v is not None}
+        return Accounting.of("wrapper", extra={**local.extra, **extra}, start_time=local.start_time,
+                             end_time=local.end_time, wall_seconds=local.wall_seconds, exit_signal=local.exit_signal)
 
     # -- enforcement --------------------------------------------------------------------------
     def process_matcher(self) -> ProcessMatcher:

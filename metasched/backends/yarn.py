@@ -37,7 +37,7 @@ from __future__ import annotations
 import posixpath
 import re
 
-from ..model import Job
+from ..model import Accounting, Job
 from .base import (launcher_pid, Backend, FinalState, NativeJob, NativeState, OutputFiles, ProcessMatcher, as_user,
                    client_argv, custom_outputs, epoch_ms_to_utc_iso, first_line, path_reason, tag, tag_fields)
 
@@ -253,6 +253,28 @@ class YarnBackend(Backend):
             return FinalState("ERROR", None, "the yarn client disappeared before submitting an application")
         return None   # client still running without an application yet, or the command failed
 
+    def parse_accounting(self, job: Job, rc: int, stdout: str, stderr: str) -> Accounting | None:
+        """From the application report: Start-Time and Finish-Time (epoch ms; the wall time between them).
+        YARN reports what it *allocated* ("Aggregate Resource Allocation : N MB-seconds, M vcore-seconds"),
+        not the CPU time or memory the containers used: those are extras under their own names, never CPU
+        time; CPU time and memory come from the node agents where they saw the containers (source "agent").
+        The AM host is where the application master ran, not every node of the job: an extra too."""
+        if not first_line(stdout or "").startswith("metasched-application:"):
+            return None          # the client ended before an application existed: YARN reports nothing
+        report = parse_application_report(stdout)
+        start, end = report.get("Start-Time"), report.get("Finish-Time")
+        wall = None
+        if (start or "").isdigit() and (end or "").isdigit() and int(start) > 0 and int(end) >= int(start):
+            wall = (int(end) - int(start)) / 1000.0
+        extra = {}
+        alloc = re.match(r"^\s*(\d+) MB-seconds, (\d+) vcore-seconds", report.get("Aggregate Resource Allocation", ""))
+        if alloc:
+            extra.update(allocated_mb_seconds=int(alloc.group(1)), allocated_vcore_seconds=int(alloc.group(2)))
+        if report.get("AM Host") not in (None, "", "N/A"):
+            extra["am_host"] = report["AM Host"]
+        return Accounting.of("yarn", extra=extra, start_time=epoch_ms_to_utc_iso(start),
+                             end_time=epoch_ms_to_utc_iso(end), wall_seconds=wall)
+
     # -- cancel -------------------------------------------------------------------------------
     def cancel_argv(self, job: Job, run_as: str | None) -> list[str]:
         pid, app = self._ids(job)
@@ -268,7 +290,7 @@ class YarnBackend(Backend):
         return ProcessMatcher(
             trees_by_args_regex=r"(?:^|[\s/])(?:default_container_executor(?:_session)?\.sh|launch_container\.sh)(?:\s|$)",
             exclude_args_regex=r"org\.apache\.hadoop\.yarn\.server\.nodemanager\.NodeManager",
-            yarn_containers=True,
+            job_ids="yarn",
         )
 
 

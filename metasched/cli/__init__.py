@@ -14,6 +14,7 @@ from ..model import Policy
 from . import commands as C
 from .client import Client, CliError, resolve_endpoint
 from .render import escape, use_colour
+from .usage import cmd_history, cmd_top, cmd_usage
 from .watch import cmd_watch
 
 EPILOG = """\
@@ -190,6 +191,40 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--all", "-a", action="store_true", help="everyone's jobs (admins)")
     s.add_argument("--queue", "-q", help="only this queue's jobs")
     s.add_argument("--limit", type=int, default=50, help="at most this many jobs (default 50)")
+
+    s = cmd("history", cmd_history, "the jobs that ended: when, where, CPU time and peak memory (like sacct)",
+            "The jobs that ended in a window, newest first, as their schedulers accounted them: start, end,\n"
+            "elapsed (wall) time, CPU time, peak memory (MAXRSS), nodes, exit code. A figure the scheduler\n"
+            "did not report is '-'; `show ID` says where each figure came from.")
+    s.add_argument("--since", "-S", default="1d", metavar="WHEN",
+                   help="ended at or after: 30m, 12h, 2d, 1w ago or a date/time (local), default 1d")
+    s.add_argument("--until", "-E", metavar="WHEN", help="ended before (default: now)")
+    s.add_argument("--state", "-s", action="append", metavar="STATE",
+                   help="only these final states (repeat, or a comma list): COMPLETED, ERROR, CANCELLED")
+    s.add_argument("--queue", "-q", help="only this queue (name or id)")
+    s.add_argument("--all", "-a", action="store_true", help="everyone's jobs (admins)")
+    s.add_argument("--owner", "-u", help="this user's jobs (admins, or yourself)")
+    s.add_argument("--limit", type=int, default=500, help="at most this many jobs, newest first (default 500)")
+
+    s = cmd("usage", cmd_usage, "what the jobs that ended used, per user or queue, and the CPU split per node",
+            "Totals of the jobs that ended in a window: jobs, completed, failed, cancelled, failure rate\n"
+            "(failed among completed + failed), CPU-hours, wall-hours, wait (submit to start) p50 and p95;\n"
+            "then per node and scheduler the CPU share it had next to the share the policy targeted. Your\n"
+            "own jobs; admins see everyone's (or one user's with --owner).")
+    s.add_argument("--since", "-S", default="1d", metavar="WHEN", help="default 1d (see history)")
+    s.add_argument("--until", "-E", metavar="WHEN", help="default now")
+    s.add_argument("--by", choices=["user", "queue"], default="user", help="group by user (default) or queue")
+    s.add_argument("--owner", "-u", help="one user's jobs (admins)")
+
+    s = cmd("top", cmd_top, "live view of the running jobs' CPU and memory, and the nodes'",
+            "Refresh every --interval seconds until Ctrl-C: the nodes' cpu, memory and disk, and your\n"
+            "running jobs, busiest first: CPU % over the last poll cycle, CPU time so far, memory now and\n"
+            "its peak, as the node agents measure them.")
+    s.add_argument("--interval", "-i", type=float, default=2.0, help="seconds between refreshes (default 2)")
+    s.add_argument("--all", "-a", action="store_true", help="everyone's jobs (admins)")
+    s.add_argument("--queue", "-q", help="only this queue's jobs")
+    s.add_argument("--limit", type=int, default=50, help="at most this many jobs (default 50)")
+    s.add_argument("--once", action="store_true", help="print one frame and exit")
 
     s = cmd("token", C.cmd_token, "API tokens for using metasched from elsewhere (--url)")
     tsub = s.add_subparsers(dest="token_action", metavar="{create,list,revoke}", required=True)

@@ -405,6 +405,7 @@ def job_fields(ctx: Context, j: dict) -> str:
         ("started", render.long_time(j["started_at"])), ("finished", render.long_time(j["finished_at"])),
         ("run time", render.duration(j["started_at"], j["finished_at"]) if j["started_at"] else None),
         *spec_lines(j),
+        *used_fields(j),
     ], ctx.colour)
 
 
@@ -435,8 +436,39 @@ def spec_lines(j: dict) -> list[tuple[str, object]]:
             ("stdout", where("stdout")), ("stderr", where("stderr"))]
 
 
+def used_fields(j: dict) -> list[tuple[str, object]]:
+    """What the job used (issue 15): its accounting once it ended, each figure with where it came from, and
+    its latest live measurement while it runs."""
+    out: list[tuple[str, object]] = []
+    a = j.get("accounting")
+    if a:
+        src = a.get("sources") or {}
+
+        def said(value, *fields):
+            names = sorted({src[f] for f in fields if f in src})
+            return None if value is None else f"{value}  [{', '.join(names)}]" if names else value
+        cpu = render.seconds(a["cpu_seconds"])
+        if cpu and a["cpu_user_seconds"] is not None and a["cpu_system_seconds"] is not None:
+            cpu += f" (user {render.seconds(a['cpu_user_seconds'])}, system {render.seconds(a['cpu_system_seconds'])})"
+        out += [("cpu time", said(cpu, "cpu_seconds")), ("max rss", said(render.measured_size(a["max_rss_bytes"]), "max_rss_bytes")),
+                ("wall time", said(render.seconds(a["wall_seconds"]), "wall_seconds")),
+                ("ran on", said(a["nodes"], "nodes")),
+                ("began", said(render.long_time(a["start_time"]) if a["start_time"] else None, "start_time")),
+                ("ended", said(render.long_time(a["end_time"]) if a["end_time"] else None, "end_time"))]
+        if a["exit_signal"] is not None:
+            out.append(("signal", said(a["exit_signal"], "exit_signal")))
+        out += [(render.escape(k.replace("_", " ")), v) for k, v in sorted((a.get("extra") or {}).items())]
+    m = j.get("metrics")
+    if m and j["status"] not in FINAL:
+        out += [("cpu now", f"{render.percent(m['cpu_percent']) or '-'} ({render.seconds(m['cpu_seconds'])} so far)"),
+                ("memory now", f"{render.measured_size(m['rss_bytes'])} (peak {render.measured_size(m['max_rss_bytes'])}, "
+                               f"{m['pids']} processes on {', '.join(m['nodes'])})"),
+                ("measured", render.long_time(m["at"]))]
+    return out
+
+
 def cmd_show(a, ctx: Context) -> int:
-    job = ctx.call("GET", f"/jobs/{a.id}")
+    job = ctx.call("GET", f"/jobs/{a.id}", query={"include": "metrics"})
     if ctx.json:
         ctx.emit_json(job)
     else:

@@ -230,3 +230,52 @@ def duration(start: str | None, end: str | None, now: _dt.datetime | None = None
 def argv(options: list[str]) -> str:
     """Arguments as a shell would need them typed."""
     return " ".join(shlex.quote(o) for o in options) if options else ""
+
+
+# -- what jobs used (issue 15) -------------------------------------------------------------------------
+
+def measured_size(n: int | None) -> str | None:
+    """Measured bytes for people, binary units as sacct and top use them: 512K, 210.3M, 1.5G (``size`` is
+    for what a job asks for: exact)."""
+    if n is None:
+        return None
+    for unit, factor in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= factor:
+            v = n / factor
+            return f"{v:.1f}{unit}" if v < 100 else f"{v:.0f}{unit}"
+    return f"{n}B"
+
+
+def seconds(v: float | None) -> str | None:
+    """A duration: 2.01s, 1:02 (minutes:seconds), 3:04:05, 2-03:04:05 (days, as Slurm prints them)."""
+    if v is None:
+        return None
+    if v < 60:
+        return f"{v:.2f}s"
+    s = int(round(v))
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    if d:
+        return f"{d}-{h:02d}:{m:02d}:{s:02d}"
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def percent(v: float | None) -> str | None:
+    return None if v is None else f"{v:.1f}%"
+
+
+def relative(value: str, now: _dt.datetime | None = None) -> str:
+    """A time expression of the CLI as the API's UTC ISO 8601: 30s, 45m, 12h, 2d, 1w ago, or a date or time
+    (local time unless it names its zone). Raises ValueError."""
+    import re
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", value or "")
+    if m:
+        n = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+        t = now - _dt.timedelta(seconds=n)
+    else:
+        t = _dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        if t.tzinfo is None:
+            t = t.astimezone()          # the user's local time
+    return t.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

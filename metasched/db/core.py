@@ -26,7 +26,7 @@ from importlib import resources
 from ..errors import MetaschedError, Unavailable
 
 BUSY_TIMEOUT_MS = 10_000
-SCHEMA_VERSION = 5     # the highest migration in sql/
+SCHEMA_VERSION = 6     # the highest migration in sql/ (4: Spark, 5: job spec, 6: accounting)
 
 _NAME_RE = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.M)
 
@@ -154,6 +154,22 @@ class Database:
         with _writer_turn(self.path, self.busy_timeout_ms / 1000):
             with self._transaction("BEGIN IMMEDIATE") as conn:
                 yield conn
+
+    @contextlib.contextmanager
+    def savepoint(self, name: str):
+        """Inside a write transaction: a part that either happens whole or not at all, without undoing the rest
+        of the transaction (ROLLBACK TO on any exception, which is raised again)."""
+        if not re.fullmatch(r"[a-z_]+", name):
+            raise ValueError(f"savepoint name {name!r}")
+        conn = self.conn
+        conn.execute(f"SAVEPOINT {name}")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute(f"ROLLBACK TO {name}")
+            conn.execute(f"RELEASE {name}")
+            raise
+        conn.execute(f"RELEASE {name}")
 
     @contextlib.contextmanager
     def read(self):

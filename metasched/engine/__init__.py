@@ -36,6 +36,7 @@ from ..transport import Result, for_node
 from .dispatch import ACTOR, PARALLEL_BATCHES, BATCH_MAX, Dispatcher
 from .fanout import Call, FanOut, reason
 from .lease import Identity, Lease, LeaseLost, boottime
+from . import measure
 from .observe import (AgentStreams, Observation, agent_request, classify_foreign, feedback, job_process_groups,
                       nodes_to_settle, observe, raise_fences, written_shares)
 from .reconcile import Recovery, reconcile, resolve
@@ -94,6 +95,7 @@ class Engine:
         self.last_usage_time: float | None = None
         self.queue_usage: dict[int, float] = {}     # decayed CPU seconds per scheduler (dynamic policy)
         self.corrections: dict[int, dict[str, float]] = {}   # node id -> its feedback state (observe.feedback)
+        self.meters = measure.Meters()              # what jobs and nodes use (engine/measure.py)
         self.progress = self.clock.mono()           # last time a cycle got something done (the watchdog)
         # a holder whose cycle makes no progress for this long stops renewing its lease (another takes over)
         self.stall_limit = (config.ssh.command_timeout + config.ssh.connect_timeout
@@ -203,15 +205,17 @@ class Engine:
             unsettled = self.settle(jobs, queues, nodes, deadline, report)
             self._progressed()
             matchers = {q.id: backends[q.id].process_matcher() for q in queues}
-            pgids = job_process_groups(jobs, {qid for qid, m in matchers.items() if m.job_process_groups})
+            pgids = job_process_groups(jobs, {qid for qid, m in matchers.items() if m.job_ids == "pgid"})
             requests = {n.id: agent_request(n, queues, self.written_shares(n.id, queues), matchers, pgids,
                                             method=self.config.enforcement.method,
-                                            parent=self.config.enforcement.parent_group) for n in nodes}
+                                            parent=self.config.enforcement.parent_group,
+                                            measure=self.config.metrics.enabled,
+                                            disk_paths=self.config.metrics.disk_paths) for n in nodes}
             obs = observe(self.fan, queues=queues, nodes=nodes, backends=backends, transports=self.transports,
                           agents=self.agents, requests=requests, deadline=deadline)
             self._progressed()
             classify_foreign(obs.statuses, jobs)
-            self.record_observation(obs, queues, tick, report)
+            self.record_observation(obs, queues, tick, report, jobs=jobs)
             self.corrections = self.feedback(obs, queues, mode)
 
         with phase("reconcile"):
@@ -278,7 +282,8 @@ class Engine:
             break
         return unsettled
 
-    def record_observation(self, obs: Observation, queues: list[Queue], tick: Tick, report: CycleReport) -> None:
+    def record_observation(self, obs: Observation, queues: list[Queue], tick: Tick, report: CycleReport,
+                           jobs: list[Job] | None = None) -> None:
         for q in queues:
             st = obs.statuses[q.id]
             if not st.ok:
@@ -305,6 +310,9 @@ class Engine:
                     last_error=no.agent.error, now=stamp, load=no.agent.load, ncpus=no.agent.ncpus,
                     enforcement=self._enforcement_view(no.node, queues, no.agent) if no.agent.ok else None)
             self._record_foreign(obs.statuses, stamp, report)
+            if jobs is not None:        # what the jobs and the nodes use (engine/measure.py, issue 15)
+                measure.record(self.repo, self.meters, obs.nodes, queues, jobs, self.shares, tick, self.config,
+                               report)
         self.queue_usage = usage
 
     def written_shares(self, node_id: int, queues: list[Queue]) -> dict[int, float]:
@@ -484,7 +492,7 @@ class Engine:
                     if c.fact:
                         new = lifecycle.observed(self.repo, job, c.new, actor=ACTOR, reason=c.reason, now=now,
                                                  scheduler_job_id=c.scheduler_job_id, exit_code=c.exit_code,
-                                                 started_at=c.started_at)
+                                                 started_at=c.started_at, accounting=c.accounting)
                     else:
                         new = lifecycle.transition(self.repo, updated.get(job.id, job), c.new, actor=ACTOR,
                                                    reason=c.reason, now=now)

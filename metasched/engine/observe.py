@@ -103,7 +103,7 @@ def classify_foreign(statuses: dict, jobs: list[Job]) -> None:
 
 def job_process_groups(jobs: list[Job], queue_ids: set[int]) -> dict[int, list[int]]:
     """queue id -> process groups of its jobs in flight, for the queues whose job trees are the process groups
-    their native ids name (their matcher's job_process_groups: the local backend's)."""
+    their native ids name (their matcher's job_ids "pgid": the local backend's)."""
     out: dict[int, list[int]] = {}
     for j in jobs:
         if j.queue_id in queue_ids and j.status in (JobStatus.QUEUED, JobStatus.RUNNING) \
@@ -147,13 +147,15 @@ def feedback(nodes: list[NodeObservation], queues: list[Queue], shares: dict[int
 
 
 def agent_request(node: Node, queues: list[Queue], shares: dict[int, float], matchers: dict[int, object],
-                  pgids: dict[int, list[int]], *, method: str, parent: str) -> dict:
+                  pgids: dict[int, list[int]], *, method: str, parent: str, measure: bool = False,
+                  disk_paths: tuple[str, ...] = ()) -> dict:
     """What the node agent must do on this node: one group per scheduler, its share and its trees. Built from
-    the jobs of the schedulers mastered on this node only: O(queues) per node, O(nodes + jobs) per cycle."""
+    the jobs of the schedulers mastered on this node only: O(queues) per node, O(nodes + jobs) per cycle.
+    ``measure``: and report what each job and the node use (engine/measure.py)."""
     default = 100.0 / max(1, len(queues))
     groups = [(q, shares.get(q.id, default), matchers[q.id],
                pgids.get(q.id, []) if q.master_node_id == node.id else []) for q in queues]
-    return enforcement.build_request(groups, method=method, parent=parent)
+    return enforcement.build_request(groups, method=method, parent=parent, measure=measure, disk_paths=disk_paths)
 
 
 class _Handover:

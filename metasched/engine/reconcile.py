@@ -107,9 +107,11 @@ def resolve(questions: list[Question], answers: list[Result], *, qmap: dict[int,
                 if found is not None:
                     native, fs = found
                     recovery.forget([job.id])
+                    ran = dataclasses.replace(job, scheduler_job_id=native) if native is not None else job
                     changes.append(Change(job, JobStatus(fs.status), f"{fs.reason or 'ended'} (adopted after an "
                                           f"interrupted dispatch)", exit_code=fs.exit_code,
-                                          scheduler_job_id=native, started_at=fs.started_at))
+                                          scheduler_job_id=native, started_at=fs.started_at,
+                                          accounting=accounting(backend, ran, res, report)))
                     continue
                 changes.append(_never_arrived(job, q, backend, recovery, mono, max_attempts, retry_base,
                                               cancelled_by))
@@ -125,7 +127,8 @@ def resolve(questions: list[Question], answers: list[Result], *, qmap: dict[int,
                 why = cancelled_by(job)
             else:
                 why = fs.reason or (f"exit code {fs.exit_code}" if fs.exit_code is not None else "ended")
-            changes.append(Change(job, status, why, exit_code=fs.exit_code, started_at=fs.started_at))
+            changes.append(Change(job, status, why, exit_code=fs.exit_code, started_at=fs.started_at,
+                                  accounting=accounting(backend, job, res, report)))
             continue
         if job.cancel_requested:
             # cancelled, and the scheduler keeps no record (yet) of how it ended: its accounting may lag
@@ -141,6 +144,16 @@ def resolve(questions: list[Question], answers: list[Result], *, qmap: dict[int,
                 continue
         changes.append(Change(job, None, f"not listed by {q.name}; waiting for it to report how the job ended"))
     return changes
+
+
+def accounting(backend: Backend, job: Job, res: Result, report: CycleReport):
+    """What the job used, from the answer that ended it. An accounting record the parser cannot read costs
+    that job its accounting (recorded in the report), never its end state nor anything else."""
+    try:
+        return backend.parse_accounting(job, res.rc, res.stdout, res.stderr)
+    except Exception as exc:
+        report.job_error("accounting answer", job.id, reason(exc))
+        return None
 
 
 def _never_arrived(job: Job, q: Queue, backend: Backend, recovery: Recovery, mono: float, max_attempts: int,

@@ -5,7 +5,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from ..backends.base import NativeJob
-from ..model import Job, JobStatus
+from ..model import Accounting, Job, JobStatus
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,7 @@ class Change:
     started_at: str | None = None
     scheduler_job_id: str | None = None
     fact: bool = True
+    accounting: Accounting | None = None     # with a final state: what the scheduler reported the job used
 
 
 @dataclass(frozen=True)

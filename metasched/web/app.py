@@ -5,6 +5,7 @@ errors are mapped to HTTP once, in ``_handle_domain_error``; resources never cat
 """
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import logging
 import re
@@ -15,7 +16,7 @@ import falcon
 from .. import __version__, errors as E
 from ..identity import ANONYMOUS, peer_uid
 from ..model import JobStatus
-from ..services import Services
+from ..services import History, Services, days_before, utc_text
 from . import schemas as S
 from . import views as V
 from .validation import BAD_TEXT, TEXT_RULE, check_text, parse_body, validate
@@ -220,7 +221,8 @@ class JobsResource(Base):
         resp.media = V.job(job)
 
     def on_get(self, req, resp):
-        params = _query(req, {"status", "queue", "owner", "after", "before", "limit", "order"})
+        params = _query(req, {"status", "queue", "owner", "after", "before", "limit", "order", "since", "until",
+                              "include"})
         statuses = None
         if params.get("status"):
             statuses = []
@@ -232,19 +234,34 @@ class JobsResource(Base):
         order = params.get("order", "oldest")
         if order not in ("oldest", "newest"):
             raise E.Invalid(f"order: expected oldest or newest, got {order!r}", field="order")
-        if ("after" if order == "newest" else "before") in params:
+        # since / until: the history (issue 15), the jobs that ended in that window, newest end first, paged with
+        # a before cursor of its own (<finished_at>,<id>); else the listing by id, oldest or newest first
+        history = _history(params)
+        if history is not None:
+            if "after" in params:
+                raise E.Invalid("after: a history listing (since, until) pages with before", field="after")
+            if params.get("order", "newest") != "newest":
+                raise E.Invalid("order: a history listing (since, until) is newest end first", field="order")
+        elif ("after" if order == "newest" else "before") in params:
             wrong = "after" if order == "newest" else "before"
             raise E.Invalid(f"{wrong}: the cursor of order={'oldest' if wrong == 'after' else 'newest'}; "
                             f"with order={order} give {'before' if wrong == 'after' else 'after'}", field=wrong)
         after = _int_param(params, "after", 0, 0)
-        before = _int_param(params, "before", 0, 1) if "before" in params else None
+        before = _int_param(params, "before", 0, 1) if "before" in params and history is None else None
         limit = _int_param(params, "limit", self.page_limit, 1, 1000)
         queue = params.get("queue") or None
+        metrics = _include(params)
         result = self.svc.list_jobs(req.context.caller, statuses=statuses, queue=queue,
                                     owner=params.get("owner") or None, after=after, limit=limit,
-                                    newest=order == "newest", before=before)
-        resp.media = V.page(result, V.job, "/jobs", dict(params, limit=str(limit)),
-                            cursor_param="before" if order == "newest" else "after")
+                                    newest=order == "newest", before=before, history=history,
+                                    include_metrics=metrics)
+        item = (lambda j: V.job(j, result.metrics.get(j.id))) if metrics else V.job
+        if history is not None:
+            resp.media = V.page(result, item, "/jobs", dict(params, limit=str(limit)), cursor=V.history_cursor,
+                                cursor_param="before")
+        else:
+            resp.media = V.page(result, item, "/jobs", dict(params, limit=str(limit)),
+                                cursor_param="before" if order == "newest" else "after")
 
 
 class ForeignJobsResource(Base):
@@ -265,7 +282,8 @@ class ForeignJobsResource(Base):
 
 class JobResource(Base):
     def on_get(self, req, resp, job_id):
-        resp.media = V.job_detail(self.svc.job_detail(req.context.caller, job_id))
+        metrics = _include(_query(req, {"include"}))
+        resp.media = V.job_detail(self.svc.job_detail(req.context.caller, job_id, include_metrics=metrics))
 
     def on_patch(self, req, resp, job_id):
         resp.media = V.job(self.svc.edit_job(req.context.caller, job_id, read_body(req, S.JOB_PATCH)))
@@ -309,6 +327,42 @@ class JobOutputResource(Base):
 class JobEventsResource(Base):
     def on_get(self, req, resp, job_id):
         resp.media = {"items": [V.event(e) for e in self.svc.job_events(req.context.caller, job_id)]}
+
+
+class JobMetricsResource(Base):
+    """A job's CPU and memory over time, as the node agents measured it (issue 15)."""
+
+    def on_get(self, req, resp, job_id):
+        params = _query(req, {"since", "until", "after", "limit"})
+        since, until = _window(params)
+        result = self.svc.job_metrics(req.context.caller, job_id, since=since, until=until,
+                                      after=_int_param(params, "after", 0, 0),
+                                      limit=_int_param(params, "limit", 100, 1, 1000))
+        resp.media = V.job_metrics(result, params)
+
+
+class NodeMetricsResource(Base):
+    def on_get(self, req, resp, node_id):
+        params = _query(req, {"since", "until", "after", "limit"})
+        since, until = _window(params)
+        result = self.svc.node_metrics(req.context.caller, node_id, since=since, until=until,
+                                       after=_int_param(params, "after", 0, 0),
+                                       limit=_int_param(params, "limit", 100, 1, 1000))
+        resp.media = V.node_metrics(result, params)
+
+
+class UsageResource(Base):
+    """What the jobs that ended in a window used, per user or per queue, and the CPU split per node."""
+
+    def on_get(self, req, resp):
+        params = _query(req, {"since", "until", "group_by", "owner"})
+        until = _time_param(params, "until") or self.svc.now()
+        since = _time_param(params, "since") or days_before(until, 1)
+        if since >= until:
+            raise E.Invalid("since: must be before until", field="since")
+        report = self.svc.usage_report(req.context.caller, since=since, until=until,
+                                       group_by=params.get("group_by", "user"), owner=params.get("owner") or None)
+        resp.media = V.usage(report)
 
 
 class TokensResource(Base):
@@ -362,6 +416,57 @@ def _signed_param(params: dict, name: str, default: int) -> int:
     return int(v)
 
 
+_TIME = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?)?(Z|[+-][0-9]{2}:?[0-9]{2})?$")
+
+
+def _time_param(params: dict, name: str) -> str | None:
+    """An ISO 8601 date or time (a time without a zone is UTC) as the database's UTC format, or None."""
+    v = params.get(name)
+    if v is None or v == "":
+        return None
+    try:
+        if not _TIME.match(v):
+            raise ValueError
+        t = _dt.datetime.fromisoformat(v.replace("Z", "+00:00").replace(" ", "T"))
+    except ValueError:
+        raise E.Invalid(f"{name}: expected an ISO 8601 date or time (e.g. 2026-11-28 or 2026-11-28T12:00:00Z), "
+                        f"got {v!r}", field=name) from None
+    return utc_text(t if t.tzinfo else t.replace(tzinfo=_dt.timezone.utc))
+
+
+def _window(params: dict) -> tuple[str, str]:
+    since, until = _time_param(params, "since") or "", _time_param(params, "until") or "9999"
+    return since, until
+
+
+def _history(params: dict) -> History | None:
+    """A history listing (jobs that ended in a window, newest end first) when since or until is given; its
+    before is then the cursor of a history page (without them, before is order=newest's job id)."""
+    if not any(params.get(k) for k in ("since", "until")):
+        return None
+    since, until = _window(params)
+    before = History.before
+    if params.get("before"):
+        at, _, jid = params["before"].rpartition(",")
+        try:
+            if not re.fullmatch(r"[0-9]{1,18}", jid) or _time_param({"t": at}, "t") != at:
+                raise ValueError
+        except (ValueError, E.Invalid):
+            raise E.Invalid(f"before: expected the cursor of a next link (<finished_at>,<id>), got "
+                            f"{params['before']!r}", field="before") from None
+        before = (at, int(jid))
+    return History(since=since, until=until, before=before)
+
+
+def _include(params: dict) -> bool:
+    v = params.get("include")
+    if v is None:
+        return False
+    if v != "metrics":
+        raise E.Invalid(f"include: expected metrics, got {v!r}", field="include")
+    return True
+
+
 def _int_param(params: dict, name: str, default: int, lo: int, hi: int | None = None) -> int:
     if name not in params:
         return default
@@ -391,6 +496,9 @@ def routes(services: Services) -> list[tuple[str, object]]:
         (f"/jobs/{{job_id:{ID}}}/release", JobReleaseResource(services)),
         (f"/jobs/{{job_id:{ID}}}/events", JobEventsResource(services)),
         (f"/jobs/{{job_id:{ID}}}/output", JobOutputResource(services)),
+        (f"/jobs/{{job_id:{ID}}}/metrics", JobMetricsResource(services)),
+        (f"/cluster/nodes/{{node_id:{ID}}}/metrics", NodeMetricsResource(services)),
+        ("/usage", UsageResource(services)),
         ("/foreign-jobs", ForeignJobsResource(services, page)),
         ("/tokens", TokensResource(services)),
         (f"/tokens/{{token_id:{ID}}}", TokenResource(services)),

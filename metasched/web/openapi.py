@@ -38,6 +38,13 @@ def _query(name: str, schema: dict, description: str) -> dict:
 
 
 JOB_ID = [_path_param("job_id")]
+TIME_PARAM = {"type": "string", "description": "ISO 8601 date or time; without a zone: UTC"}
+INCLUDE = _query("include", {"type": "string", "enum": ["metrics"]},
+                 "metrics: each job with its latest live measurement (metrics)")
+WINDOW = [_query("since", TIME_PARAM, "samples taken at or after this"),
+          _query("until", TIME_PARAM, "samples taken before this"),
+          _query("after", {"type": "integer", "minimum": 0}, "cursor, from a next link"),
+          _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size")]
 WRITE_ERRORS = (400, 401, 404, 409, 413, 415)
 
 PATHS = {
@@ -60,7 +67,8 @@ PATHS = {
     "/jobs": {
         "post": _op("Submit a job", {"201": _resp("Job", "created; Location names it")},
                     errors=(400, 401, 403, 413, 415), body="JobSubmit"),
-        "get": _op("List jobs (yours; admins: everyone's), oldest first (or newest first), a page at a time",
+        "get": _op("List jobs (yours; admins: everyone's), oldest first (or newest first), a page at a time. With "
+                   "since or until: the history, jobs that ended in that window, newest end first",
                    {"200": _resp("JobList")}, errors=(400, 401, 403), params=[
                        _query("status", {"type": "string"}, "comma-separated states"),
                        _query("queue", {"type": "string"}, "queue id or name (empty: any)"),
@@ -68,13 +76,19 @@ PATHS = {
                        _query("order", {"type": "string", "enum": ["oldest", "newest"]}, "oldest first (default) "
                               "or newest first"),
                        _query("after", {"type": "integer", "minimum": 0}, "cursor: list ids greater than this"),
-                       _query("before", {"type": "integer", "minimum": 1}, "cursor of order=newest: list ids "
-                              "smaller than this"),
-                       _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size")]),
+                       _query("before", {"oneOf": [
+                           {"type": "integer", "minimum": 1},
+                           {"type": "string", "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+Z,[0-9]+$"}]},
+                           "cursor of order=newest: list ids smaller than this; with since or until, the history's "
+                           "cursor (<finished_at>,<id>), from a next link"),
+                       _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size"),
+                       _query("since", TIME_PARAM, "history: jobs that ended (finished_at) at or after this"),
+                       _query("until", TIME_PARAM, "history: jobs that ended before this"),
+                       INCLUDE]),
     },
     "/jobs/{job_id}": {
-        "get": _op("One job, with its variables and where its output goes", {"200": _resp("JobDetail")},
-                   errors=(401, 404), params=JOB_ID),
+        "get": _op("One job, with its variables and where its output goes (include=metrics: and its latest live "
+                   "measurement)", {"200": _resp("JobDetail")}, errors=(400, 401, 404), params=JOB_ID + [INCLUDE]),
         "patch": _op("Edit a job before it is dispatched", {"200": _resp("Job")}, errors=WRITE_ERRORS,
                      body="JobPatch", params=JOB_ID),
         "delete": _op("Cancel: at once before dispatch (200), else a request the poller carries out (202)",
@@ -101,6 +115,21 @@ PATHS = {
             _query("offset", {"type": "integer"}, "where to start, in bytes (default 0; negative: from the end)"),
             _query("length", {"type": "integer", "minimum": 1},
                    "the most bytes to return (default and at most the server's output_max_bytes)")])},
+    "/jobs/{job_id}/metrics": {"get": _op(
+        "A job's CPU time and memory over time, as the node agents measured it (downsampled samples, oldest "
+        "first) and the latest measurement", {"200": _resp("JobMetrics")}, errors=(400, 401, 404),
+        params=JOB_ID + WINDOW)},
+    "/cluster/nodes/{node_id}/metrics": {"get": _op(
+        "A node's cpu %, memory %, disk % and load over time (samples, oldest first) and its latest figures",
+        {"200": _resp("NodeMetrics")}, errors=(400, 401, 404), params=[_path_param("node_id")] + WINDOW)},
+    "/usage": {"get": _op(
+        "What the jobs that ended in [since, until) used, per user or per queue (yours; admins: everyone's): "
+        "jobs, CPU-hours, wall-hours, wait p50/p95, failure rate; and per node and scheduler the CPU share it "
+        "had next to the share the policy targeted", {"200": _resp("Usage")}, errors=(400, 401, 403), params=[
+            _query("since", TIME_PARAM, "default: a day before until"),
+            _query("until", TIME_PARAM, "default: now"),
+            _query("group_by", {"type": "string", "enum": ["user", "queue"]}, "default user"),
+            _query("owner", {"type": "string"}, "admins: one user's jobs only")])},
     "/foreign-jobs": {
         "get": _op("Jobs submitted directly to the schedulers (yours; admins: everyone's), oldest first, a page "
                    "at a time; metasched only observes them", {"200": _resp("ForeignJobList")},
@@ -126,7 +155,8 @@ COMPONENTS = {
     "NodeList": S.NODE_LIST, "Queue": S.QUEUE, "QueueList": S.QUEUE_LIST, "Job": S.JOB, "JobList": S.JOB_LIST,
     "JobDetail": S.JOB_DETAIL, "JobSubmit": S.JOB_SUBMIT, "JobPatch": S.JOB_PATCH, "EventList": S.EVENT_LIST, "Token": S.TOKEN,
     "TokenCreated": S.TOKEN_CREATED, "TokenCreate": S.TOKEN_CREATE, "TokenList": S.TOKEN_LIST,
-    "ForeignJobList": S.FOREIGN_JOB_LIST,
+    "ForeignJobList": S.FOREIGN_JOB_LIST, "JobMetrics": S.JOB_METRICS, "NodeMetrics": S.NODE_METRICS,
+    "Usage": S.USAGE,
 }
 
 

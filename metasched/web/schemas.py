@@ -140,11 +140,49 @@ ERROR = {
                    "fields": {"type": "array", "items": {"type": "string"},
                               "description": "the fields that were wrong (unknown or missing)"}},
 }
+NUM = {"type": ["number", "null"]}
+COUNT = {"type": ["integer", "null"], "minimum": 0}
+ACCOUNTING = {
+    "type": ["object", "null"],
+    "description": "what the job used, recorded with its final state (null: it never ran, or nothing reported it). "
+                   "Each field is as its scheduler reported it, or null when it reported nothing: never estimated. "
+                   "sources names where each reported field came from: qacct (Grid Engine), scontrol or jobcomp "
+                   "(Slurm), rusage and wrapper (the local wrapper: the kernel's rusage of the job's processes, "
+                   "its wall time on the node's boot clock), yarn (the application report), agent (the node "
+                   "agents' own measurements while the job ran: for what the scheduler does not report, e.g. "
+                   "CPU time and memory of Slurm jobs without slurmdbd)",
+    "required": ["start_time", "end_time", "nodes", "wall_seconds", "cpu_user_seconds", "cpu_system_seconds",
+                 "cpu_seconds", "max_rss_bytes", "exit_signal", "sources", "extra"],
+    "properties": {
+        "start_time": TIME, "end_time": TIME,
+        "nodes": {"type": ["string", "null"], "description": "where it ran, as the scheduler names the nodes"},
+        "wall_seconds": NUM, "cpu_user_seconds": NUM, "cpu_system_seconds": NUM,
+        "cpu_seconds": {"type": ["number", "null"], "description": "CPU time, user + system"},
+        "max_rss_bytes": {"type": ["integer", "null"], "description": "peak resident memory"},
+        "exit_signal": {"type": ["integer", "null"], "description": "the signal that ended it, if one did"},
+        "sources": {"type": "object", "additionalProperties": {"type": "string"}},
+        "extra": {"type": "object", "description": "what only its scheduler reports (YARN's allocated MB- and "
+                                                   "vcore-seconds and AM host, Grid Engine's maxvmem and failed "
+                                                   "code, the number of records or array tasks)"},
+    },
+}
+JOB_USAGE = {
+    "type": ["object", "null"],
+    "description": "the latest measurement of the job's processes by the node agents (null: never seen running)",
+    "required": ["at", "nodes", "cpu_seconds", "cpu_percent", "rss_bytes", "max_rss_bytes", "pids"],
+    "properties": {
+        "at": {"type": "string"}, "nodes": {"type": "array", "items": {"type": "string"}},
+        "cpu_seconds": {"type": "number", "description": "CPU time (user + system) of its processes so far"},
+        "cpu_percent": {"type": ["number", "null"], "description": "over the last poll cycle, 100 = one core"},
+        "rss_bytes": {"type": "integer"}, "max_rss_bytes": {"type": "integer", "description": "largest seen"},
+        "pids": {"type": "integer"}, "samples": {"type": "integer"},
+    },
+}
 JOB = {
     "type": "object",
     "required": ["id", "name", "native_name", "queue", "owner", "status", "path", "options", "pwd", "scheduler_job_id",
                  "exit_code", "reason", "cancel_requested", "created_at", "submitted_at", "started_at",
-                 "finished_at", "updated_at", "links"],
+                 "finished_at", "updated_at", "accounting", "links"],
     "properties": {
         "id": {"type": "integer"}, "name": {"type": "string"},
         "native_name": {"type": "string", "description": "the job's name in its scheduler: ms<id>-<token>_<name>, "
@@ -159,7 +197,7 @@ JOB = {
         "created_at": {"type": "string"}, "submitted_at": TIME, "started_at": TIME, "finished_at": TIME,
         "updated_at": {"type": "string"},
         "links": {"type": "object", "properties": {"self": {"type": "string"}, "events": {"type": "string"},
-                                                   "output": {"type": "string"}}},
+                                                   "output": {"type": "string"}, "metrics": {"type": "string"}}},
         # -- what the job asks for (issue 14) --
         "resources": {"type": "object", "description": "what was asked for (memory in bytes per node, walltime in "
                                                        "seconds); {}: the scheduler's defaults",
@@ -171,6 +209,9 @@ JOB = {
         "export": {"type": ["string", "array", "null"], "items": {"type": "string"}},
         "stdout": {"type": ["string", "null"], "description": "the stdout pattern asked for (null: the default)"},
         "stderr": {"type": ["string", "null"]}, "join": {"type": "boolean"},
+        # -- what the job used (issue 15) --
+        "accounting": ACCOUNTING,
+        "metrics": JOB_USAGE | {"description": "with include=metrics: " + JOB_USAGE["description"]},
     },
 }
 JOB["required"] += ["resources", "native", "env_names", "export", "stdout", "stderr", "join"]
@@ -242,6 +283,21 @@ NODE = {
         "last_error": {"type": ["string", "null"]},
         "load": {"type": ["array", "null"], "items": {"type": "number"}},
         "ncpus": {"type": ["integer", "null"]},
+        "metrics": {
+            "type": ["object", "null"],
+            "description": "the node's latest figures, measured by its agent each poll cycle (null until then)",
+            "properties": {
+                "at": {"type": "string"}, "cpu_percent": NUM, "memory_percent": NUM, "memory_total_bytes": COUNT,
+                "memory_available_bytes": COUNT,
+                "disk_percent": {"type": ["number", "null"], "description": "the fullest of the job filesystems"},
+                "disks": {"type": "array", "description": "the filesystems the jobs work in (and metrics.disk_paths)",
+                          "items": {"type": "object", "properties": {
+                              "mount": {"type": ["string", "null"]}, "size_bytes": {"type": "integer"},
+                              "used_bytes": {"type": "integer"}, "available_bytes": {"type": "integer"},
+                              "used_percent": NUM}}},
+                "load": {"type": ["array", "null"], "items": {"type": "number"}}, "ncpus": COUNT,
+                "jobs": {"type": "integer", "description": "our jobs whose processes it saw"}},
+        },
         "enforcement": {
             "type": ["object", "null"],
             "description": "how the policy's CPU shares are applied on this node (null until its first cycle)",
@@ -300,3 +356,70 @@ TOKEN_CREATED = {**TOKEN, "required": TOKEN["required"] + ["token"],
                  "properties": {**TOKEN["properties"], "token": {
                      "type": "string", "description": "the secret: shown once, stored only as a hash"}}}
 TOKEN_LIST = {"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": TOKEN}}}
+
+JOB_SAMPLE = {
+    "type": "object", "required": ["at", "cpu_seconds", "cpu_percent", "rss_bytes", "pids", "nodes"],
+    "properties": {"at": {"type": "string"}, "cpu_seconds": {"type": "number"}, "cpu_percent": NUM,
+                   "rss_bytes": {"type": "integer"}, "pids": {"type": "integer"},
+                   "nodes": {"type": "array", "items": {"type": "string"}}},
+}
+JOB_METRICS = {
+    "type": "object",
+    "required": ["job_id", "status", "latest", "max_rss_bytes", "sample_interval_seconds", "items", "next"],
+    "properties": {
+        "job_id": {"type": "integer"}, "status": {"type": "string", "enum": STATUSES}, "latest": JOB_USAGE,
+        "max_rss_bytes": COUNT, "sample_interval_seconds": {
+            "type": "number", "description": "seconds between its stored samples now (it doubles each time the job "
+                                             "reaches metrics.max_samples_per_job: every other sample is removed)"},
+        "items": {"type": "array", "items": JOB_SAMPLE}, "next": {"type": ["string", "null"]},
+    },
+}
+NODE_METRICS = {
+    "type": "object", "required": ["node_id", "latest", "items", "next"],
+    "properties": {
+        "node_id": {"type": "integer"}, "latest": {"type": ["object", "null"]},
+        "items": {"type": "array", "items": {"type": "object", "properties": {
+            "at": {"type": "string"}, "cpu_percent": NUM, "memory_percent": NUM, "disk_percent": NUM,
+            "load1": NUM, "jobs": COUNT}}},
+        "next": {"type": ["string", "null"]},
+    },
+}
+USAGE_GROUP = {
+    "type": "object",
+    "required": ["key", "name", "jobs", "completed", "failed", "cancelled", "failure_rate", "cpu_hours", "cpu_jobs",
+                 "wall_hours", "wall_jobs", "wait_p50_seconds", "wait_p95_seconds", "waited_jobs"],
+    "properties": {
+        "key": {"type": "string", "description": "the user name, or the queue id"}, "name": {"type": "string"},
+        "jobs": {"type": "integer", "description": "jobs that ended in the window"},
+        "completed": {"type": "integer"}, "failed": {"type": "integer", "description": "ended in ERROR"},
+        "cancelled": {"type": "integer"},
+        "failure_rate": {"type": ["number", "null"], "description": "failed / (completed + failed)"},
+        "cpu_hours": {"type": "number", "description": "of the cpu_jobs whose CPU time was reported"},
+        "cpu_jobs": {"type": "integer"},
+        "wall_hours": {"type": "number", "description": "of the wall_jobs whose wall time was reported"},
+        "wall_jobs": {"type": "integer"},
+        "wait_p50_seconds": NUM, "wait_p95_seconds": {"type": ["number", "null"],
+                                                      "description": "submit to start, nearest rank"},
+        "waited_jobs": {"type": "integer", "description": "jobs that started (the wait is measured on them)"},
+    },
+}
+USAGE = {
+    "type": "object", "required": ["since", "until", "group_by", "owner", "groups", "total", "shares"],
+    "properties": {
+        "since": {"type": "string"}, "until": {"type": "string"},
+        "group_by": {"type": "string", "enum": ["user", "queue"]},
+        "owner": {"type": ["string", "null"], "description": "whose jobs (null: everyone's, admins only)"},
+        "groups": {"type": "array", "items": USAGE_GROUP}, "total": USAGE_GROUP,
+        "shares": {"type": "array", "description": "per node and scheduler over the window: the CPU its group got "
+                                                   "(measured_share, percent of the schedulers' CPU there) next to "
+                                                   "the share the policy targeted, from the enforcement measurements "
+                                                   "(summed per metrics.share_bucket_seconds: the buckets that overlap "
+                                                   "the window count whole; measured_seconds says how long that was)",
+                   "items": {"type": "object", "required": ["node_id", "queue_id", "measured_share", "target_share"],
+                             "properties": {"node_id": {"type": "integer"}, "node": {"type": ["string", "null"]},
+                                            "queue_id": {"type": "integer"}, "queue": {"type": ["string", "null"]},
+                                            "measured_seconds": {"type": "number"},
+                                            "cpu_seconds": {"type": "number"},
+                                            "measured_share": NUM, "target_share": NUM}}},
+    },
+}

@@ -8,30 +8,106 @@ from __future__ import annotations
 import urllib.parse
 
 from ..backends.base import tag
-from ..model import ClusterEvent, ForeignJob, Job, JobEvent, Node, Token
-from ..services import JobDetail, Mode, Page, QueueSummary, Status
+from ..model import (ACCOUNTING_FIELDS, Accounting, ClusterEvent, ForeignJob, Job, JobEvent, JobSample, JobUsage, Node,
+                     Token)
+from ..services import (JobDetail, JobMetrics, Mode, NodeMetrics, Page, QueueSummary, ShareUsage, Status, UsageGroup,
+                        UsageReport)
+
+_NOT_GIVEN = object()
 
 
-def job(j: Job) -> dict:
+def job(j: Job, metrics=_NOT_GIVEN) -> dict:
+    """A job; with ``metrics`` (its latest JobUsage or None: include=metrics), its live measurement too."""
     spec = j.spec
-    return {
+    out = {
         "id": j.id, "name": j.name, "native_name": tag(j), "queue": j.queue_id, "owner": j.owner,
         "status": j.status.value,
         "path": j.path, "options": list(j.options), "pwd": j.pwd, "scheduler_job_id": j.scheduler_job_id,
         "exit_code": j.exit_code, "reason": j.reason, "cancel_requested": j.cancel_requested,
         "created_at": j.created_at, "submitted_at": j.submitted_at, "started_at": j.started_at,
         "finished_at": j.finished_at, "updated_at": j.updated_at,
-        "links": {"self": f"/jobs/{j.id}", "events": f"/jobs/{j.id}/events", "output": f"/jobs/{j.id}/output"},
+        "links": {"self": f"/jobs/{j.id}", "events": f"/jobs/{j.id}/events", "output": f"/jobs/{j.id}/output",
+                  "metrics": f"/jobs/{j.id}/metrics"},
         # -- what the job asks for (issue 14); the variables' values only in job_detail --
         "resources": spec.resources.asked(), "native": list(spec.native), "env_names": [k for k, _ in spec.env],
         "export": spec.export if not isinstance(spec.export, tuple) else list(spec.export),
         "stdout": spec.stdout, "stderr": spec.stderr, "join": spec.join,
+        # -- what the job used (issue 15) --
+        "accounting": accounting(j.accounting),
     }
+    if metrics is not _NOT_GIVEN:
+        out["metrics"] = job_usage(metrics)
+    return out
+
+
+def accounting(a: Accounting | None) -> dict | None:
+    if a is None:
+        return None
+    return {**{k: getattr(a, k) for k in ACCOUNTING_FIELDS}, "sources": dict(a.sources), "extra": dict(a.extra)}
+
+
+def job_usage(u: JobUsage | None) -> dict | None:
+    if u is None:
+        return None
+    return {"at": u.at, "nodes": list(u.nodes), "cpu_seconds": round(u.cpu_seconds, 3), "cpu_percent": u.cpu_percent,
+            "rss_bytes": u.rss_bytes, "max_rss_bytes": u.max_rss_bytes, "pids": u.pids, "samples": u.samples}
+
+
+def job_sample(s: JobSample) -> dict:
+    return {"at": s.at, "cpu_seconds": round(s.cpu_seconds, 3), "cpu_percent": s.cpu_percent,
+            "rss_bytes": s.rss_bytes, "pids": s.pids, "nodes": list(s.nodes)}
+
+
+def _next(base: str, params: dict, more: bool, cursor) -> str | None:
+    if not more:
+        return None
+    q = {k: v for k, v in params.items() if k != "after"}
+    q["after"] = str(cursor)
+    return f"{base}?{urllib.parse.urlencode(q)}"
+
+
+def job_metrics(m: JobMetrics, params: dict) -> dict:
+    return {"job_id": m.job.id, "status": m.job.status.value, "latest": job_usage(m.latest),
+            "max_rss_bytes": m.latest.max_rss_bytes if m.latest else None,
+            "sample_interval_seconds": m.interval,
+            "items": [job_sample(s) for _, s in m.samples],
+            "next": _next(f"/jobs/{m.job.id}/metrics", params, m.more, m.samples[-1][0] if m.samples else 0)}
+
+
+def node_metrics(m: NodeMetrics, params: dict) -> dict:
+    return {"node_id": m.node.id, "latest": m.node.metrics or None,
+            "items": [{k: r[k] for k in ("at", "cpu_percent", "memory_percent", "disk_percent", "load1", "jobs")}
+                      for r in m.samples],
+            "next": _next(f"/cluster/nodes/{m.node.id}/metrics", params, m.more,
+                          m.samples[-1]["id"] if m.samples else 0)}
+
+
+def usage_group(g: UsageGroup) -> dict:
+    return {"key": g.key, "name": g.name, "jobs": g.jobs, "completed": g.completed, "failed": g.failed,
+            "cancelled": g.cancelled, "failure_rate": None if g.failure_rate is None else round(g.failure_rate, 4),
+            "cpu_hours": g.cpu_hours, "cpu_jobs": g.cpu_jobs, "wall_hours": g.wall_hours,
+            "wall_jobs": g.wall_jobs, "wait_p50_seconds": g.wait_p50_seconds,
+            "wait_p95_seconds": g.wait_p95_seconds, "waited_jobs": g.waited_jobs}
+
+
+def share_usage(s: ShareUsage) -> dict:
+    return {"node_id": s.node_id, "node": f"{s.node.address}:{s.node.port}" if s.node else None,
+            "queue_id": s.queue_id, "queue": s.queue.name if s.queue else None,
+            "measured_seconds": round(s.seconds, 1), "cpu_seconds": round(s.cpu_seconds, 3),
+            "measured_share": None if s.measured_share is None else round(s.measured_share, 2),
+            "target_share": None if s.target_share is None else round(s.target_share, 2)}
+
+
+def usage(r: UsageReport) -> dict:
+    return {"since": r.since, "until": r.until, "group_by": r.group_by, "owner": r.scope,
+            "groups": [usage_group(g) for g in r.groups], "total": usage_group(r.total),
+            "shares": [share_usage(s) for s in r.shares]}
 
 
 def job_detail(d: JobDetail) -> dict:
-    """GET /jobs/{id}: the job, its variables, and where its output goes (resolved)."""
-    out = job(d.job)
+    """GET /jobs/{id}: the job, its variables, where its output goes (resolved) and, with include=metrics, its
+    latest live measurement."""
+    out = job(d.job, d.metrics) if d.include_metrics else job(d.job)
     out["env"] = dict(d.job.spec.env)
     out["outputs"] = {"stdout": d.outputs.stdout, "stderr": d.outputs.stderr, "join": d.outputs.joined}
     return out
@@ -51,7 +127,7 @@ def foreign_job(f: ForeignJob) -> dict:
 def node(n: Node) -> dict:
     return {"id": n.id, "ip": n.address, "port": n.port, "master": n.is_master, "reachable": n.reachable,
             "last_seen": n.last_seen, "last_error": n.last_error, "load": list(n.load) if n.load else None,
-            "ncpus": n.ncpus, "enforcement": n.enforcement or None}
+            "ncpus": n.ncpus, "enforcement": n.enforcement or None, "metrics": n.metrics or None}
 
 
 def queue(s: QueueSummary) -> dict:
@@ -103,3 +179,8 @@ def page(result: Page, item, base: str, params: dict, cursor=lambda x: x.id, cur
         q[cursor_param] = str(cursor(result.items[-1]))
         nxt = f"{base}?{urllib.parse.urlencode(q)}"
     return {"items": [item(x) for x in result.items], "next": nxt}
+
+
+def history_cursor(j: Job) -> str:
+    """The ``before`` cursor of a history page: the last job's end and id."""
+    return f"{j.finished_at},{j.id}"
