@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from importlib import resources
 
-from .backends.base import ProcessMatcher
+from .backends.base import YARN_CONTAINERS, ProcessMatcher
 from .model import Queue
 
 WINDOW_SECONDS = 60.0
@@ -39,7 +39,7 @@ def match_for(matcher: ProcessMatcher, pgids: list[int]) -> dict:
     m: dict = {"roots_by_comm": list(matcher.roots_by_comm), "exclude_comm": list(matcher.exclude_comm)}
     if pgids:
         m["pgids"] = sorted({p for p in pgids if p > 1})
-    if matcher.job_ids == "yarn":
+    if matcher.job_ids == YARN_CONTAINERS:
         m["yarn_containers"] = True
     elif matcher.trees_by_args_regex:      # the agent's own YARN rule describes the same trees as its regex
         m["trees_by_args"] = matcher.trees_by_args_regex

@@ -89,6 +89,9 @@ class ProcessMatcher:
     job_ids: str | None = None
 
 
+YARN_CONTAINERS = "yarn"     # ProcessMatcher.job_ids of YARN's containers (the node agent's own rule)
+
+
 class Backend:
     """Base class; each scheduler type subclasses it. Instances are cheap and stateless.
 

@@ -38,7 +38,7 @@ import posixpath
 import re
 
 from ..model import Accounting, Job
-from .base import (launcher_pid, Backend, FinalState, NativeJob, NativeState, OutputFiles, ProcessMatcher, as_user,
+from .base import (YARN_CONTAINERS, launcher_pid, Backend, FinalState, NativeJob, NativeState, OutputFiles, ProcessMatcher, as_user,
                    client_argv, custom_outputs, epoch_ms_to_utc_iso, first_line, path_reason, tag, tag_fields)
 
 CLIENT_PREFIX = "client:"
@@ -290,7 +290,7 @@ class YarnBackend(Backend):
         return ProcessMatcher(
             trees_by_args_regex=r"(?:^|[\s/])(?:default_container_executor(?:_session)?\.sh|launch_container\.sh)(?:\s|$)",
             exclude_args_regex=r"org\.apache\.hadoop\.yarn\.server\.nodemanager\.NodeManager",
-            job_ids="yarn",
+            job_ids=YARN_CONTAINERS,
         )
 
 

@@ -15,7 +15,7 @@ from metasched.backends.slurm import SlurmBackend
 from metasched.backends.yarn import YarnBackend
 from metasched.engine.reconcile import Recovery, resolve
 from metasched.engine.values import CycleReport, Question
-from metasched.model import Accounting, Job, JobStatus, JobUsage, Queue, SchedulerType
+from metasched.model import Accounting, Job, JobStatus, JobUsage, Queue
 from metasched.transport import Result
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -225,7 +225,7 @@ class Exploding(GridEngineBackend):
 
 
 def test_an_unreadable_accounting_record_costs_that_job_its_accounting_only():
-    q = Queue(id=1, name="SGE", type=SchedulerType.SGE, master_node_id=1, weight=100, position=0)
+    q = Queue(id=1, name="SGE", type="sge", master_node_id=1, weight=100, position=0)
     jobs = [job(id=7), dataclasses.replace(job(id=8), token="abcdef")]
     text = qacct()
     answers = [Result(0, text, ""), Result(0, text.replace("ms7-", "ms8-"), "")]

@@ -8,8 +8,8 @@ import os
 import pytest
 
 from metasched import enforcement, node_agent
-from metasched.backends import get_backend
-from metasched.model import Queue, SchedulerType
+from metasched.backends import TYPES, get_backend
+from metasched.model import Queue
 from tests.unit.test_node_agent import SELF, groups, proc, stat_line  # noqa: F401 (proc is a fixture)
 
 HZ = os.sysconf("SC_CLK_TCK")
@@ -119,7 +119,7 @@ def test_bad_measuring_requests_are_refused(measured, mutate, message):
 # -- the engine's side ------------------------------------------------------------------------------
 
 def test_the_request_asks_each_backend_for_its_job_ids():
-    qs = [Queue(i, t.value, t, 1, 50, 0) for i, t in enumerate(SchedulerType, 1)]
+    qs = [Queue(i, t, t, 1, 50, 0) for i, t in enumerate(TYPES, 1)]
     req = enforcement.build_request([(q, 25.0, get_backend(q.type).process_matcher(), []) for q in qs],
                                     method="none", parent="metasched", measure=True, disk_paths=("/scratch",))
     # Spark: none (its driver's tree is not the application, whose executors run on the workers)
