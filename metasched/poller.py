@@ -15,6 +15,7 @@ import time
 
 from .config import Config
 from .db.core import Database
+from .errors import Unavailable
 
 log = logging.getLogger("metasched.poller")
 
@@ -92,6 +93,11 @@ class PollerThread:
                     # a worker without the lease asks for it twice an interval: with the lease lasting 2.5
                     # intervals, a dead holder is replaced within three intervals
                     next_full = time.monotonic() + (self.interval if self.is_holder else self.interval / 2)
+            except Unavailable as exc:
+                # another process holds the database's write turn past the busy timeout (a worker paused in
+                # a write until gunicorn replaces it): nothing was half written; the cycle is taken again
+                log.warning("poll cycle not run: %s; retrying next interval", exc)
+                next_full = time.monotonic() + self.interval
             except Exception:
                 log.exception("poll cycle failed; retrying next interval")
                 next_full = time.monotonic() + self.interval

@@ -1,11 +1,13 @@
 """PollerThread pacing, with a stand-in engine (the loop only paces Engine.run_once)."""
 from __future__ import annotations
 
+import logging
 import threading
 from collections import defaultdict
 
 from metasched import config as cfgmod
 from metasched.engine import CycleReport
+from metasched.errors import Unavailable
 from metasched.poller import PollerThread
 
 
@@ -58,3 +60,28 @@ def test_work_that_arrived_during_a_dispatching_cycle_is_taken_at_once(tmp_path)
     finally:
         poller.stop()
     assert engine.cycles >= 2
+
+
+class Busy(StandIn):
+    """Its first cycle meets a database whose write turn another process holds (a worker paused in a write)."""
+
+    def run_once(self, now):
+        self.cycles += 1
+        if self.cycles == 1:
+            raise Unavailable("database busy: another worker's write did not end in time")
+        self.second.set()
+        return CycleReport(started_at="now", summary=defaultdict(int))
+
+
+def test_a_busy_database_is_a_cycle_not_run_then_taken_again_not_a_failed_cycle(tmp_path, caplog):
+    engine = Busy()
+    poller = PollerThread(config(tmp_path, interval=0.2, wakeup=0.1), engine_factory=lambda cfg, db: engine)
+    with caplog.at_level(logging.WARNING, logger="metasched.poller"):
+        poller.start()
+        try:
+            assert engine.second.wait(30), "the poller stopped after a busy database"
+        finally:
+            poller.stop()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("poll cycle not run: database busy") for m in messages), messages
+    assert not any("poll cycle failed" in m for m in messages), messages
