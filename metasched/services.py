@@ -664,7 +664,7 @@ class Services:
             rows = self.repo.event_feed(after=after, limit=limit + 1, owner=None if caller.is_admin else caller.user)
             last = self.repo.latest_event_id()
         more = len(rows) > limit
-        return EventPage(rows[:limit], more, rows[limit - 1].id if more else max(last, after))
+        return EventPage(rows[:limit], more, rows[limit - 1].id if more else last)
 
     def event_feed(self, after: int, limit: int) -> EventPage:
         """Every event after a cursor, for the stream's hub (which filters per reader: events.may_see)."""
@@ -672,7 +672,7 @@ class Services:
             rows = self.repo.event_feed(after=after, limit=limit + 1)
             last = self.repo.latest_event_id()
         more = len(rows) > limit
-        return EventPage(rows[:limit], more, rows[limit - 1].id if more else max(last, after))
+        return EventPage(rows[:limit], more, rows[limit - 1].id if more else last)
 
     def latest_event_id(self) -> int:
         with self.db.read():
