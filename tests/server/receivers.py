@@ -18,9 +18,11 @@ class WebhookReceiver:
     """POSTs to /<anything>: checks X-Metasched-Signature with the secret of that path, answers 500 to the first
     ``fail_first`` deliveries (of any path), then 200. Keeps every delivery (raw) and the events by id."""
 
-    def __init__(self, secrets: dict[str, str], fail_first: int = 0):
+    def __init__(self, secrets: dict[str, str], fail_first: int = 0, gate: threading.Event | None = None):
+        """gate: while it is not set, every delivery is received (and kept) but its answer waits for it."""
         self.secrets = secrets
         self.fail_first = fail_first
+        self.gate = gate
         self.lock = threading.Lock()
         self.deliveries: list[dict] = []       # every POST: path, event id header, signature ok, status answered
         self.bad_signatures: list[dict] = []
@@ -45,6 +47,8 @@ class WebhookReceiver:
                         receiver.bad_signatures.append(entry)
                     elif status == 200:
                         receiver.events.setdefault(path, {})[doc["id"]] = doc
+                if receiver.gate is not None:
+                    receiver.gate.wait(120)
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
