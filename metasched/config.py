@@ -111,6 +111,39 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class WebhookConfig:
+    """A site-wide webhook: every job event (and with ``cluster``, every cluster event) is POSTed to it."""
+    name: str
+    url: str
+    secret: str                     # HMAC-SHA256 key of the X-Metasched-Signature header
+    cluster: bool = False
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    host: str | None = None         # None: no mail is sent (a job asking for mail is refused with a 400)
+    port: int = 25
+    starttls: bool = False
+    sender: str = "metasched@localhost"     # the config's key is `from`
+    username: str | None = None
+    password_file: str | None = None        # read at each connection; never in the config itself
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class EventsConfig:
+    webhooks: tuple[WebhookConfig, ...] = ()
+    smtp: SmtpConfig = SmtpConfig()
+    allow_loopback: bool = False    # webhooks may point at loopback and this host's addresses (never this service)
+    retry_for: float = 86400.0      # seconds a delivery is retried before it is given up (state failed)
+    retry_backoff: float = 5.0      # seconds before the first retry; doubles each time, at most retry_max_delay
+    retry_max_delay: float = 600.0
+    timeout: float = 10.0           # seconds one webhook attempt (connect, send, answer) may take
+    max_parallel: int = 8           # deliveries in flight at once
+    stream_heartbeat: float = 15.0  # seconds between keep-alive comments on an idle event stream
+
+
+@dataclass(frozen=True)
 class Config:
     policy: Policy
     high_priority: int | None
@@ -124,6 +157,7 @@ class Config:
     source: str = "<memory>"
     retention: RetentionConfig = RetentionConfig()
     metrics: MetricsConfig = MetricsConfig()
+    events: EventsConfig = EventsConfig()
 
 
 # -- validation helpers: each takes the key path for its message --------------------------------
@@ -237,7 +271,7 @@ def parse(raw: Any, source: str = "<memory>", overrides: dict | None = None) -> 
     if set(raw) == {"cluster"}:           # the original project's JSON layout
         raw = _mapping(raw["cluster"], "cluster")
     _no_unknown(raw, {"policy", "nodes", "schedulers", "poller", "ssh", "auth", "enforcement", "server",
-                      "retention", "metrics"}, "")
+                      "retention", "metrics", "events"}, "")
 
     # nodes
     nodes_raw = raw.get("nodes")
@@ -388,12 +422,104 @@ def parse(raw: Any, source: str = "<memory>", overrides: dict | None = None) -> 
         "output_timeout": _num,
         "output_max_bytes": lambda v, p: _int(v, p, 1024, 16 * 1024 * 1024),
     })
+    events = _events(raw)
     if overrides:
         server = _replace(server, **{k: v for k, v in overrides.get("server", {}).items() if v is not None})
         ssh = _replace(ssh, **{k: v for k, v in overrides.get("ssh", {}).items() if v is not None})
         poller = _replace(poller, **{k: v for k, v in overrides.get("poller", {}).items() if v is not None})
     return Config(policy, high_priority, tuple(nodes), tuple(schedulers), poller, ssh, auth, enforcement,
-                  server, source, retention, metrics)
+                  server, source, retention, metrics, events)
+
+
+def webhook_url_problem(url) -> str | None:
+    """What is wrong with a webhook URL as text (where it points is checked when it is used), or None."""
+    import urllib.parse
+    if not isinstance(url, str) or not url:
+        return "expected an http:// or https:// URL"
+    if any(c in url for c in "\x00\r\n\t ") or len(url) > 2048:
+        return "expected a URL of at most 2048 characters without spaces or control characters"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port
+    except ValueError as exc:
+        return f"not a URL: {exc}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "expected an http:// or https:// URL with a host"
+    if parts.username is not None or parts.password is not None:
+        return "a URL with a user name or password is not taken (sign with the hook's secret instead)"
+    return None
+
+
+def _events(raw: dict) -> EventsConfig:
+    d = _mapping(raw.get("events"), "events")
+    _no_unknown(d, {"webhooks", "smtp", "allow_loopback", "retry_for", "retry_backoff", "retry_max_delay",
+                    "timeout", "max_parallel", "stream_heartbeat"}, "events")
+    hooks = []
+    raw_hooks = d.get("webhooks") or []
+    if not isinstance(raw_hooks, list):
+        raise ConfigError("events.webhooks: expected a list of {name, url, secret}")
+    names = set()
+    for i, h in enumerate(raw_hooks):
+        p = f"events.webhooks[{i}]"
+        h = _mapping(h, p)
+        _no_unknown(h, {"name", "url", "secret", "secret_file", "cluster"}, p)
+        for key in ("name", "url"):
+            if key not in h:
+                raise ConfigError(f"{p}.{key}: required")
+        name = _str(h["name"], f"{p}.name")
+        if name.lower() in names:
+            raise ConfigError(f"{p}.name: duplicate webhook name {name!r}")
+        names.add(name.lower())
+        problem = webhook_url_problem(h["url"])
+        if problem:
+            raise ConfigError(f"{p}.url: {problem}, got {h['url']!r}")
+        if ("secret" in h) == ("secret_file" in h):
+            raise ConfigError(f"{p}.secret: give the hook's secret (or secret_file), one of them")
+        if "secret" in h:
+            secret = _str(h["secret"], f"{p}.secret")
+        else:
+            path = expand(_str(h["secret_file"], f"{p}.secret_file"))
+            try:
+                with open(path, encoding="utf-8") as f:
+                    secret = f.read().strip()
+            except OSError as exc:
+                raise ConfigError(f"{p}.secret_file: cannot read {path}: {exc.strerror}") from None
+            if not secret:
+                raise ConfigError(f"{p}.secret_file: {path} is empty")
+        hooks.append(WebhookConfig(name, h["url"], secret, _bool(h.get("cluster", False), f"{p}.cluster")))
+    sm = _mapping(d.get("smtp"), "events.smtp")
+    _no_unknown(sm, {"host", "port", "starttls", "from", "username", "password_file", "timeout"}, "events.smtp")
+    smtp = SmtpConfig(
+        host=_str(sm["host"], "events.smtp.host", allow_none=True) if "host" in sm else None,
+        port=_int(sm.get("port", 25), "events.smtp.port", 1, 65535),
+        starttls=_bool(sm.get("starttls", False), "events.smtp.starttls"),
+        sender=_mail_address(sm.get("from", SmtpConfig.sender), "events.smtp.from"),
+        username=_str(sm.get("username"), "events.smtp.username", allow_none=True),
+        password_file=_str(sm.get("password_file"), "events.smtp.password_file", allow_none=True),
+        timeout=_num(sm.get("timeout", 10.0), "events.smtp.timeout"),
+    )
+    if smtp.password_file and not smtp.username:
+        raise ConfigError("events.smtp.username: required with password_file")
+    conv = {"allow_loopback": _bool, "retry_for": _num, "retry_backoff": _num, "retry_max_delay": _num,
+            "timeout": _num, "max_parallel": lambda v, p: _int(v, p, 1, 256), "stream_heartbeat": _num}
+    return EventsConfig(webhooks=tuple(hooks), smtp=smtp,
+                        **{k: c(d[k], f"events.{k}") for k, c in conv.items() if k in d})
+
+
+MAIL_ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+
+
+def mail_address_problem(v) -> str | None:
+    if not isinstance(v, str) or len(v) > 254 or not MAIL_ADDRESS.fullmatch(v):
+        return "expected a mail address (user@host)"
+    return None
+
+
+def _mail_address(v, path: str) -> str:
+    problem = mail_address_problem(v)
+    if problem:
+        raise ConfigError(f"{path}: {problem}, got {v!r}")
+    return v
 
 
 def _validate_group(name: str, path: str) -> str:

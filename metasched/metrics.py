@@ -130,6 +130,22 @@ def collect(services: Services) -> list[Family]:
         worst.add(m.cycles["max_ms"] / 1000.0)
     recorded.add(m.cycles["n"])
     out += [last, started, errors, worst, recorded]
+
+    delivered = Family("metasched_event_deliveries_total", "counter",
+                       "Events delivered to a webhook or by mail (each once, however many attempts it took).")
+    failed = Family("metasched_event_delivery_failures_total", "counter",
+                    "Deliveries given up for good (retried for events.retry_for seconds, or a refused destination).")
+    attempts = Family("metasched_event_delivery_attempt_failures_total", "counter",
+                      "Delivery attempts that failed (the receiver answered an error, or did not answer in time).")
+    pending = Family("metasched_event_deliveries_pending", "gauge",
+                     "Deliveries waiting to be sent or retried now.")
+    for channel in ("webhook", "email"):
+        c = m.deliveries.get(channel, {})
+        delivered.add(c.get("delivered", 0), channel=channel)
+        failed.add(c.get("failed", 0), channel=channel)
+        attempts.add(c.get("attempt_failures", 0), channel=channel)
+        pending.add(c.get("pending", 0), channel=channel)
+    out += [delivered, failed, attempts, pending]
     return out
 
 

@@ -366,3 +366,59 @@ class ShareSample:
     seconds: float                   # how long the span was (the nodes' boot clock)
     cpu_seconds: float               # CPU its group used in it
     target_seconds: float            # target share (percent) x seconds: target = target_seconds / seconds
+
+
+# -- events out (issue 17): the event log everyone follows, what a job asked to be told, deliveries ---------
+
+NOTIFY_ON = ("start", "end", "fail")     # RUNNING; any final state; ERROR
+
+
+@dataclass(frozen=True)
+class FeedEvent:
+    """One row of the event log (``events``: one id space for job and cluster events, in commit order).
+
+    A job event carries its job's owner (who may see it besides admins), name, queue and, once final, its exit
+    code; a cluster event (``cluster_kind``: mode, node_down, node_up) its detail, and everyone may see it."""
+    id: int
+    kind: str                           # job | cluster
+    at: str
+    actor: str
+    job_id: int | None = None
+    owner: str | None = None
+    job_name: str | None = None
+    queue_id: int | None = None
+    old_status: str | None = None
+    new_status: str | None = None
+    reason: str | None = None
+    exit_code: int | None = None
+    cluster_kind: str | None = None
+    detail: dict | None = None
+
+
+@dataclass(frozen=True)
+class JobNotify:
+    """What a job's owner asked to be told (``notify`` at submit), and where."""
+    job_id: int
+    on: tuple[str, ...]
+    email: str | None = None
+    webhook: str | None = None
+    secret: str | None = None           # the webhook's HMAC-SHA256 key
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One event to one target (a webhook URL or a mail address), sent at least once by the lease holder."""
+    id: int
+    event_id: int
+    job_id: int | None
+    channel: str                        # webhook | email
+    hook: str | None                    # the site hook's name; None: the job's own notify
+    address: str
+    body: dict
+    state: str                          # pending | delivered | failed
+    attempts: int
+    created_at: str
+    next_at: str
+    last_error: str | None = None
+    delivered_at: str | None = None
+    secret: str | None = None           # the job's own webhook secret (site hooks' are in the config)

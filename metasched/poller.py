@@ -31,6 +31,7 @@ class PollerThread:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._heartbeat: threading.Thread | None = None
+        self._delivery: threading.Thread | None = None
         self.is_holder = False
         self.cycles = 0
         self.engine = None
@@ -45,6 +46,8 @@ class PollerThread:
         self._thread.start()
         self._heartbeat = threading.Thread(target=self._beat, name="metasched-lease", daemon=True)
         self._heartbeat.start()
+        self._delivery = threading.Thread(target=self._deliver, name="metasched-deliver", daemon=True)
+        self._delivery.start()
 
     def wake(self) -> None:
         self._wake.set()
@@ -52,7 +55,7 @@ class PollerThread:
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         self._wake.set()
-        for t in (self._thread, self._heartbeat):
+        for t in (self._thread, self._heartbeat, self._delivery):
             if t is not None and t is not threading.current_thread():
                 t.join(timeout)
         if self.engine is not None:
@@ -105,6 +108,27 @@ class PollerThread:
             if not busy:
                 self._wake.wait(wait)
         self.db.close()
+
+    def _deliver(self) -> None:
+        """Webhooks and mail from the event log (engine/deliver.py), while this worker's engine holds the lease:
+        a thread of its own, so that a slow or dead receiver never delays a poll cycle."""
+        from .engine.deliver import Deliverer
+
+        def lease():
+            engine = self.engine
+            return engine.lease if engine is not None and engine.holding else None
+        deliverer = Deliverer(self.db, self.config, lease)
+        try:
+            while not self._stop.is_set():
+                try:
+                    deliverer.step()
+                except Exception:
+                    log.exception("event delivery failed; retrying")
+                    self._stop.wait(1.0)
+                self._stop.wait(0.05 if deliverer.busy else 0.2)
+        finally:
+            deliverer.close()
+            self.db.close()
 
     def _beat(self) -> None:
         """Renew the lease while this process lives and its engine holds it, including during a long first

@@ -256,6 +256,7 @@ def run_gunicorn(cfg: Config, access_log: bool, log_level: str, app_factory=None
             "keepalive": cfg.server.keepalive,
             "max_connections_per_peer": cfg.server.max_connections_per_peer,
             "exempt_peers": _proxy_peers(cfg),
+            "stream_heartbeat": cfg.events.stream_heartbeat,
         }
 
         def load_config(self):

@@ -14,15 +14,16 @@ import re
 import threading
 from dataclasses import dataclass
 
-from . import lifecycle
+from . import events as EV, lifecycle
 from .config import Config
 from .db.core import Database, format_time, parse_time, utcnow
 from .db.repository import Repository
 from .errors import (Conflict, Forbidden, Invalid, JobStateConflict, NoOutput, NotFound, Unauthenticated,
                      Unavailable)
 from .identity import Authority, Caller, hash_secret, new_secret
-from .model import (FINAL_STATES, NO_SPEC, RESOURCE_FIELDS, UNDISPATCHED_STATES, ClusterEvent, Job, JobEvent,
-                    JobSample, JobSpec, JobStatus, JobUsage, LeaseRecord, Node, Policy, PollCycle, Queue, Resources,
+from .model import (FINAL_STATES, NO_SPEC, RESOURCE_FIELDS, UNDISPATCHED_STATES, ClusterEvent, Delivery, FeedEvent, Job,
+                    JobEvent, JobNotify, JobSample, JobSpec, JobStatus, JobUsage, LeaseRecord, Node, Policy, PollCycle,
+                    Queue, Resources,
                     Token, can_transition)
 
 MAX_PAGE = 1000
@@ -49,6 +50,24 @@ class JobDetail:
     outputs: object                   # backends.base.OutputFiles
     metrics: "JobUsage | None" = None     # None: not asked for, or the agents never saw it run
     include_metrics: bool = False
+    notify: JobNotify | None = None   # what its owner asked to be told (issue 17)
+
+
+@dataclass(frozen=True)
+class JobHistory:
+    """GET /jobs/{id}/events: every change, its id in the event log, and how each was delivered."""
+    events: list[JobEvent]
+    event_ids: dict[int, int]                 # job_events.id -> events.id
+    deliveries: dict[int, list[Delivery]]     # events.id -> its deliveries
+
+
+@dataclass(frozen=True)
+class EventPage:
+    """A page of the event log a caller may see; ``last_id``: the newest event id when it was read (a reader
+    that got everything up to here resumes after it)."""
+    items: list[FeedEvent]
+    more: bool
+    last_id: int
 
 
 @dataclass(frozen=True)
@@ -87,6 +106,7 @@ class Metrics:
     last_cycle: PollCycle | None
     cycles: dict                              # recorded cycles: n, sum_ms, max_ms
     queue_cpu: dict[int, float] | None = None    # queue id -> CPU seconds its jobs used, all nodes (counter)
+    deliveries: dict = dataclasses.field(default_factory=dict)   # channel -> delivered, failed, attempt_failures, pending
 
 
 @dataclass(frozen=True)
@@ -406,7 +426,8 @@ class Services:
                            dispatches=self.repo.metrics_dispatch_counts(), nodes=self.repo.list_nodes(),
                            lease=lease if lease is not None and lease.holder else None,
                            last_cycle=self.repo.last_poll_cycle(), cycles=self.repo.metrics_poll_cycle_stats(),
-                           queue_cpu=self.repo.queue_cpu_totals())
+                           queue_cpu=self.repo.queue_cpu_totals(),
+                           deliveries=self.repo.delivery_counts())
 
     # -- mode ---------------------------------------------------------------------------------
     def get_mode(self, caller: Caller) -> Mode:
@@ -549,6 +570,7 @@ class Services:
         name = body.get("name") or posixpath.basename(path)[:MAX_NAME]   # a default must fit the limit too
         options = self._check_options(body.get("options", []))
         spec = spec_from_request(body)
+        notify = EV.parse_notify(body["notify"], self.config) if body.get("notify") is not None else None
         now = self.now()
         with self.db.write():
             queues = self.repo.list_queues()
@@ -561,6 +583,8 @@ class Services:
             job = lifecycle.create(self.repo, name=name, queue_id=queue.id, owner=owner, status=status, path=path,
                                    options=options, pwd=pwd, actor=caller.user, now=now,
                                    reason="submitted held" if status is JobStatus.HELD else "submitted", spec=spec)
+            if notify is not None:
+                self.repo.insert_job_notify(dataclasses.replace(notify, job_id=job.id))
         self._notify()
         return job
 
@@ -632,7 +656,8 @@ class Services:
             job = self._visible_job(caller, job_id)
             queue = self.repo.get_queue(job.queue_id)
             usage = self.repo.get_job_usage(job_id) if include_metrics else None
-        return JobDetail(job, self.backend(queue).output_files(job), usage, include_metrics)
+            notify = self.repo.get_job_notify(job_id)
+        return JobDetail(job, self.backend(queue).output_files(job), usage, include_metrics, notify)
 
     def read_output(self, caller: Caller, job_id: int, stream: str, offset: int, length: int):
         """Bytes of a job's stdout or stderr, read as its owner on its scheduler's master node (through the
@@ -707,6 +732,42 @@ class Services:
         with self.db.read():
             self._visible_job(caller, job_id)
             return self.repo.list_job_events(job_id)
+
+    def job_history(self, caller: Caller, job_id: int) -> JobHistory:
+        """A job's events with their ids in the event log and the state of their deliveries."""
+        self.require(caller)
+        with self.db.read():
+            self._visible_job(caller, job_id)
+            events = self.repo.list_job_events(job_id)
+            ids = self.repo.job_event_ids(job_id)
+            deliveries: dict[int, list[Delivery]] = {}
+            for d in self.repo.list_job_deliveries(job_id):
+                deliveries.setdefault(d.event_id, []).append(d)
+        return JobHistory(events, ids, deliveries)
+
+    # -- the event log (GET /events, the stream) ------------------------------------------------------
+    def list_events(self, caller: Caller, *, after: int = 0, limit: int = 100) -> EventPage:
+        """The events after a cursor that the caller may see: their own jobs' (admins: everyone's) and the
+        cluster's, oldest first."""
+        self.require(caller)
+        limit = max(1, min(limit, MAX_PAGE))
+        with self.db.read():
+            rows = self.repo.event_feed(after=after, limit=limit + 1, owner=None if caller.is_admin else caller.user)
+            last = self.repo.latest_event_id()
+        more = len(rows) > limit
+        return EventPage(rows[:limit], more, rows[limit - 1].id if more else last)
+
+    def event_feed(self, after: int, limit: int) -> EventPage:
+        """Every event after a cursor, for the stream's hub (which filters per reader: events.may_see)."""
+        with self.db.read():
+            rows = self.repo.event_feed(after=after, limit=limit + 1)
+            last = self.repo.latest_event_id()
+        more = len(rows) > limit
+        return EventPage(rows[:limit], more, rows[limit - 1].id if more else last)
+
+    def latest_event_id(self) -> int:
+        with self.db.read():
+            return self.repo.latest_event_id()
 
     def edit_job(self, caller: Caller, job_id: int, body: dict) -> Job:
         self.require(caller)

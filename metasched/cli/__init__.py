@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hold", action="store_true", help="submit held: not dispatched until `release`")
     s.add_argument("--parsable", action="store_true", help="print only the job id")
     s.add_argument("--no-check", action="store_true", help="no checks here: the files are on the nodes only")
+    s.add_argument("--mail-type", metavar="T", help="tell when: BEGIN,END,FAIL,ALL,NONE as sbatch (default END)")
+    s.add_argument("--mail-user", metavar="ADDR", help="mail those events to ADDR")
+    s.add_argument("--notify-url", metavar="URL", help="POST them to URL, signed (`show` says the secret)")
     spec_options(s)
     s.add_argument("script", metavar="SCRIPT", help="the job script (or program) to run")
     s.add_argument("args", metavar="ARGS", nargs=argparse.REMAINDER, help="its arguments")
@@ -184,10 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                                          "(shared, dynamic); repeat")
 
     s = cmd("watch", cmd_watch, "live view of queues and your active jobs, or of one job",
-            "Refresh every --interval seconds until Ctrl-C. With ID, follow that job and stop when it ends:\n"
-            "exit status 0 if it COMPLETED, 1 otherwise.")
+            "Follow the service's event stream: the view is drawn again when something happens (at most\n"
+            "every --interval seconds) until Ctrl-C. With ID, follow that job and stop when it ends: exit\n"
+            "status 0 if it COMPLETED, 1 otherwise. A restart of the service is ridden out: watch says\n"
+            "\"service restarting, reconnecting\" once and goes on where it was. --json: one event per line.")
     s.add_argument("id", type=int, nargs="?", metavar="ID", help="follow this job until it ends")
-    s.add_argument("--interval", "-i", type=float, default=2.0, help="seconds between refreshes (default 2)")
+    s.add_argument("--interval", "-i", type=float, default=2.0, help="at most one refresh per this many seconds "
+                                                                      "(default 2)")
     s.add_argument("--all", "-a", action="store_true", help="everyone's jobs (admins)")
     s.add_argument("--queue", "-q", help="only this queue's jobs")
     s.add_argument("--limit", type=int, default=50, help="at most this many jobs (default 50)")

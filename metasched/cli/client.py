@@ -19,6 +19,7 @@ DEFAULT_SOCKET = "/run/metasched/api.sock"
 DEFAULT_TOKEN_FILE = "~/.config/metasched/token"
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0
+STREAM_READ_TIMEOUT = 60.0      # an event stream quiet for this long is taken for lost (keep-alives come every 15 s)
 
 
 class CliError(Exception):
@@ -183,6 +184,51 @@ class Client:
         if raw_wanted and 200 <= resp.status < 300:
             return data_in, {k.lower(): v for k, v in resp.getheaders()}
         return self._decode(resp, data_in)
+
+    def stream(self, path: str, last_event_id: int | None = None, read_timeout: float = STREAM_READ_TIMEOUT):
+        """Follow a server-sent event stream: yields ("open", None, None) once connected, then (event type, id,
+        data) for each event and ("comment", None, None) for each keep-alive; returns when the service closes the
+        stream. Unreachable when the connection fails or goes quiet for ``read_timeout`` seconds (the service sends
+        a keep-alive comment every events.stream_heartbeat); Refused when it answers an error."""
+        headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = str(last_event_id)
+        if self.ep.token:
+            headers["Authorization"] = f"Bearer {self.ep.token}"
+        conn = self._connection()
+        conn.timeout = read_timeout
+        try:
+            try:
+                conn.request("GET", self._prefix + path, headers=headers)
+                resp = conn.getresponse()
+                if resp.status != 200:
+                    self._decode(resp, resp.read())
+                yield "open", None, None
+                kind, eid, data = "message", None, []
+                while True:
+                    raw = resp.readline()
+                    if not raw:
+                        return                       # the service closed the stream
+                    line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                    if not line:
+                        if data or eid is not None:
+                            yield kind, eid, "\n".join(data)
+                        kind, eid, data = "message", None, []
+                    elif line.startswith(":"):
+                        yield "comment", None, None
+                    else:
+                        name, _, value = line.partition(":")
+                        value = value[1:] if value.startswith(" ") else value
+                        if name == "data":
+                            data.append(value)
+                        elif name == "id" and value.isdigit():
+                            eid = int(value)
+                        elif name == "event":
+                            kind = value
+            except (OSError, http.client.HTTPException) as exc:
+                raise self._unreachable(exc) from None
+        finally:
+            conn.close()
 
     def _unreachable(self, exc: Exception) -> Unreachable:
         why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__

@@ -92,6 +92,9 @@ def cmd_submit(a, ctx: Context) -> int:
     if a.hold:
         body["hold"] = True
     body.update(spec_fields(a))
+    notify = notify_fields(a)
+    if notify:
+        body["notify"] = notify
     if ctx.endpoint.socket_path and not a.no_check:
         check_files(ctx, a.queue, script, pwd, body)
     job = ctx.call("POST", "/jobs", body)
@@ -103,6 +106,41 @@ def cmd_submit(a, ctx: Context) -> int:
         ctx.print(f"submitted job {job['id']} ({render.escape(job['name'])}) to queue {ctx.queue_name(job['queue'])}: "
                   f"{render.state(job['status'], ctx.colour)}")
     return 0
+
+
+MAIL_TYPES = {"BEGIN": ["start"], "START": ["start"], "END": ["end"], "FAIL": ["fail"],
+              "ALL": ["start", "end", "fail"], "NONE": []}
+
+
+def notify_fields(a) -> dict | None:
+    """The API's notify from --mail-type, --mail-user and --notify-url (as sbatch's --mail-type/--mail-user)."""
+    if a.mail_type is None and a.mail_user is None and a.notify_url is None:
+        return None
+    on: list[str] = []
+    for word in (a.mail_type or "END").split(","):
+        key = word.strip().upper()
+        if key not in MAIL_TYPES:
+            raise LocalError(f"--mail-type: {word.strip()!r} is not one of {', '.join(MAIL_TYPES)}")
+        on += [x for x in MAIL_TYPES[key] if x not in on]
+    if not on:
+        return None                      # NONE: nothing to be told
+    if a.mail_user is None and a.notify_url is None:
+        raise LocalError("--mail-type: say where: --mail-user ADDR and/or --notify-url URL")
+    out: dict = {"on": on}
+    if a.mail_user is not None:
+        out["email"] = a.mail_user
+    if a.notify_url is not None:
+        out["webhook"] = a.notify_url
+    return out
+
+
+def notify_line(j: dict) -> str | None:
+    n = j.get("notify")
+    if not n:
+        return None
+    where = [x for x in (n.get("email"), n.get("webhook")) if x]
+    secret = f" (signing secret {n['secret']})" if n.get("secret") else ""
+    return f"on {', '.join(n['on'])}: {', '.join(where)}{secret}"
 
 
 # What the caller's environment never passes on to a job: sudo's variables and the CLI's own (its token above all).
@@ -406,6 +444,7 @@ def job_fields(ctx: Context, j: dict) -> str:
         ("run time", render.duration(j["started_at"], j["finished_at"]) if j["started_at"] else None),
         *spec_lines(j),
         *used_fields(j),
+        ("notify", notify_line(j)),
     ], ctx.colour)
 
 

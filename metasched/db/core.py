@@ -26,7 +26,7 @@ from importlib import resources
 from ..errors import MetaschedError, Unavailable
 
 BUSY_TIMEOUT_MS = 10_000
-SCHEMA_VERSION = 6     # the highest migration in sql/ (4: Spark, 5: job spec, 6: accounting)
+SCHEMA_VERSION = 8     # the highest migration in sql/ (4: Spark, 5: job spec, 6: accounting, 7: workflows, 8: events)
 
 _NAME_RE = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.M)
 

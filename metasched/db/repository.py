@@ -11,9 +11,9 @@ import dataclasses
 import json
 import sqlite3
 
-from ..model import (ACCOUNTING_FIELDS, NO_SPEC, Accounting, ClusterEvent, ForeignJob, Job, JobEvent, JobSample,
-                     JobSpec, JobStatus, JobUsage, LeaseRecord, Node, PollCycle, Queue, Setting,
-                     ShareSample, Token)
+from ..model import (ACCOUNTING_FIELDS, NO_SPEC, Accounting, ClusterEvent, Delivery, FeedEvent, ForeignJob, Job,
+                     JobEvent, JobNotify, JobSample, JobSpec, JobStatus, JobUsage, LeaseRecord, Node, PollCycle, Queue,
+                     Setting, ShareSample, Token)
 from .core import Database
 
 
@@ -254,6 +254,50 @@ class Repository:
         return [ClusterEvent(r["id"], r["at"], r["actor"], r["kind"], json.loads(r["detail"]))
                 for r in self._all(self.q.list_cluster_events, kind=kind, limit=limit)]
 
+    # -- events out (sql/events.sql) -----------------------------------------------------------
+    def latest_event_id(self) -> int:
+        return self._one(self.q.latest_event_id)["id"]
+
+    def event_feed(self, *, after: int, limit: int, owner: str | None = None) -> list[FeedEvent]:
+        return [_feed_event(r) for r in self._all(self.q.event_feed, after=after, limit=limit, owner=owner)]
+
+    def job_event_ids(self, job_id: int) -> dict[int, int]:
+        """job_events.id -> events.id (the id clients and receivers see) for one job."""
+        return {r["ref_id"]: r["id"] for r in self._all(self.q.job_event_ids, job_id=job_id)}
+
+    def insert_job_notify(self, n: JobNotify) -> None:
+        self.db.conn.execute(self.q.insert_job_notify, dict(job_id=n.job_id, on_what=json.dumps(list(n.on)),
+                                                            email=n.email, webhook=n.webhook, secret=n.secret))
+
+    def get_job_notify(self, job_id: int) -> JobNotify | None:
+        r = self._one(self.q.get_job_notify, job_id=job_id)
+        return _notify(r) if r else None
+
+    def job_notify_among(self, ids) -> dict[int, JobNotify]:
+        return {r["job_id"]: _notify(r) for r in self._all(self.q.job_notify_among, ids=json.dumps(list(ids)))}
+
+    def insert_delivery(self, *, event_id, job_id, channel, hook, address, body: dict, now) -> None:
+        self.db.conn.execute(self.q.insert_delivery, dict(event_id=event_id, job_id=job_id, channel=channel, hook=hook,
+                                                          address=address, body=json.dumps(body), now=now))
+
+    def due_deliveries(self, *, now: str, limit: int) -> list[Delivery]:
+        return [_delivery(r) for r in self._all(self.q.due_deliveries, now=now, limit=limit)]
+
+    def next_delivery_at(self) -> str | None:
+        return self._one(self.q.next_delivery_at)["at"]
+
+    def record_delivery(self, *, id, state, attempts, next_at, last_error, delivered_at) -> bool:
+        return self.db.conn.execute(self.q.record_delivery, dict(
+            id=id, state=state, attempts=attempts, next_at=next_at, last_error=last_error,
+            delivered_at=delivered_at)).rowcount == 1
+
+    def list_job_deliveries(self, job_id: int) -> list[Delivery]:
+        return [_delivery(r) for r in self._all(self.q.list_job_deliveries, job_id=job_id)]
+
+    def delivery_counts(self) -> dict[str, dict[str, int]]:
+        return {r["channel"]: {k: r[k] for k in ("delivered", "failed", "attempt_failures", "pending")}
+                for r in self._all(self.q.delivery_counts)}
+
     # -- tokens -------------------------------------------------------------------------------
     def insert_token(self, **kw) -> Token:
         return _token(self._one(self.q.insert_token, **kw))
@@ -437,3 +481,21 @@ class Repository:
 
     def queue_cpu_totals(self) -> dict[int, float]:
         return {r["queue_id"]: r["cpu_seconds"] for r in self._all(self.q.queue_cpu_totals)}
+
+def _feed_event(r: sqlite3.Row) -> FeedEvent:
+    return FeedEvent(id=r["id"], kind=r["kind"], at=r["at"] or "", actor=r["actor"] or "", job_id=r["job_id"],
+                     owner=r["owner"], job_name=r["job_name"], queue_id=r["queue_id"], old_status=r["old_status"],
+                     new_status=r["new_status"], reason=r["reason"], exit_code=r["exit_code"],
+                     cluster_kind=r["cluster_kind"], detail=json.loads(r["detail"]) if r["detail"] else None)
+
+
+def _notify(r: sqlite3.Row) -> JobNotify:
+    return JobNotify(job_id=r["job_id"], on=tuple(json.loads(r["on_what"])), email=r["email"], webhook=r["webhook"],
+                     secret=r["secret"])
+
+
+def _delivery(r: sqlite3.Row) -> Delivery:
+    return Delivery(id=r["id"], event_id=r["event_id"], job_id=r["job_id"], channel=r["channel"], hook=r["hook"],
+                    address=r["address"], body=json.loads(r["body"]), state=r["state"], attempts=r["attempts"],
+                    created_at=r["created_at"], next_at=r["next_at"], last_error=r["last_error"],
+                    delivered_at=r["delivered_at"], secret=r["secret"])

@@ -19,6 +19,7 @@ from ..model import JobStatus
 from ..services import History, Services, days_before, utc_text
 from . import schemas as S
 from . import views as V
+from .stream import EventHub
 from .validation import BAD_TEXT, TEXT_RULE, check_text, parse_body, validate
 
 log = logging.getLogger("metasched.web")
@@ -326,7 +327,48 @@ class JobOutputResource(Base):
 
 class JobEventsResource(Base):
     def on_get(self, req, resp, job_id):
-        resp.media = {"items": [V.event(e) for e in self.svc.job_events(req.context.caller, job_id)]}
+        resp.media = V.history(self.svc.job_history(req.context.caller, job_id))
+
+
+class EventsResource(Base):
+    """The event log, a page at a time: your jobs' events (admins: everyone's) and the cluster's."""
+
+    def __init__(self, services: Services, page_limit: int):
+        super().__init__(services)
+        self.page_limit = page_limit
+
+    def on_get(self, req, resp):
+        params = _query(req, {"after", "limit"})
+        after = _int_param(params, "after", 0, 0)
+        limit = _int_param(params, "limit", self.page_limit, 1, 1000)
+        resp.media = V.event_page(self.svc.list_events(req.context.caller, after=after, limit=limit), "/events", limit)
+
+
+class EventStreamResource(Base):
+    """The event log as server-sent events (see web/stream.py); resumes after Last-Event-ID (or ?after=)."""
+
+    def __init__(self, services: Services, hub):
+        super().__init__(services)
+        self.hub = hub
+
+    def on_get(self, req, resp):
+        from .stream import EventStream
+        params = _query(req, {"after"})
+        after = _int_param(params, "after", 0, 0) if "after" in params else None
+        last = req.get_header("Last-Event-ID")
+        if last is not None:
+            if not re.fullmatch(r"[0-9]{1,18}", last.strip()):
+                raise E.Invalid(f"Last-Event-ID: expected an event id, got {last!r}", field="Last-Event-ID")
+            after = int(last)
+        caller = req.context.caller
+        if after is None:
+            after = self.svc.latest_event_id()     # from now on
+        self.svc.require(caller)
+        resp.content_type = "text/event-stream"
+        resp.set_header("Cache-Control", "no-cache")
+        resp.set_header("X-Accel-Buffering", "no")      # nginx: pass each event on at once
+        resp.stream = EventStream(self.hub, caller, after, req.env.get("metasched.stream.wake"),
+                                  self.svc.config.events.stream_heartbeat)
 
 
 class JobMetricsResource(Base):
@@ -500,6 +542,8 @@ def routes(services: Services) -> list[tuple[str, object]]:
         (f"/cluster/nodes/{{node_id:{ID}}}/metrics", NodeMetricsResource(services)),
         ("/usage", UsageResource(services)),
         ("/foreign-jobs", ForeignJobsResource(services, page)),
+        ("/events", EventsResource(services, page)),
+        ("/events/stream", EventStreamResource(services, EventHub(services))),
         ("/tokens", TokensResource(services)),
         (f"/tokens/{{token_id:{ID}}}", TokenResource(services)),
     ]

@@ -139,6 +139,21 @@ PATHS = {
                        _query("after", {"type": "integer", "minimum": 0}, "cursor: list ids greater than this"),
                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size")]),
     },
+    "/events": {"get": _op(
+        "The event log after a cursor, oldest first, a page at a time: your jobs' events (admins: everyone's) and "
+        "the cluster's (mode changes, nodes down and back)", {"200": _resp("EventPage")}, errors=(400, 401), params=[
+            _query("after", {"type": "integer", "minimum": 0}, "cursor: events with ids greater than this"),
+            _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size")])},
+    "/events/stream": {"get": _op(
+        "The same events as server-sent events (id: the event id, event: job or cluster, data: the event as JSON), "
+        "kept open; a comment every events.stream_heartbeat seconds when idle. Resumes after the Last-Event-ID "
+        "header (or ?after=); without either it starts with the next event",
+        {"200": {"description": "text/event-stream",
+                 "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+        errors=(400, 401), params=[
+            _query("after", {"type": "integer", "minimum": 0}, "start after this event id (Last-Event-ID wins)"),
+            {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"},
+             "description": "the last event id received: the stream continues after it"}])},
     "/tokens": {
         "post": _op("Create a bearer token (for yourself; admins for anyone)",
                     {"201": _resp("TokenCreated")}, errors=(400, 401, 403, 413, 415), body="TokenCreate",
@@ -156,7 +171,7 @@ COMPONENTS = {
     "JobDetail": S.JOB_DETAIL, "JobSubmit": S.JOB_SUBMIT, "JobPatch": S.JOB_PATCH, "EventList": S.EVENT_LIST, "Token": S.TOKEN,
     "TokenCreated": S.TOKEN_CREATED, "TokenCreate": S.TOKEN_CREATE, "TokenList": S.TOKEN_LIST,
     "ForeignJobList": S.FOREIGN_JOB_LIST, "JobMetrics": S.JOB_METRICS, "NodeMetrics": S.NODE_METRICS,
-    "Usage": S.USAGE,
+    "Usage": S.USAGE, "EventPage": S.FEED_PAGE,
 }
 
 

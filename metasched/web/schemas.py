@@ -100,10 +100,27 @@ SPEC_PATCH = {"resources": RESOURCES_PATCH, "native": NATIVE, "env": ENV,
               "stdout": {"oneOf": [OUTPUT, {"type": "null"}]}, "stderr": {"oneOf": [OUTPUT, {"type": "null"}]},
               "join": SPEC_FIELDS["join"]}
 
+NOTIFY = {
+    "type": "object", "additionalProperties": False,
+    "description": "tell the job's owner about it: by mail (the service's SMTP relay) and/or a webhook (a POST of the "
+                   "event as JSON, signed: X-Metasched-Signature: sha256=HMAC-SHA256(secret, body); "
+                   "X-Metasched-Event-Id: dedup by it, delivery is at least once)",
+    "properties": {
+        "on": {"type": "array", "maxItems": 3, "items": {"type": "string", "enum": ["start", "end", "fail"]},
+               "description": "start: it began running; end: it ended (any final state); fail: it ended in ERROR "
+                              "(default [end])"},
+        "email": text(254, 3, r"^[^\x00-\x20\x7f]*$", "must be a mail address", "mail address"),
+        "webhook": text(2048, 8, r"^https?://[^\x00-\x20\x7f]*$", "must be an http:// or https:// URL",
+                        "URL the events are POSTed to (not loopback, nor this service)"),
+        "secret": text(256, 16, r"^[^\x00-\x1f\x7f]*$", "must not contain control characters",
+                       "the webhook's signing key (default: a random one, shown with the job)"),
+    },
+}
 JOB_SUBMIT = {
     "type": "object", "additionalProperties": False, "required": ["queue", "path"],
     "properties": {
         "queue": QUEUE_REF, "path": SCRIPT_PATH, "name": NAME, "options": ARGS, "pwd": DIRECTORY,
+        "notify": NOTIFY,
         "hold": {"type": "boolean", "description": "submit it held: not dispatched until released"},
         "owner": user_name("admins only: submit on behalf of this user (default: the caller)"),
         **SPEC_FIELDS,
@@ -223,8 +240,12 @@ OUTPUT_FILES = {
     "properties": {"stdout": {"type": ["string", "null"]}, "stderr": {"type": ["string", "null"]},
                    "join": {"type": "boolean"}},
 }
-JOB_DETAIL = {**JOB, "required": JOB["required"] + ["env", "outputs"],
-              "properties": {**JOB["properties"], "outputs": OUTPUT_FILES,
+NOTIFY_SHOWN = {"type": ["object", "null"], "required": ["on", "email", "webhook", "secret"],
+                "properties": {"on": {"type": "array", "items": {"type": "string"}},
+                               "email": {"type": ["string", "null"]}, "webhook": {"type": ["string", "null"]},
+                               "secret": {"type": ["string", "null"]}}}
+JOB_DETAIL = {**JOB, "required": JOB["required"] + ["env", "outputs", "notify"],
+              "properties": {**JOB["properties"], "outputs": OUTPUT_FILES, "notify": NOTIFY_SHOWN,
                              "env": {"type": "object", "additionalProperties": {"type": "string"}}}}
 JOB_LIST = {
     "type": "object", "required": ["items", "next"],
@@ -236,7 +257,43 @@ EVENT = {
                    "old_status": {"type": ["string", "null"]}, "new_status": {"type": "string"},
                    "actor": {"type": "string"}, "reason": {"type": ["string", "null"]}},
 }
-EVENT_LIST = {"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": EVENT}}}
+DELIVERY = {
+    "type": "object", "required": ["channel", "hook", "address", "state", "attempts", "last_error", "next_attempt_at",
+                                   "delivered_at"],
+    "properties": {"channel": {"type": "string", "enum": ["webhook", "email"]},
+                   "hook": {"type": ["string", "null"], "description": "the site hook's name; null: the job's notify"},
+                   "address": {"type": "string"},
+                   "state": {"type": "string", "enum": ["pending", "delivered", "failed"]},
+                   "attempts": {"type": "integer"}, "last_error": {"type": ["string", "null"]},
+                   "next_attempt_at": TIME, "delivered_at": TIME},
+}
+JOB_EVENT = {**EVENT, "required": EVENT["required"] + ["event_id", "deliveries"],
+             "properties": {**EVENT["properties"],
+                            "event_id": {"type": ["integer", "null"], "description": "its id in GET /events and the "
+                                                                                     "stream (X-Metasched-Event-Id)"},
+                            "deliveries": {"type": "array", "items": DELIVERY}}}
+EVENT_LIST = {"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": JOB_EVENT}}}
+FEED_EVENT = {
+    "type": "object", "required": ["id", "type", "at", "actor"],
+    "description": "one event of the log: a job's change (type job) or the cluster's (type cluster: kind mode, "
+                   "node_down, node_up); the same document in GET /events, the stream's data lines and webhook bodies",
+    "properties": {
+        "id": {"type": "integer"}, "type": {"type": "string", "enum": ["job", "cluster"]},
+        "at": {"type": "string"}, "actor": {"type": "string"},
+        "job": {"type": "object", "required": ["id", "name", "owner", "queue"],
+                "properties": {"id": {"type": "integer"}, "name": {"type": ["string", "null"]},
+                               "owner": {"type": ["string", "null"]}, "queue": {"type": ["integer", "null"]}}},
+        "old_status": {"type": ["string", "null"]}, "new_status": {"type": ["string", "null"]},
+        "reason": {"type": ["string", "null"]}, "exit_code": {"type": ["integer", "null"]},
+        "kind": {"type": ["string", "null"]}, "detail": {"type": "object"},
+    },
+}
+FEED_PAGE = {
+    "type": "object", "required": ["items", "next", "last_id"],
+    "properties": {"items": {"type": "array", "items": FEED_EVENT}, "next": {"type": ["string", "null"]},
+                   "last_id": {"type": "integer", "description": "resume after this id (GET /events?after=, "
+                                                                 "the stream's Last-Event-ID)"}},
+}
 QUEUE = {
     "type": "object",
     "required": ["id", "name", "type", "master_node_id", "weight", "reachable", "jobs", "foreign_jobs", "script"],

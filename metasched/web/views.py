@@ -110,7 +110,40 @@ def job_detail(d: JobDetail) -> dict:
     out = job(d.job, d.metrics) if d.include_metrics else job(d.job)
     out["env"] = dict(d.job.spec.env)
     out["outputs"] = {"stdout": d.outputs.stdout, "stderr": d.outputs.stderr, "join": d.outputs.joined}
+    out["notify"] = notify(d.notify)
     return out
+
+
+def notify(n) -> dict | None:
+    """What the job's owner asked to be told (with the webhook's secret: only the owner and admins see a job)."""
+    if n is None:
+        return None
+    return {"on": list(n.on), "email": n.email, "webhook": n.webhook, "secret": n.secret}
+
+
+def delivery(d) -> dict:
+    return {"channel": d.channel, "hook": d.hook, "address": d.address, "state": d.state, "attempts": d.attempts,
+            "last_error": d.last_error, "next_attempt_at": d.next_at if d.state == "pending" else None,
+            "delivered_at": d.delivered_at}
+
+
+def history(h) -> dict:
+    """GET /jobs/{id}/events: each change with its id in the event log and its deliveries."""
+    items = []
+    for e in h.events:
+        out = event(e)
+        eid = h.event_ids.get(e.id)
+        out["event_id"] = eid
+        out["deliveries"] = [delivery(d) for d in h.deliveries.get(eid, [])]
+        items.append(out)
+    return {"items": items}
+
+
+def event_page(p, base: str, limit: int) -> dict:
+    """GET /events: a page of the event log; ``next`` while more follow; ``last_id`` to resume from."""
+    from ..events import event_doc
+    nxt = f"{base}?{urllib.parse.urlencode({'after': p.items[-1].id, 'limit': limit})}" if p.more and p.items else None
+    return {"items": [event_doc(e) for e in p.items], "next": nxt, "last_id": p.last_id}
 
 
 def event(e: JobEvent) -> dict:

@@ -666,6 +666,8 @@ class BufferedWorker(Worker):
         if kind == "wake":
             if c.state == STREAM:
                 self._pump(c)
+            elif c.state == APP:
+                c.wake_pending = True       # woken while its first answer is being made: ask again once it is out
             return
         if kind == "pumped":
             c.pumping = False

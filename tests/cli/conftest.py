@@ -40,6 +40,8 @@ schedulers:
     type: local
     master: 0
     weight: 40
+events:
+  allow_loopback: true
 """
 
 

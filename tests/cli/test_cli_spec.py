@@ -121,4 +121,24 @@ def test_every_option_of_the_help_is_accepted(cli):
     for opt in re.findall(r"^ +(--[a-z-]+)", text, re.M):
         assert opt in ("--help", "--json", "--queue", "--name", "--pwd", "--hold", "--parsable", "--no-check",
                        "--nodes", "--tasks", "--cores", "--mem", "--time", "--gpus", "--partition", "--account",
-                       "--native", "--export", "--env", "--output", "--error", "--join"), opt
+                       "--native", "--export", "--env", "--output", "--error", "--join", "--mail-type",
+                       "--mail-user", "--notify-url"), opt
+
+
+def test_submit_asks_to_be_told_like_sbatch(cli, as_json):
+    """--mail-type (sbatch's names), --mail-user, --notify-url become the job's notify; show says it."""
+    r = cli("alice", "submit", "--parsable", "--queue", "local", "--hold", "--mail-type", "BEGIN,END",
+            "--notify-url", "http://127.0.0.1:9/hook", "job.sh")
+    assert r.returncode == 0, r.stderr
+    jid = int(r.stdout)
+    job = as_json("alice", "show", jid)
+    assert job["notify"]["on"] == ["start", "end"] and job["notify"]["webhook"] == "http://127.0.0.1:9/hook"
+    shown = cli("alice", "show", jid).stdout
+    assert re.search(rf"^notify:\s+on start, end: http://127\.0\.0\.1:9/hook \(signing secret {job['notify']['secret']}\)$",
+                     shown, re.M), shown
+    r = cli("alice", "submit", "--queue", "local", "--mail-type", "ALL", "job.sh")
+    assert r.returncode == 2 and "--mail-user" in r.stderr
+    r = cli("alice", "submit", "--queue", "local", "--mail-type", "SOMETIMES", "--mail-user", "a@b.example", "job.sh")
+    assert r.returncode == 2 and "--mail-type" in r.stderr
+    r = cli("alice", "submit", "--queue", "local", "--mail-user", "alice@example.org", "job.sh")
+    assert r.returncode == 1 and "sends no mail" in r.stderr       # this lab has no relay: the service says so

@@ -183,3 +183,18 @@ def test_installer_refuses_a_directory_others_can_write(tmp_path):
 def test_installer_names_a_missing_agent_file(safe_dir):
     p = _install("/nonexistent/node_agent.py", os.path.join(safe_dir, "metasched-node-agent"))
     assert p.returncode != 0 and "/nonexistent/node_agent.py not found" in p.stderr
+
+
+def test_nginx_passes_the_event_stream_unbuffered_and_keeps_it_open_past_the_heartbeat():
+    """GET /events/stream has its own location: buffering off, and a read timeout far above the service's
+    keep-alive interval (events.stream_heartbeat), so an idle stream is never cut by nginx."""
+    from metasched.config import EventsConfig
+    site = read(SITE)
+    m = re.search(r"location = /events/stream \{(.*?)\n    \}", site, re.S)
+    assert m, "deploy/nginx/metasched.conf has no location for /events/stream"
+    block = m.group(1)
+    assert re.search(r"^\s*proxy_buffering off;", block, re.M)
+    assert re.search(r"^\s*proxy_set_header X-Remote-User \"\";", block, re.M)   # never a client's user name
+    timeout = re.search(r"^\s*proxy_read_timeout (\d+)([smh]);", block, re.M)
+    seconds = int(timeout.group(1)) * {"s": 1, "m": 60, "h": 3600}[timeout.group(2)]
+    assert seconds > 4 * EventsConfig().stream_heartbeat

@@ -135,3 +135,38 @@ def test_in_sso_mode_the_clients_own_header_is_still_ignored(sso_web):
 def test_in_sso_mode_an_unknown_user_is_refused(sso_web):
     r = sso_web.request("GET", "/jobs", headers={"X-SSO-User": "nosuchuser"})
     assert r.status == 401, r
+
+
+# -- the event stream through nginx (issue 17) ----------------------------------------------------------------
+
+def test_the_event_stream_passes_each_event_at_once_through_nginx(web, backend, alice_token):
+    """The stream's location has buffering off: an event arrives while the connection stays open."""
+    import http.client
+    import ssl
+
+    start = backend.root("GET", "/events?limit=1&after=100000000000000000").json()["last_id"]
+    ctx = ssl.create_default_context(cafile=web.cert)
+    conn = http.client.HTTPSConnection("127.0.0.1", web.https_port, context=ctx, timeout=30)
+    try:
+        conn.request("GET", "/events/stream", headers={**bearer(alice_token), "Last-Event-ID": str(start)})
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.getheader("Content-Type").startswith("text/event-stream")
+        first = resp.readline()                         # the stream's opening comment came through at once
+        assert first.startswith(b"retry:"), first
+        job = post_json(web, "/jobs", dict(JOB, name="streamed"), bearer(alice_token)).json()
+        event = {}
+        while "data" not in event:
+            line = resp.readline().decode().rstrip("\n")   # bounded by the timeout: buffered would mean none
+            if line.startswith("id: "):
+                event["id"] = int(line[4:])
+            elif line.startswith("data: "):
+                event["data"] = json.loads(line[6:])
+        assert event["id"] > start
+        assert (event["data"]["job"]["id"], event["data"]["new_status"]) == (job["id"], "TO_BE_QUEUED")
+    finally:
+        conn.close()
+
+
+def test_the_stream_is_refused_through_nginx_without_a_token(web):
+    r = web.request("GET", "/events/stream")
+    assert r.status == 401

@@ -21,10 +21,11 @@ ALLOWED: dict[str, set[str]] = {
     "identity": {"config", "errors"},
     "db": {"model", "errors"},
     "lifecycle": {"model", "db"},
-    "services": {"model", "errors", "config", "identity", "db", "lifecycle", "backends"},
+    "events": {"model", "errors", "config"},
+    "services": {"model", "errors", "config", "identity", "db", "lifecycle", "backends", "events"},
     "engine": {"model", "errors", "config", "db", "lifecycle", "backends", "policies", "enforcement",
-               "transport"},
-    "web": {"model", "errors", "identity", "services", "backends"},
+               "transport", "events"},
+    "web": {"model", "errors", "identity", "services", "backends", "events"},
     "metrics": {"model", "services", "web"},
     "cli": {"model"},                       # the CLI speaks HTTP: nothing of the service
 }

@@ -35,7 +35,7 @@ def queue_ids(client) -> dict[str, int]:
 
 def summary(detail: dict) -> dict:
     """A job as listings (and POST, PATCH) show it: GET /jobs/{id} adds its variables and where its output goes."""
-    return {k: v for k, v in detail.items() if k not in ("env", "outputs")}
+    return {k: v for k, v in detail.items() if k not in ("env", "outputs", "notify")}
 
 
 def test_submit(alice):
