@@ -23,7 +23,7 @@ from importlib import resources
 from ..errors import Unavailable
 
 BUSY_TIMEOUT_MS = 10_000
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 7    # 4..6: reserved for other branches (see sql/migration_0007_workflows.sql)
 
 _NAME_RE = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.M)
 
