@@ -213,10 +213,10 @@ def test_forget_removes_the_exit_file_and_nothing_else(workdir):
 
 def test_status_parser_ignores_other_processes_and_non_leaders():
     b = LocalBackend()
-    out = (f"  101   101 alice{' ' * 59} Sat Nov 28 00:03:17 2026 {ARGS_PREFIX}5 /h/.ms5_x.exit /h/job.sh a b\n"
-           f"  102   101 alice{' ' * 59} Sat Nov 28 00:03:17 2026 /h/job.sh a b\n"
-           f"  103   103 bob{' ' * 61} Sat Nov  8 00:03:17 2026 {ARGS_PREFIX}6 /h/.ms6_y.exit /h/y\n"
-           f"  104   104 root{' ' * 60} Sat Nov 28 00:03:17 2026 sshd: /usr/sbin/sshd -D\n")
+    out = (f"  101   101   101 alice{' ' * 59} Sat Nov 28 00:03:17 2026 {ARGS_PREFIX}5 /h/.ms5_x.exit /h/job.sh a b\n"
+           f"  102   101   101 alice{' ' * 59} Sat Nov 28 00:03:17 2026 /h/job.sh a b\n"
+           f"  103   103   103 bob{' ' * 61} Sat Nov  8 00:03:17 2026 {ARGS_PREFIX}6 /h/.ms6_y.exit /h/y\n"
+           f"  104   104   104 root{' ' * 60} Sat Nov 28 00:03:17 2026 sshd: /usr/sbin/sshd -D\n")
     jobs = b.parse_status(0, out, "")
     assert [(j.native_id, j.our_id, j.owner) for j in jobs] == [("101", 5, "alice"), ("103", 6, "bob")]
     assert jobs[1].start_time == "2026-11-08T00:03:17Z"
