@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--name", "-n", help="job name (default: the script's file name)")
     s.add_argument("--pwd", metavar="DIR", help="working directory (default: the current directory)")
     s.add_argument("--hold", action="store_true", help="submit held: not dispatched until `release`")
+    s.add_argument("--array", metavar="SPEC", help="an array of tasks in one submission: FIRST[-LAST[:STEP]][%%LIMIT], "
+                                                   "e.g. 1-1000:2%%50 (each task gets $METASCHED_ARRAY_TASK_ID)")
+    for kind, what in (("ok", "COMPLETED"), ("notok", "ended ERROR or CANCELLED"), ("any", "ended"),
+                       ("started", "started (or ended)")):
+        s.add_argument(f"--after-{kind}", action="append", metavar="ID[,ID]", default=None,
+                       help=f"wait until these jobs (ID, or ID.TASK of an array) {what}")
     s.add_argument("--parsable", action="store_true", help="print only the job id")
     s.add_argument("script", metavar="SCRIPT", help="the job script (or program) to run")
     s.add_argument("args", metavar="ARGS", nargs=argparse.REMAINDER, help="its arguments")
@@ -91,19 +97,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=500, help="at most this many jobs, oldest first (default 500)")
     s.add_argument("--foreign", "-f", action="store_true",
                    help="jobs submitted to the schedulers directly (plain qsub, sbatch): seen, never touched")
+    s.add_argument("--expand", "-x", action="store_true", help="every task of each array on its own line")
 
-    s = cmd("show", C.cmd_show, "show one job")
-    s.add_argument("id", type=int, metavar="ID", help="job id")
+    ref = C.job_ref
+    s = cmd("show", C.cmd_show, "show one job (or one task of an array: ID.TASK)")
+    s.add_argument("id", type=ref, metavar="ID[.TASK]", help="job id, or ID.TASK")
     s = cmd("events", C.cmd_events, "show a job's history (every state change and why)")
-    s.add_argument("id", type=int, metavar="ID", help="job id")
-    s = cmd("cancel", C.cmd_cancel, "cancel jobs",
-            "Cancel each job. One not yet dispatched is cancelled at once; a dispatched one is cancelled in\n"
-            "its scheduler shortly. Each ID is reported; the exit status is 1 if any was refused.")
-    s.add_argument("ids", type=int, nargs="+", metavar="ID", help="job ids")
-    s = cmd("hold", C.cmd_hold, "hold a job that is waiting (it will not be dispatched)")
-    s.add_argument("id", type=int, metavar="ID", help="job id")
-    s = cmd("release", C.cmd_release, "release a held job")
-    s.add_argument("id", type=int, metavar="ID", help="job id")
+    s.add_argument("id", type=ref, metavar="ID[.TASK]", help="job id, or ID.TASK for one task's history")
+    s = cmd("why", C.cmd_why, "why a job (or a task) is still waiting",
+            "Say why ID (or task ID.TASK of an array) is not running yet: the policy's own reason now, its\n"
+            "dependencies, a hold, a throttle, its place in its queue; in the scheduler's queue, the\n"
+            "scheduler's own pending reason.")
+    s.add_argument("id", type=ref, metavar="ID[.TASK]", help="job id, or ID.TASK")
+    s = cmd("cancel", C.cmd_cancel, "cancel jobs (or tasks of an array: ID.TASK)",
+            "Cancel each job (an array: all its tasks; ID.TASK: one). One not yet dispatched is cancelled at\n"
+            "once; a dispatched one is cancelled in its scheduler shortly. Each ID is reported; the exit status\n"
+            "is 1 if any was refused.")
+    s.add_argument("ids", type=ref, nargs="+", metavar="ID[.TASK]", help="job ids, or ID.TASK")
+    s = cmd("hold", C.cmd_hold, "hold a job (or an array's task, ID.TASK) that is waiting")
+    s.add_argument("id", type=ref, metavar="ID[.TASK]", help="job id, or ID.TASK")
+    s = cmd("release", C.cmd_release, "release a held job (or task)")
+    s.add_argument("id", type=ref, metavar="ID[.TASK]", help="job id, or ID.TASK")
 
     s = cmd("edit", C.cmd_edit, "change a job that has not been dispatched yet",
             "Change a waiting or held job. --args must come last: everything after it becomes the\n"
@@ -131,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "('none' to clear)")
     ms.add_argument("--weight", action="append", metavar="QUEUE=W", help="CPU weight 0..100 of a queue "
                                                                          "(shared, dynamic); repeat")
+    ms.add_argument("--dry-run", action="store_true", help="change nothing: show what the proposed mode would "
+                                                           "dispatch now and the CPU shares on every node")
 
     s = cmd("watch", cmd_watch, "live view of queues and your active jobs, or of one job",
             "Refresh every --interval seconds until Ctrl-C. With ID, follow that job and stop when it ends:\n"

@@ -63,6 +63,49 @@ def queue_ref(value: str) -> int | str:
     return int(value) if value.isdigit() else value
 
 
+class JobRef(tuple):
+    """``12`` or ``12.3`` (task 3 of array 12), as given on the command line."""
+
+    @property
+    def job(self) -> int:
+        return self[0]
+
+    @property
+    def task(self) -> int | None:
+        return self[1]
+
+    @property
+    def path(self) -> str:
+        return f"/jobs/{self[0]}" + (f"/tasks/{self[1]}" if self[1] is not None else "")
+
+    def __str__(self) -> str:
+        return f"{self[0]}.{self[1]}" if self[1] is not None else str(self[0])
+
+
+def job_ref(text: str) -> JobRef:
+    import argparse
+    job, dot, task = text.strip().partition(".")
+    if not job.isdigit() or int(job) < 1 or (dot and not task.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected a job id (12) or a task of an array (12.3), got {text!r}")
+    return JobRef((int(job), int(task) if dot else None))
+
+
+def refs(values: list[str] | None, option: str) -> list[int | str]:
+    """--after-ok 12,13.2 --after-ok 14 -> [12, "13.2", 14]."""
+    out: list[int | str] = []
+    for v in values or ():
+        for part in v.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                r = job_ref(part)
+            except Exception:
+                raise LocalError(f"{option}: expected job ids (12) or tasks (12.3), got {part!r}") from None
+            out.append(r.job if r.task is None else str(r))
+    return out
+
+
 def warn(message: str) -> None:
     print(f"metasched: {message}", file=sys.stderr)
 
@@ -88,13 +131,19 @@ def cmd_submit(a, ctx: Context) -> int:
         body["name"] = a.name
     if a.hold:
         body["hold"] = True
+    if a.array:
+        body["array"] = a.array
+    after = {kind: refs(getattr(a, f"after_{kind}"), f"--after-{kind}") for kind in ("ok", "notok", "any", "started")}
+    if any(after.values()):
+        body["after"] = {k: v for k, v in after.items() if v}
     job = ctx.call("POST", "/jobs", body)
     if a.parsable:
         ctx.print(str(job["id"]))
     elif ctx.json:
         ctx.emit_json(job)
     else:
-        ctx.print(f"submitted job {job['id']} ({job['name']}) to queue {ctx.queue_name(job['queue'])}: "
+        what = f"array {job['id']} of {job['array']['count']} tasks" if job.get("array") else f"job {job['id']}"
+        ctx.print(f"submitted {what} ({job['name']}) to queue {ctx.queue_name(job['queue'])}: "
                   f"{render.state(job['status'], ctx.colour)}")
     return 0
 
@@ -151,13 +200,45 @@ def fetch_jobs(ctx: Context, statuses: list[str] | None, queue: str | None, owne
     return items, f"{path}?" + urllib.parse.urlencode(rest)
 
 
-def jobs_table(ctx: Context, jobs: list[dict]) -> str:
-    rows = [[j["id"], j["name"], ctx.queue_name(j["queue"]), j["owner"], render.state(j["status"], ctx.colour),
-             render.short_time(j["created_at"]), j["scheduler_job_id"],
-             j["exit_code"] if j["exit_code"] is not None else None]
-            for j in jobs]
-    return render.table(["ID", "NAME", "QUEUE", "OWNER", "STATE", "SUBMITTED", "NATIVE ID", "EXIT"], rows,
-                        ctx.colour)
+TASK_ORDER = ["TO_BE_QUEUED", "HELD", "QUEUED", "RUNNING", "COMPLETED", "ERROR", "CANCELLED"]
+TASK_WORDS = {"TO_BE_QUEUED": "waiting", "HELD": "held", "QUEUED": "queued", "RUNNING": "running",
+              "COMPLETED": "completed", "ERROR": "failed", "CANCELLED": "cancelled"}
+
+
+def task_counts(array: dict | None) -> str | None:
+    """An array's tasks per state in a few words: '20 running, 400 completed, 580 queued'."""
+    if not array:
+        return None
+    n = array.get("tasks") or {}
+    return ", ".join(f"{n[s]} {TASK_WORDS[s]}" for s in TASK_ORDER if n.get(s))
+
+
+def jobs_table(ctx: Context, jobs: list[dict], tasks: dict[int, list[dict]] | None = None) -> str:
+    """One line per job, an array too (with its tasks per state); ``tasks``: an array's tasks, each on its own
+    line (``jobs --expand``)."""
+    rows = []
+    for j in jobs:
+        rows.append([j["id"], j["name"], ctx.queue_name(j["queue"]), j["owner"], render.state(j["status"], ctx.colour),
+                     render.short_time(j["created_at"]), j["scheduler_job_id"],
+                     j["exit_code"] if j["exit_code"] is not None else None, task_counts(j.get("array"))])
+        for t in (tasks or {}).get(j["id"], []):
+            rows.append([t["id"], "", "", "", render.state(t["status"], ctx.colour), render.short_time(t["started_at"]),
+                         t["native_id"], t["exit_code"] if t["exit_code"] is not None else None, None])
+    headers = ["ID", "NAME", "QUEUE", "OWNER", "STATE", "SUBMITTED", "NATIVE ID", "EXIT"]
+    if any(j.get("array") for j in jobs):
+        headers.append("TASKS")
+    else:
+        rows = [r[:-1] for r in rows]
+    return render.table(headers, rows, ctx.colour)
+
+
+def fetch_tasks(ctx: Context, job_id: int) -> list[dict]:
+    page = ctx.call("GET", f"/jobs/{job_id}/tasks", query={"limit": "1000"})
+    items = list(page["items"])
+    while page.get("next"):
+        page = ctx.call("GET", page["next"])
+        items.extend(page["items"])
+    return items
 
 
 def foreign_table(ctx: Context, jobs: list[dict]) -> str:
@@ -188,10 +269,11 @@ def cmd_jobs(a, ctx: Context) -> int:
     if ctx.json:
         ctx.emit_json({"items": items, "next": more})
         return 0
+    tasks = {j["id"]: fetch_tasks(ctx, j["id"]) for j in items if j.get("array")} if a.expand else None
     if not items:
         ctx.print("no jobs")
     else:
-        ctx.print(jobs_table(ctx, items))
+        ctx.print(jobs_table(ctx, items, tasks))
     if more:
         warn(f"showing the first {len(items)} jobs; there are more (raise --limit, or filter with --state)")
     return 0
@@ -226,18 +308,31 @@ def job_fields(ctx: Context, j: dict) -> str:
         ("queue", f"{ctx.queue_name(j['queue'])} ({j['queue']})"), ("state", status), ("reason", j["reason"]),
         ("script", j["path"]), ("args", render.argv(j["options"])), ("directory", j["pwd"]),
         ("native id", j["scheduler_job_id"]), ("exit code", j["exit_code"]),
+        ("array", f"{j['array']['spec']} ({j['array']['count']} tasks): {task_counts(j['array']) or '-'}"
+         if j.get("array") else None),
+        ("after", "; ".join(f"{k} {', '.join(map(str, v))}" for k, v in j["after"].items()) if j.get("after")
+         else None),
         ("submitted", render.long_time(j["created_at"])), ("dispatched", render.long_time(j["submitted_at"])),
         ("started", render.long_time(j["started_at"])), ("finished", render.long_time(j["finished_at"])),
         ("run time", render.duration(j["started_at"], j["finished_at"]) if j["started_at"] else None),
     ])
 
 
+def task_fields(ctx: Context, t: dict) -> str:
+    return render.fields([
+        ("task", t["id"]), ("state", render.state(t["status"], False)), ("reason", t["reason"]),
+        ("native id", t["native_id"]), ("exit code", t["exit_code"]),
+        ("started", render.long_time(t["started_at"])), ("finished", render.long_time(t["finished_at"])),
+        ("run time", render.duration(t["started_at"], t["finished_at"]) if t["started_at"] else None),
+    ])
+
+
 def cmd_show(a, ctx: Context) -> int:
-    job = ctx.call("GET", f"/jobs/{a.id}")
+    item = ctx.call("GET", a.id.path)
     if ctx.json:
-        ctx.emit_json(job)
+        ctx.emit_json(item)
     else:
-        ctx.print(job_fields(ctx, job))
+        ctx.print(task_fields(ctx, item) if a.id.task is not None else job_fields(ctx, item))
     return 0
 
 
@@ -257,7 +352,8 @@ def events_table(ctx: Context, events: list[dict]) -> str:
 
 
 def cmd_events(a, ctx: Context) -> int:
-    events = ctx.call("GET", f"/jobs/{a.id}/events")
+    events = ctx.call("GET", f"/jobs/{a.id.job}/events",
+                      query={"task": str(a.id.task)} if a.id.task is not None else None)
     if ctx.json:
         ctx.emit_json(events)
     elif not events["items"]:
@@ -272,7 +368,7 @@ def cmd_cancel(a, ctx: Context) -> int:
     status, results = 0, []
     for job_id in a.ids:
         try:
-            job = ctx.call("DELETE", f"/jobs/{job_id}")
+            job = ctx.call("DELETE", job_id.path)
         except Refused as exc:
             status = 1
             results.append(exc.body or {"description": exc.message, "status": exc.status})
@@ -280,21 +376,51 @@ def cmd_cancel(a, ctx: Context) -> int:
             continue
         results.append(job)
         if not ctx.json:
+            what = f"task {job_id}" if job_id.task is not None else f"job {job_id}"
             if job["status"] == "CANCELLED":
-                ctx.print(f"job {job_id} cancelled")
+                ctx.print(f"{what} cancelled")
+            elif job_id.task is not None:
+                ctx.print(f"{what}: cancel requested (it is {job['status']} in its scheduler)")
             else:
-                ctx.print(f"job {job_id}: cancel requested (it is {job['status']} in {ctx.queue_name(job['queue'])})")
+                ctx.print(f"{what}: cancel requested (it is {job['status']} in {ctx.queue_name(job['queue'])})")
     if ctx.json:
         ctx.emit_json(results)
     return status
 
 
-def _job_action(ctx: Context, job_id: int, action: str, verb: str) -> int:
-    job = ctx.call("POST", f"/jobs/{job_id}/{action}")
+def _job_action(ctx: Context, job_id: JobRef, action: str, verb: str) -> int:
+    item = ctx.call("POST", f"{job_id.path}/{action}")
     if ctx.json:
-        ctx.emit_json(job)
+        ctx.emit_json(item)
+    elif job_id.task is not None:
+        ctx.print(f"task {job_id} {verb}: {render.state(item['status'], ctx.colour)}")
+    elif item.get("array") and item["status"] in ("QUEUED", "RUNNING"):
+        ctx.print(f"array {job_id} {verb} in its scheduler: {task_counts(item['array'])}")
     else:
-        ctx.print(f"job {job_id} {verb}: {render.state(job['status'], ctx.colour)}")
+        ctx.print(f"job {job_id} {verb}: {render.state(item['status'], ctx.colour)}")
+    return 0
+
+
+def cmd_why(a, ctx: Context) -> int:
+    w = ctx.call("GET", f"{a.id.path}/why")
+    if ctx.json:
+        ctx.emit_json(w)
+        return 0
+    ctx.print(w["summary"])
+    for r in w["reasons"]:
+        ctx.print(f"  - {r['detail'] or r['text']}")
+    pairs = []
+    if w.get("position") is not None:
+        yours = f" (yours: {', '.join(map(str, w['ahead_yours']))})" if w.get("ahead_yours") else ""
+        pairs.append(("place", f"{w['position']} in its queue, {w['ahead']} job(s) ahead{yours}"))
+    if w.get("scheduler_reason"):
+        pairs.append(("scheduler says", w["scheduler_reason"]))
+    if w.get("since"):
+        pairs.append(("since", render.long_time(w["since"])))
+    if w.get("tasks"):
+        pairs.append(("tasks", task_counts({"tasks": w["tasks"]})))
+    if pairs:
+        ctx.print(render.fields(pairs))
     return 0
 
 
@@ -409,6 +535,8 @@ def cmd_mode(a, ctx: Context) -> int:
             body["weights"] = weights
         if not body:
             raise LocalError("mode set: give a POLICY, --high-priority or --weight")
+        if a.dry_run:
+            return dry_run(ctx, ctx.call("PUT", "/cluster/mode", body, query={"dry_run": "true"}))
         mode = ctx.call("PUT", "/cluster/mode", body)
     else:
         mode = ctx.call("GET", "/cluster/mode")
@@ -416,6 +544,30 @@ def cmd_mode(a, ctx: Context) -> int:
         ctx.emit_json(mode)
     else:
         ctx.print(mode_text(ctx, mode))
+    return 0
+
+
+def dry_run(ctx: Context, r: dict) -> int:
+    if ctx.json:
+        ctx.emit_json(r)
+        return 0
+    ctx.print("dry run: nothing was changed")
+    ctx.print(mode_text(ctx, r["mode"]))
+    ctx.print("")
+    now = ", ".join(f"{k} {v:g}%" for k, v in r["current"]["shares"].items())
+    ctx.print(f"would dispatch now: {len(r['dispatch'])} job(s) (under the mode in force: "
+              f"{len(r['current']['dispatch'])}; its shares: {now})")
+    if r["dispatch"]:
+        rows = [[d["id"], d["name"], ctx.queue_name(d["queue"]), d["owner"]] for d in r["dispatch"][:20]]
+        ctx.print(render.table(["ID", "NAME", "QUEUE", "OWNER"], rows))
+        if len(r["dispatch"]) > 20:
+            ctx.print(f"... and {len(r['dispatch']) - 20} more")
+    for why, n in r["waiting"].items():
+        ctx.print(f"  {n} job(s) would wait: {why}")
+    ctx.print("")
+    names = [s["name"] for s in r["shares"]]
+    rows = [[n["node_id"], n["address"]] + [f"{n['shares'].get(q, 0):g}%" for q in names] for n in r["nodes"]]
+    ctx.print(render.table(["NODE", "ADDRESS"] + [f"{q} SHARE" for q in names], rows))
     return 0
 
 
