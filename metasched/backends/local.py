@@ -530,7 +530,9 @@ class LocalBackend(Backend):
         file. Covers every task asked: one not reported is still waiting (or, once the leader is gone, gone)."""
         control = control or {}
         text = "".join(f"{word} {runs_arg(control[word])}\n" for word in ("hold", "skip") if control.get(word))
-        fields = ["tasks", exit_file(job), _pgid(job), f"{ARGS_PREFIX}{marker(job)} ", job.pwd, tag(job), text,
+        # no native id: the array was adopted by its exit file (it had ended): nothing to look for in /proc
+        leader = _pgid(job) if job.scheduler_job_id is not None else "0"
+        fields = ["tasks", exit_file(job), leader, f"{ARGS_PREFIX}{marker(job)} ", job.pwd, tag(job), text,
                   runs_arg(control.get("forget", ()))]
         return [(list(tasks), (self._asker(job), [str(len(fields)), *fields]))]
 
@@ -570,10 +572,10 @@ class LocalBackend(Backend):
         return as_user(["sh", "-c", "; ".join(lines)], run_as) if lines else None
 
     def forget_entry(self, job: Job):
+        if job.array_spec:          # an array adopted by its exit file has no native id, but has files
+            return self._asker(job), ["3", "forget_array", job.pwd, tag(job)]
         if job.scheduler_job_id is None:
             return None
-        if job.array_spec:
-            return self._asker(job), ["3", "forget_array", job.pwd, tag(job)]
         return self._asker(job), ["2", "forget", exit_file(job)]
 
 

@@ -115,8 +115,9 @@ def resolve(questions: list[Question], answers: list[Result], *, qmap: dict[int,
                 if found is not None and job.array_spec:
                     # an array that reached its scheduler: adopted; its tasks' ends are asked one by one
                     recovery.forget([job.id])
-                    changes.append(Change(job, JobStatus.QUEUED, f"adopted {q.name} job {found[0]} after an "
-                                          f"interrupted dispatch", scheduler_job_id=found[0]))
+                    what = f"job {found[0]}" if found[0] else "array, already over,"
+                    changes.append(Change(job, JobStatus.QUEUED, f"adopted {q.name} {what} after an interrupted "
+                                          f"dispatch", scheduler_job_id=found[0]))
                     continue
                 if found is not None:
                     native, fs = found
