@@ -543,8 +543,9 @@ class Engine:
             changes += arrays_mod.resolve(job, q, asked, ends, unseen_since=self.task_unseen, mono=tick.mono,
                                           grace=backend.recovery_grace(), cancelled_by=self.task_cancelled_by)
         updated = self.apply_tasks(arrays, changes, report)
+        local = {j.id for j in arrays if qmap[j.queue_id].type.value == "local"}
         for c in changes:
-            if c.new.final and qmap[c.task.job_id].type.value == "local":
+            if c.new.final and c.task.job_id in local:
                 self.task_forget.setdefault(c.task.job_id, []).append(c.task.task)
         self.task_actions(aplan.actions, qmap, backends, report)
         for job in updated.values():

@@ -36,6 +36,11 @@ def write_script(sc, name: str, text: str) -> str:
     return str(path)
 
 
+def no_failed_cycle(sc) -> None:
+    for srv in sc.servers:
+        assert "poll cycle failed" not in srv.stderr(), srv.stderr()[-3000:]
+
+
 def lines(sc) -> list[str]:
     return sc.ran.read_text().splitlines() if sc.ran.exists() else []
 
@@ -66,6 +71,7 @@ def test_an_array_whose_submit_times_out_is_one_launch_adopted_by_its_tag(scenar
     assert len({line.split()[1] for line in lines(sc)}) == 1             # ... in one session: one launch
     assert any(r.startswith("dispatch outcome unknown (command timed out") for r in reasons), reasons
     assert not any("refused" in r for r in reasons), reasons
+    no_failed_cycle(sc)
 
 
 def test_killing_the_lease_holder_while_an_array_is_dispatching_runs_every_task_once(scenario):
@@ -92,6 +98,8 @@ def test_killing_the_lease_holder_while_an_array_is_dispatching_runs_every_task_
 
 
 # -- dependencies and the clock ---------------------------------------------------------------------------
+    no_failed_cycle(sc)
+
 
 def test_clock_steps_past_the_retention_neither_release_nor_cancel_a_dependant(scenario):
     """A finished job older than retention.jobs_days would be removed; one a waiting job depends on must not
@@ -117,6 +125,7 @@ def test_clock_steps_past_the_retention_neither_release_nor_cancel_a_dependant(s
     done = sc.wait_final(srv, [b["id"], c["id"]], 60)
     assert done[c["id"]]["status"] == "COMPLETED", (done[c["id"]], sc.events(srv, c["id"]))
     assert lines(sc) == ["a start", "a end", "b start", "b end", "c start", "c end"]
+    no_failed_cycle(sc)
 
 
 def test_racing_cancels_edits_and_holds_on_parents_never_leave_a_child_stuck(scenario):
@@ -158,6 +167,7 @@ def test_racing_cancels_edits_and_holds_on_parents_never_leave_a_child_stuck(sce
         else:
             assert c["status"] == "CANCELLED" and "can never be met" in c["reason"], (kind, p["status"], c)
             assert f"{child['options'][0]} start" not in order
+    no_failed_cycle(sc)
 
 
 def test_dependants_under_a_killed_and_a_paused_lease_holder_run_once_and_in_order(scenario):
@@ -200,3 +210,4 @@ def test_dependants_under_a_killed_and_a_paused_lease_holder_run_once_and_in_ord
                 < order.index(f"c{i} start")
         else:
             assert f"b{i} start" not in order and order.index(f"a{i} end") < order.index(f"c{i} start")
+    no_failed_cycle(sc)
