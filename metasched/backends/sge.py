@@ -25,7 +25,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import replace
 
 from ..model import ArraySpec, Job, compress
-from .base import (RUN_SCRIPT, TASK_ID_VAR, Backend, FinalState, NativeJob, NativeState, NativeTask, PendingRun,
+from .base import (TASK_ID_VAR, Backend, FinalState, NativeJob, NativeState, NativeTask, PendingRun,
                    ProcessMatcher, SubmitRefused, as_user, command_line, first_line, is_tag_of, local_to_utc_iso,
                    parse_task_runs, path_reason, spooled_submit, tag, tag_fields, task_wrapper)
 

@@ -31,7 +31,7 @@ from ..backends.base import Backend, NativeState, SubmitRefused, command_line, p
 from ..config import Config
 from ..db.core import Database, epoch_to_time
 from ..db.repository import Repository
-from ..model import ACTIVE_STATES, Job, JobStatus, Policy, Queue
+from ..model import ACTIVE_STATES, Job, JobStatus, Queue
 from ..transport import Result, for_node
 from .dispatch import ACTOR, PARALLEL_BATCHES, BATCH_MAX, Dispatcher
 from .fanout import Call, FanOut, reason

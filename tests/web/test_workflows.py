@@ -141,7 +141,7 @@ def test_why_for_another_users_job_is_not_found(bob, submit):
 
 
 def test_why_held_dependency_position_and_next(alice, bob, submit):
-    first = submit(client=bob, path="/home/bob/x.sh")
+    submit(client=bob, path="/home/bob/x.sh")           # bob's, ahead in the same queue
     mine = submit()
     w = why(alice, mine["id"])
     assert (w["where"], w["position"], w["ahead"], w["ahead_yours"]) == ("metasched", 2, 1, [])   # bob's: a count
