@@ -233,7 +233,7 @@ class Engine:
             self._progressed()
             updated.update(self.follow_arrays([updated.get(j.id, j) for j in arrays], open_tasks, qmap, backends,
                                               obs.statuses, tick, report))
-            self.scheduler_reasons(jobs, qmap, backends, obs.statuses, tick)
+            self.scheduler_reasons([updated.get(j.id, j) for j in jobs], qmap, backends, obs.statuses, tick)
             self._progressed()
         jobs = [updated.get(j.id, j) for j in jobs]
         ended = [j for j in updated.values() if j.status.final]
@@ -660,13 +660,15 @@ class Engine:
         ask: dict[int, list[Job]] = {}
         every = max(10.0, 5 * self.config.poller.interval)
         for job in jobs:
-            if job.status is not JobStatus.QUEUED or job.queue_id not in qmap:
+            # a job in its scheduler's queue; an array also while some of its tasks run and others wait
+            if job.queue_id not in qmap or not (job.status is JobStatus.QUEUED or (
+                    job.array_spec and job.status is JobStatus.RUNNING)):
                 continue
             st = statuses.get(job.queue_id)
             if st is None or not st.ok:
                 continue
             nj = st.listed(job)
-            if nj is None or nj.state is not NativeState.PENDING and not nj.pending:
+            if nj is None or (nj.state is not NativeState.PENDING and not any(not r.ended for r in nj.pending)):
                 continue
             q = qmap[job.queue_id]
             backend = backends[q.id]
