@@ -107,6 +107,12 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class WorkflowsConfig:
+    cancel_impossible: bool = True  # a dependency that can no longer be met cancels its job (false: it waits)
+    max_array_tasks: int = 100_000  # tasks one array may have
+
+
+@dataclass(frozen=True)
 class Config:
     policy: Policy
     high_priority: int | None
@@ -119,6 +125,7 @@ class Config:
     server: ServerConfig = ServerConfig()
     source: str = "<memory>"
     retention: RetentionConfig = RetentionConfig()
+    workflows: WorkflowsConfig = WorkflowsConfig()
 
 
 # -- validation helpers: each takes the key path for its message --------------------------------
@@ -232,7 +239,7 @@ def parse(raw: Any, source: str = "<memory>", overrides: dict | None = None) -> 
     if set(raw) == {"cluster"}:           # the original project's JSON layout
         raw = _mapping(raw["cluster"], "cluster")
     _no_unknown(raw, {"policy", "nodes", "schedulers", "poller", "ssh", "auth", "enforcement", "server",
-                      "retention"}, "")
+                      "retention", "workflows"}, "")
 
     # nodes
     nodes_raw = raw.get("nodes")
@@ -368,12 +375,16 @@ def parse(raw: Any, source: str = "<memory>", overrides: dict | None = None) -> 
         "output_timeout": _num,
         "output_max_bytes": lambda v, p: _int(v, p, 1024, 16 * 1024 * 1024),
     })
+    workflows = _section(raw, "workflows", WorkflowsConfig, {
+        "cancel_impossible": _bool,
+        "max_array_tasks": lambda v, p: _int(v, p, 1, 10_000_000),
+    })
     if overrides:
         server = _replace(server, **{k: v for k, v in overrides.get("server", {}).items() if v is not None})
         ssh = _replace(ssh, **{k: v for k, v in overrides.get("ssh", {}).items() if v is not None})
         poller = _replace(poller, **{k: v for k, v in overrides.get("poller", {}).items() if v is not None})
     return Config(policy, high_priority, tuple(nodes), tuple(schedulers), poller, ssh, auth, enforcement,
-                  server, source, retention)
+                  server, source, retention, workflows)
 
 
 def _validate_group(name: str, path: str) -> str:

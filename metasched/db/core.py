@@ -26,7 +26,7 @@ from importlib import resources
 from ..errors import MetaschedError, Unavailable
 
 BUSY_TIMEOUT_MS = 10_000
-SCHEMA_VERSION = 5     # the highest migration in sql/
+SCHEMA_VERSION = 7     # the highest migration in sql/ (0006 is another branch's: migrations may skip numbers)
 
 _NAME_RE = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.M)
 

@@ -23,7 +23,7 @@ import pytest
 
 from .conftest import as_user, cli_argv, user_env
 
-COMMANDS = ["submit", "jobs", "show", "output", "events", "cancel", "hold", "release", "edit", "queues", "nodes", "mode",
+COMMANDS = ["submit", "jobs", "show", "output", "events", "why", "cancel", "hold", "release", "edit", "queues", "nodes", "mode",
             "watch", "token"]
 
 

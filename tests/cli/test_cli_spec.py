@@ -121,4 +121,5 @@ def test_every_option_of_the_help_is_accepted(cli):
     for opt in re.findall(r"^ +(--[a-z-]+)", text, re.M):
         assert opt in ("--help", "--json", "--queue", "--name", "--pwd", "--hold", "--parsable", "--no-check",
                        "--nodes", "--tasks", "--cores", "--mem", "--time", "--gpus", "--partition", "--account",
-                       "--native", "--export", "--env", "--output", "--error", "--join"), opt
+                       "--native", "--export", "--env", "--output", "--error", "--join",
+                       "--array", "--after-ok", "--after-notok", "--after-any", "--after-started"), opt

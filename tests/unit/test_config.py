@@ -44,7 +44,8 @@ def test_shipped_configs_load():
 
 
 SECTIONS = {"poller": C.PollerConfig, "ssh": C.SshConfig, "auth": C.AuthConfig,
-            "enforcement": C.EnforcementConfig, "server": C.ServerConfig, "retention": C.RetentionConfig}
+            "enforcement": C.EnforcementConfig, "server": C.ServerConfig, "retention": C.RetentionConfig,
+            "workflows": C.WorkflowsConfig}
 LISTS = {"nodes": C.NodeConfig, "schedulers": C.SchedulerConfig}
 
 
