@@ -144,6 +144,12 @@ class EventsConfig:
 
 
 @dataclass(frozen=True)
+class WorkflowsConfig:
+    cancel_impossible: bool = True  # a dependency that can no longer be met cancels its job (false: it waits)
+    max_array_tasks: int = 100_000  # tasks one array may have
+
+
+@dataclass(frozen=True)
 class Config:
     policy: Policy
     high_priority: int | None
@@ -158,6 +164,7 @@ class Config:
     retention: RetentionConfig = RetentionConfig()
     metrics: MetricsConfig = MetricsConfig()
     events: EventsConfig = EventsConfig()
+    workflows: WorkflowsConfig = WorkflowsConfig()
 
 
 # -- validation helpers: each takes the key path for its message --------------------------------
@@ -271,7 +278,7 @@ def parse(raw: Any, source: str = "<memory>", overrides: dict | None = None) -> 
     if set(raw) == {"cluster"}:           # the original project's JSON layout
         raw = _mapping(raw["cluster"], "cluster")
     _no_unknown(raw, {"policy", "nodes", "schedulers", "poller", "ssh", "auth", "enforcement", "server",
-                      "retention", "metrics", "events"}, "")
+                      "retention", "metrics", "events", "workflows"}, "")
 
     # nodes
     nodes_raw = raw.get("nodes")
@@ -423,12 +430,16 @@ def parse(raw: Any, source: str = "<memory>", overrides: dict | None = None) -> 
         "output_max_bytes": lambda v, p: _int(v, p, 1024, 16 * 1024 * 1024),
     })
     events = _events(raw)
+    workflows = _section(raw, "workflows", WorkflowsConfig, {
+        "cancel_impossible": _bool,
+        "max_array_tasks": lambda v, p: _int(v, p, 1, 10_000_000),
+    })
     if overrides:
         server = _replace(server, **{k: v for k, v in overrides.get("server", {}).items() if v is not None})
         ssh = _replace(ssh, **{k: v for k, v in overrides.get("ssh", {}).items() if v is not None})
         poller = _replace(poller, **{k: v for k, v in overrides.get("poller", {}).items() if v is not None})
     return Config(policy, high_priority, tuple(nodes), tuple(schedulers), poller, ssh, auth, enforcement,
-                  server, source, retention, metrics, events)
+                  server, source, retention, metrics, events, workflows)
 
 
 def webhook_url_problem(url) -> str | None:

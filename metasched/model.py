@@ -165,6 +165,9 @@ class Job:
     # -- accounting (issue 15): what the job used, recorded with its final state (None: nothing reported).
     #    Not a column: the repository builds it from the acct_* columns (see Accounting).
     accounting: "Accounting | None" = None
+    # -- workflows (issue 16): arrays and dependencies ---------------------------------------------
+    array_spec: str | None = None   # "1-1000:2%50" (ArraySpec): an array of tasks in one submission; None: one job
+    depends_on: tuple["Dependency", ...] = ()   # what it waits for (evaluated by the poller, any queue)
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,8 @@ class Queue:
     position: int | None
     reachable: bool | None = None      # its last batched status call worked (None: not checked yet)
     last_error: str | None = None
+    usage: float = 0.0                 # decayed CPU usage (the dynamic policy)
+    unreachable_since: str | None = None   # first failed status call of the current run of failures
 
 
 @dataclass(frozen=True)
@@ -207,6 +212,7 @@ class JobEvent:
     new_status: str
     actor: str
     reason: str | None
+    task: int | None = None          # an array task's event (None: the job's own)
 
 
 @dataclass(frozen=True)
@@ -422,3 +428,156 @@ class Delivery:
     last_error: str | None = None
     delivered_at: str | None = None
     secret: str | None = None           # the job's own webhook secret (site hooks' are in the config)
+# -- workflows (issue 16): job arrays, dependencies ------------------------------------------------------
+
+import re as _re
+
+_ARRAY_RE = _re.compile(r"^(\d{1,9})(?:-(\d{1,9})(?::(\d{1,9}))?)?(?:%(\d{1,9}))?(/held)?$")
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """An array of tasks: ``first-last:step%limit`` (Slurm's notation, one range), e.g. ``1-1000:2%50`` is
+    tasks 1, 3, ..., 999 with at most 50 running at once. ``limit`` None: no throttle.
+
+    ``held`` is never given by users: the poller submits an array held (qsub -h, sbatch --hold, a supervisor
+    that waits for its control file) when some of its tasks were held or cancelled before the dispatch, and
+    then releases the others; its text form carries ``/held`` only on the way to the backend."""
+    first: int
+    last: int
+    step: int = 1
+    limit: int | None = None
+    held: bool = False
+
+    @classmethod
+    def parse(cls, text: str, *, internal: bool = False) -> "ArraySpec":
+        """ValueError with the reason when ``text`` is not an array spec."""
+        m = _ARRAY_RE.match(text.strip() if isinstance(text, str) else "")
+        if not m or (m.group(5) and not internal):
+            raise ValueError(f"expected FIRST[-LAST[:STEP]][%LIMIT] (e.g. 1-1000:2%50), got {text!r}")
+        first = int(m.group(1))
+        last = int(m.group(2)) if m.group(2) is not None else first
+        step = int(m.group(3)) if m.group(3) is not None else 1
+        limit = int(m.group(4)) if m.group(4) is not None else None
+        if first < 1:
+            raise ValueError("task indices start at 1 (Grid Engine's do)")
+        if last < first:
+            raise ValueError(f"the last task {last} comes before the first {first}")
+        if step < 1:
+            raise ValueError("the step must be 1 or more")
+        if limit is not None and limit < 1:
+            raise ValueError("the limit of running tasks (%N) must be 1 or more")
+        last = first + (last - first) // step * step       # 1-10:4 is 1, 5, 9
+        return cls(first, last, step, limit, bool(m.group(5)))
+
+    @property
+    def count(self) -> int:
+        return (self.last - self.first) // self.step + 1
+
+    def indices(self) -> range:
+        return range(self.first, self.last + 1, self.step)
+
+    def __contains__(self, task: int) -> bool:
+        return self.first <= task <= self.last and (task - self.first) % self.step == 0
+
+    @property
+    def range_text(self) -> str:
+        """``first-last:step`` (qsub -t; sbatch --array without the throttle)."""
+        if self.first == self.last:
+            return str(self.first)
+        return f"{self.first}-{self.last}" + (f":{self.step}" if self.step != 1 else "")
+
+    def __str__(self) -> str:
+        return self.range_text + (f"%{self.limit}" if self.limit is not None else "") + ("/held" if self.held else "")
+
+
+def compress(tasks) -> list[tuple[int, int, int]]:
+    """Task indices as few (first, last, step) runs as a simple scan finds: [1, 2, 3, 7, 9, 11] ->
+    [(1, 3, 1), (7, 11, 2)]. For scheduler commands that take ranges (qdel -t, scontrol N_[..])."""
+    xs = sorted(set(tasks))
+    out: list[tuple[int, int, int]] = []
+    i = 0
+    while i < len(xs):
+        if i + 1 == len(xs):
+            out.append((xs[i], xs[i], 1))
+            break
+        step = xs[i + 1] - xs[i]
+        j = i + 1
+        while j + 1 < len(xs) and xs[j + 1] - xs[j] == step:
+            j += 1
+        if j == i + 1 and step != 1 and j + 1 < len(xs):
+            out.append((xs[i], xs[i], 1))      # a lone pair with a gap: let the next run start at xs[i + 1]
+            i += 1
+            continue
+        out.append((xs[i], xs[j], step))
+        i = j + 1
+    return out
+
+
+def runs_text(runs: list[tuple[int, int, int]]) -> str:
+    """``1-3,7-11:2`` (Slurm's array expressions)."""
+    return ",".join(str(a) if a == b else f"{a}-{b}" + (f":{s}" if s != 1 else "") for a, b, s in runs)
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why a job is not dispatched (or not started) now, as data. ``code``: unconfigured, unreachable,
+    exclusive, dispatch_limit (the policies), dependency, backoff, held, throttle, dispatching. ``text`` stays
+    the same while the cause does (it is recorded as the job's note, and as an event when it changes);
+    ``detail`` says it with the numbers of the moment ("Slurm has 3 jobs in flight")."""
+    code: str
+    text: str
+    detail: str = ""
+
+
+DEPENDENCY_KINDS = ("ok", "notok", "any", "started")
+
+
+@dataclass(frozen=True)
+class Dependency:
+    """One thing a job waits for: ``kind`` of job ``job_id`` (or of its task ``task``):
+    ok (ended COMPLETED), notok (ended ERROR or CANCELLED), any (ended), started (began running, or ended:
+    like Slurm's ``after``, a cancelled job releases its dependants). An array stands for all its tasks."""
+    kind: str
+    job_id: int
+    task: int | None = None
+
+    @property
+    def target(self) -> str:
+        return f"{self.job_id}.{self.task}" if self.task is not None else str(self.job_id)
+
+
+@dataclass(slots=True)
+class ArrayTask:
+    """One task of an array job, as tracked (metasched/lifecycle.py writes it, like a job)."""
+    job_id: int
+    task: int
+    status: JobStatus
+    native_id: str | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+    cancel_requested: bool = False
+    started_at: str | None = None
+    finished_at: str | None = None
+    updated_at: str = ""
+    version: int = 1
+
+    @property
+    def ref(self) -> str:
+        return f"{self.job_id}.{self.task}"
+
+
+S = JobStatus
+# A task is waiting (TO_BE_QUEUED before its array is submitted, QUEUED after; HELD: kept from starting),
+# then RUNNING, then ended. What the scheduler says is a fact: a held task that started anyway is RUNNING.
+TASK_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    S.TO_BE_QUEUED: frozenset({S.HELD, S.QUEUED, S.RUNNING, S.COMPLETED, S.ERROR, S.CANCELLED}),
+    S.HELD: frozenset({S.TO_BE_QUEUED, S.QUEUED, S.RUNNING, S.COMPLETED, S.ERROR, S.CANCELLED}),
+    S.QUEUED: frozenset({S.HELD, S.RUNNING, S.COMPLETED, S.ERROR, S.CANCELLED}),
+    S.RUNNING: frozenset({S.COMPLETED, S.ERROR, S.CANCELLED}),
+    S.DISPATCHING: frozenset(),
+    S.COMPLETED: frozenset(),
+    S.ERROR: frozenset(),
+    S.CANCELLED: frozenset(),
+}
+del S

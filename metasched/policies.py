@@ -6,6 +6,12 @@ carries out the :class:`Decision`.
 Rules shared by every policy (each is tested in ``tests/unit/test_policies.py``):
 
 - Pending jobs are considered in submission order, ``(seq, id)``.
+- A job that waits for another (its ``blocked`` reason: a dependency not met yet, evaluated by the poller) is
+  never dispatched, gets that reason, and is invisible to the rest of the decision: it neither blocks nor
+  activates a scheduler, nor counts as demand.
+- Why a job waits is data: ``Decision.reasons`` holds a :class:`Reason` per waiting job (a stable ``text``,
+  recorded as the job's note and as an event when it changes, and a ``detail`` with the numbers of the
+  moment, which ``GET /jobs/{id}/why`` shows); ``Decision.waiting`` is the same texts.
 - A job of an unreachable scheduler is never dispatched ("waiting: scheduler X unreachable") and never
   blocks jobs of other schedulers; the scheduler's CPU share is computed as if it were reachable, because
   its jobs may still run on the nodes.
@@ -37,7 +43,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .model import Policy
+from .model import Policy, Reason
 
 MIN_SHARE = 1.0  # percent of CPU a scheduler keeps when the policy starves it (cgroup weights cannot be 0)
 MAX_BOOST = 4.0  # dynamic: an effective weight stays within [weight / MAX_BOOST, weight * MAX_BOOST]
@@ -53,6 +59,7 @@ class SchedulerView:
     in_flight: int = 0          # our jobs DISPATCHING, QUEUED or RUNNING in it
     running: int = 0            # of those, RUNNING
     foreign_active: int = 0     # jobs submitted directly to the scheduler (not by us) pending or running
+    unreachable_since: str | None = None    # UTC, when its status calls started failing (for the reasons)
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,7 @@ class PendingJob:
     id: int
     queue_id: int
     seq: int                    # submission order (smaller = older); ties broken by id
+    blocked: Reason | None = None   # it waits for something outside the policy (a dependency): never dispatched
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,7 @@ class Snapshot:
 class Decision:
     dispatch: list[int] = field(default_factory=list)             # job ids, in the order to submit
     waiting: dict[int, str] = field(default_factory=dict)         # job id -> why it is not dispatched now
+    reasons: dict[int, Reason] = field(default_factory=dict)      # job id -> the same, as data
     shares: dict[int, float] = field(default_factory=dict)        # queue_id -> CPU share in percent (sums to 100)
     node_shares: dict[int, dict[int, float]] = field(default_factory=dict)  # node_id -> queue_id -> percent
 
@@ -92,8 +101,13 @@ def decide(snapshot: Snapshot, now: float) -> Decision:
     the current policies needs it.
     """
     views = _index_schedulers(snapshot.schedulers)
-    jobs = _in_submission_order(snapshot.pending)
-    waiting: dict[int, str] = {}
+    waiting: dict[int, Reason] = {}
+    jobs: list[PendingJob] = []
+    for job in _in_submission_order(snapshot.pending):
+        if job.blocked is not None:
+            waiting[job.id] = job.blocked
+        else:
+            jobs.append(job)
     eligible: list[PendingJob] = []
     for job in jobs:
         reason = _unavailable_reason(job, views)
@@ -113,8 +127,10 @@ def decide(snapshot: Snapshot, now: float) -> Decision:
         candidates = list(eligible)
 
     dispatch = [job.id for job in candidates[:max(snapshot.max_dispatch, 0)]]
-    for job in candidates[len(dispatch):]:
-        waiting[job.id] = "waiting: dispatch limit per cycle"
+    for i, job in enumerate(candidates[len(dispatch):]):
+        waiting[job.id] = Reason("dispatch_limit", "waiting: dispatch limit per cycle",
+                                 f"at most {max(snapshot.max_dispatch, 0)} dispatches per cycle; "
+                                 f"{len(dispatch) + i} jobs go before it")
 
     if policy is Policy.EXCLUSIVE:
         active = in_flight or ([candidates[0].queue_id] if dispatch else [])
@@ -128,10 +144,34 @@ def decide(snapshot: Snapshot, now: float) -> Decision:
 
     return Decision(
         dispatch=dispatch,
-        waiting=waiting,
+        waiting={jid: r.text for jid, r in waiting.items()},
+        reasons=waiting,
         shares=shares,
         node_shares={node_id: dict(shares) for node_id in snapshot.node_ids},
     )
+
+
+def snapshot_of(*, mode: Mapping, queues, active: Mapping[int, tuple[int, int]], foreign: Mapping[int, int],
+                reachable: Mapping[int, bool], pending: Iterable[tuple[int, int]],
+                blocked: Mapping[int, Reason] | None = None, usage: Mapping[int, float] | None = None,
+                node_ids: Iterable[int] = (), max_dispatch: int = 1000) -> Snapshot:
+    """The snapshot a decision is made on, from plain values: ``mode`` as stored (policy, high_priority,
+    weights by queue id as text), the configured ``queues`` (model.Queue), per queue id ``active`` (in flight,
+    running), ``foreign`` jobs active in it and whether it is ``reachable``, ``pending`` (job id, queue id)
+    jobs waiting in our queue, ``blocked`` reasons of jobs waiting for something else (dependencies).
+    One builder for the poller (this cycle's observations) and the service (the database's: why a job waits,
+    what a proposed mode would do), so both decide alike."""
+    weights = mode.get("weights", {})
+    blocked = blocked or {}
+    views = tuple(SchedulerView(
+        queue_id=q.id, name=q.name, weight=int(weights.get(str(q.id), q.weight)),
+        reachable=bool(reachable.get(q.id)), in_flight=active.get(q.id, (0, 0))[0],
+        running=active.get(q.id, (0, 0))[1], foreign_active=foreign.get(q.id, 0),
+        unreachable_since=getattr(q, "unreachable_since", None)) for q in queues)
+    return Snapshot(policy=Policy(mode["policy"]), schedulers=views,
+                    pending=tuple(PendingJob(jid, qid, jid, blocked.get(jid)) for jid, qid in pending),
+                    node_ids=tuple(node_ids), high_priority=mode.get("high_priority"), usage=dict(usage or {}),
+                    max_dispatch=max_dispatch)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -159,13 +199,16 @@ def _in_submission_order(pending: Iterable[PendingJob]) -> list[PendingJob]:
     return ordered
 
 
-def _unavailable_reason(job: PendingJob, views: Mapping[int, SchedulerView]) -> str | None:
+def _unavailable_reason(job: PendingJob, views: Mapping[int, SchedulerView]) -> Reason | None:
     """Why this job cannot go to its scheduler whatever the policy, or None when it can."""
     view = views.get(job.queue_id)
     if view is None:
-        return f"waiting: scheduler {job.queue_id} is not configured"
+        text = f"waiting: scheduler {job.queue_id} is not configured"
+        return Reason("unconfigured", text, text)
     if not view.reachable:
-        return f"waiting: scheduler {view.name} unreachable"
+        since = f" since {view.unreachable_since}" if view.unreachable_since else ""
+        return Reason("unreachable", f"waiting: scheduler {view.name} unreachable",
+                      f"scheduler {view.name} unreachable{since}")
     return None
 
 
@@ -223,17 +266,28 @@ def normalise_shares(raw: Mapping[int, float], min_share: float = MIN_SHARE) -> 
 # exclusive
 
 
+def _in_flight_text(views: Mapping[int, SchedulerView], queue_ids: Iterable[int]) -> str:
+    """"Slurm has 3 jobs in flight" (ours; and the ones submitted to it directly)."""
+    parts = []
+    for q in queue_ids:
+        v = views[q]
+        foreign = f" and {v.foreign_active} submitted to it directly" if v.foreign_active else ""
+        parts.append(f"{v.name} has {v.in_flight} job{'s' if v.in_flight != 1 else ''} in flight{foreign}")
+    return "; ".join(parts)
+
+
 def _exclusive_walk(
     jobs: list[PendingJob], views: Mapping[int, SchedulerView]
-) -> tuple[list[PendingJob], dict[int, str], list[int]]:
+) -> tuple[list[PendingJob], dict[int, Reason], list[int]]:
     """Jobs the exclusive policy would dispatch (before the per-cycle limit), reasons for the rest,
     and the schedulers currently in flight."""
-    waiting: dict[int, str] = {}
+    waiting: dict[int, Reason] = {}
     in_flight = [q for q, v in views.items() if _busy(v)]
     available = [j for j in jobs if _unavailable_reason(j, views) is None]
 
     if len(in_flight) > 1:  # e.g. foreign jobs on two schedulers, or right after a policy change
-        reason = f"waiting: exclusive, {_names(views, in_flight)} draining"
+        reason = Reason("exclusive", f"waiting: exclusive, {_names(views, in_flight)} draining",
+                        f"exclusive: {_in_flight_text(views, in_flight)}; one scheduler at a time")
         return [], {j.id: reason for j in available}, in_flight
     if in_flight:
         active = in_flight[0]
@@ -253,9 +307,12 @@ def _exclusive_walk(
             if job.queue_id == active:
                 candidates.append(job)
         else:
-            waiting[job.id] = (
-                f"waiting: exclusive, {views[active].name} draining, {views[barrier.queue_id].name} next"
-            )
+            busy = _in_flight_text(views, [active]) if _busy(views[active]) else \
+                f"{views[active].name} goes first (its job {candidates[0].id if candidates else '?'} is older)"
+            waiting[job.id] = Reason(
+                "exclusive",
+                f"waiting: exclusive, {views[active].name} draining, {views[barrier.queue_id].name} next",
+                f"exclusive: {busy}; {views[barrier.queue_id].name} is next")
     return candidates, waiting, in_flight
 
 

@@ -14,17 +14,19 @@ import re
 import threading
 from dataclasses import dataclass
 
-from . import events as EV, lifecycle
+from typing import NamedTuple
+
+from . import dependencies, events as EV, lifecycle, policies
 from .config import Config
 from .db.core import Database, format_time, parse_time, utcnow
 from .db.repository import Repository
 from .errors import (Conflict, Forbidden, Invalid, JobStateConflict, NoOutput, NotFound, Unauthenticated,
                      Unavailable)
 from .identity import Authority, Caller, hash_secret, new_secret
-from .model import (FINAL_STATES, NO_SPEC, RESOURCE_FIELDS, UNDISPATCHED_STATES, ClusterEvent, Delivery, FeedEvent, Job,
-                    JobEvent, JobNotify, JobSample, JobSpec, JobStatus, JobUsage, LeaseRecord, Node, Policy, PollCycle,
-                    Queue, Resources,
-                    Token, can_transition)
+from .model import (ACTIVE_STATES, DEPENDENCY_KINDS, FINAL_STATES, NO_SPEC, RESOURCE_FIELDS, UNDISPATCHED_STATES,
+                    ArraySpec, ArrayTask, can_transition, ClusterEvent, Delivery, Dependency, FeedEvent, Job,
+                    JobEvent, JobNotify, JobSample, JobSpec, JobStatus, JobUsage, LeaseRecord, Node, Policy,
+                    PollCycle, Queue, Resources, Token)
 
 MAX_PAGE = 1000
 MAX_NAME = 200   # characters of a job name (the API's schema says the same)
@@ -44,13 +46,15 @@ class QueueSummary:
 
 @dataclass(frozen=True)
 class JobDetail:
-    """One job as GET /jobs/{id} shows it: with where its output goes (its backend's resolved paths) and, when
-    asked for (include=metrics, issue 15), its latest live measurement."""
+    """One job as GET /jobs/{id} shows it: with where its output goes (its backend's resolved paths; an array's:
+    its tasks', with backends.base.TASK_SLOT where a task's index goes), for an array its tasks per state, and,
+    when asked for (include=metrics, issue 15), its latest live measurement."""
     job: Job
     outputs: object                   # backends.base.OutputFiles
     metrics: "JobUsage | None" = None     # None: not asked for, or the agents never saw it run
     include_metrics: bool = False
     notify: JobNotify | None = None   # what its owner asked to be told (issue 17)
+    tasks: dict[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -189,6 +193,46 @@ class NewToken:
     secret: str                       # shown once, stored only as a hash
 
 
+class Shown(NamedTuple):
+    """A job as shown: for an array, also its tasks per state (None for a plain job)."""
+    job: Job
+    tasks: dict[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class Why:
+    """Why a job (or one task of an array) is where it is: ``where`` metasched (waiting in our queue),
+    dispatching, scheduler (in the scheduler's queue), running or ended; ``reasons`` what keeps it waiting now
+    (policies.Reason: the policy's own, its dependencies, held, a throttle), ``scheduler_reason`` the
+    scheduler's own pending reason (squeue %r, qstat -j scheduling info), ``position`` its place among the
+    jobs waiting in its queue (1 = next) and ``ahead_yours`` which of those ahead are the caller's."""
+    job: Job
+    task: ArrayTask | None
+    where: str
+    reasons: list
+    position: int | None = None
+    ahead: int | None = None
+    ahead_yours: list[int] = ()
+    scheduler_reason: str | None = None
+    since: str | None = None
+    tasks: dict[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class DryRun:
+    """What a proposed mode would do now, changing nothing: the jobs it would dispatch at the next cycle, why
+    the others would wait (reason -> jobs), the CPU shares on every node; and the same under the mode in
+    force, for comparison."""
+    mode: Mode
+    dispatch: list[dict]
+    waiting: dict[str, int]
+    shares: dict[int, float]
+    node_shares: dict[int, dict[int, float]]
+    nodes: list[Node]
+    current_dispatch: list[int]
+    current_shares: dict[int, float]
+
+
 @functools.lru_cache(maxsize=None)
 def _name_checker(queue_type: str):
     """The backend's ``validate_name`` for a queue type, looked up once per process: a failed
@@ -208,6 +252,16 @@ def _field_checker(queue_type: str):
     try:
         from .backends import get_backend
         return getattr(get_backend(queue_type), "field_problem", None)
+    except Exception:
+        return None
+
+
+@functools.lru_cache(maxsize=None)
+def _array_checker(queue_type: str):
+    """The backend's ``array_problem`` (None: the scheduler takes no arrays), looked up once."""
+    try:
+        from .backends import get_backend
+        return getattr(get_backend(queue_type), "array_problem", None)
     except Exception:
         return None
 
@@ -277,9 +331,10 @@ def _resources(given: dict, base: Resources) -> Resources:
     return Resources(**values)
 
 
-def spec_from_request(body: dict, base: JobSpec = NO_SPEC) -> JobSpec:
+def spec_from_request(body: dict, base: JobSpec = NO_SPEC, *, array: bool = False) -> JobSpec:
     """The JobSpec a request asks for (submit: from nothing; PATCH: the fields it gives replace the job's, and
-    resources merge). Bounded, and refused by name: a 400 stores nothing."""
+    resources merge). Bounded, and refused by name: a 400 stores nothing. ``array``: the job is an array (its
+    output patterns then need %a, the task's index; a plain job's may not have it)."""
     if not any(k in body for k in SPEC_KEYS):
         return base
     from .backends.base import pattern_problem
@@ -311,7 +366,7 @@ def spec_from_request(body: dict, base: JobSpec = NO_SPEC) -> JobSpec:
     for key in ("stdout", "stderr"):
         if key in body:
             if body[key] is not None:
-                problem = pattern_problem(body[key])
+                problem = pattern_problem(body[key], array)
                 if problem:
                     raise Invalid(f"{key}: {problem}", field=key)
             fields[key] = body[key]
@@ -448,26 +503,95 @@ class Services:
                     weights={q.id: weights.get(str(q.id), q.weight) for q in queues}, queues=queues,
                     updated_at=setting.updated_at, updated_by=setting.updated_by)
 
+    def _proposed_mode(self, body: dict, mode: dict, queues: list[Queue]) -> dict:
+        """The mode ``body`` asks for, on top of the stored one (validated: a 400 names the field)."""
+        new = dict(mode)
+        if "policy" in body:
+            new["policy"] = Policy(body["policy"]).value
+        if "high_priority" in body:
+            new["high_priority"] = (None if body["high_priority"] is None
+                                    else self._resolve_queue(body["high_priority"], queues, "high_priority").id)
+        if "weights" in body:
+            weights = dict(new.get("weights", {}))
+            for key, w in body["weights"].items():
+                q = self._resolve_queue(key, queues, f"weights.{key}")
+                weights[str(q.id)] = w
+            new["weights"] = weights
+        if new["policy"] == Policy.BEST_EFFORT.value and new.get("high_priority") is None:
+            raise Invalid("high_priority: required for best_effort (a queue id or name)", field="high_priority")
+        return new
+
+    def dry_run_mode(self, caller: Caller, body: dict) -> DryRun:
+        """What ``PUT /cluster/mode`` with this body would do now, changing nothing (admins: the answer names
+        everyone's jobs)."""
+        self.require_admin(caller, "change the cluster mode (even as a dry run)")
+        with self.db.read():
+            setting = self.repo.get_setting(MODE_KEY)
+            queues = self.repo.list_queues()
+            proposed = self._proposed_mode(body, setting.value, queues)
+            state = self._decision_inputs()
+            nodes = self.repo.list_nodes()
+        decision = self._decide(proposed, state, nodes)
+        current = self._decide(setting.value, state, nodes)
+        pending = {p["id"]: p for p in state["pending"]}
+        waiting: dict[str, int] = {}
+        for text in decision.waiting.values():
+            waiting[text] = waiting.get(text, 0) + 1
+        stored = dataclasses.replace(setting, value=proposed)
+        return DryRun(mode=self._mode(stored, queues),
+                      dispatch=[{k: pending[i][k] for k in ("id", "queue_id", "owner", "name")}
+                                for i in decision.dispatch],
+                      waiting=waiting, shares=decision.shares, node_shares=decision.node_shares, nodes=nodes,
+                      current_dispatch=list(current.dispatch), current_shares=current.shares)
+
+    def _decision_inputs(self) -> dict:
+        """What a decision needs from the database (call inside a read transaction): queues, job counts, foreign
+        jobs, the jobs waiting in our queue and what their dependencies name."""
+        pending = self.repo.list_pending_jobs()
+        ids, pairs = dependencies.targets_needed(p["depends_on"] for p in pending if p["depends_on"])
+        targets = dependencies.targets_from(self.repo.dependency_targets(ids) if ids else {},
+                                            self.repo.dependency_task_targets(pairs) if pairs else {})
+        return {"queues": self.repo.list_queues(), "counts": self.repo.count_jobs_by_queue_status(),
+                "foreign": self.repo.count_foreign_jobs_by_queue_state(), "pending": pending, "targets": targets}
+
+    def _blocked(self, pending: list[dict], targets) -> dict[int, policies.Reason]:
+        """Jobs waiting for something besides the policy: dependencies not met, a dispatch the poller backs off
+        from (its note says so: the poller keeps the retry time, the database the note)."""
+        out = {}
+        for p in pending:
+            if p["depends_on"]:
+                r = dependencies.reason_of(dependencies.evaluate(p["depends_on"], targets),
+                                           self.config.workflows.cancel_impossible)
+                if r is not None:
+                    out[p["id"]] = r
+                    continue
+            if (p["reason"] or "").startswith("waiting: dispatch attempt"):
+                out[p["id"]] = policies.Reason("backoff", p["reason"], p["reason"])
+        return out
+
+    def _decide(self, mode: dict, state: dict, nodes: list[Node]) -> policies.Decision:
+        """The policy's decision under ``mode`` on what the database knows (the poller's last observations):
+        the same builder and the same pure policy as the poller's."""
+        counts = state["counts"]
+        active = {qid: (sum(n.get(s.value, 0) for s in ACTIVE_STATES), n.get("RUNNING", 0))
+                  for qid, n in counts.items()}
+        snap = policies.snapshot_of(
+            mode=mode, queues=state["queues"], active=active,
+            foreign={qid: sum(n.values()) for qid, n in state["foreign"].items()},
+            reachable={q.id: q.reachable is not False for q in state["queues"]},   # not checked yet: reachable
+            pending=[(p["id"], p["queue_id"]) for p in state["pending"]],
+            blocked=self._blocked(state["pending"], state["targets"]),
+            usage={q.id: q.usage for q in state["queues"]}, node_ids=[n.id for n in nodes],
+            max_dispatch=self.config.poller.max_dispatch_per_cycle)
+        return policies.decide(snap, parse_time(self.now()).timestamp())
+
     def set_mode(self, caller: Caller, body: dict) -> Mode:
         self.require_admin(caller, "change the cluster mode")
         now = self.now()
         with self.db.write():
             mode = self.repo.get_setting(MODE_KEY).value
             queues = self.repo.list_queues()
-            new = dict(mode)
-            if "policy" in body:
-                new["policy"] = Policy(body["policy"]).value
-            if "high_priority" in body:
-                new["high_priority"] = (None if body["high_priority"] is None
-                                        else self._resolve_queue(body["high_priority"], queues, "high_priority").id)
-            if "weights" in body:
-                weights = dict(new.get("weights", {}))
-                for key, w in body["weights"].items():
-                    q = self._resolve_queue(key, queues, f"weights.{key}")
-                    weights[str(q.id)] = w
-                new["weights"] = weights
-            if new["policy"] == Policy.BEST_EFFORT.value and new.get("high_priority") is None:
-                raise Invalid("high_priority: required for best_effort (a queue id or name)", field="high_priority")
+            new = self._proposed_mode(body, mode, queues)
             changed = {k: new[k] for k in ("policy", "high_priority", "weights") if new.get(k) != mode.get(k)}
             if changed:
                 self.repo.put_setting(key=MODE_KEY, value=new, actor=caller.user, now=now)
@@ -559,7 +683,7 @@ class Services:
         return self._resolve_queue(queue, self.repo.list_queues(), "queue").id
 
     # -- jobs ---------------------------------------------------------------------------------
-    def submit_job(self, caller: Caller, body: dict) -> Job:
+    def submit_job(self, caller: Caller, body: dict) -> Shown:
         self.require(caller)
         owner = body.get("owner") or caller.user
         if owner != caller.user and not caller.is_admin:
@@ -569,24 +693,98 @@ class Services:
         pwd = self._check_path(body.get("pwd") or posixpath.dirname(path) or "/", "pwd")
         name = body.get("name") or posixpath.basename(path)[:MAX_NAME]   # a default must fit the limit too
         options = self._check_options(body.get("options", []))
-        spec = spec_from_request(body)
+        array = self._check_array(body.get("array"))
+        spec = spec_from_request(body, array=array is not None)
         notify = EV.parse_notify(body["notify"], self.config) if body.get("notify") is not None else None
         now = self.now()
         with self.db.write():
             queues = self.repo.list_queues()
             queue = self._resolve_queue(body["queue"], queues, "queue")
             self._check_name(queue, name)
-            self._check_fields(queue, path, pwd, body.get("options", []))
+            self._check_fields(queue, path, pwd, body.get("options", []), array)
             self._check_spec(queue, Job(id=0, name=name, queue_id=queue.id, owner=owner, status=JobStatus.HELD,
-                                        path=path, options=tuple(options), pwd=pwd, spec=spec))
+                                        path=path, options=tuple(options), pwd=pwd, spec=spec,
+                                        array_spec=str(array) if array else None))
+            depends_on = self._check_after(caller, owner, body.get("after"))
             status = JobStatus.HELD if body.get("hold") else JobStatus.TO_BE_QUEUED
             job = lifecycle.create(self.repo, name=name, queue_id=queue.id, owner=owner, status=status, path=path,
-                                   options=options, pwd=pwd, actor=caller.user, now=now,
-                                   reason="submitted held" if status is JobStatus.HELD else "submitted", spec=spec)
+                                   options=options, pwd=pwd, actor=caller.user, now=now, spec=spec, array=array,
+                                   depends_on=depends_on,
+                                   reason="submitted held" if status is JobStatus.HELD else "submitted")
             if notify is not None:
                 self.repo.insert_job_notify(dataclasses.replace(notify, job_id=job.id))
+            shown = self._shown([job])[0]
         self._notify()
-        return job
+        return shown
+
+    def _check_array(self, text) -> ArraySpec | None:
+        if text is None:
+            return None
+        try:
+            spec = ArraySpec.parse(text)
+        except ValueError as exc:
+            raise Invalid(f"array: {exc}", field="array") from None
+        limit = self.config.workflows.max_array_tasks
+        if spec.count > limit:
+            raise Invalid(f"array: {spec.count} tasks; an array may have at most {limit} (workflows.max_array_tasks)",
+                          field="array")
+        return spec
+
+    def _check_after(self, caller: Caller, owner: str, after: dict | None, job: Job | None = None) \
+            -> tuple[Dependency, ...]:
+        """The dependencies ``after`` names, each checked: the job (and task) exists and is the caller's (an
+        admin may name anyone's; another user's job is "no job N", as an unknown one), it can still be met,
+        and (for an edit) it closes no cycle. A 400 names the field, e.g. ``after.ok[1]``."""
+        deps: list[Dependency] = []
+        for kind in DEPENDENCY_KINDS:
+            for i, ref in enumerate((after or {}).get(kind) or ()):
+                where = f"after.{kind}[{i}]"
+                dep = self._parse_dependency(kind, ref, where)
+                target = self.repo.get_job(dep.job_id)
+                if target is None or (target.owner != caller.user and not caller.is_admin):
+                    raise Invalid(f"{where}: no job {dep.job_id}", field=where)
+                if job is not None and dep.job_id == job.id:
+                    raise Invalid(f"{where}: job {job.id} cannot wait for itself", field=where)
+                state = {"status": target.status.value, "started_at": target.started_at, "failed_tasks": 0}
+                tasks = {}
+                if dep.task is not None:
+                    if not target.array_spec or dep.task not in ArraySpec.parse(target.array_spec, internal=True):
+                        raise Invalid(f"{where}: job {dep.job_id} has no task {dep.task}", field=where)
+                    t = self.repo.get_array_task(dep.job_id, dep.task)
+                    tasks[(dep.job_id, dep.task)] = {"status": t.status.value, "started_at": t.started_at}
+                elif target.array_spec:
+                    state = self.repo.dependency_targets([dep.job_id])[dep.job_id]
+                verdict, why = dependencies.check(dep, dependencies.targets_from({dep.job_id: state}, tasks)
+                                                  .get((dep.job_id, dep.task)))
+                if verdict == dependencies.NEVER:
+                    raise Invalid(f"{where}: {why}: this dependency can never be met", field=where)
+                if dep not in deps:
+                    deps.append(dep)
+        if job is not None and deps:
+            cycle = dependencies.find_cycle(job.id, deps, self._depends_of)
+            if cycle:
+                raise Invalid(f"after: would make a cycle: {' -> '.join(map(str, cycle))}", field="after")
+        return tuple(deps)
+
+    def _depends_of(self, job_id: int) -> tuple[Dependency, ...]:
+        other = self.repo.get_job(job_id)
+        return other.depends_on if other is not None else ()
+
+    @staticmethod
+    def _parse_dependency(kind: str, ref, where: str) -> Dependency:
+        """12 or "12" (a job; an array: all its tasks) or "12.3" (task 3 of array 12)."""
+        text = str(ref) if isinstance(ref, int) and not isinstance(ref, bool) else ref
+        m = re.fullmatch(r"([1-9][0-9]{0,17})(?:\.([0-9]{1,9}))?", text) if isinstance(text, str) else None
+        if m is None:
+            raise Invalid(f"{where}: expected a job id (12) or a task (12.3), got {ref!r}", field=where)
+        return Dependency(kind, int(m.group(1)), int(m.group(2)) if m.group(2) is not None else None)
+
+    def _shown(self, jobs: list[Job]) -> list[Shown]:
+        """Jobs with their tasks per state (arrays), one query for all of them (inside a transaction)."""
+        arrays = [j.id for j in jobs if j.array_spec]
+        counts = self.repo.count_array_tasks(arrays) if arrays else {}
+        return [Shown(j, {s.value: counts.get(j.id, {}).get(s.value, 0) for s in JobStatus
+                          if s is not JobStatus.DISPATCHING} if j.array_spec else None) for j in jobs]
 
     @staticmethod
     def _check_path(p: str, field: str) -> str:
@@ -620,12 +818,15 @@ class Services:
             raise Invalid(f"name: {queue.name} would refuse {name!r}: {problem}", field="name")
 
     @staticmethod
-    def _check_fields(queue, path: str, pwd: str, options: list[str]) -> None:
+    def _check_fields(queue, path: str, pwd: str, options: list[str], array: ArraySpec | None = None) -> None:
         check = _field_checker(queue.type)
         problem = check(path, pwd, list(options)) if check else None
+        if problem is None and array is not None:
+            check = _array_checker(queue.type.value)
+            problem = check(pwd) if check else ("array", f"{queue.type.value} queues take no arrays")
         if problem:
             field, reason = problem
-            value = {"path": path, "pwd": pwd, "options": options}.get(field)
+            value = {"path": path, "pwd": pwd, "options": options, "array": str(array)}.get(field)
             raise Invalid(f"{field}: {queue.name} cannot take {value!r}: {reason}", field=field)
 
     def backend(self, queue: Queue):
@@ -649,27 +850,35 @@ class Services:
             raise Invalid(f"{reason} (queue {queue.name})", field=field)
 
     def job_detail(self, caller: Caller, job_id: int, *, include_metrics: bool = False) -> JobDetail:
-        """One job, where its output goes (GET /jobs/{id}) and, with ``include_metrics``, its latest live
-        measurement."""
+        """One job, and where its output goes (GET /jobs/{id}); an array with its tasks per state; with
+        ``include_metrics``, its latest live measurement."""
         self.require(caller)
         with self.db.read():
             job = self._visible_job(caller, job_id)
             queue = self.repo.get_queue(job.queue_id)
             usage = self.repo.get_job_usage(job_id) if include_metrics else None
             notify = self.repo.get_job_notify(job_id)
-        return JobDetail(job, self.backend(queue).output_files(job), usage, include_metrics, notify)
+            shown = self._shown([job])[0]
+        return JobDetail(job, self.backend(queue).output_files(job), usage, include_metrics, notify, shown.tasks)
 
-    def read_output(self, caller: Caller, job_id: int, stream: str, offset: int, length: int):
-        """Bytes of a job's stdout or stderr, read as its owner on its scheduler's master node (through the
-        injected transport, with a sudo -n -u <owner> and the server's output_timeout): NoOutput (404) before the
-        file exists, Unavailable (503) when the node does not answer in time. Never as root."""
+    def read_output(self, caller: Caller, job_id: int, stream: str, offset: int, length: int,
+                    task: int | None = None):
+        """Bytes of a job's stdout or stderr (an array's: one task's, ``task``), read as its owner on its
+        scheduler's master node (through the injected transport, with a sudo -n -u <owner> and the server's
+        output_timeout): NoOutput (404) before the file exists, Unavailable (503) when the node does not answer in
+        time. Never as root."""
         from .backends.base import OutputRefused, command_line, parse_read_output, read_output_argv
         self.require(caller)
         with self.db.read():
             job = self._visible_job(caller, job_id)
+            if job.array_spec and task is None:
+                raise Invalid(f"task: job {job.id} is an array: each task has its own output; give ?task=N",
+                              field="task")
+            if task is not None:
+                self._visible_task(job, task)
             queue = self.repo.get_queue(job.queue_id)
             node = self.repo.get_node(queue.master_node_id)
-        files = self.backend(queue).output_files(job)
+        files = self.backend(queue).output_files(job, task) if job.array_spec else self.backend(queue).output_files(job)
         if stream == "stderr" and files.joined:
             raise NoOutput(f"job {job.id}'s stderr is joined into its stdout: read stream=stdout", job_id=job.id)
         path = files.stdout if stream == "stdout" else files.stderr
@@ -702,16 +911,17 @@ class Services:
             raise NotFound("job", job_id)
         return job
 
-    def get_job(self, caller: Caller, job_id: int) -> Job:
+    def get_job(self, caller: Caller, job_id: int) -> Shown:
         self.require(caller)
         with self.db.read():
-            return self._visible_job(caller, job_id)
+            return self._shown([self._visible_job(caller, job_id)])[0]
 
     def list_jobs(self, caller: Caller, *, statuses=None, queue=None, owner=None, after: int = 0,
                   limit: int = 100, newest: bool = False, before: int | None = None, history: History | None = None,
                   include_metrics: bool = False) -> Page:
-        """One page of jobs, oldest first (after a cursor) or newest first (before one), and whether more follow.
-        With ``history`` (an end-time window): the jobs that ended in it, newest end first (issue 15)."""
+        """One page of jobs (Shown: an array is one item, with its tasks per state), oldest first (after a
+        cursor) or newest first (before one), and whether more follow. With ``history`` (an end-time window):
+        the jobs that ended in it, newest end first (issue 15)."""
         owner, limit = self._listing_scope(caller, owner, limit)
         with self.db.read():
             queue_id = self._queue_filter(queue)
@@ -725,21 +935,27 @@ class Services:
                 jobs = self.repo.list_jobs(after=after, limit=limit + 1, owner=owner, queue_id=queue_id,
                                            statuses=statuses)
             metrics = self.repo.list_job_usage([j.id for j in jobs[:limit]]) if include_metrics else None
-        return Page(jobs[:limit], len(jobs) > limit, metrics)
+            return Page(self._shown(jobs[:limit]), len(jobs) > limit, metrics)
 
-    def job_events(self, caller: Caller, job_id: int) -> list[JobEvent]:
+    def job_events(self, caller: Caller, job_id: int, task: int | None = None) -> list[JobEvent]:
+        """The job's own events; with ``task``, that task's (an array's tasks have their own histories)."""
         self.require(caller)
         with self.db.read():
-            self._visible_job(caller, job_id)
-            return self.repo.list_job_events(job_id)
+            job = self._visible_job(caller, job_id)
+            if task is not None:
+                self._visible_task(job, task)
+            return self.repo.list_job_events(job_id, task)
 
-    def job_history(self, caller: Caller, job_id: int) -> JobHistory:
-        """A job's events with their ids in the event log and the state of their deliveries."""
+    def job_history(self, caller: Caller, job_id: int, task: int | None = None) -> JobHistory:
+        """A job's events with their ids in the event log and the state of their deliveries; with ``task``, that
+        task's own events (an array's tasks have their own histories)."""
         self.require(caller)
         with self.db.read():
-            self._visible_job(caller, job_id)
-            events = self.repo.list_job_events(job_id)
-            ids = self.repo.job_event_ids(job_id)
+            job = self._visible_job(caller, job_id)
+            if task is not None:
+                self._visible_task(job, task)
+            events = self.repo.list_job_events(job_id, task)
+            ids = self.repo.job_event_ids(job_id) if task is None else {}
             deliveries: dict[int, list[Delivery]] = {}
             for d in self.repo.list_job_deliveries(job_id):
                 deliveries.setdefault(d.event_id, []).append(d)
@@ -769,7 +985,7 @@ class Services:
         with self.db.read():
             return self.repo.latest_event_id()
 
-    def edit_job(self, caller: Caller, job_id: int, body: dict) -> Job:
+    def edit_job(self, caller: Caller, job_id: int, body: dict) -> Shown:
         self.require(caller)
         now = self.now()
         with self.db.write():
@@ -785,17 +1001,21 @@ class Services:
             path = self._check_script(body["path"]) if "path" in body else job.path
             options = self._check_options(body["options"]) if "options" in body else job.options
             pwd = self._check_path(body["pwd"], "pwd") if "pwd" in body else job.pwd
-            spec = spec_from_request(body, job.spec)
+            spec = spec_from_request(body, job.spec, array=bool(job.array_spec))
+            array = ArraySpec.parse(job.array_spec, internal=True) if job.array_spec else None
             if queue is not None:
-                self._check_fields(queue, path, pwd, body.get("options", job.options))
+                self._check_fields(queue, path, pwd, body.get("options", job.options), array)
                 self._check_spec(queue, dataclasses.replace(job, name=name, queue_id=queue_id, path=path,
                                                             options=tuple(options), pwd=pwd, spec=spec))
+            depends_on = self._check_after(caller, job.owner, body["after"], job) if "after" in body else None
             updated = lifecycle.edit(self.repo, job, actor=caller.user, now=now, changed=sorted(body), name=name,
-                                     queue_id=queue_id, path=path, options=options, pwd=pwd, spec=spec)
+                                     queue_id=queue_id, path=path, options=options, pwd=pwd, spec=spec,
+                                     depends_on=depends_on)
             if updated is None:  # cannot happen inside BEGIN IMMEDIATE: the read and the write are one
                 raise Conflict(f"job {job.id} changed concurrently; retry")
+            shown = self._shown([updated])[0]
         self._notify()
-        return updated
+        return shown
 
     def _transition(self, job: Job, new: JobStatus, actor: str, reason: str, now: str) -> Job:
         if not can_transition(job.status, new):
@@ -805,32 +1025,43 @@ class Services:
             raise Conflict(f"job {job.id} changed concurrently; retry")
         return updated
 
-    def hold_job(self, caller: Caller, job_id: int) -> Job:
+    def hold_job(self, caller: Caller, job_id: int) -> Shown:
+        """Before dispatch: the job (or array) is held in our queue. An array in its scheduler's queue: every
+        task still waiting there is held (the poller holds them in the scheduler)."""
         self.require(caller)
         now = self.now()
         with self.db.write():
             job = self._visible_job(caller, job_id)
-            if job.status is JobStatus.HELD:
-                return job
-            if job.status is not JobStatus.TO_BE_QUEUED:
-                raise JobStateConflict(job.id, job.status.value, "hold (only jobs not yet dispatched)")
-            return self._transition(job, JobStatus.HELD, caller.user, f"held by {caller.user}", now)
-
-    def release_job(self, caller: Caller, job_id: int) -> Job:
-        self.require(caller)
-        now = self.now()
-        with self.db.write():
-            job = self._visible_job(caller, job_id)
-            if job.status is JobStatus.TO_BE_QUEUED:
-                return job
-            if job.status is not JobStatus.HELD:
-                raise JobStateConflict(job.id, job.status.value, "release (only held jobs)")
-            job = self._transition(job, JobStatus.TO_BE_QUEUED, caller.user, f"released by {caller.user}", now)
+            if job.array_spec and job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+                lifecycle.move_tasks(self.repo, job, [JobStatus.QUEUED], JobStatus.HELD, actor=caller.user,
+                                     reason=f"held by {caller.user}", now=now)
+            elif job.status is not JobStatus.HELD:
+                if job.status is not JobStatus.TO_BE_QUEUED:
+                    raise JobStateConflict(job.id, job.status.value, "hold (only jobs not yet dispatched)")
+                job = self._transition(job, JobStatus.HELD, caller.user, f"held by {caller.user}", now)
+            shown = self._shown([job])[0]
         self._notify()
-        return job
+        return shown
 
-    def cancel_job(self, caller: Caller, job_id: int) -> Job:
-        """Before dispatch: cancelled at once. After: a cancel request the poller carries out."""
+    def release_job(self, caller: Caller, job_id: int) -> Shown:
+        self.require(caller)
+        now = self.now()
+        with self.db.write():
+            job = self._visible_job(caller, job_id)
+            if job.array_spec and job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+                lifecycle.move_tasks(self.repo, job, [JobStatus.HELD], JobStatus.QUEUED, actor=caller.user,
+                                     reason=f"released by {caller.user}", now=now)
+            elif job.status is not JobStatus.TO_BE_QUEUED:
+                if job.status is not JobStatus.HELD:
+                    raise JobStateConflict(job.id, job.status.value, "release (only held jobs)")
+                job = self._transition(job, JobStatus.TO_BE_QUEUED, caller.user, f"released by {caller.user}", now)
+            shown = self._shown([job])[0]
+        self._notify()
+        return shown
+
+    def cancel_job(self, caller: Caller, job_id: int) -> Shown:
+        """Before dispatch: cancelled at once (an array with all its tasks). After: a cancel request the poller
+        carries out (an array: all its tasks, in one native cancel)."""
         self.require(caller)
         now = self.now()
         with self.db.write():
@@ -838,14 +1069,202 @@ class Services:
             if job.status in FINAL_STATES:
                 raise JobStateConflict(job.id, job.status.value, "cancel a finished job")
             if job.status in UNDISPATCHED_STATES:
-                return self._transition(job, JobStatus.CANCELLED, caller.user, f"cancelled by {caller.user}", now)
-            if job.cancel_requested:
-                return job
-            updated = lifecycle.request_cancel(self.repo, job, actor=caller.user, now=now)
-            if updated is None:  # cannot happen inside BEGIN IMMEDIATE
-                raise Conflict(f"job {job.id} changed concurrently; retry")
+                job = self._transition(job, JobStatus.CANCELLED, caller.user, f"cancelled by {caller.user}", now)
+            elif not job.cancel_requested:
+                job = lifecycle.request_cancel(self.repo, job, actor=caller.user, now=now)
+                if job is None:  # cannot happen inside BEGIN IMMEDIATE
+                    raise Conflict(f"job {job_id} changed concurrently; retry")
+            shown = self._shown([job])[0]
         self._notify()
+        return shown
+
+    # -- array tasks ------------------------------------------------------------------------------
+    def _visible_task(self, job: Job, task: int) -> ArrayTask:
+        t = self.repo.get_array_task(job.id, task) if job.array_spec else None
+        if t is None:
+            raise NotFound("task", f"{job.id}.{task}")
+        return t
+
+    def list_tasks(self, caller: Caller, job_id: int, *, statuses=None, after: int = 0, limit: int = 100) -> Page:
+        """One page of an array's tasks, by index."""
+        self.require(caller)
+        limit = max(1, min(limit, MAX_PAGE))
+        with self.db.read():
+            job = self._visible_job(caller, job_id)
+            if not job.array_spec:
+                raise NotFound("array", job_id)
+            tasks = self.repo.list_array_tasks(job_id=job_id, after=after, limit=limit + 1, statuses=statuses)
+        return Page(tasks[:limit], len(tasks) > limit)
+
+    def get_task(self, caller: Caller, job_id: int, task: int) -> ArrayTask:
+        self.require(caller)
+        with self.db.read():
+            return self._visible_task(self._visible_job(caller, job_id), task)
+
+    def _task_transition(self, task: ArrayTask, new: JobStatus, actor: str, reason: str, now: str,
+                         cancel: bool = False) -> ArrayTask:
+        updated = lifecycle.task_transition(self.repo, task, new, actor=actor, reason=reason, now=now, cancel=cancel)
+        if updated is None:  # cannot happen inside BEGIN IMMEDIATE
+            raise Conflict(f"task {task.ref} changed concurrently; retry")
         return updated
+
+    def hold_task(self, caller: Caller, job_id: int, task: int) -> ArrayTask:
+        """A task not started yet is kept from starting: in our queue before its array is dispatched, in the
+        scheduler's queue after (the poller holds it there)."""
+        self.require(caller)
+        now = self.now()
+        with self.db.write():
+            job = self._visible_job(caller, job_id)
+            t = self._visible_task(job, task)
+            if t.status is not JobStatus.HELD:
+                if t.status not in (JobStatus.TO_BE_QUEUED, JobStatus.QUEUED):
+                    raise JobStateConflict(job.id, f"{t.status.value} (task {t.ref})", "hold (only tasks not started)")
+                t = self._task_transition(t, JobStatus.HELD, caller.user, f"held by {caller.user}", now)
+                if job.status in UNDISPATCHED_STATES:
+                    lifecycle.submit_held(self.repo, job, actor=caller.user, now=now)
+        self._notify()
+        return t
+
+    def release_task(self, caller: Caller, job_id: int, task: int) -> ArrayTask:
+        self.require(caller)
+        now = self.now()
+        with self.db.write():
+            job = self._visible_job(caller, job_id)
+            t = self._visible_task(job, task)
+            if t.status is JobStatus.HELD:
+                new = JobStatus.QUEUED if job.status in (JobStatus.QUEUED, JobStatus.RUNNING) else JobStatus.TO_BE_QUEUED
+                t = self._task_transition(t, new, caller.user, f"released by {caller.user}", now)
+            elif t.status not in (JobStatus.TO_BE_QUEUED, JobStatus.QUEUED):
+                raise JobStateConflict(job.id, f"{t.status.value} (task {t.ref})", "release (only held tasks)")
+        self._notify()
+        return t
+
+    def cancel_task(self, caller: Caller, job_id: int, task: int) -> ArrayTask:
+        """A task not in its scheduler yet is cancelled at once (and, should the scheduler list it later, there
+        too); one in its scheduler's queue or running is a request the poller carries out. An array whose
+        tasks were all cancelled before it was dispatched is cancelled itself."""
+        self.require(caller)
+        now = self.now()
+        with self.db.write():
+            job = self._visible_job(caller, job_id)
+            t = self._visible_task(job, task)
+            if t.status.final:
+                raise JobStateConflict(job.id, f"{t.status.value} (task {t.ref})", "cancel a finished task")
+            if t.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+                if not t.cancel_requested:
+                    t = lifecycle.request_task_cancel(self.repo, t, actor=caller.user, now=now)
+            else:
+                t = self._task_transition(t, JobStatus.CANCELLED, caller.user, f"cancelled by {caller.user}", now,
+                                          cancel=True)
+                counts = self.repo.count_array_tasks([job.id]).get(job.id, {})
+                if job.status in UNDISPATCHED_STATES and all(JobStatus(s).final for s in counts):
+                    self._transition(job, JobStatus.CANCELLED, caller.user,
+                                     f"cancelled by {caller.user} (all its tasks)", now)
+                elif job.status in UNDISPATCHED_STATES:
+                    lifecycle.submit_held(self.repo, job, actor=caller.user, now=now)
+        self._notify()
+        return t
+
+    # -- why is it waiting ------------------------------------------------------------------------
+    def why(self, caller: Caller, job_id: int, task: int | None = None) -> Why:
+        """Why a job (or one task of an array) is waiting, now: in our queue, the policy's own reason (computed
+        from what the database knows, by the same pure policy the poller runs), its dependencies, a hold, its
+        place in its queue; in the scheduler's queue, the scheduler's own pending reason as the poller last
+        read it. Another user's job is not found."""
+        self.require(caller)
+        with self.db.read():
+            job = self._visible_job(caller, job_id)
+            t = self._visible_task(job, task) if task is not None else None
+            shown = self._shown([job])[0]
+            state = self._decision_inputs() if job.status is JobStatus.TO_BE_QUEUED else None
+            nodes = self.repo.list_nodes()
+            ahead = self.repo.list_queue_ahead(queue_id=job.queue_id, id=job.id) \
+                if job.status is JobStatus.TO_BE_QUEUED else None
+            since = self._reason_since(job)
+            held_by = self._last_actor(job, JobStatus.HELD) if job.status is JobStatus.HELD else None
+        reasons: list[policies.Reason] = []
+        where = {JobStatus.TO_BE_QUEUED: "metasched", JobStatus.HELD: "metasched",
+                 JobStatus.DISPATCHING: "dispatching", JobStatus.QUEUED: "scheduler",
+                 JobStatus.RUNNING: "running"}.get(job.status, "ended")
+        if job.status is JobStatus.HELD:
+            reasons.append(policies.Reason("held", "held", f"held{held_by}: release it to let it be dispatched"))
+        if job.status in UNDISPATCHED_STATES and job.depends_on:
+            with self.db.read():
+                ids, pairs = dependencies.targets_needed([job.depends_on])
+                targets = dependencies.targets_from(self.repo.dependency_targets(ids),
+                                                    self.repo.dependency_task_targets(pairs) if pairs else {})
+            r = dependencies.reason_of(dependencies.evaluate(job.depends_on, targets),
+                                       self.config.workflows.cancel_impossible)
+            if r is not None:
+                reasons.append(r)
+        position = n_ahead = None
+        yours: list[int] = []
+        if state is not None:
+            decision = self._decide(self.repo_mode(), state, nodes)
+            r = decision.reasons.get(job.id)
+            if r is not None and r.code != "dependency":
+                reasons.append(r)
+            elif r is None and job.id in decision.dispatch:
+                reasons.append(policies.Reason("next", "dispatched at the next cycle",
+                                               "nothing holds it back: the poller dispatches it at its next cycle"))
+            n_ahead = len(ahead)
+            position = n_ahead + 1
+            yours = [i for i, owner in ahead if owner == job.owner]
+        if job.status is JobStatus.DISPATCHING:
+            reasons.append(policies.Reason("dispatching", job.reason or "being submitted", job.reason or ""))
+        scheduler_reason = None
+        if job.status in (JobStatus.QUEUED, JobStatus.RUNNING) and (job.reason or "").startswith("pending in "):
+            scheduler_reason = job.reason.split(": ", 1)[1] if ": " in job.reason else job.reason
+        if job.array_spec and job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+            r = self._throttle(job, shown.tasks)
+            if r is not None:
+                reasons.append(r)
+        if t is not None:
+            where, reasons = self._task_why(job, t, where, reasons, shown.tasks)
+        return Why(job=job, task=t, where=where, reasons=reasons, position=position, ahead=n_ahead,
+                   ahead_yours=yours, scheduler_reason=scheduler_reason, since=since, tasks=shown.tasks)
+
+    def repo_mode(self) -> dict:
+        with self.db.read():
+            return self.repo.get_setting(MODE_KEY).value
+
+    @staticmethod
+    def _throttle(job: Job, tasks: dict[str, int] | None) -> policies.Reason | None:
+        spec = ArraySpec.parse(job.array_spec, internal=True)
+        tasks = tasks or {}
+        running, waiting = tasks.get("RUNNING", 0), tasks.get("QUEUED", 0)
+        if spec.limit is None or not waiting or running < spec.limit:
+            return None
+        return policies.Reason("throttle", f"waiting: throttle, at most {spec.limit} of its tasks run at once",
+                               f"throttle: {running} of at most {spec.limit} tasks running, {waiting} waiting")
+
+    @staticmethod
+    def _task_why(job: Job, t: ArrayTask, where: str, reasons: list, tasks) -> tuple[str, list]:
+        if t.status is JobStatus.HELD:
+            return "metasched" if where in ("metasched", "dispatching") else "scheduler", [
+                policies.Reason("held", "held", f"task {t.ref} is held: release it to let it start")]
+        if t.status is JobStatus.RUNNING:
+            return "running", []
+        if t.status.final:
+            return "ended", []
+        if t.status is JobStatus.QUEUED:
+            return "scheduler", [r for r in reasons if r.code == "throttle"]
+        return where, reasons       # waiting with its array
+
+    def _reason_since(self, job: Job) -> str | None:
+        """When the job's current note was first recorded (the event that recorded it)."""
+        events = self.repo.list_job_events(job.id)
+        at = None
+        for e in reversed(events):
+            if e.reason != job.reason:
+                break
+            at = e.at
+        return at
+
+    def _last_actor(self, job: Job, status: JobStatus) -> str:
+        events = self.repo.list_job_events(job.id)
+        e = next((e for e in reversed(events) if e.new_status == status.value), None)
+        return f" by {e.actor} since {e.at}" if e is not None else ""
 
     # -- tokens -------------------------------------------------------------------------------
     def create_token(self, caller: Caller, body: dict) -> NewToken:

@@ -21,7 +21,10 @@ SELECT * FROM queues WHERE position IS NOT NULL ORDER BY position;
 SELECT * FROM queues WHERE id = :id;
 
 -- name: set_queue_health
-UPDATE queues SET reachable = :reachable, last_error = :last_error, checked_at = :now WHERE id = :id;
+-- unreachable_since: the first failed check of the current run of failures (kept while it lasts).
+UPDATE queues SET reachable = :reachable, last_error = :last_error, checked_at = :now,
+                  unreachable_since = CASE WHEN :reachable = 0 THEN coalesce(unreachable_since, :now) END
+WHERE id = :id;
 
 -- name: set_queue_usage
 UPDATE queues SET usage = :usage WHERE id = :id;

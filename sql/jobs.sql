@@ -1,6 +1,8 @@
 -- name: insert_job
-INSERT INTO jobs (name, queue_id, owner, status, path, options, pwd, token, spec, created_at, updated_at)
-VALUES (:name, :queue_id, :owner, :status, :path, :options, :pwd, :token, :spec, :now, :now)
+INSERT INTO jobs (name, queue_id, owner, status, path, options, pwd, token, spec, array_spec, depends_on,
+                  created_at, updated_at)
+VALUES (:name, :queue_id, :owner, :status, :path, :options, :pwd, :token, :spec, :array_spec, :depends_on, :now,
+        :now)
 RETURNING *;
 
 -- name: get_job
@@ -51,7 +53,7 @@ LIMIT :limit;
 -- name: update_job_fields
 -- Edit before dispatch, only from the version the caller read (metasched/lifecycle.py).
 UPDATE jobs SET name = :name, queue_id = :queue_id, path = :path, options = :options, pwd = :pwd,
-                spec = :spec, updated_at = :now, version = version + 1
+                spec = :spec, depends_on = :depends_on, updated_at = :now, version = version + 1
 WHERE id = :id AND version = :version AND status IN ('TO_BE_QUEUED', 'HELD')
 RETURNING *;
 
@@ -81,11 +83,14 @@ RETURNING *;
 UPDATE jobs SET reason = :reason WHERE id = :id AND version = :version AND reason IS NOT :reason;
 
 -- name: insert_job_event
-INSERT INTO job_events (job_id, at, old_status, new_status, actor, reason)
-VALUES (:job_id, :now, :old_status, :new_status, :actor, :reason);
+INSERT INTO job_events (job_id, at, old_status, new_status, actor, reason, task)
+VALUES (:job_id, :now, :old_status, :new_status, :actor, :reason, :task);
 
 -- name: list_job_events
-SELECT id, at, old_status, new_status, actor, reason FROM job_events WHERE job_id = :job_id ORDER BY id;
+-- :task NULL: the job's own events; a task index: that task's (an array's tasks have their own histories).
+SELECT id, at, old_status, new_status, actor, reason, task FROM job_events
+WHERE job_id = :job_id AND task IS :task
+ORDER BY id;
 
 -- name: count_jobs_by_queue_status
 -- Kept by triggers (migration 3): a few rows, whatever the size of the history.
@@ -105,11 +110,16 @@ WHERE status IN ('TO_BE_QUEUED', 'DISPATCHING', 'HELD', 'QUEUED', 'RUNNING')
   AND (status IN ('TO_BE_QUEUED', 'DISPATCHING') OR cancel_requested = 1);
 
 -- name: prune_finished_jobs
--- Retention: the oldest finished jobs (and, by ON DELETE CASCADE, their events), a bounded number at a time.
--- The newest job always stays: SQLite gives a new row max(id) + 1, so job ids are never reused.
+-- Retention: the oldest finished jobs (and, by ON DELETE CASCADE, their events and tasks), a bounded number at a
+-- time. The newest job always stays: SQLite gives a new row max(id) + 1, so job ids are never reused. A job that
+-- a waiting job depends on stays too, however old (and whatever the clock says): its end is what releases or
+-- cancels the dependant.
 DELETE FROM jobs WHERE id IN (
     SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < :before
                           AND id < (SELECT max(id) FROM jobs)
+                          AND id NOT IN (SELECT json_extract(d.value, '$[1]')
+                                         FROM jobs w, json_each(w.depends_on) d
+                                         WHERE w.status IN ('TO_BE_QUEUED', 'HELD') AND w.depends_on IS NOT NULL)
     ORDER BY finished_at LIMIT :limit);
 
 -- name: cancel_requested_among

@@ -41,6 +41,9 @@ class NativeJob:
     start_time: str | None = None   # ISO 8601 UTC when known
     reason: str | None = None       # e.g. the Eqw error text
     our_token: str | None = None    # the token in the tag (None: the old tag without one)
+    # an array (issue 16): its tasks listed one by one, and those pending as runs (see NativeTask, PendingRun)
+    tasks: tuple = ()
+    pending: tuple = ()
 
     def is_of(self, job: Job) -> bool:
         """This native job is that job of ours: its tag's id and token, and the job's owner (anyone can name
@@ -230,10 +233,11 @@ class Backend:
             return "native", f"native: {self.scheduler_name} takes no native flags"
         return None
 
-    def output_files(self, job: Job) -> "OutputFiles":
+    def output_files(self, job: Job, task: int | None = None) -> "OutputFiles":
         """Where the job's stdout and stderr go (resolved paths, see OutputFiles). The one place each backend
-        says it: its submit command and GET /jobs/{id} both read it."""
-        stdout, stderr = custom_outputs(job)
+        says it: its submit command and GET /jobs/{id} both read it. An array: its task ``task``'s files, or
+        with TASK_SLOT where the index goes (task None)."""
+        stdout, stderr = custom_outputs(job, task)
         return OutputFiles(stdout, None if job.spec.join else stderr, joined=job.spec.join)
 
     def script_needs(self) -> str:
@@ -244,6 +248,34 @@ class Backend:
     # -- enforcement --------------------------------------------------------------------------
     def process_matcher(self) -> ProcessMatcher:
         return ProcessMatcher()
+
+    # -- arrays (issue 16) ------------------------------------------------------------------------
+    # An array (job.array_spec) is ONE native submission (submit_argv / batch_line build it); its status line(s)
+    # come back folded into one NativeJob with .tasks and .pending; the end of each task is asked with
+    # task_final_entries / parse_task_finals; tasks are cancelled, held and released with task_action_argv.
+    supports_arrays = False
+
+    def array_problem(self, pwd: str) -> tuple[str, str] | None:
+        """(field, reason) when this scheduler cannot run an array with this working directory, else None."""
+        return None if self.supports_arrays else ("array", f"{self.type} has no job arrays")
+
+    def task_final_entries(self, job: Job, tasks: list[int]) -> list[tuple[list[int], tuple]]:
+        """How the given tasks of an array ended: [(the tasks an entry covers, (who asks, entry for
+        final_batch_argv))]."""
+        raise NotImplementedError
+
+    def parse_task_finals(self, job: Job, tasks: list[int], rc: int, stdout: str, stderr: str) -> dict[int, FinalState]:
+        """task -> how it ended, for the covered tasks accounting knows (the others: not yet)."""
+        raise NotImplementedError
+
+    def task_action_argv(self, job: Job, action: str, tasks: list[int], run_as: str | None) -> list[str]:
+        """cancel, hold or release these tasks of the array in the scheduler."""
+        raise NotImplementedError
+
+    # Why a job waits in the scheduler's queue, for schedulers whose status call does not say (Grid Engine's
+    # qstat -j scheduling info): one command for several native ids, parsed into native id -> reason.
+    pending_reasons_argv = None
+    parse_pending_reasons = None
 
 
 # -- helpers shared by the backends -----------------------------------------------------------
@@ -473,32 +505,43 @@ class OutputFiles:
 
 
 _PATTERN_CODE = re.compile(r"%(.?)", re.S)
+# Where an array task's index (%a) goes in a resolved output path, until a backend writes it its own way (Grid
+# Engine's $TASK_ID, Slurm's %a, the local supervisor's number). NUL: no pattern holds one (pattern_problem).
+TASK_SLOT = "\x00"
 
 
-def pattern_problem(pattern: str) -> str | None:
-    """Why an output path pattern is unusable, or None. %j (our job id), %x (the job name), %% (a percent)."""
+def pattern_problem(pattern: str, array: bool = False) -> str | None:
+    """Why an output path pattern is unusable, or None. %j (our job id), %x (the job name), %a (an array task's
+    index: only for arrays, where each task needs a file of its own), %% (a percent)."""
     if not pattern or "\x00" in pattern or "\n" in pattern:
         return "must be a path without NUL or newline characters"
-    for m in _PATTERN_CODE.finditer(pattern):
-        if m.group(1) not in ("j", "x", "%"):
-            return (f"%{m.group(1)} is not a pattern metasched knows (%j: the job id, %x: the job name, %%: a "
-                    f"percent sign)")
+    codes = {m.group(1) for m in _PATTERN_CODE.finditer(pattern)}
+    for code in sorted(codes):
+        if code not in ("j", "x", "a", "%"):
+            return (f"%{code} is not a pattern metasched knows (%j: the job id, %x: the job name, %a: an array "
+                    f"task's index, %%: a percent sign)")
+    if "a" in codes and not array:
+        return "%a is an array task's index: this job is not an array"
+    if array and "a" not in codes:
+        return "each task of an array writes a file of its own: put %a (the task's index) in the pattern"
     return None
 
 
-def resolve_output(pattern: str, job: Job) -> str:
-    """An output pattern as a path: %j our job id, %x the job name, %% a percent sign; relative to pwd."""
+def resolve_output(pattern: str, job: Job, task: int | None = None) -> str:
+    """An output pattern as a path: %j our job id, %x the job name, %a the array task's index (``task``; None:
+    TASK_SLOT), %% a percent sign; relative to pwd."""
     def code(m):
-        return {"j": str(job.id), "x": job.name, "%": "%"}[m.group(1)]
+        return {"j": str(job.id), "x": job.name, "a": TASK_SLOT if task is None else str(task), "%": "%"}[m.group(1)]
     path = _PATTERN_CODE.sub(code, pattern)
     return _posixpath.normpath(_posixpath.join(job.pwd, path))
 
 
-def custom_outputs(job: Job) -> tuple[str | None, str | None]:
-    """The job's own output paths, resolved (None: the scheduler's default file for that stream)."""
+def custom_outputs(job: Job, task: int | None = None) -> tuple[str | None, str | None]:
+    """The job's own output paths, resolved (None: the scheduler's default file for that stream); an array's
+    with ``task``'s index, or TASK_SLOT where it goes."""
     spec = job.spec
-    return (resolve_output(spec.stdout, job) if spec.stdout else None,
-            resolve_output(spec.stderr, job) if spec.stderr else None)
+    return (resolve_output(spec.stdout, job, task) if spec.stdout else None,
+            resolve_output(spec.stderr, job, task) if spec.stderr else None)
 
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
@@ -756,10 +799,13 @@ CHECK_SCRIPT = CHECK_FUNCTION + '; ms_check "$@"'
 
 def check_args(mode: str, job: Job, files: "OutputFiles") -> list[str]:
     """ms_check's arguments for a job: the directories its output files are written in (pwd for a default file
-    the scheduler names after its id), each once."""
+    the scheduler names after its id), each once; an array's per-task directories (named with %a) are not known
+    before its tasks run: not checked."""
     dirs = []
     for path in (files.stdout, files.stderr):
         d = _posixpath.dirname(path) if path else job.pwd
+        if TASK_SLOT in d:
+            continue
         if d not in dirs:
             dirs.append(d)
     return [mode, job.path, job.pwd, str(len(dirs)), *dirs]
@@ -806,3 +852,79 @@ def signal_of(exit_status: int | None) -> int | None:
     if exit_status is None or not 128 < exit_status < 128 + 65:
         return None
     return exit_status - 128
+# -- arrays (issue 16): one native submission, tasks tracked one by one -----------------------------
+
+@dataclass(frozen=True)
+class NativeTask:
+    """One task of a native array, as the batched status call lists it (running, or split off in its own
+    line: finished, in error, held, or a lone pending task)."""
+    task: int
+    state: NativeState
+    native_id: str | None = None      # the task in the scheduler (Grid Engine N.T, Slurm's own job id, a pid)
+    start_time: str | None = None
+    held: bool = False
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class PendingRun:
+    """Tasks first..last (by step) waiting in the scheduler's queue as one line (Grid Engine ``5-1000:1``,
+    Slurm ``18_[5-1000%20]``); held: kept from starting by a hold."""
+    first: int
+    last: int
+    step: int = 1
+    held: bool = False
+    reason: str | None = None         # the scheduler's reason for this line (Slurm %r: JobArrayTaskLimit)
+    ended: bool = False               # the line is over: these tasks were cancelled before they started
+
+    def indices(self) -> range:
+        return range(self.first, self.last + 1, self.step)
+
+
+TASK_ACTIONS = ("cancel", "hold", "release")
+TASK_ID_VAR = "METASCHED_ARRAY_TASK_ID"
+
+
+def parse_task_runs(text: str) -> list[tuple[int, int, int]]:
+    """``5-10:1,12,14-20:2`` (Grid Engine) or ``5-10,12`` (Slurm, inside the brackets, without %N) as runs."""
+    runs = []
+    for part in (text or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        m = re.fullmatch(r"(\d+)(?:-(\d+)(?::(\d+))?)?", part)
+        if not m:
+            raise ValueError(f"not a task range: {part!r}")
+        a = int(m.group(1))
+        b = int(m.group(2)) if m.group(2) else a
+        s = int(m.group(3)) if m.group(3) else 1
+        runs.append((a, b, s))
+    return runs
+
+
+# The tasks of an array run the user's script through this wrapper (spooled by the scheduler as the array's
+# batch script, or run as the binary): it sets $METASCHED_ARRAY_TASK_ID from the scheduler's own variable, then
+# runs the script as the scheduler would have: exec'd when it is executable (the kernel honours its #!), else
+# through the interpreter its #! line names, else /bin/sh. $1 = the script, the rest its arguments.
+RUN_SCRIPT = ('s=$1; shift; [ -x "$s" ] && exec "$s" "$@"; l=; IFS= read -r l < "$s"; '
+              'case $l in "#!"*) set -f; set -- ${l#??} "$s" "$@"; set +f; exec "$@";; esac; exec /bin/sh "$s" "$@"')
+
+
+def task_wrapper(variable: str, run: str, script: str, options) -> str:
+    """The body of an array's batch script: export the task index, run the script (``run`` is a ``sh -c``
+    program taking the script and its arguments)."""
+    return (f'{TASK_ID_VAR}=${variable}; export {TASK_ID_VAR}\n'
+            + command_line(["exec", "/bin/sh", "-c", run, "metasched-task", script, *options]) + "\n")
+
+
+def spooled_submit(directives_sed: str, script: str, body: str, submit_argv: list[str]) -> str:
+    """A command line submitting, on stdin, a batch script made of a #! line, the user's script's own
+    directives (copied by ``directives_sed``, so resource requests still apply) and ``body``."""
+    return (f"{{ printf '%s\\n' '#!/bin/sh'; sed -n -e {shlex.quote(directives_sed)} {shlex.quote(script)}; "
+            f"printf '%s' {shlex.quote(body)}; }} | {command_line(submit_argv)}")
+
+
+def runs_arg(tasks) -> str:
+    """Task indices as a Slurm array expression body (``1-3,7-11:2``)."""
+    from ..model import compress, runs_text
+    return runs_text(compress(tasks))

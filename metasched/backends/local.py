@@ -51,6 +51,17 @@ Design (why):
   limit for a job that had it. The job's processes stay in its process group (cancel and enforcement find them).
   No nodes beyond one, no GPUs, queues, accounts or native flags: refused at submit.
 
+- Arrays (issue 16; job.array_spec): the local scheduler has none of its own, so an array is ONE launch, a job
+  like any other (exactly once, adopted by its tag), whose program is SUPERVISOR: it starts the tasks itself, in
+  index order, at most the array's limit at once, each in a process group of its own in the array's session,
+  under TASK_WRAP with $METASCHED_ARRAY_TASK_ID. Each task gets what the array asks for (its resources through
+  RUNNER, its environment, its output patterns with %a the task's index), and its output files are created as a
+  job's are (mode 0600, O_EXCL, never a file someone else made: a task whose file cannot be made ends in error
+  saying why, the others go on). Its exit status goes to ``~/.metasched/<tag>.<task>.exit`` next to the
+  array's, and the poller steers the supervisor with ``~/.metasched/<tag>.ctl`` (tasks held, tasks never to
+  start): both in the owner's private directory, never in the pwd. The supervisor's own messages go to the
+  array's default files, ``<tag>.o<id>`` and ``.e<id>``.
+
 Options: ``grace`` (seconds between TERM and KILL, default 10), ``final_as_owner`` (default True),
 ``tz`` (zone of the node's clock for ps lstart, default "UTC"), ``python`` (the launcher's interpreter on
 the node, default "python3"; any Python 3.8 or later).
@@ -61,10 +72,12 @@ import json
 import os
 import posixpath
 import re
+from dataclasses import replace
 
-from ..model import Accounting, Job
-from .base import (launcher_pid, Backend, FinalState, NativeJob, NativeState, OutputFiles, ProcessMatcher, as_user,
-                   custom_outputs, epoch_to_utc_iso, first_line, hms, local_to_utc_iso, path_reason, signal_of, tag)
+from ..model import Accounting, ArraySpec, Job
+from .base import (TASK_SLOT, launcher_pid, Backend, FinalState, NativeJob, NativeState, NativeTask,
+                   OutputFiles, ProcessMatcher, as_user, command_line, custom_outputs, epoch_ms_to_utc_iso,
+                   epoch_to_utc_iso, first_line, hms, local_to_utc_iso, path_reason, runs_arg, signal_of, tag)
 
 JOB_MARK = "metasched-job-"
 
@@ -110,6 +123,35 @@ LEGACY_WRAP = ('x=$1; exec > "$2" 2> "$3"; shift 3; trap : TERM; "$@"; rc=$?; '
 LEGACY_ARGS_PREFIX = f"sh -c {LEGACY_WRAP} {JOB_MARK}"
 assert not set(LEGACY_ARGS_PREFIX) & set("\\\t\n")
 
+# An array's task (started by SUPERVISOR), like WRAP: $0 = <mark><marker>.<task>, $1 = its exit file, $2 = the
+# time it was started (seconds since the epoch: a short task may start and end between two cycles), $3... = what
+# it runs; its stdout and stderr are its output files (created by the supervisor). It writes "<status> <start>".
+TASK_WRAP = 'x=$1; s=$2; shift 2; trap : TERM; "$@"; rc=$?; echo "$rc $s" > "$x"'
+TASK_PREFIX = f"sh -c {TASK_WRAP} {JOB_MARK}"
+assert not set(TASK_PREFIX) & set("\\\t\n"), "TASK_WRAP must stay a plain one-line text"
+
+# How the launcher (for a job) and the supervisor (for an array's task) create an output file: see the module
+# docstring. Shared text, inserted into both programs.
+OUTPUT_FUNCTION = r"""
+def output(f):
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for attempt in (0, 1):
+        try:
+            return os.open(f, flags, 0o600)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise Refused("cannot create the job's output file %s: %s" % (f, e.strerror))
+        st = os.lstat(f)
+        if stat.S_ISREG(st.st_mode) and st.st_uid == me and not attempt:
+            os.unlink(f)
+            continue
+        what = ("a directory" if stat.S_ISDIR(st.st_mode) else "a symbolic link" if stat.S_ISLNK(st.st_mode)
+                else "another user's file" if st.st_uid != me else "not a regular file")
+        raise Refused("the job's output file %s exists and is %s: refusing to write the job's output there"
+                      % (f, what))
+""".strip("\n")
+
 # The helper, run as the owner (a short ``python3 -I -S``: no site, no user paths, only built-in modules),
 # ONE per round trip whatever the number of jobs: the per-job work of a round trip costs no new process.
 # - launch: checks the script, creates the output files (see the module docstring; mode 0600, never a file
@@ -141,6 +183,12 @@ assert not set(LEGACY_ARGS_PREFIX) & set("\\\t\n")
 #   reuses this launcher for its drivers, reads why a driver failed.
 #   The legacy exit file (in the pwd, where the earlier release kept it) counts only when there is no
 #   exit file, and only as a regular file of the caller's with one link.
+#   Arrays: the launch record's options carry "array" (SUPERVISOR's settings): the launcher runs SUPERVISOR in
+#   front of the script (and RUNNER), in the private directory of the exit files. Two more final records:
+#   "tasks", exit file, legacy exit file, pgid (0: none), the leader's prefix, tag, control text, tasks to
+#   forget (rewrites the control file <tag>.ctl when it changed, removes the exit files of the tasks whose end is
+#   recorded, prints "leader <exit|running|gone>" then "<task> <what its exit file says>" per task that ended)
+#   | "forget_array", exit file, legacy exit file, tag (the array's files, its tasks' and its control file).
 HELPER = r"""
 import json, os, pwd, signal, stat, sys, time
 op, form, a = sys.argv[1], sys.argv[2], sys.argv[3:]
@@ -184,23 +232,7 @@ def resolve(ext, make=False):
         if checked[d] is not None:
             raise checked[d]
     return ext
-def output(f):
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    for attempt in (0, 1):
-        try:
-            return os.open(f, flags, 0o600)
-        except FileExistsError:
-            pass
-        except OSError as e:
-            raise Refused("cannot create the job's output file %s: %s" % (f, e.strerror))
-        st = os.lstat(f)
-        if stat.S_ISREG(st.st_mode) and st.st_uid == me and not attempt:
-            os.unlink(f)
-            continue
-        what = ("a directory" if stat.S_ISDIR(st.st_mode) else "a symbolic link" if stat.S_ISLNK(st.st_mode)
-                else "another user's file" if st.st_uid != me else "not a regular file")
-        raise Refused("the job's output file %s exists and is %s: refusing to write the job's output there"
-                      % (f, what))
+%(output)s
 def launch(jid, pwd_, out, err, ext, opts, script, *args):
     o = json.loads(opts) if opts else {}
     try:
@@ -236,6 +268,11 @@ def launch(jid, pwd_, out, err, ext, opts, script, *args):
     fds, made = [], []
     try:
         ext = resolve(ext, True)
+        if o.get("array"):
+            c = dict(o["array"], mark=mark + jid, dir=os.path.dirname(ext))
+            for f in array_files(c["dir"], c["tag"]):      # an earlier launch's: its control file would steer this one
+                forget(f)
+            cmd = [sys.executable, "-I", "-S", "-c", supervisor, json.dumps(c), *cmd]
         try:
             os.unlink(ext)
         except FileNotFoundError:
@@ -278,7 +315,7 @@ def job_env(o):
             env.pop(k, None)
     env.update(o.get("env") or [])
     return env
-def status(ext, single=False):
+def status(ext, single=False, size=64):
     try:
         fd = os.open(ext, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
@@ -287,7 +324,7 @@ def status(ext, single=False):
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_uid != me or (single and st.st_nlink != 1):
             return None
-        t = os.read(fd, 512).decode("ascii", "replace").split("\n")
+        t = os.read(fd, max(size, 512)).decode("utf-8", "replace").split("\n")
         return "exit %s\n" % t[0].strip() + ("%s\n" % t[1] if len(t) > 2 and t[1].startswith("rusage ") else "")
     finally:
         os.close(fd)
@@ -314,7 +351,77 @@ def tail(path):
     finally:
         os.close(fd)
     return text.replace("@@", "@ @")
+def mine(p):
+    try:
+        st = os.lstat(p)
+        return stat.S_ISREG(st.st_mode) and st.st_uid == me
+    except OSError:
+        return False
+def runs(text):
+    out = []
+    for part in text.split(","):
+        if part:
+            ab, _, st = part.partition(":")
+            a, _, b = ab.partition("-")
+            out.extend(range(int(a), int(b or a) + 1, int(st or 1)))
+    return out
+def array_files(d, name):
+    head = name + "."
+    try:
+        names = os.listdir(d)
+    except OSError:
+        return []
+    return [os.path.join(d, n) for n in names if n in (head + "ctl", head + "ctl.new") or (
+        n.startswith(head) and n.endswith(".exit") and n[len(head):-5].isdigit())]
+def tasks(ext, pgid, prefix, name, ctl, drop):
+    d, head = os.path.dirname(ext), name + "."
+    for t in runs(drop):
+        forget(os.path.join(d, "%s%d.exit" % (head, t)))
+    c = os.path.join(d, name + ".ctl")
+    try:
+        fd = os.open(c, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            old = os.read(fd, 1 << 20).decode("utf-8", "replace")
+        finally:
+            os.close(fd)
+    except OSError:
+        old = None
+    if old != ctl:
+        tmp = c + ".new"
+        if os.path.lexists(tmp) and not mine(tmp):
+            return 1, "", "metasched: %s is not a file of yours" % tmp
+        if os.path.isdir(d):
+            with open(tmp, "w") as f:
+                f.write(ctl)
+            os.rename(tmp, c)
+    v = status(ext)
+    if not v and pgid != "0":
+        try:
+            with open("/proc/%s/cmdline" % pgid, "rb") as f:
+                args = f.read().rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "surrogateescape")
+        except OSError:
+            args = ""
+        v = status(ext) or ("running\n" if args.startswith(prefix) else "gone\n")
+    out = ["leader " + (v or "gone\n")]
+    try:
+        names = os.listdir(d)
+    except OSError:
+        names = []
+    for n in names:
+        t = n[len(head):-5]
+        if n.startswith(head) and n.endswith(".exit") and t.isdigit():
+            v = status(os.path.join(d, n), size=512)
+            if v:
+                out.append(t + " " + v.split("\n", 1)[0][5:] + "\n")
+    return 0, "".join(out), ""
 def final(kind, ext, old, *rest):
+    if kind == "tasks":
+        return tasks(resolve(ext), *rest)
+    if kind == "forget_array":
+        ext = resolve(ext)
+        for f in [ext, old] + array_files(os.path.dirname(ext), rest[0]):
+            forget(f)
+        return 0, "forgotten\n", ""
     pgid, prefix, old_prefix, files = (rest[0], rest[1], rest[2], rest[3:]) if kind == "pgid" else (
         None, None, None, rest)
     rc, o, e = final_status(kind, resolve(ext), old, pgid, prefix, old_prefix)
@@ -348,6 +455,7 @@ def final_status(kind, ext, old, pgid, prefix, old_prefix):
     return 0, v or ("running\n" if args.startswith(ours) else "gone\n"), ""
 if op == "launch":
     wrap, mark, runner, a, act = a[0], a[1], a[2], a[3:], launch
+    supervisor = %(supervisor)r
     null = os.open(os.devnull, os.O_RDWR)
 else:
     act = final
@@ -363,6 +471,137 @@ while i < len(a):
         "utf-8", "surrogateescape"))
     n += 1
 """.replace("%(writer)s", repr(WRITER))
+
+# An array's supervisor (issue 16; see the module docstring), run by the launcher under WRAP as the array's own
+# program, as the owner, python3 -I -S, standard library only. argv: its settings (JSON: mark, the task
+# wrappers' $0 without the task; dir, the private directory of the exit files; tag; first, last, step, limit (0:
+# none), held; wrap, TASK_WRAP; out and err, each task's output paths split where its index goes, err null when
+# joined into out), then what each task runs (the script and its arguments, behind RUNNER when the array asks for
+# limits or join). The control file (<dir>/<tag>.ctl, "hold RUNS" and "skip RUNS": tasks not to start yet, tasks
+# never to start) is rewritten whole by the poller (the "tasks" question); a task skipped gets "skipped" as its
+# exit status, one whose output files cannot be made "refused <why>" (and a line on the supervisor's stderr).
+# held: wait for the control file before starting anything (some tasks were held or cancelled before the
+# dispatch). TERM (a cancel of the array): start nothing more, mark the tasks not started skipped, let the
+# running ones end (the cancel signals their groups too).
+SUPERVISOR = r"""
+import json, os, signal, stat, sys, time
+c, cmd = json.loads(sys.argv[1]), sys.argv[2:]
+me = os.geteuid()
+todo = list(range(c["first"], c["last"] + 1, c["step"]))
+limit = c["limit"] or len(todo)
+ctl = os.path.join(c["dir"], c["tag"] + ".ctl")
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+null = os.open(os.devnull, os.O_RDWR)
+class Refused(Exception):
+    pass
+%(output)s
+def runs(text):
+    out = set()
+    for part in text.split(","):
+        if part:
+            ab, _, st = part.partition(":")
+            a, _, b = ab.partition("-")
+            out.update(range(int(a), int(b or a) + 1, int(st or 1)))
+    return out
+seen, hold, skip = [None], set(), set()
+def control():
+    try:
+        st = os.stat(ctl)
+    except OSError:
+        return False
+    if seen[0] != (st.st_mtime_ns, st.st_size, st.st_ino):
+        seen[0] = (st.st_mtime_ns, st.st_size, st.st_ino)
+        h, k = set(), set()
+        with open(ctl) as f:
+            for line in f:
+                word, _, rest = line.strip().partition(" ")
+                (h if word == "hold" else k if word == "skip" else set()).update(runs(rest))
+        hold.clear(); hold.update(h); skip.clear(); skip.update(k)
+    return True
+def exit_file(t):
+    return os.path.join(c["dir"], "%s.%d.exit" % (c["tag"], t))
+def done(t, text):
+    try:
+        fd = os.open(exit_file(t), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except OSError:
+        return
+    try:
+        os.write(fd, (text.replace("\n", " ") + "\n").encode("utf-8", "replace"))
+    finally:
+        os.close(fd)
+env = dict(os.environ)
+def start(t):
+    fds, made = [], []
+    try:
+        for parts in (c["out"], c["err"]):
+            if parts is None:
+                fds.append(os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC))
+                continue
+            f = str(t).join(parts)
+            if f in made:
+                fds.append(os.dup(fds[made.index(f)]))
+                continue
+            fds.append(output(f))
+            made.append(f)
+        env["METASCHED_ARRAY_TASK_ID"] = str(t)
+        pid = os.posix_spawn("/bin/sh", ["sh", "-c", c["wrap"], "%s.%d" % (c["mark"], t), exit_file(t),
+                                         "%d" % time.time()] + cmd, env, setpgroup=0,
+                             setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTERM),
+                             file_actions=[(os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, fds[0], 1),
+                                           (os.POSIX_SPAWN_DUP2, fds[1], 2)])
+        made = []
+        return pid
+    except (Refused, OSError) as e:
+        why = str(e) if isinstance(e, Refused) else "cannot start %s: %s" % (e.filename or cmd[0], e.strerror)
+        os.write(2, ("metasched: task %d: %s\n" % (t, why)).encode("utf-8", "replace"))
+        done(t, "refused " + why)
+        return None
+    finally:
+        for fd in fds:
+            os.close(fd)
+        for f in made:
+            os.unlink(f)
+running = {}
+def reap():
+    while running:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            running.clear()
+            return
+        if pid == 0:
+            return
+        running.pop(pid, None)
+while c["held"] and not control() and not stop:
+    time.sleep(0.2)
+while (todo or running) and not stop:
+    control()
+    reap()
+    i = 0
+    while i < len(todo) and len(running) < limit and not stop:
+        t = todo[i]
+        if t in skip:
+            done(t, "skipped")
+            todo.pop(i)
+            continue
+        if t in hold:
+            i += 1
+            continue
+        todo.pop(i)
+        pid = start(t)
+        if pid is not None:
+            running[pid] = t
+    time.sleep(0.05)
+for t in todo:
+    done(t, "skipped")
+while running:
+    reap()
+    time.sleep(0.05)
+"""
+
+HELPER = HELPER.replace("%(output)s", OUTPUT_FUNCTION).replace("%(supervisor)r", repr(
+    SUPERVISOR.replace("%(output)s", OUTPUT_FUNCTION)))
 
 # RUNNER: what the wrapper runs in front of the script of a job that asks for limits or for join (as the owner,
 # in the job's process group). argv: options (JSON: cores, walltime, memory, join), the script, its arguments.
@@ -465,7 +704,18 @@ CANCEL = (
     'echo "terminating"'
 )
 
-_PS_LINE = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\S+)\s+(\S+\s+\S+\s+\d+\s+\d\d:\d\d:\d\d\s+\d{4})\s(.*)$")
+# An array: $1 = its session id (the leader's pid), $2 = grace seconds, $3 and $4 = the leader's expected prefixes:
+# TERM then, after the grace, KILL to every process of the array's session (its tasks lead groups of their own).
+CANCEL_ARRAY = (
+    'p=$1; g=$2; a=$(ps -ww -o args= -p "$p" 2>/dev/null); '
+    'case "$a" in "$3"*|"$4"*) ;; *) echo "not running"; exit 0;; esac; '
+    'kill -s TERM $(ps -o pid= -s "$p") 2>/dev/null; '
+    '( sleep "$g"; a=$(ps -ww -o args= -p "$p" 2>/dev/null); '
+    'case "$a" in "$3"*|"$4"*) kill -s KILL $(ps -o pid= -s "$p");; esac ) > /dev/null 2>&1 < /dev/null & '
+    'echo "terminating"'
+)
+
+_PS_LINE = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s+(\S+)\s+(\S+\s+\S+\s+\d+\s+\d\d:\d\d:\d\d\s+\d{4})\s(.*)$")
 
 
 def marker(job: Job) -> str:
@@ -475,6 +725,7 @@ def marker(job: Job) -> str:
 
 
 _MARK_RE = re.compile(r"^(\d+)(?:-([a-z]{6}))? ")
+_TASK_MARK_RE = re.compile(r"^(\d+)(?:-([a-z]{6}))?\.(\d+) ")
 
 
 def exit_file(job: Job) -> str:
@@ -488,12 +739,23 @@ def legacy_exit_file(job: Job) -> str:
     return posixpath.join(job.pwd, f".{tag(job)}.exit")
 
 
-def output_files(job: Job) -> tuple[str, str | None]:
+def output_files(job: Job, task: int | None = None) -> tuple[str, str | None]:
     """Where the job's stdout and stderr go: its own paths (stdout, stderr patterns), else <pwd>/<tag>.o<id> and
-    .e<id>; stderr None when joined into stdout. The one place the launcher and GET /jobs/{id} learn it."""
-    stdout, stderr = custom_outputs(job)
+    .e<id>; stderr None when joined into stdout. The one place the launcher and GET /jobs/{id} learn it.
+    An array's tasks: the same with %a their index, else <pwd>/<tag>.o<id>.<task> and .e<id>.<task>; ``task``
+    None: the paths with TASK_SLOT where the index goes."""
+    slot = TASK_SLOT if task is None else str(task)
+    stdout, stderr = custom_outputs(job, task)
     base = posixpath.join(job.pwd, tag(job))
-    return stdout or f"{base}.o{job.id}", None if job.spec.join else (stderr or f"{base}.e{job.id}")
+    suffix = f".{slot}" if job.array_spec else ""
+    return (stdout or f"{base}.o{job.id}{suffix}",
+            None if job.spec.join else (stderr or f"{base}.e{job.id}{suffix}"))
+
+
+def supervisor_files(job: Job) -> tuple[str, str]:
+    """An array's own output files (its supervisor's messages): <pwd>/<tag>.o<id> and .e<id>."""
+    base = posixpath.join(job.pwd, tag(job))
+    return f"{base}.o{job.id}", f"{base}.e{job.id}"
 
 
 def job_limits(job: Job) -> dict:
@@ -504,12 +766,23 @@ def job_limits(job: Job) -> dict:
 
 
 def launch_options(job: Job, limits: dict) -> str:
-    """The launcher's options for a job (JSON: env, export, limits, join), '' when it asks for nothing."""
+    """The launcher's options for a job (JSON: env, export, limits, join, array), '' when it asks for nothing.
+    An array's limits and join are each task's (its supervisor runs them behind RUNNER)."""
     spec = job.spec
     opts = {k: v for k, v in (("env", [list(p) for p in spec.env]),
                               ("export", list(spec.export) if isinstance(spec.export, tuple) else spec.export),
-                              ("limits", limits), ("join", spec.join)) if v}
+                              ("limits", limits), ("join", spec.join),
+                              ("array", array_settings(job) if job.array_spec else None)) if v}
     return json.dumps(opts, ensure_ascii=False) if opts else ""
+
+
+def array_settings(job: Job) -> dict:
+    """SUPERVISOR's settings for an array (the launcher adds its mark and the exit files' directory)."""
+    spec = ArraySpec.parse(job.array_spec, internal=True)
+    out, err = output_files(job)
+    return {"tag": tag(job), "first": spec.first, "last": spec.last, "step": spec.step, "limit": spec.limit or 0,
+            "held": spec.held, "wrap": TASK_WRAP, "out": out.split(TASK_SLOT),
+            "err": err.split(TASK_SLOT) if err is not None else None}
 
 
 class LocalBackend(Backend):
@@ -535,6 +808,11 @@ class LocalBackend(Backend):
         """The command-line prefixes of this job's wrapper, as WRAP and as LEGACY_WRAP started it."""
         return [f"{prefix}{marker(job)} " for prefix in self.prefixes]
 
+    @property
+    def task_prefix(self) -> str:
+        """What ps shows at the start of an array task's wrapper (TASK_WRAP), before <marker>.<task>."""
+        return f"sh -c {TASK_WRAP} {self.mark}"
+
     scheduler_name = "the local scheduler"
     RESOURCES = frozenset(("nodes", "tasks", "cores_per_task", "memory", "walltime"))
     RESOURCE_HINTS = {"gpus_per_node": "it gives jobs no GPUs", "native_queue": "it has one queue",
@@ -545,15 +823,15 @@ class LocalBackend(Backend):
             return "resources.nodes", "resources.nodes: the local scheduler runs a job on one node"
         return super()._spec_problem(job)
 
-    def output_files(self, job: Job) -> OutputFiles:
-        out, err = output_files(job)
+    def output_files(self, job: Job, task: int | None = None) -> OutputFiles:
+        out, err = output_files(job, task)
         return OutputFiles(out, err, joined=job.spec.join)
 
     def _launch_fields(self, job: Job) -> list[str]:
         reason = path_reason(job)
         if reason:
             raise ValueError(reason)
-        out, err = output_files(job)
+        out, err = supervisor_files(job) if job.array_spec else output_files(job)
         fields = [marker(job), job.pwd, out, err or os.devnull, exit_file(job), launch_options(job, self._limits(job)),
                   *self._command(job)]
         return [str(len(fields)), *fields]
@@ -588,30 +866,45 @@ class LocalBackend(Backend):
         return launcher_pid(rc, stdout, stderr)
 
     def status_argv(self) -> list[str]:
-        return ["ps", "-ww", "-e", "-o", "pid=,pgid=,user:64=,lstart=,args="]
+        return ["ps", "-ww", "-e", "-o", "pid=,pgid=,sid=,user:64=,lstart=,args="]
 
     def parse_status(self, rc: int, stdout: str, stderr: str) -> list[NativeJob]:
         if rc != 0 or not stdout.strip():
             raise RuntimeError(f"ps failed ({rc}): {first_line(stderr, stdout)}")
         tz = self.options.get("tz", "UTC")
-        jobs = []
+        jobs: dict[str, NativeJob] = {}
+        tasks: dict[str, list[NativeTask]] = {}
+        task_prefix = self.task_prefix
         for line in stdout.splitlines():
             m = _PS_LINE.match(line)
             if not m:
                 continue
-            pid, pgid, user, lstart, args = m.groups()
+            pid, pgid, sid, user, lstart, args = m.groups()
+            if pid != pgid:
+                continue
+            start = local_to_utc_iso(lstart, "%a %b %d %H:%M:%S %Y", tz)
+            if args.startswith(task_prefix):
+                task = _TASK_MARK_RE.match(args[len(task_prefix):])
+                if not task:
+                    continue
+                # a task of an array: its own group, in the session of the array's leader
+                tasks.setdefault(sid, []).append(NativeTask(int(task.group(3)), NativeState.RUNNING, native_id=pid,
+                                                            start_time=start))
+                if sid not in jobs:          # its leader may have died (or be listed later): the array runs
+                    jobs[sid] = NativeJob(native_id=sid, our_id=int(task.group(1)), our_token=task.group(2),
+                                          owner=user, name=f"{self.mark}{task.group(1)}", state=NativeState.RUNNING,
+                                          queue=self.type, start_time=start)
+                continue
             prefix = next((p for p in self.prefixes if args.startswith(p)), None)
-            if pid != pgid or prefix is None:
+            if prefix is None:
                 continue
             our = _MARK_RE.match(args[len(prefix):])
             if not our:
                 continue
-            our_id = int(our.group(1))
-            jobs.append(NativeJob(native_id=pid, our_id=our_id, our_token=our.group(2), owner=user,
-                                  name=f"{self.mark}{our.group(0).strip()}",
-                                  state=NativeState.RUNNING, queue=self.type,
-                                  start_time=local_to_utc_iso(lstart, "%a %b %d %H:%M:%S %Y", tz)))
-        return jobs
+            jobs[pid] = NativeJob(native_id=pid, our_id=int(our.group(1)), our_token=our.group(2), owner=user,
+                                  name=f"{self.mark}{our.group(0).strip()}", state=NativeState.RUNNING,
+                                  queue=self.type, start_time=start)
+        return [replace(j, tasks=tuple(tasks[n])) if n in tasks else j for n, j in jobs.items()]
 
     def _asker(self, job: Job) -> str | None:
         return job.owner if self.options.get("final_as_owner", True) else None
@@ -631,6 +924,8 @@ class LocalBackend(Backend):
         return self._framed("final", [], entries, run_as)
 
     def forget_entry(self, job: Job):
+        if job.array_spec:          # an array adopted by its exit file has no native id, but has files
+            return self._asker(job), ["4", "forget_array", exit_file(job), legacy_exit_file(job), tag(job)]
         if job.scheduler_job_id is None:
             return None                     # never started: no exit file
         return self._asker(job), ["3", "forget", exit_file(job), legacy_exit_file(job)]
@@ -703,11 +998,70 @@ class LocalBackend(Backend):
 
     def cancel_argv(self, job: Job, run_as: str | None) -> list[str]:
         grace = str(int(self.options.get("grace", 10)))
-        return as_user(["sh", "-c", CANCEL, "sh", _pgid(job), grace, *self._job_prefixes(job)], run_as)
+        script = CANCEL_ARRAY if job.array_spec else CANCEL
+        return as_user(["sh", "-c", script, "sh", _pgid(job), grace, *self._job_prefixes(job)], run_as)
 
     def process_matcher(self) -> ProcessMatcher:
-        return ProcessMatcher(trees_by_args_regex="^(?:" + "|".join(map(re.escape, self.prefixes)) + r")\d+(-[a-z]{6})? ",
+        prefixes = (*self.prefixes, self.task_prefix)
+        return ProcessMatcher(trees_by_args_regex="^(?:" + "|".join(map(re.escape, prefixes)) +
+                                                  r")\d+(-[a-z]{6})?(\.\d+)? ",
                               include_process_group=True, job_ids="pgid")
+
+    # -- arrays: the supervisor (SUPERVISOR) starts the tasks; one question per array and cycle ----------
+    supports_arrays = True
+
+    def task_final_entries(self, job: Job, tasks: list[int], control: dict | None = None) \
+            -> list[tuple[list[int], tuple]]:
+        """ONE helper call per array: rewrite the control file (``control``: hold and skip sets; tasks whose end
+        is recorded in ``forget``: their exit files are removed), then report the leader and every task's exit
+        file. Covers every task asked: one not reported is still waiting (or, once the leader is gone, gone)."""
+        control = control or {}
+        text = "".join(f"{word} {runs_arg(control[word])}\n" for word in ("hold", "skip") if control.get(word))
+        # no native id: the array was adopted by its exit file (it had ended): nothing to look for in /proc
+        leader = _pgid(job) if job.scheduler_job_id is not None else "0"
+        fields = ["tasks", exit_file(job), legacy_exit_file(job), leader, self._job_prefixes(job)[0], tag(job), text,
+                  runs_arg(control.get("forget", ()))]
+        return [(list(tasks), (self._asker(job), [str(len(fields)), *fields]))]
+
+    def parse_task_finals(self, job: Job, tasks: list[int], rc: int, stdout: str, stderr: str) -> dict[int, FinalState]:
+        lines = stdout.splitlines()
+        if rc != 0 or not lines or not lines[0].startswith("leader "):
+            raise RuntimeError(f"cannot read the tasks of array {job.id}: {first_line(stderr, stdout) or rc!r}")
+        leader = lines[0][len("leader "):].strip()
+        wanted = set(tasks)
+        ends: dict[int, FinalState] = {}
+        for line in lines[1:]:
+            t, _, what = line.partition(" ")
+            if not t.isdigit() or int(t) not in wanted:
+                continue
+            code, _, rest = what.strip().partition(" ")
+            if code == "skipped":
+                ends[int(t)] = FinalState("CANCELLED", None, "cancelled before it started")
+                continue
+            if code == "refused":
+                ends[int(t)] = FinalState("ERROR", None, f"not started: {rest.strip() or 'refused'}")
+                continue
+            fs = self.parse_final(job, 0, f"exit {code}", "")
+            if fs is not None:
+                ends[int(t)] = replace(fs, started_at=epoch_ms_to_utc_iso(rest + "000") if rest.isdigit() else None)
+        if leader != "running":
+            # the supervisor is over: it started or skipped every task, which wrote their exit files first
+            for t in wanted - set(ends):
+                ends[t] = self.parse_final(job, 0, "gone", "")
+        return ends
+
+    def task_action_argv(self, job: Job, action: str, tasks, run_as: str | None) -> list[str] | None:
+        """A running task is cancelled in its process group; holds, releases and tasks not started yet go
+        through the control file (task_final_entries)."""
+        if action != "cancel":
+            return None
+        grace = str(int(self.options.get("grace", 10)))
+        lines = []
+        for t, pid in sorted(tasks.items()):
+            if pid and str(pid).isdigit() and int(pid) > 1:
+                prefix = f"{self.task_prefix}{marker(job)}.{t} "
+                lines.append(command_line(["sh", "-c", CANCEL, "sh", str(pid), grace, prefix, prefix]))
+        return as_user(["sh", "-c", "; ".join(lines)], run_as) if lines else None
 
 
 def _pgid(job: Job) -> str:

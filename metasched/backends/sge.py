@@ -43,11 +43,12 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import replace
 
-from ..model import Accounting, Job
-from .base import (CHECK_FUNCTION, CHECK_SCRIPT, check_args, command_line, Backend, FinalState, NativeJob, NativeProblem, NativeState, OutputFiles, ProcessMatcher,
-                   SubmitRefused, as_user, client_argv, custom_outputs, export_names, first_line, is_tag_of,
-                   leading_number, local_to_utc_iso, memory_text, native_problem, parse_sge_native, path_reason,
-                   signal_of, tag, tag_fields)
+from ..model import Accounting, ArraySpec, compress, Job
+from .base import (CHECK_FUNCTION, CHECK_SCRIPT, TASK_ID_VAR, TASK_SLOT, as_user, Backend, check_args, client_argv,
+                   command_line, custom_outputs, export_names, FinalState, first_line, is_tag_of, leading_number,
+                   local_to_utc_iso, memory_text, native_problem, NativeJob, NativeProblem, NativeState, NativeTask,
+                   OutputFiles, parse_sge_native, parse_task_runs, path_reason, PendingRun, ProcessMatcher,
+                   signal_of, spooled_submit, SubmitRefused, tag, tag_fields, task_wrapper)
 
 _SGE_FORBIDDEN = set("\n\t\r/:@\\*?")
 _PLAIN = re.compile(r"^[A-Za-z0-9_.@*][A-Za-z0-9_.@*,-]*$")
@@ -91,6 +92,13 @@ def _state(letters: str) -> NativeState:
         return NativeState.RUNNING
     return NativeState.PENDING
 
+
+# Runs an array task's script as a Grid Engine script job would be: with the interpreter its last "#$ -S"
+# line names, else /bin/sh (the queue's shell cannot be known from here; the lab's and most sites' is sh).
+# $1 = the script, the rest its arguments.
+SCRIPT_SHELL = ('f() { while [ $# -gt 1 ]; do [ "$1" = -S ] && i=$2; shift; done; }; s=$1; i=; '
+                'while IFS= read -r l || [ -n "$l" ]; do case $l in "#\\$"*) set -f; f ${l#??}; set +f;; esac; '
+                'done < "$s"; exec "${i:-/bin/sh}" "$@"')
 
 _PRIORITY = {NativeState.RUNNING: 3, NativeState.PENDING: 2, NativeState.ERROR: 1, NativeState.FINISHED: 0}
 
@@ -144,6 +152,10 @@ class GridEngineBackend(Backend):
             if why:
                 return why.split(":", 1)[0], why
             for f in flags:
+                if f.name == "-S" and job.array_spec:
+                    return (f"native[{f.index}]", f"native[{f.index}]: -S: an array's tasks run the script through "
+                                                  f"metasched's task wrapper: name its interpreter in the script's "
+                                                  f"#! or #$ -S line")
                 if f.name == "-w" and f.value not in ("e", "w", "n"):
                     return f"native[{f.index}]", f"native[{f.index}]: -w {f.value} does not submit the job"
                 if f.name == "-l":
@@ -181,7 +193,8 @@ class GridEngineBackend(Backend):
         return client_argv(self.options, "qsub", job), (["-v", ",".join(names)] if names else [])
 
     def _output_args(self, job: Job) -> list[str]:
-        stdout, stderr = custom_outputs(job)
+        # an array's task index: Grid Engine's own $TASK_ID (the paths hold no other '$': _spec_problem)
+        stdout, stderr = (p.replace(TASK_SLOT, "$TASK_ID") if p else p for p in custom_outputs(job))
         args = []
         if job.spec.join:
             args += ["-j", "y"]
@@ -191,13 +204,15 @@ class GridEngineBackend(Backend):
             args += ["-e", stderr]
         return args
 
-    def output_files(self, job: Job) -> OutputFiles:
-        """The job's own paths, else Grid Engine's default in the working directory: <tag>.o<native id>."""
-        stdout, stderr = custom_outputs(job)
+    def output_files(self, job: Job, task: int | None = None) -> OutputFiles:
+        """The job's own paths, else Grid Engine's default in the working directory: <tag>.o<native id> (an
+        array's tasks: <tag>.o<native id>.<task>)."""
+        stdout, stderr = custom_outputs(job, task)
         nid = job.scheduler_job_id
+        suffix = f".{TASK_SLOT if task is None else task}" if job.array_spec else ""
 
         def default(stream: str) -> str | None:
-            return posixpath.join(job.pwd, f"{tag(job)}.{stream}{nid}") if nid else None
+            return posixpath.join(job.pwd, f"{tag(job)}.{stream}{nid}{suffix}") if nid else None
         return OutputFiles(stdout or default("o"), None if job.spec.join else (stderr or default("e")),
                            joined=job.spec.join)
 
@@ -218,12 +233,17 @@ class GridEngineBackend(Backend):
         return check_args("exec" if self.options.get("binary") else "read", job, self.output_files(job))
 
     def submit_argv(self, job: Job, run_as: str | None) -> list[str]:
+        if job.array_spec:
+            return as_user(["sh", "-c", f"{CHECK_FUNCTION}; {self.batch_line(job)}"], run_as)
         check = self._check(job)
         argv = self._client_argv(job)
         return as_user(["sh", "-c", CHECK_SCRIPT, "sh", *check, *argv] if check else argv, run_as)
 
     def batch_line(self, job: Job):
         check = self._check(job)
+        if job.array_spec:
+            line = self._array_line(job)
+            return command_line(["ms_check", *check, "sh", "-c", line]) if check else line
         return command_line((["ms_check", *check] if check else []) + self._client_argv(job))
 
     def _client_argv(self, job: Job) -> list[str]:
@@ -243,6 +263,38 @@ class GridEngineBackend(Backend):
         argv += self._resource_args(job) + list(job.spec.native)
         argv += [job.path, *job.options]
         return argv
+
+    def _array_line(self, job: Job) -> str:
+        """An array: ``qsub -t first-last:step -tc limit`` (held with -h when some tasks must not start yet), with
+        what the job asks for (environment, output files with $TASK_ID for %a, resources, native flags), each
+        task's. Each task runs the script through a wrapper that sets $METASCHED_ARRAY_TASK_ID from $SGE_TASK_ID.
+        In script mode the wrapper is the spooled batch script (read from stdin, -S /bin/sh whatever the queue's
+        shell), carrying the script's own #$ directives but its -S, which the wrapper uses to run the script
+        (else the ``shell`` option, else /bin/sh); in binary mode it is the binary, as for plain jobs."""
+        reason = path_reason(job)
+        if reason:
+            raise ValueError(reason)
+        spec = ArraySpec.parse(job.array_spec, internal=True)
+        qsub, env = self._env(job)
+        argv = qsub + ["-terse", "-N", tag(job), "-wd", job.pwd, "-ac", f"metasched_id={job.id}",
+                       *self._output_args(job), *env,
+                       "-t", spec.range_text if spec.first != spec.last else f"{spec.first}-{spec.first}"]
+        if spec.limit is not None:
+            argv += ["-tc", str(spec.limit)]
+        if spec.held:
+            argv += ["-h"]
+        asks = self._resource_args(job) + list(job.spec.native)
+        if self.options.get("binary"):
+            argv += ["-b", "y", "-shell", "no"] + [str(a) for a in self.options.get("qsub_args", ())] + asks
+            argv += ["/bin/sh", "-c", f'{TASK_ID_VAR}=$SGE_TASK_ID; export {TASK_ID_VAR}; exec "$0" "$@"',
+                     job.path, *job.options]
+            return command_line(argv)
+        argv += ["-b", "n", "-S", "/bin/sh"] + [str(a) for a in self.options.get("qsub_args", ())] + asks
+        shell = self.options.get("shell")
+        run = f'exec {command_line([str(shell)])} "$@"' if shell else SCRIPT_SHELL
+        body = task_wrapper("SGE_TASK_ID", run, job.path, job.options)
+        # the script's own #$ lines, but -S (it names the script's interpreter, not the wrapper's)
+        return spooled_submit(r"/^#\$[[:space:]]*-S[[:space:]]/d;/^#\$/p", job.path, body, argv)
 
     def parse_submit(self, job: Job, rc: int, stdout: str, stderr: str) -> str:
         if rc != 0:
@@ -270,6 +322,7 @@ class GridEngineBackend(Backend):
             raise RuntimeError(f"unexpected qstat -xml root element <{root.tag}>")
         tz = self.options.get("tz", "UTC")
         jobs: dict[str, NativeJob] = {}
+        tasks_of: dict[str, tuple[list, list]] = {}
         for el in root.iter("job_list"):
             native_id = (el.findtext("JB_job_number") or "").strip()
             if not native_id:
@@ -289,12 +342,28 @@ class GridEngineBackend(Backend):
                 reason=f"{letters}: job in error state (see qstat -j {native_id})"
                 if state is NativeState.ERROR else None,
             )
-            # Array jobs appear once per running task plus once for the pending range: keep one entry
-            # per job id, the most active one.
+            # Array jobs appear once per running task plus once per pending range: one entry per job id, in
+            # the state of its most active line, with every task's line kept (NativeJob.tasks, .pending).
+            task_text = (el.findtext("tasks") or "").strip()
+            tasks_of.setdefault(native_id, ([], []))
+            if task_text:
+                try:
+                    runs = parse_task_runs(task_text)
+                except ValueError:
+                    raise RuntimeError(f"qstat -xml: job {native_id} has tasks {task_text!r}") from None
+                if state is NativeState.PENDING:
+                    tasks_of[native_id][1].extend(PendingRun(a, b, st, held="h" in letters) for a, b, st in runs)
+                else:
+                    for a, b, st in runs:
+                        for t in range(a, b + 1, st):
+                            tasks_of[native_id][0].append(NativeTask(
+                                t, state, native_id=f"{native_id}.{t}", start_time=job.start_time,
+                                held="h" in letters, reason=job.reason))
             prev = jobs.get(native_id)
             if prev is None or _PRIORITY[state] > _PRIORITY[prev.state]:
                 jobs[native_id] = job
-        return list(jobs.values())
+        return [replace(j, tasks=tuple(tasks_of[n][0]), pending=tuple(tasks_of[n][1])) if tasks_of[n] != ([], [])
+                else j for n, j in jobs.items()]
 
     # -- end state ----------------------------------------------------------------------------
     def final_argv(self, job: Job) -> list[str]:
@@ -337,6 +406,9 @@ class GridEngineBackend(Backend):
             # record is still being flushed keeps its real end.
             return None
         rec = ours[-1]
+        return self._from_record(job, rec)
+
+    def _from_record(self, job: Job, rec: dict[str, str]) -> FinalState:
         failed_text = " ".join(rec.get("failed", "0").split())   # "37  : qmaster enforced h_rt, h_cpu, ..."
         failed = _int(failed_text) or 0
         exit_code = _int(rec.get("exit_status", ""))
@@ -410,6 +482,74 @@ def qacct_bytes(text: str | None, rusage_kb: bool = False) -> int | None:
         return None
     value = float(m.group(1)) * _MEM_FACTOR[m.group(2)]
     return int(round(value * 1024 if rusage_kb else value))
+
+    # -- arrays ---------------------------------------------------------------------------------
+    supports_arrays = True
+
+    def array_problem(self, pwd: str) -> tuple[str, str] | None:
+        return None
+
+    def task_final_entries(self, job: Job, tasks: list[int]) -> list[tuple[list[int], tuple]]:
+        """``qacct -j N -t first-last:step`` per run of tasks (qacct reads the whole accounting file each time:
+        a few runs per cycle, not one question per task)."""
+        nid = _native_id(job)
+        out = []
+        for a, b, st in compress(tasks):
+            covered = list(range(a, b + 1, st))
+            argv = self._cmd("qacct") + ["-j", nid, "-t", f"{a}-{b}:{st}"]
+            out.append((covered, (None, command_line(argv))))
+        return out
+
+    def parse_task_finals(self, job: Job, tasks: list[int], rc: int, stdout: str, stderr: str) -> dict[int, FinalState]:
+        wanted = set(tasks)
+        ends: dict[int, FinalState] = {}
+        for rec in _qacct_records(stdout):
+            t = _int(rec.get("taskid", ""))
+            if rec.get("jobnumber") != job.scheduler_job_id or t not in wanted or not is_tag_of(rec.get("jobname"), job):
+                continue
+            fs = self._from_record(job, rec)
+            start = local_to_utc_iso(rec.get("start_time"), "%a %b %d %H:%M:%S %Y", self.options.get("tz", "UTC"))
+            ends[t] = replace(fs, started_at=None if start is None or start.startswith("1970-") else start)
+        return ends
+
+    def task_action_argv(self, job: Job, action: str, tasks: list[int], run_as: str | None) -> list[str]:
+        cmd = {"cancel": "qdel", "hold": "qhold", "release": "qrls"}[action]
+        nid = _native_id(job)
+        lines = [command_line(self._cmd(cmd) + [nid, "-t", f"{a}-{b}:{st}"]) for a, b, st in compress(tasks)]
+        return as_user(["sh", "-c", "; ".join(lines)], run_as)
+
+    # -- why it waits: qstat -j's scheduling info (schedd_job_info true in the scheduler's config) ---------
+    def pending_reasons_argv(self, native_ids: list[str]) -> list[str]:
+        ids = [i for i in native_ids if _NUMERIC_ID.match(i)]
+        return self._cmd("qstat") + ["-j", ",".join(ids), "-xml"]
+
+    def parse_pending_reasons(self, rc: int, stdout: str, stderr: str) -> dict[str, str]:
+        """native id -> the scheduler's messages about it (and the messages about every job), joined."""
+        if not stdout.strip():
+            return {}
+        try:
+            root = ET.fromstring(stdout)
+        except ET.ParseError:
+            return {}
+        ids = [(e.findtext("JB_job_number") or "").strip() for e in root.iter("element")
+               if e.find("JB_job_number") is not None and e.find("JB_job_name") is not None]
+        per_job: dict[str, list[str]] = {i: [] for i in ids}
+        common: list[str] = []
+        for lst in root.iter("SME_message_list"):
+            for el in lst.findall("element"):
+                text = " ".join((el.findtext("MES_message") or "").split())
+                for v in el.iter("ULNG_value"):
+                    per_job.setdefault((v.text or "").strip(), []).append(text)
+        for lst in root.iter("SME_global_message_list"):
+            for el in lst.findall("element"):
+                common.append(" ".join((el.findtext("MES_message") or "").split()))
+        info = [t for t in (root.findtext(".//SME_message") or "").split("\n") if t.strip()]
+        out = {}
+        for i in ids:
+            msgs = per_job.get(i, []) + common
+            out[i] = "; ".join(dict.fromkeys(m for m in msgs if m)) or (
+                "no scheduling info (Grid Engine's schedd_job_info is off)" if not msgs and not info else "; ".join(info))
+        return out
 
 
 def _native_id(job: Job) -> str:

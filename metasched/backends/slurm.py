@@ -36,11 +36,13 @@ import posixpath
 import re
 from dataclasses import replace
 
-from ..model import Accounting, Job
-from .base import (CHECK_FUNCTION, CHECK_SCRIPT, check_args, command_line, Backend, FinalState, NativeJob, NativeProblem, NativeState, OutputFiles, ProcessMatcher,
-                   SubmitRefused, as_user, client_argv, control_character_reason, custom_outputs, duration_seconds,
-                   export_names, first_line, hms, iso_seconds_between, local_to_utc_iso, memory_text,
-                   native_problem, parse_getopt_native, path_reason, tag, tag_fields)
+from ..model import Accounting, ArraySpec, Job
+from .base import (CHECK_FUNCTION, CHECK_SCRIPT, RUN_SCRIPT, TASK_SLOT, as_user, Backend, check_args, client_argv,
+                   command_line, control_character_reason, custom_outputs, duration_seconds, export_names,
+                   FinalState, first_line, hms, iso_seconds_between, local_to_utc_iso, memory_text, native_problem,
+                   NativeJob, NativeProblem, NativeState, NativeTask, OutputFiles, parse_getopt_native,
+                   parse_task_runs, path_reason, PendingRun, ProcessMatcher, runs_arg, spooled_submit, SubmitRefused,
+                   tag, tag_fields, task_wrapper)
 
 # squeue fields: id | user | state | partition | start time | reason | name (LAST: it may contain '|').
 SQUEUE_FORMAT = "%i|%u|%T|%P|%S|%r|%j"
@@ -124,6 +126,10 @@ class SlurmBackend(Backend):
             why = native_problem(flags, SBATCH_OWNED, SBATCH_RESOURCE_FLAGS, spec, self.options.get("native_forbid"))
             if why:
                 return why.split(":", 1)[0], why
+            for f in flags:
+                if job.array_spec and f.name in ("-a", "--array"):
+                    return (f"native[{f.index}]", f"native[{f.index}]: {f.name}: metasched submits the array itself: "
+                                                  f"give it in `array`")
         return None
 
     def _resource_args(self, job: Job) -> list[str]:
@@ -158,11 +164,16 @@ class SlurmBackend(Backend):
         return (client_argv(self.options, "sbatch", job),
                 [f"--export={','.join(names)}"] if names else ["--export=NONE"])
 
-    def output_files(self, job: Job) -> OutputFiles:
-        """Where sbatch is told to write (see the module doc): the job's own paths, else <tag>.o<native id>."""
-        stdout, stderr = custom_outputs(job)
-        out, err = output_patterns(job.pwd, tag(job))
+    def output_files(self, job: Job, task: int | None = None) -> OutputFiles:
+        """Where sbatch is told to write (see the module doc): the job's own paths, else <tag>.o<native id> (an
+        array's tasks: <tag>.o<array id>.<task>)."""
+        stdout, stderr = custom_outputs(job, task)
         nid = job.scheduler_job_id
+        if job.array_spec:
+            suffix = f".{TASK_SLOT if task is None else task}"
+            out, err = f"{tag(job)}.o%j{suffix}", f"{tag(job)}.e%j{suffix}"
+        else:
+            out, err = output_patterns(job.pwd, tag(job))
 
         def default(pattern: str) -> str | None:
             if "%j" not in pattern:
@@ -180,12 +191,17 @@ class SlurmBackend(Backend):
         return check_args("read", job, self.output_files(job))
 
     def submit_argv(self, job: Job, run_as: str | None) -> list[str]:
+        if job.array_spec:
+            return as_user(["sh", "-c", f"{CHECK_FUNCTION}; {self.batch_line(job)}"], run_as)
         check = self._check(job)
         argv = self._client_argv(job)
         return as_user(["sh", "-c", CHECK_SCRIPT, "sh", *check, *argv] if check else argv, run_as)
 
     def batch_line(self, job: Job):
         check = self._check(job)
+        if job.array_spec:
+            line = self._array_line(job)
+            return command_line(["ms_check", *check, "sh", "-c", line]) if check else line
         return command_line((["ms_check", *check] if check else []) + self._client_argv(job))
 
     def _client_argv(self, job: Job) -> list[str]:
@@ -205,6 +221,32 @@ class SlurmBackend(Backend):
         argv += [job.path, *job.options]
         return argv
 
+    def _array_line(self, job: Job) -> str:
+        """An array: ``sbatch --array=first-last:step%limit`` (``--hold`` when some tasks must not start yet),
+        with what the job asks for (environment, resources, native flags: each task's), its batch script on
+        stdin: the script's own leading #SBATCH directives, then a wrapper setting $METASCHED_ARRAY_TASK_ID from
+        $SLURM_ARRAY_TASK_ID and running the script (exec'd, or through its #! line). Task outputs: the job's
+        own paths with Slurm's %a for ours, else ``<tag>.o<array id>.<task>`` (%A.%a)."""
+        reason = path_reason(job)
+        if reason:
+            raise ValueError(reason)
+        spec = ArraySpec.parse(job.array_spec, internal=True)
+        name = tag(job)
+        array = spec.range_text + (f"%{spec.limit}" if spec.limit is not None else "")
+        stdout, stderr = custom_outputs(job)
+        sbatch, export = self._env(job)
+        outputs = ["-o", _task_literal(stdout) if stdout else f"{name}.o%A.%a"]
+        if not job.spec.join:
+            outputs += ["-e", _task_literal(stderr) if stderr else f"{name}.e%A.%a"]
+        argv = sbatch + ["--parsable", "-J", name, "-D", job.pwd, *outputs, *export, f"--array={array}"]
+        if spec.held:
+            argv.append("--hold")
+        argv += [str(a) for a in self.options.get("sbatch_args", ())]
+        argv += self._resource_args(job) + list(job.spec.native)
+        body = task_wrapper("SLURM_ARRAY_TASK_ID", RUN_SCRIPT, job.path, job.options)
+        # sbatch reads #SBATCH lines up to the first line that is neither a comment nor blank: copy that block
+        return spooled_submit(r"1d;/^#SBATCH/p;/^#/b;/^[[:space:]]*$/b;q", job.path, body, argv)
+
     def parse_submit(self, job: Job, rc: int, stdout: str, stderr: str) -> str:
         if rc != 0:
             raise SubmitRefused(first_line(stderr, stdout) or f"sbatch exited with status {rc}")
@@ -215,7 +257,8 @@ class SlurmBackend(Backend):
 
     # -- observe ------------------------------------------------------------------------------
     def status_argv(self) -> list[str]:
-        return self._cmd("squeue") + ["-h", "-a", "-t", "all", "-o", SQUEUE_FORMAT]
+        # SLURM_BITSTR_LEN=0: an array's pending tasks in full (18_[5-1000%20]), never cut at 64 characters
+        return ["env", "SLURM_BITSTR_LEN=0", *self._cmd("squeue"), "-h", "-a", "-t", "all", "-o", SQUEUE_FORMAT]
 
     def parse_status(self, rc: int, stdout: str, stderr: str) -> list[NativeJob]:
         if rc != 0:
@@ -342,27 +385,95 @@ class SlurmBackend(Backend):
         return ProcessMatcher(roots_by_comm=("slurmstepd",), exclude_comm=("slurmd", "slurmctld"),
                               job_ids="slurmstepd")
 
+    # -- arrays ---------------------------------------------------------------------------------
+    supports_arrays = True
 
-_TASK = re.compile(r"^(\d+)_(?:\d+|\[[^\]]*\])$")
+    def array_problem(self, pwd: str) -> tuple[str, str] | None:
+        if "\\" in pwd or "%" in pwd:
+            return ("pwd", "Slurm cannot give each task of an array its own output files in a directory whose "
+                           "name holds '%' or '\\'")
+        return None
+
+    def task_final_entries(self, job: Job, tasks: list[int]) -> list[tuple[list[int], tuple]]:
+        """One question per task: ``scontrol -o show job N_T`` while slurmctld remembers it, else its last
+        jobcomp line."""
+        nid = _native_id(job)
+        jobcomp = str(self.options.get("jobcomp_file") or "")
+        return [([t], (None, command_line(["sh", "-c", TASK_FINAL_SCRIPT, "sh", nid, str(t), jobcomp,
+                                           *self._cmd("scontrol")]))) for t in tasks]
+
+    def parse_task_finals(self, job: Job, tasks: list[int], rc: int, stdout: str, stderr: str) -> dict[int, FinalState]:
+        nid = job.scheduler_job_id or ""
+        wanted = set(tasks)
+        ends: dict[int, FinalState] = {}
+        for line in stdout.splitlines():
+            arr = re.search(r" ArrayJobId=(\d+) ArrayTaskId=(\d+) ", line + " ")
+            if not arr or arr.group(1) != nid or int(arr.group(2)) not in wanted:
+                continue
+            st = re.search(r" JobState=(\S+)", line)
+            if not st:
+                continue
+            ex = re.search(r" ExitCode=(\d+:\d+)", line)
+            start = re.search(r" StartTime=(\S+)", line[st.end():])
+            fs = self._final_from({"JobState": st.group(1), "ExitCode": ex.group(1) if ex else ""})
+            if fs is None:
+                continue
+            if fs.status != "CANCELLED":
+                fs = replace(fs, started_at=local_to_utc_iso(start.group(1) if start else None, "%Y-%m-%dT%H:%M:%S",
+                                                             self.options.get("tz", "UTC")))
+            ends[int(arr.group(2))] = fs
+        return ends
+
+    def task_action_argv(self, job: Job, action: str, tasks: list[int], run_as: str | None) -> list[str]:
+        target = f"{_native_id(job)}_[{runs_arg(tasks)}]"
+        argv = {"cancel": self._cmd("scancel") + [target],
+                "hold": self._cmd("scontrol") + ["uhold", target],
+                "release": self._cmd("scontrol") + ["release", target]}[action]
+        return as_user(argv, run_as)
+
+
+_TASK = re.compile(r"^(\d+)_(\d+|\[([^\]]*)\])$")
 _ORDER = {NativeState.RUNNING: 0, NativeState.PENDING: 1, NativeState.ERROR: 2, NativeState.FINISHED: 3}
+_HELD = ("JobHeldUser", "JobHeldAdmin")
+
+# How one task of an array ended: $1 = array id, $2 = task, $3 = jobcomp file ('' = none), $4... = scontrol.
+TASK_FINAL_SCRIPT = ('id=$1; t=$2; f=$3; shift 3; "$@" -o show job "${id}_$t" 2>/dev/null && exit 0; '
+                     '[ -n "$f" ] || exit 0; grep -e " ArrayJobId=$id ArrayTaskId=$t " "$f" | tail -n 1; exit 0')
 
 
 def _arrays_as_one(jobs: list[NativeJob]) -> list[NativeJob]:
-    """An array job (a script with ``#SBATCH --array``) is listed once per task (``18_1``, ``18_[2-5]``):
-    report it once, under the id sbatch printed (``18``), running while a task runs, pending while one
-    waits, finished when all are. Its tasks' end states are read together by parse_final."""
+    """An array job is listed once per task (``18_1``, ``18_[2-5%2]``): report it once, under the id sbatch
+    printed (``18``), running while a task runs, pending while one waits, finished when all are, with each
+    task's line kept (NativeJob.tasks: tasks on their own line; .pending: runs waiting on one line). A user's
+    own array (a script holding ``#SBATCH --array``) is one job of ours, ended by all its tasks (parse_final);
+    an array we submitted is followed task by task."""
     out: list[NativeJob] = []
-    arrays: dict[str, list[NativeJob]] = {}
+    arrays: dict[str, list[tuple[NativeJob, re.Match]]] = {}
     for j in jobs:
         m = _TASK.match(j.native_id)
         if m:
-            arrays.setdefault(m.group(1), []).append(j)
+            arrays.setdefault(m.group(1), []).append((j, m))
         else:
             out.append(j)
-    for base, tasks in arrays.items():
-        first = min(tasks, key=lambda t: _ORDER[t.state])
-        starts = [t.start_time for t in tasks if t.start_time]
-        out.append(replace(first, native_id=base, start_time=min(starts) if starts else None))
+    for base, lines in arrays.items():
+        first = min((j for j, _ in lines), key=lambda t: _ORDER[t.state])
+        starts = [j.start_time for j, _ in lines if j.start_time]
+        tasks, pending = [], []
+        for j, m in lines:
+            held = any(r in _HELD for r in (j.reason or "").split(","))
+            if m.group(3) is not None:          # 18_[5-1000%20]: tasks not started, on one line
+                try:
+                    runs = parse_task_runs(m.group(3).split("%", 1)[0])
+                except ValueError:
+                    raise RuntimeError(f"squeue: cannot read the tasks of {j.native_id!r}") from None
+                # a line that is over (the array was cancelled) holds tasks that never started
+                pending += [PendingRun(a, b, st, held=held, reason=j.reason,
+                                       ended=j.state is NativeState.FINISHED) for a, b, st in runs]
+            else:
+                tasks.append(NativeTask(int(m.group(2)), j.state, native_id=j.native_id, start_time=j.start_time,
+                                        held=held, reason=j.reason))
+        out.append(replace(first, native_id=base, start_time=min(starts) if starts else None,
+                           tasks=tuple(tasks), pending=tuple(pending)))
     return out
 
 
@@ -379,6 +490,11 @@ def literal(path: str) -> str:
     if "\\" not in path and "%" not in path:
         return path
     return path.replace("\\", "\\\\").replace("%", "\\%")
+
+
+def _task_literal(path: str) -> str:
+    """An array task's own path as sbatch -o/-e must be given it: literal, with Slurm's %a for the index."""
+    return literal(path).replace(TASK_SLOT, "%a")
 
 
 def _unescape(pattern: str) -> str:

@@ -186,6 +186,14 @@ class SparkBackend(LocalBackend):
                 return f"native[{i}]", f"native[{i}]: {prop or flag} is set by {owner}"
         return None
 
+    # -- arrays: a Spark application has no tasks of its own to follow (its executors are Spark's); the local
+    # launcher's supervisor is not used for drivers: an array of applications is refused at submit
+    supports_arrays = False
+
+    def array_problem(self, pwd: str) -> tuple[str, str] | None:
+        return ("array", "array: Spark has no job arrays (a Spark application spreads its own work over executors): "
+                         "submit one application per task, or parallelise inside the application")
+
     def _limits(self, job: Job) -> dict:
         # the driver is not the job's cores or memory (its executors are): only the walltime is the launcher's
         return {"walltime": job.spec.resources.walltime} if job.spec.resources.walltime else {}

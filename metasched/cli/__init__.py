@@ -70,10 +70,10 @@ def spec_options(s: argparse.ArgumentParser, export_default: str | None = "ALL")
     g.add_argument("--native", action="append", metavar="F",
                    help="scheduler flags, split like a shell: '-l a=b'")
     g.add_argument("--export", metavar="E", default=export_default,
-                   help=("ALL (the default), NONE or NAME[=VALUE],... as sbatch" if export_default else
+                   help=("ALL (default), NONE or NAME[=VALUE],... as sbatch" if export_default else
                          "ALL, NONE or NAME[=VALUE],... as sbatch"))
     g.add_argument("--env", action="append", metavar="N=V", help="one more variable (repeat)")
-    g.add_argument("--output", "-o", metavar="PATH", help="stdout file (%%j: the job id, %%x: its name)")
+    g.add_argument("--output", "-o", metavar="PATH", help="stdout file (%%j: job id, %%x: name, %%a: array task)")
     g.add_argument("--error", "-e", metavar="PATH", help="stderr file (the same patterns)")
     g.add_argument("--join", "-j", action="store_true", help="stderr into the stdout file")
 
@@ -87,30 +87,39 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, suppress=False)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def cmd(name: str, func, help: str, description: str | None = None, usage: str | None = None
-            ) -> argparse.ArgumentParser:
+    def cmd(name: str, func, help: str, description: str | None = None, usage: str | None = None,
+            help_position: int = 24) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=description or help, epilog=SUB_EPILOG, usage=usage,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+                            formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(
+                                prog, max_help_position=help_position))
         _common(sp, suppress=True)
         sp.set_defaults(func=func)
         return sp
 
+    # submit has many options (its own, what the job asks for, workflows): one line each, within 40 lines
     s = cmd("submit", C.cmd_submit, "submit a job script",
             "Submit SCRIPT (made absolute) with ARGS: all after SCRIPT is its own. The job\n"
-            "gets your environment (not SUDO_*, METASCHED_*); SCRIPT and pwd are checked.",
-            usage="metasched submit [options] SCRIPT [ARGS...]")
+            "gets your environment (not SUDO_*, METASCHED_*); SCRIPT and pwd are checked.\n"
+            "An array's tasks each get $METASCHED_ARRAY_TASK_ID.",
+            usage="metasched submit [options] SCRIPT [ARGS...]", help_position=27)
     s.add_argument("--queue", "-q", metavar="Q", help="queue name or id (needed when there are several)")
     s.add_argument("--name", "-n", help="job name (default: the script's file name)")
     s.add_argument("--pwd", metavar="DIR", help="working directory (default: the current directory)")
     s.add_argument("--hold", action="store_true", help="submit held: not dispatched until `release`")
+    s.add_argument("--array", metavar="SPEC",
+                   help="tasks FIRST[-LAST[:STEP]][%%LIMIT], e.g. 1-1000:2%%50")
+    for kind, what in (("ok", "jobs (or ID.TASK) COMPLETED"), ("notok", "ended ERROR or CANCELLED"),
+                       ("any", "ended, however"), ("started", "started (or ended)")):
+        s.add_argument(f"--after-{kind}", action="append", metavar="ID[,ID]", default=None,
+                       help=f"wait until these {what}")
     s.add_argument("--parsable", action="store_true", help="print only the job id")
     s.add_argument("--no-check", action="store_true", help="no checks here: the files are on the nodes only")
     s.add_argument("--mail-type", metavar="T", help="tell when: BEGIN,END,FAIL,ALL,NONE as sbatch (default END)")
     s.add_argument("--mail-user", metavar="ADDR", help="mail those events to ADDR")
     s.add_argument("--notify-url", metavar="URL", help="POST them to URL, signed (`show` says the secret)")
     spec_options(s)
-    s.add_argument("script", metavar="SCRIPT", help="the job script (or program) to run")
-    s.add_argument("args", metavar="ARGS", nargs=argparse.REMAINDER, help="its arguments")
+    s.add_argument("script", metavar="SCRIPT", help=argparse.SUPPRESS)       # the description says it
+    s.add_argument("args", metavar="ARGS", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
     s = cmd("jobs", C.cmd_jobs, "list your jobs (admins: --all for everyone's)")
     s.add_argument("--state", "-s", action="append", metavar="STATE",
@@ -127,14 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the classic columns (owner, native id) and nothing cut to fit the terminal")
     s.add_argument("--foreign", "-f", action="store_true",
                    help="jobs submitted to the schedulers directly (plain qsub, sbatch): seen, never touched")
+    s.add_argument("--expand", "-x", action="store_true", help="every task of each array on its own line")
 
-    s = cmd("show", C.cmd_show, "show one job (what it asks for, and where its output goes)")
-    s.add_argument("id", type=int, metavar="ID", help="job id")
+    ref = C.job_ref
+    s = cmd("show", C.cmd_show, "show one job (or one task of an array: ID.TASK): what it asks for, and where its "
+                                "output goes")
+    s.add_argument("id", type=ref, metavar="ID[.TASK]", help="job id, or ID.TASK")
     s = cmd("output", C.cmd_output, "print a job's output (its stdout, or its stderr)",
             "Print a job's stdout (--stderr: its stderr), read by the service as the job's\n"
-            "owner on the scheduler's master node, where the job writes it. --tail N: the\n"
-            "last N lines only; --follow: go on printing what it writes until the job ends.")
-    s.add_argument("id", type=int, metavar="ID", help="job id")
+            "owner on the scheduler's master node, where the job writes it; an array's\n"
+            "tasks each have their own: ID.TASK. --tail N: the last N lines only;\n"
+            "--follow: go on printing what it writes until the job (the task) ends.")
+    s.add_argument("id", type=ref, metavar="ID[.TASK]", help="job id, or ID.TASK for a task of an array")
     s.add_argument("--stderr", "-e", action="store_true", help="the job's stderr instead of its stdout")
     s.add_argument("--tail", "-n", type=int, metavar="N", help="only the last N lines")
     s.add_argument("--follow", "-f", action="store_true", help="go on printing until the job has ended")
@@ -142,15 +155,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="another user's output (admins) is shown with control characters escaped on a terminal; "
                         "--raw shows it as it is")
     s = cmd("events", C.cmd_events, "show a job's history (every state change and why)")
-    s.add_argument("id", type=int, metavar="ID", help="job id")
-    s = cmd("cancel", C.cmd_cancel, "cancel jobs",
-            "Cancel each job. One not yet dispatched is cancelled at once; a dispatched one is cancelled in\n"
-            "its scheduler shortly. Each ID is reported; the exit status is 1 if any was refused.")
-    s.add_argument("ids", type=int, nargs="+", metavar="ID", help="job ids")
-    s = cmd("hold", C.cmd_hold, "hold a job that is waiting (it will not be dispatched)")
-    s.add_argument("id", type=int, metavar="ID", help="job id")
-    s = cmd("release", C.cmd_release, "release a held job")
-    s.add_argument("id", type=int, metavar="ID", help="job id")
+    s.add_argument("id", type=ref, metavar="ID[.TASK]", help="job id, or ID.TASK for one task's history")
+    s = cmd("why", C.cmd_why, "why a job (or a task) is still waiting",
+            "Say why ID (or task ID.TASK of an array) is not running yet: the policy's own reason now, its\n"
+            "dependencies, a hold, a throttle, its place in its queue; in the scheduler's queue, the\n"
+            "scheduler's own pending reason.")
+    s.add_argument("id", type=ref, metavar="ID[.TASK]", help="job id, or ID.TASK")
+    s = cmd("cancel", C.cmd_cancel, "cancel jobs (or tasks of an array: ID.TASK)",
+            "Cancel each job (an array: all its tasks; ID.TASK: one). One not yet dispatched is cancelled at\n"
+            "once; a dispatched one is cancelled in its scheduler shortly. Each ID is reported; the exit status\n"
+            "is 1 if any was refused.")
+    s.add_argument("ids", type=ref, nargs="+", metavar="ID[.TASK]", help="job ids, or ID.TASK")
+    s = cmd("hold", C.cmd_hold, "hold a job (or an array's task, ID.TASK) that is waiting")
+    s.add_argument("id", type=ref, metavar="ID[.TASK]", help="job id, or ID.TASK")
+    s = cmd("release", C.cmd_release, "release a held job (or task)")
+    s.add_argument("id", type=ref, metavar="ID[.TASK]", help="job id, or ID.TASK")
 
     s = cmd("edit", C.cmd_edit, "change a job that has not been dispatched yet",
             "Change a waiting or held job. --args comes last: all after it are the script's\n"
@@ -185,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "('none' to clear)")
     ms.add_argument("--weight", action="append", metavar="QUEUE=W", help="CPU weight 0..100 of a queue "
                                                                          "(shared, dynamic); repeat")
+    ms.add_argument("--dry-run", action="store_true", help="change nothing: show what the proposed mode would "
+                                                           "dispatch now and the CPU shares on every node")
 
     s = cmd("watch", cmd_watch, "live view of queues and your active jobs, or of one job",
             "Follow the service's event stream: the view is drawn again when something happens (at most\n"

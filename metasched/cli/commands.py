@@ -68,6 +68,49 @@ def queue_ref(value: str) -> int | str:
     return int(value) if value.isdigit() else value
 
 
+class JobRef(tuple):
+    """``12`` or ``12.3`` (task 3 of array 12), as given on the command line."""
+
+    @property
+    def job(self) -> int:
+        return self[0]
+
+    @property
+    def task(self) -> int | None:
+        return self[1]
+
+    @property
+    def path(self) -> str:
+        return f"/jobs/{self[0]}" + (f"/tasks/{self[1]}" if self[1] is not None else "")
+
+    def __str__(self) -> str:
+        return f"{self[0]}.{self[1]}" if self[1] is not None else str(self[0])
+
+
+def job_ref(text: str) -> JobRef:
+    import argparse
+    job, dot, task = text.strip().partition(".")
+    if not job.isdigit() or int(job) < 1 or (dot and not task.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected a job id (12) or a task of an array (12.3), got {text!r}")
+    return JobRef((int(job), int(task) if dot else None))
+
+
+def refs(values: list[str] | None, option: str) -> list[int | str]:
+    """--after-ok 12,13.2 --after-ok 14 -> [12, "13.2", 14]."""
+    out: list[int | str] = []
+    for v in values or ():
+        for part in v.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                r = job_ref(part)
+            except Exception:
+                raise LocalError(f"{option}: expected job ids (12) or tasks (12.3), got {part!r}") from None
+            out.append(r.job if r.task is None else str(r))
+    return out
+
+
 def warn(message: str) -> None:
     print(f"metasched: {render.escape(message)}", file=sys.stderr)
 
@@ -95,6 +138,11 @@ def cmd_submit(a, ctx: Context) -> int:
     notify = notify_fields(a)
     if notify:
         body["notify"] = notify
+    if a.array:
+        body["array"] = a.array
+    after = {kind: refs(getattr(a, f"after_{kind}"), f"--after-{kind}") for kind in ("ok", "notok", "any", "started")}
+    if any(after.values()):
+        body["after"] = {k: v for k, v in after.items() if v}
     if ctx.endpoint.socket_path and not a.no_check:
         check_files(ctx, a.queue, script, pwd, body)
     job = ctx.call("POST", "/jobs", body)
@@ -103,7 +151,8 @@ def cmd_submit(a, ctx: Context) -> int:
     elif ctx.json:
         ctx.emit_json(job)
     else:
-        ctx.print(f"submitted job {job['id']} ({render.escape(job['name'])}) to queue {ctx.queue_name(job['queue'])}: "
+        what = f"array {job['id']} of {job['array']['count']} tasks" if job.get("array") else f"job {job['id']}"
+        ctx.print(f"submitted {what} ({render.escape(job['name'])}) to queue {ctx.queue_name(job['queue'])}: "
                   f"{render.state(job['status'], ctx.colour)}")
     return 0
 
@@ -319,6 +368,19 @@ def fetch_jobs(ctx: Context, statuses: list[str] | None, queue: str | None, owne
     return items, f"{path}?" + urllib.parse.urlencode(rest)
 
 
+TASK_ORDER = ["TO_BE_QUEUED", "HELD", "QUEUED", "RUNNING", "COMPLETED", "ERROR", "CANCELLED"]
+TASK_WORDS = {"TO_BE_QUEUED": "waiting", "HELD": "held", "QUEUED": "queued", "RUNNING": "running",
+              "COMPLETED": "completed", "ERROR": "failed", "CANCELLED": "cancelled"}
+
+
+def task_counts(array: dict | None) -> str | None:
+    """An array's tasks per state in a few words: '20 running, 400 completed, 580 queued'."""
+    if not array:
+        return None
+    n = array.get("tasks") or {}
+    return ", ".join(f"{n[s]} {TASK_WORDS[s]}" for s in TASK_ORDER if n.get(s))
+
+
 def _resource(key: str):
     return lambda ctx, j: (j.get("resources") or {}).get(key)
 
@@ -344,6 +406,7 @@ JOB_COLUMNS = {
     "gpus": ("GPUS", _resource("gpus_per_node")),
     "partition": ("PARTITION", _resource("native_queue")),
     "account": ("ACCOUNT", _resource("account")),
+    "array": ("ARRAY", lambda ctx, j: task_counts(j.get("array"))),
 }
 DEFAULT_COLUMNS = ["id", "name", "queue", "state", "submitted", "exit", "reason"]
 WIDE_COLUMNS = ["id", "name", "queue", "owner", "state", "submitted", "native", "exit", "reason"]
@@ -359,17 +422,48 @@ def parse_columns(text: str | None) -> list[str] | None:
     return cols
 
 
+# An array task's line under its array (`jobs --expand`): these columns from the task, the others blank.
+TASK_COLUMNS = {
+    "id": lambda ctx, t: t["id"],
+    "state": lambda ctx, t: render.state(t["status"], ctx.colour),
+    "started": lambda ctx, t: render.short_time(t["started_at"]),
+    "submitted": lambda ctx, t: render.short_time(t["started_at"]),
+    "finished": lambda ctx, t: render.short_time(t["finished_at"]),
+    "native": lambda ctx, t: t["native_id"],
+    "exit": lambda ctx, t: t["exit_code"],
+    "reason": lambda ctx, t: t["reason"] if t["status"] == "ERROR" else None,
+}
+
+
 def jobs_table(ctx: Context, jobs: list[dict], columns: list[str] | None = None, wide: bool = False,
-               owners: bool = False) -> str:
+               owners: bool = False, tasks: dict[int, list[dict]] | None = None) -> str:
     """Fits the terminal (80 columns when it is not one) by cutting the name, the reason and the queue, unless
-    wide; the owner's column when the jobs are not all the caller's."""
+    wide; the owner's column when the jobs are not all the caller's. An array is one line, with its tasks per
+    state (ARRAY, last, when some job is an array and the columns were not chosen); ``tasks``: an array's tasks,
+    each on a line of its own under it (``jobs --expand``)."""
     cols = columns or (WIDE_COLUMNS if wide else
                        DEFAULT_COLUMNS[:3] + (["owner"] if owners else []) + DEFAULT_COLUMNS[3:])
-    rows = [[JOB_COLUMNS[c][1](ctx, j) for c in cols] for j in jobs]
-    soft = {"name": 16, "reason": 20, "queue": 10, "owner": 8}
-    shrink = tuple((cols.index(c), soft[c]) for c in ("name", "reason", "queue", "owner") if c in cols)
+    if columns is None and any(j.get("array") for j in jobs):
+        cols = cols + ["array"]
+    rows = []
+    for j in jobs:
+        rows.append([JOB_COLUMNS[c][1](ctx, j) for c in cols])
+        for t in (tasks or {}).get(j["id"], []):
+            rows.append([TASK_COLUMNS[c](ctx, t) if c in TASK_COLUMNS else None for c in cols])
+    # an array's tasks per state are cut first (`show ID` has them in full), then the name, the reason, ...
+    soft = {"array": 10, "name": 16, "reason": 20, "queue": 10, "owner": 8}
+    shrink = tuple((cols.index(c), soft[c]) for c in ("array", "name", "reason", "queue", "owner") if c in cols)
     return render.table([JOB_COLUMNS[c][0] for c in cols], rows, ctx.colour,
                         fit=None if wide else render.width(), shrink=shrink)
+
+
+def fetch_tasks(ctx: Context, job_id: int) -> list[dict]:
+    page = ctx.call("GET", f"/jobs/{job_id}/tasks", query={"limit": "1000"})
+    items = list(page["items"])
+    while page.get("next"):
+        page = ctx.call("GET", page["next"])
+        items.extend(page["items"])
+    return items
 
 
 def foreign_table(ctx: Context, jobs: list[dict]) -> str:
@@ -401,10 +495,11 @@ def cmd_jobs(a, ctx: Context) -> int:
     if ctx.json:
         ctx.emit_json({"items": items, "next": more})
         return 0
+    tasks = {j["id"]: fetch_tasks(ctx, j["id"]) for j in items if j.get("array")} if a.expand else None
     if not items:
         ctx.print("no jobs")
     else:
-        ctx.print(jobs_table(ctx, items, columns, a.wide, owners=owner != ctx.me()["user"]))
+        ctx.print(jobs_table(ctx, items, columns, a.wide, owners=owner != ctx.me()["user"], tasks=tasks))
     if more:
         warn(f"showing the first {len(items)} jobs; there are more (raise --limit, or filter with --state)")
     return 0
@@ -439,6 +534,10 @@ def job_fields(ctx: Context, j: dict) -> str:
         ("queue", f"{ctx.queue_name(j['queue'])} ({j['queue']})"), ("state", status), ("reason", j["reason"]),
         ("script", j["path"]), ("args", render.argv(j["options"])), ("directory", j["pwd"]),
         ("native id", j["scheduler_job_id"]), ("exit code", j["exit_code"]),
+        ("array", f"{j['array']['spec']} ({j['array']['count']} tasks): {task_counts(j['array']) or '-'}"
+         if j.get("array") else None),
+        ("after", "; ".join(f"{k} {', '.join(map(str, v))}" for k, v in j["after"].items()) if j.get("after")
+         else None),
         ("submitted", render.long_time(j["created_at"])), ("dispatched", render.long_time(j["submitted_at"])),
         ("started", render.long_time(j["started_at"])), ("finished", render.long_time(j["finished_at"])),
         ("run time", render.duration(j["started_at"], j["finished_at"]) if j["started_at"] else None),
@@ -506,12 +605,21 @@ def used_fields(j: dict) -> list[tuple[str, object]]:
     return out
 
 
+def task_fields(ctx: Context, t: dict) -> str:
+    return render.fields([
+        ("task", t["id"]), ("state", render.state(t["status"], False)), ("reason", t["reason"]),
+        ("native id", t["native_id"]), ("exit code", t["exit_code"]),
+        ("started", render.long_time(t["started_at"])), ("finished", render.long_time(t["finished_at"])),
+        ("run time", render.duration(t["started_at"], t["finished_at"]) if t["started_at"] else None),
+    ])
+
+
 def cmd_show(a, ctx: Context) -> int:
-    job = ctx.call("GET", f"/jobs/{a.id}", query={"include": "metrics"})
+    item = ctx.call("GET", a.id.path, query={"include": "metrics"} if a.id.task is None else None)
     if ctx.json:
-        ctx.emit_json(job)
+        ctx.emit_json(item)
     else:
-        ctx.print(job_fields(ctx, job))
+        ctx.print(task_fields(ctx, item) if a.id.task is not None else job_fields(ctx, item))
     return 0
 
 
@@ -531,7 +639,8 @@ def events_table(ctx: Context, events: list[dict]) -> str:
 
 
 def cmd_events(a, ctx: Context) -> int:
-    events = ctx.call("GET", f"/jobs/{a.id}/events")
+    events = ctx.call("GET", f"/jobs/{a.id.job}/events",
+                      query={"task": str(a.id.task)} if a.id.task is not None else None)
     if ctx.json:
         ctx.emit_json(events)
     elif not events["items"]:
@@ -546,7 +655,7 @@ def cmd_cancel(a, ctx: Context) -> int:
     status, results = 0, []
     for job_id in a.ids:
         try:
-            job = ctx.call("DELETE", f"/jobs/{job_id}")
+            job = ctx.call("DELETE", job_id.path)
         except Refused as exc:
             status = 1
             results.append(exc.body or {"description": exc.message, "status": exc.status})
@@ -554,21 +663,51 @@ def cmd_cancel(a, ctx: Context) -> int:
             continue
         results.append(job)
         if not ctx.json:
+            what = f"task {job_id}" if job_id.task is not None else f"job {job_id}"
             if job["status"] == "CANCELLED":
-                ctx.print(f"job {job_id} cancelled")
+                ctx.print(f"{what} cancelled")
+            elif job_id.task is not None:
+                ctx.print(f"{what}: cancel requested (it is {job['status']} in its scheduler)")
             else:
-                ctx.print(f"job {job_id}: cancel requested (it is {job['status']} in {ctx.queue_name(job['queue'])})")
+                ctx.print(f"{what}: cancel requested (it is {job['status']} in {ctx.queue_name(job['queue'])})")
     if ctx.json:
         ctx.emit_json(results)
     return status
 
 
-def _job_action(ctx: Context, job_id: int, action: str, verb: str) -> int:
-    job = ctx.call("POST", f"/jobs/{job_id}/{action}")
+def _job_action(ctx: Context, job_id: JobRef, action: str, verb: str) -> int:
+    item = ctx.call("POST", f"{job_id.path}/{action}")
     if ctx.json:
-        ctx.emit_json(job)
+        ctx.emit_json(item)
+    elif job_id.task is not None:
+        ctx.print(f"task {job_id} {verb}: {render.state(item['status'], ctx.colour)}")
+    elif item.get("array") and item["status"] in ("QUEUED", "RUNNING"):
+        ctx.print(f"array {job_id} {verb} in its scheduler: {task_counts(item['array'])}")
     else:
-        ctx.print(f"job {job_id} {verb}: {render.state(job['status'], ctx.colour)}")
+        ctx.print(f"job {job_id} {verb}: {render.state(item['status'], ctx.colour)}")
+    return 0
+
+
+def cmd_why(a, ctx: Context) -> int:
+    w = ctx.call("GET", f"{a.id.path}/why")
+    if ctx.json:
+        ctx.emit_json(w)
+        return 0
+    ctx.print(w["summary"])
+    for r in w["reasons"]:
+        ctx.print(f"  - {r['detail'] or r['text']}")
+    pairs = []
+    if w.get("position") is not None:
+        yours = f" (yours: {', '.join(map(str, w['ahead_yours']))})" if w.get("ahead_yours") else ""
+        pairs.append(("place", f"{w['position']} in its queue, {w['ahead']} job(s) ahead{yours}"))
+    if w.get("scheduler_reason"):
+        pairs.append(("scheduler says", w["scheduler_reason"]))
+    if w.get("since"):
+        pairs.append(("since", render.long_time(w["since"])))
+    if w.get("tasks"):
+        pairs.append(("tasks", task_counts({"tasks": w["tasks"]})))
+    if pairs:
+        ctx.print(render.fields(pairs))
     return 0
 
 
@@ -620,7 +759,10 @@ def cmd_output(a, ctx: Context) -> int:
     if a.tail is not None and a.tail < 0:
         raise LocalError("--tail: give a number of lines, 0 or more")
     stream = "stderr" if a.stderr else "stdout"
-    job = ctx.call("GET", f"/jobs/{a.id}")
+    job = ctx.call("GET", f"/jobs/{a.id.job}")
+    # the state that says whether more may come: the job's, or its task's (an array's tasks have their own files)
+    state = (lambda: ctx.call("GET", a.id.path)["status"]) if a.id.task is not None else None
+    status = state() if state else job["status"]
     out = getattr(ctx.out, "buffer", None) or ctx.out
     tty = hasattr(ctx.out, "isatty") and ctx.out.isatty()
     escape = tty and not a.raw and job["owner"] != ctx.me()["user"]     # someone else's bytes to our terminal
@@ -632,7 +774,7 @@ def cmd_output(a, ctx: Context) -> int:
         out.write(data)
         out.flush()
 
-    url = f"/jobs/{a.id}/output"
+    url = f"/jobs/{a.id.job}/output" + (f"?task={a.id.task}" if a.id.task is not None else "")
     waited = False
     while True:
         try:
@@ -640,26 +782,28 @@ def cmd_output(a, ctx: Context) -> int:
                       else copy_from(ctx, url, stream, 0, write))
             break
         except Refused as exc:
-            if exc.status != 404 or not a.follow or job["status"] in FINAL:
+            if exc.status != 404 or not a.follow or status in FINAL:
                 raise
             if not waited:
-                warn(f"waiting for job {a.id}'s {stream} ({exc.message})")
+                warn(f"waiting for {'task' if a.id.task is not None else 'job'} {a.id}'s {stream} ({exc.message})")
                 waited = True
             time.sleep(FOLLOW_EVERY)
-            job = ctx.call("GET", f"/jobs/{a.id}")
+            status = state() if state else ctx.call("GET", f"/jobs/{a.id.job}")["status"]
     while a.follow:
-        ended = job["status"] in FINAL
+        ended = status in FINAL
         time.sleep(FOLLOW_EVERY)
         before = offset
         offset = copy_from(ctx, url, stream, offset, write)
         if ended and offset == before:
             break
-        job = ctx.call("GET", f"/jobs/{a.id}")
+        status = state() if state else ctx.call("GET", f"/jobs/{a.id.job}")["status"]
     return 0
 
 
 def read_chunk(ctx: Context, url: str, stream: str, offset: int, length: int = CHUNK) -> tuple[bytes, int, int]:
-    data, headers = ctx.client.fetch(url, {"stream": stream, "offset": str(offset), "length": str(length)})
+    path, _, query = url.partition("?")       # an array's task: ?task=N
+    data, headers = ctx.client.fetch(path, {**dict(urllib.parse.parse_qsl(query)), "stream": stream,
+                                            "offset": str(offset), "length": str(length)})
     return data, int(headers.get("x-output-size", "0")), int(headers.get("x-output-offset", str(offset)))
 
 
@@ -774,6 +918,8 @@ def cmd_mode(a, ctx: Context) -> int:
             body["weights"] = weights
         if not body:
             raise LocalError("mode set: give a POLICY, --high-priority or --weight")
+        if a.dry_run:
+            return dry_run(ctx, ctx.call("PUT", "/cluster/mode", body, query={"dry_run": "true"}))
         mode = ctx.call("PUT", "/cluster/mode", body)
     else:
         mode = ctx.call("GET", "/cluster/mode")
@@ -781,6 +927,30 @@ def cmd_mode(a, ctx: Context) -> int:
         ctx.emit_json(mode)
     else:
         ctx.print(mode_text(ctx, mode))
+    return 0
+
+
+def dry_run(ctx: Context, r: dict) -> int:
+    if ctx.json:
+        ctx.emit_json(r)
+        return 0
+    ctx.print("dry run: nothing was changed")
+    ctx.print(mode_text(ctx, r["mode"]))
+    ctx.print("")
+    now = ", ".join(f"{k} {v:g}%" for k, v in r["current"]["shares"].items())
+    ctx.print(f"would dispatch now: {len(r['dispatch'])} job(s) (under the mode in force: "
+              f"{len(r['current']['dispatch'])}; its shares: {now})")
+    if r["dispatch"]:
+        rows = [[d["id"], d["name"], ctx.queue_name(d["queue"]), d["owner"]] for d in r["dispatch"][:20]]
+        ctx.print(render.table(["ID", "NAME", "QUEUE", "OWNER"], rows))
+        if len(r["dispatch"]) > 20:
+            ctx.print(f"... and {len(r['dispatch']) - 20} more")
+    for why, n in r["waiting"].items():
+        ctx.print(f"  {n} job(s) would wait: {why}")
+    ctx.print("")
+    names = [s["name"] for s in r["shares"]]
+    rows = [[n["node_id"], n["address"]] + [f"{n['shares'].get(q, 0):g}%" for q in names] for n in r["nodes"]]
+    ctx.print(render.table(["NODE", "ADDRESS"] + [f"{q} SHARE" for q in names], rows))
     return 0
 
 

@@ -11,9 +11,9 @@ import dataclasses
 import json
 import sqlite3
 
-from ..model import (ACCOUNTING_FIELDS, NO_SPEC, Accounting, ClusterEvent, Delivery, FeedEvent, ForeignJob, Job,
-                     JobEvent, JobNotify, JobSample, JobSpec, JobStatus, JobUsage, LeaseRecord, Node, PollCycle, Queue,
-                     Setting, ShareSample, Token)
+from ..model import (ACCOUNTING_FIELDS, NO_SPEC, Accounting, ArrayTask, ClusterEvent, Delivery, Dependency,
+                     FeedEvent, ForeignJob, Job, JobEvent, JobNotify, JobSample, JobSpec, JobStatus, JobUsage,
+                     LeaseRecord, Node, PollCycle, Queue, SchedulerType, Setting, ShareSample, Token)
 from .core import Database
 
 
@@ -24,6 +24,16 @@ _STATUS_OF = {s.value: s for s in JobStatus}
 _STATUS_I, _OPTIONS_I, _CANCEL_I, _SPEC_I = (_JOB_FIELDS.index(n) for n in ("status", "options", "cancel_requested",
                                                                               "spec"))
 _ACCT_COLUMNS = [f"acct_{k}" for k in ACCOUNTING_FIELDS]
+_DEPENDS_I = _JOB_FIELDS.index("depends_on")
+
+
+def depends_from_json(text: str | None) -> tuple[Dependency, ...]:
+    """jobs.depends_on ([[kind, job id, task or null], ...]) as Dependency values."""
+    return tuple(Dependency(k, j, t) for k, j, t in json.loads(text)) if text else ()
+
+
+def depends_to_json(deps) -> str | None:
+    return json.dumps([[d.kind, d.job_id, d.task] for d in deps]) if deps else None
 
 
 def rows_to_jobs(rows: list[sqlite3.Row]) -> list[Job]:
@@ -43,6 +53,7 @@ def rows_to_jobs(rows: list[sqlite3.Row]) -> list[Job]:
         v[_CANCEL_I] = bool(v[_CANCEL_I])
         spec = v[_SPEC_I]
         v[_SPEC_I] = NO_SPEC if spec == "{}" else JobSpec.from_dict(json.loads(spec))
+        v[_DEPENDS_I] = depends_from_json(v[_DEPENDS_I])
         v.insert(_ACCT_I, None if src_i is None or r[src_i] is None else _accounting(r, keys))
         out.append(Job(*v))
     return out
@@ -74,7 +85,7 @@ def _bool(v) -> bool | None:
 def row_to_queue(r: sqlite3.Row) -> Queue:
     return Queue(id=r["id"], name=r["name"], type=r["type"], master_node_id=r["master_node_id"],
                  weight=r["weight"], position=r["position"], reachable=_bool(r["reachable"]),
-                 last_error=r["last_error"])
+                 last_error=r["last_error"], usage=r["usage"], unreachable_since=r["unreachable_since"])
 
 
 def row_to_node(r: sqlite3.Row) -> Node:
@@ -106,10 +117,11 @@ class Repository:
 
     # -- jobs (state changes only through metasched.lifecycle) -----------------------------------
     def insert_job(self, *, name, queue_id, owner, status, path, options, pwd, token, now,
-                   spec: JobSpec = NO_SPEC) -> Job:
+                   spec: JobSpec = NO_SPEC, array_spec=None, depends_on=()) -> Job:
         return row_to_job(self._one(self.q.insert_job, name=name, queue_id=queue_id, owner=owner,
                                     status=status.value, path=path, options=json.dumps(list(options)),
-                                    pwd=pwd, token=token, now=now, spec=_spec_json(spec)))
+                                    pwd=pwd, token=token, now=now, spec=_spec_json(spec), array_spec=array_spec,
+                                    depends_on=depends_to_json(depends_on)))
 
     def get_job(self, job_id: int) -> Job | None:
         r = self._one(self.q.get_job, id=job_id)
@@ -131,9 +143,10 @@ class Repository:
         return rows_to_jobs(self._all(self.q.list_jobs_newest, owner=None, **params))
 
     def update_job_fields(self, *, id, version, name, queue_id, path, options, pwd, now,
-                          spec: JobSpec = NO_SPEC) -> Job | None:
+                          spec: JobSpec = NO_SPEC, depends_on=()) -> Job | None:
         r = self._one(self.q.update_job_fields, id=id, version=version, name=name, queue_id=queue_id, path=path,
-                      options=json.dumps(list(options)), pwd=pwd, now=now, spec=_spec_json(spec))
+                      options=json.dumps(list(options)), pwd=pwd, now=now, spec=_spec_json(spec),
+                      depends_on=depends_to_json(depends_on))
         return row_to_job(r) if r else None
 
     def update_job(self, *, id, version, status, reason, now, scheduler_job_id=None, exit_code=None,
@@ -153,14 +166,15 @@ class Repository:
     def note_job(self, *, id, version, reason) -> bool:
         return self.db.conn.execute(self.q.note_job, dict(id=id, version=version, reason=reason)).rowcount == 1
 
-    def insert_job_event(self, *, job_id, old_status, new_status, actor, reason, now) -> None:
+    def insert_job_event(self, *, job_id, old_status, new_status, actor, reason, now, task=None) -> None:
         self.db.conn.execute(self.q.insert_job_event, dict(
             job_id=job_id, old_status=old_status.value if old_status else None, new_status=new_status.value,
-            actor=actor, reason=reason, now=now))
+            actor=actor, reason=reason, now=now, task=task))
 
-    def list_job_events(self, job_id: int) -> list[JobEvent]:
-        return [JobEvent(r["id"], job_id, r["at"], r["old_status"], r["new_status"], r["actor"], r["reason"])
-                for r in self._all(self.q.list_job_events, job_id=job_id)]
+    def list_job_events(self, job_id: int, task: int | None = None) -> list[JobEvent]:
+        return [JobEvent(r["id"], job_id, r["at"], r["old_status"], r["new_status"], r["actor"], r["reason"],
+                         r["task"])
+                for r in self._all(self.q.list_job_events, job_id=job_id, task=task)]
 
     def count_jobs_by_queue_status(self) -> dict[int, dict[str, int]]:
         out: dict[int, dict[str, int]] = {}
@@ -499,3 +513,82 @@ def _delivery(r: sqlite3.Row) -> Delivery:
                     address=r["address"], body=json.loads(r["body"]), state=r["state"], attempts=r["attempts"],
                     created_at=r["created_at"], next_at=r["next_at"], last_error=r["last_error"],
                     delivered_at=r["delivered_at"], secret=r["secret"])
+
+
+    # -- workflows: array tasks, dependencies (sql/workflows.sql) ---------------------------------
+    def insert_array_task(self, *, job_id: int, tasks, status: JobStatus, now: str) -> None:
+        """Every task of a new array (one executemany)."""
+        self.db.conn.executemany(self.q.insert_array_task,
+                                 [dict(job_id=job_id, task=t, status=status.value, now=now) for t in tasks])
+
+    def get_array_task(self, job_id: int, task: int) -> ArrayTask | None:
+        r = self._one(self.q.get_array_task, job_id=job_id, task=task)
+        return _task(r) if r else None
+
+    def list_array_tasks(self, *, job_id: int, after: int, limit: int, statuses=None) -> list[ArrayTask]:
+        return [_task(r) for r in self._all(self.q.list_array_tasks, job_id=job_id, after=after, limit=limit,
+                                            statuses=json.dumps([s.value for s in statuses]) if statuses else None)]
+
+    def list_open_array_tasks(self, job_ids: list[int]) -> list[ArrayTask]:
+        return [_task(r) for r in self._all(self.q.list_open_array_tasks, job_ids=json.dumps(list(job_ids)))]
+
+    def count_array_tasks(self, job_ids: list[int]) -> dict[int, dict[str, int]]:
+        """job id -> state -> tasks."""
+        out: dict[int, dict[str, int]] = {}
+        for r in self._all(self.q.count_array_tasks, job_ids=json.dumps(list(job_ids))):
+            out.setdefault(r["job_id"], {})[r["status"]] = r["n"]
+        return out
+
+    def update_array_task(self, *, job_id, task, version, status: JobStatus, reason, now, native_id=None,
+                          exit_code=None, started_at=None, cancel_requested=0) -> ArrayTask | None:
+        r = self._one(self.q.update_array_task, job_id=job_id, task=task, version=version, status=status.value,
+                      reason=reason, now=now, native_id=native_id, exit_code=exit_code, started_at=started_at,
+                      cancel_requested=int(cancel_requested))
+        return _task(r) if r else None
+
+    def request_array_task_cancel(self, *, job_id, task, version, now) -> ArrayTask | None:
+        r = self._one(self.q.request_array_task_cancel, job_id=job_id, task=task, version=version, now=now)
+        return _task(r) if r else None
+
+    def move_array_tasks(self, *, job_id: int, from_states, status: JobStatus, reason: str, now: str) -> int:
+        return self.db.conn.execute(self.q.move_array_tasks, {
+            "job_id": job_id, "from": json.dumps([s.value for s in from_states]), "status": status.value,
+            "reason": reason, "now": now}).rowcount
+
+    def set_array_spec(self, *, id: int, version: int, array_spec: str, now: str) -> Job | None:
+        r = self._one(self.q.set_array_spec, id=id, version=version, array_spec=array_spec, now=now)
+        return row_to_job(r) if r else None
+
+    def array_task_ends(self, job_id: int) -> dict:
+        """ended, failed, errors, max_exit, first_failed (see sql/workflows.sql)."""
+        r = self._one(self.q.array_task_ends, job_id=job_id)
+        return {k: r[k] for k in r.keys()}
+
+    def dependency_targets(self, ids) -> dict[int, dict]:
+        """job id -> {owner, status, started_at, array_spec, failed_tasks} of these jobs (those that exist)."""
+        return {r["id"]: {k: r[k] for k in r.keys() if k != "id"}
+                for r in self._all(self.q.dependency_targets, ids=json.dumps(sorted(set(ids))))}
+
+    def dependency_task_targets(self, pairs) -> dict[tuple[int, int], dict]:
+        """(job id, task) -> {status, started_at} of these tasks (those that exist)."""
+        return {(r["job_id"], r["task"]): {"status": r["status"], "started_at": r["started_at"]}
+                for r in self._all(self.q.dependency_task_targets, pairs=json.dumps(sorted(set(pairs))))}
+
+    def list_waiting_dependants(self) -> list[Job]:
+        return rows_to_jobs(self._all(self.q.list_waiting_dependants))
+
+    def list_queue_ahead(self, *, queue_id: int, id: int) -> list[tuple[int, str]]:
+        return [(r["id"], r["owner"]) for r in self._all(self.q.list_queue_ahead, queue_id=queue_id, id=id)]
+
+    def list_pending_jobs(self) -> list[dict]:
+        """Every TO_BE_QUEUED job: id, queue_id, owner, name, depends_on (Dependency values), reason."""
+        return [dict(id=r["id"], queue_id=r["queue_id"], owner=r["owner"], name=r["name"],
+                     depends_on=depends_from_json(r["depends_on"]), reason=r["reason"])
+                for r in self._all(self.q.list_pending_jobs)]
+
+
+def _task(r: sqlite3.Row) -> ArrayTask:
+    return ArrayTask(job_id=r["job_id"], task=r["task"], status=_STATUS_OF[r["status"]], native_id=r["native_id"],
+                     exit_code=r["exit_code"], reason=r["reason"], cancel_requested=bool(r["cancel_requested"]),
+                     started_at=r["started_at"], finished_at=r["finished_at"], updated_at=r["updated_at"],
+                     version=r["version"])

@@ -25,9 +25,9 @@ import pwd
 import time
 from dataclasses import dataclass
 
-from .. import enforcement, lifecycle, policies
+from .. import dependencies, enforcement, lifecycle, policies
 from ..backends import get_backend
-from ..backends.base import Backend, SubmitRefused, command_line, parse_batch
+from ..backends.base import Backend, NativeState, SubmitRefused, command_line, parse_batch
 from ..config import Config
 from ..db.core import Database, epoch_to_time
 from ..db.repository import Repository
@@ -39,6 +39,7 @@ from .lease import Identity, Lease, LeaseLost, boottime
 from . import measure
 from .observe import (AgentStreams, Observation, agent_request, classify_foreign, feedback, job_process_groups,
                       nodes_to_settle, observe, raise_fences, written_shares)
+from . import arrays as arrays_mod
 from .reconcile import Recovery, reconcile, resolve
 from .values import Change, CycleReport, Question, QueueStatus, Tick
 
@@ -97,6 +98,11 @@ class Engine:
         self.corrections: dict[int, dict[str, float]] = {}   # node id -> its feedback state (observe.feedback)
         self.meters = measure.Meters()              # what jobs and nodes use (engine/measure.py)
         self.progress = self.clock.mono()           # last time a cycle got something done (the watchdog)
+        # workflows (issue 16): tasks not seen in accounting since (for their cancel), local tasks whose end is
+        # recorded (their exit files removed at the next question), when a job's scheduler reason was last read
+        self.task_unseen: dict[tuple[int, int], float] = {}
+        self.task_forget: dict[int, list[int]] = {}
+        self.reason_asked: dict[int, float] = {}
         # a holder whose cycle makes no progress for this long stops renewing its lease (another takes over)
         self.stall_limit = (config.ssh.command_timeout + config.ssh.connect_timeout
                             + 2 * config.poller.interval + config.poller.cycle_deadline)
@@ -187,6 +193,8 @@ class Engine:
             queues = self.repo.list_queues()
             nodes = self.repo.list_nodes()
             jobs = self.repo.list_jobs_in_states(list(ACTIVE_STATES) + [JobStatus.TO_BE_QUEUED])
+            arrays = [j for j in jobs if arrays_mod.dispatched(j)]
+            open_tasks = self.repo.list_open_array_tasks([j.id for j in arrays]) if arrays else []
             mode = self.repo.get_setting("mode").value
             installation = self.repo.get_setting("installation")
             self.last_change_probe = self.repo.latest_job_change()
@@ -229,11 +237,16 @@ class Engine:
             updated = self.apply(changes, report)
             self.cancel(plan.cancels, qmap, backends, report)
             self._progressed()
+            updated.update(self.follow_arrays([updated.get(j.id, j) for j in arrays], open_tasks, qmap, backends,
+                                              obs.statuses, tick, report))
+            self.scheduler_reasons([updated.get(j.id, j) for j in jobs], qmap, backends, obs.statuses, tick)
+            self._progressed()
         jobs = [updated.get(j.id, j) for j in jobs]
         ended = [j for j in updated.values() if j.status.final]
         self.recovery.forget(j.id for j in ended)
 
-        decision = policies.decide(self.snapshot(jobs, queues, nodes, obs.statuses, mode, tick), tick.wall)
+        blocked = self.evaluate_dependencies(jobs, tick, report)
+        decision = policies.decide(self.snapshot(jobs, queues, nodes, obs.statuses, mode, tick, blocked), tick.wall)
         report.shares = decision.shares
         self.shares = dict(decision.shares)
         with phase("dispatch"):
@@ -506,43 +519,258 @@ class Engine:
                 report.summary[new.status.value.lower()] += 1
         return updated
 
+    # -- workflows (issue 16): arrays, dependencies, the schedulers' own reasons ---------------------
+    def follow_arrays(self, arrays: list[Job], open_tasks, qmap, backends, statuses, tick: Tick,
+                      report: CycleReport) -> dict[int, Job]:
+        """The tasks of the arrays in their schedulers (engine/arrays.py): what the status calls say, how the
+        tasks that left the queue ended, the schedulers brought in line with holds and cancels, and each array
+        ended with its tasks. Returns the arrays whose own state changed."""
+        arrays = [j for j in arrays if arrays_mod.dispatched(j)]
+        if not arrays:
+            return {}
+        by_job: dict[int, dict[int, object]] = {}
+        for t in open_tasks:
+            by_job.setdefault(t.job_id, {})[t.task] = t
+        aplan = arrays_mod.plan(arrays, {jid: list(ts.values()) for jid, ts in by_job.items()}, qmap, statuses)
+        items, meta = [], []
+        for job in arrays:
+            ask = aplan.ask.get(job.id)
+            if ask is None:
+                continue
+            backend = backends[job.queue_id]
+            try:
+                if job.id in aplan.control:
+                    control = dict(aplan.control[job.id], forget=self.task_forget.get(job.id, []))
+                    entries = backend.task_final_entries(job, ask, control)
+                elif ask:
+                    entries = backend.task_final_entries(job, ask)
+                else:
+                    entries = []
+            except Exception as exc:
+                report.job_error("task end question", job.id, reason(exc))
+                continue
+            for covered, entry in entries:
+                items.append((job.queue_id, job, entry))
+                meta.append((job, covered))
+        changes = list(aplan.changes)
+        for (job, covered), res in zip(meta, self._batched(items, qmap, backends)):
+            self.task_forget.pop(job.id, None)
+            q, backend = qmap[job.queue_id], backends[job.queue_id]
+            if res.error is not None:
+                report.job_error("task end question", job.id, res.error)
+                continue
+            try:
+                ends = backend.parse_task_finals(job, covered, res.rc, res.stdout, res.stderr)
+            except Exception as exc:   # an answer we did not expect: these tasks wait, the cycle goes on
+                report.job_error("task end answer", job.id, reason(exc))
+                continue
+            asked = [by_job[job.id][t] for t in covered if t in by_job.get(job.id, {})]
+            changes += arrays_mod.resolve(job, q, asked, ends, unseen_since=self.task_unseen, mono=tick.mono,
+                                          grace=backend.recovery_grace(), cancelled_by=self.task_cancelled_by)
+        updated = self.apply_tasks(arrays, changes, report)
+        local = {j.id for j in arrays if qmap[j.queue_id].type.value == "local"}
+        for c in changes:
+            if c.new.final and c.task.job_id in local:
+                self.task_forget.setdefault(c.task.job_id, []).append(c.task.task)
+        self.task_actions(aplan.actions, qmap, backends, report)
+        for job in updated.values():
+            if job.status.final:
+                self.task_forget.pop(job.id, None)
+                for key in [k for k in self.task_unseen if k[0] == job.id]:
+                    self.task_unseen.pop(key, None)
+        return updated
+
+    def apply_tasks(self, arrays: list[Job], changes, report: CycleReport) -> dict[int, Job]:
+        """The tasks' changes and the arrays' own (RUNNING with their first task, ended with their last), in one
+        fenced transaction, through the one writer."""
+        now = self.clock.iso()
+        updated: dict[int, Job] = {}
+        with self.lease.fenced():
+            for c in changes:
+                try:
+                    new = lifecycle.task_observed(self.repo, c.task, c.new, actor=ACTOR, reason=c.reason, now=now,
+                                                  native_id=c.native_id, exit_code=c.exit_code,
+                                                  started_at=c.started_at)
+                except lifecycle.IllegalTaskTransition as exc:
+                    report.job_error("refused task transition", c.task.job_id, str(exc))
+                    continue
+                if new is not None:
+                    report.summary[f"task_{new.status.value.lower()}"] += 1
+            counts = self.repo.count_array_tasks([j.id for j in arrays])
+            for job in arrays:
+                mine = counts.get(job.id, {})
+                closed = not any(mine.get(s.value) for s in arrays_mod.OPEN)
+                verdict = arrays_mod.end_of(job, mine, self.repo.array_task_ends(job.id) if closed else {})
+                if verdict is None:
+                    continue
+                status, why, code = verdict
+                if status is JobStatus.CANCELLED and job.cancel_requested:
+                    why = f"{self.cancelled_by(job)} ({why})"
+                try:
+                    new = lifecycle.transition(self.repo, job, status, actor=ACTOR, reason=why, now=now,
+                                               exit_code=code)
+                except lifecycle.IllegalTransition as exc:
+                    report.job_error("refused transition", job.id, str(exc))
+                    continue
+                if new is not None:
+                    updated[job.id] = new
+                    report.summary[new.status.value.lower()] += 1
+        return updated
+
+    def task_actions(self, actions, qmap, backends, report: CycleReport) -> None:
+        """Tasks cancelled, held or released in their schedulers (convergence: sent again each cycle until the
+        status call shows it done)."""
+        calls, sent = [], []
+        for job, action, tasks in actions:
+            q = qmap[job.queue_id]
+            try:
+                argv = backends[q.id].task_action_argv(job, action, tasks, self.run_as(job, q.master_node_id))
+            except Exception as exc:
+                report.job_error(f"task {action}", job.id, reason(exc))
+                continue
+            if argv is None:
+                continue
+            calls.append(Call(q.master_node_id, lambda t=self.transports[q.master_node_id], c=command_line(argv):
+                              t.run(c)))
+            sent.append((job, action, tasks))
+        for (job, action, tasks), res in zip(sent, self.fan.run(calls, per_key=PARALLEL_BATCHES)):
+            report.summary[f"task_{action}_sent"] += len(tasks)
+            if not res.ok:
+                report.job_error(f"task {action}", job.id, res.error or res.stderr.strip()[:300] or
+                                 f"exit status {res.rc}")
+
+    def task_cancelled_by(self, job: Job, task) -> str:
+        with self.db.read():
+            events = self.repo.list_job_events(job.id, task.task)
+        who = next((e.actor for e in reversed(events) if (e.reason or "").startswith(("cancel requested",
+                                                                                      "cancelled by"))), None)
+        return f"cancelled by {who}" if who else self.cancelled_by(job)
+
+    def evaluate_dependencies(self, jobs: list[Job], tick: Tick, report: CycleReport) -> dict[int, policies.Reason]:
+        """Evaluate the dependencies of the jobs waiting in our queue (and held there), by the states of what
+        they wait for (never by time: a clock step changes nothing). One that can no longer be met cancels its
+        job, naming it (a fenced, versioned write: a job edited or released meanwhile is decided again next
+        cycle), unless workflows.cancel_impossible is off. Returns the reasons of the jobs that must wait."""
+        with self.db.read():
+            dependants = self.repo.list_waiting_dependants()
+            ids, pairs = dependencies.targets_needed(j.depends_on for j in dependants)
+            targets = dependencies.targets_from(self.repo.dependency_targets(ids) if ids else {},
+                                                self.repo.dependency_task_targets(pairs) if pairs else {})
+        blocked: dict[int, policies.Reason] = {}
+        cancels = []
+        cancel = self.config.workflows.cancel_impossible
+        for job in dependants:
+            verdict = dependencies.evaluate(job.depends_on, targets)
+            r = dependencies.reason_of(verdict, cancel)
+            if r is None:
+                continue
+            blocked[job.id] = r
+            if verdict.state == dependencies.NEVER and cancel:
+                cancels.append(Change(job, JobStatus.CANCELLED, f"{verdict.reason}: it can never be met", fact=False))
+        # a job read at the start of the cycle with dependencies but no longer waiting now is not dispatched
+        # on that read (it changed: the next cycle decides)
+        fresh = {j.id for j in dependants}
+        for j in jobs:
+            if j.depends_on and j.status is JobStatus.TO_BE_QUEUED and j.id not in fresh:
+                blocked[j.id] = policies.Reason("dependency", "waiting: its dependencies changed", "")
+        if cancels:
+            self.apply(cancels, report)
+        return blocked
+
+    def scheduler_reasons(self, jobs: list[Job], qmap, backends, statuses, tick: Tick) -> None:
+        """Why our jobs wait in their schedulers' queues, in the scheduler's words, as each job's note (an event
+        when it changes): Slurm's from the status call (%r), Grid Engine's from qstat -j's scheduling info
+        (asked for a few jobs per cycle, each at most every few cycles)."""
+        notes: dict[int, tuple[Job, str]] = {}
+        ask: dict[int, list[Job]] = {}
+        every = max(10.0, 5 * self.config.poller.interval)
+        for job in jobs:
+            # a job in its scheduler's queue; an array also while some of its tasks run and others wait
+            if job.queue_id not in qmap or not (job.status is JobStatus.QUEUED or (
+                    job.array_spec and job.status is JobStatus.RUNNING)):
+                continue
+            st = statuses.get(job.queue_id)
+            if st is None or not st.ok:
+                continue
+            nj = st.listed(job)
+            if nj is None or (nj.state is not NativeState.PENDING and not any(not r.ended for r in nj.pending)):
+                continue
+            q = qmap[job.queue_id]
+            backend = backends[q.id]
+            if backend.pending_reasons_argv is not None:
+                if tick.mono - self.reason_asked.get(job.id, -1e9) >= every:
+                    ask.setdefault(q.id, []).append(job)
+                continue
+            native = next((r.reason for r in nj.pending if r.reason), None) or nj.reason
+            if native:
+                notes[job.id] = (job, f"pending in {q.name}: {native}")
+        calls, which = [], []
+        for qid, waiting in ask.items():
+            waiting = sorted(waiting, key=lambda j: self.reason_asked.get(j.id, -1e9))[:20]
+            for j in waiting:
+                self.reason_asked[j.id] = tick.mono
+            cmd = command_line(backends[qid].pending_reasons_argv([j.scheduler_job_id or "" for j in waiting]))
+            node = qmap[qid].master_node_id
+            calls.append(Call(node, lambda t=self.transports[node], c=cmd: t.run(c)))
+            which.append((qid, waiting))
+        for (qid, waiting), res in zip(which, self.fan.run(calls, per_key=PARALLEL_BATCHES)):
+            if res.error is not None:
+                continue
+            try:
+                found = backends[qid].parse_pending_reasons(res.rc, res.stdout, res.stderr)
+            except Exception:
+                log.info("cannot read %s's pending reasons", qmap[qid].name, exc_info=True)
+                continue
+            for j in waiting:
+                if found.get(j.scheduler_job_id):
+                    notes[j.id] = (j, f"pending in {qmap[qid].name}: {found[j.scheduler_job_id]}"[:1000])
+        live = {j.id for j in jobs}
+        for jid in [k for k in self.reason_asked if k not in live]:
+            self.reason_asked.pop(jid, None)
+        notes = {jid: n for jid, n in notes.items() if n[0].reason != n[1]}
+        if not notes:
+            return
+        with self.lease.fenced():
+            for job, why in notes.values():
+                lifecycle.note(self.repo, job, why, actor=ACTOR, now=tick.iso)
+
     # -- decide -------------------------------------------------------------------------------
-    def snapshot(self, jobs, queues, nodes, statuses, mode, tick: Tick) -> policies.Snapshot:
-        weights = mode.get("weights", {})
-        views = []
-        for q in queues:
-            mine = [j for j in jobs if j.queue_id == q.id and j.status in ACTIVE_STATES]
-            st = statuses.get(q.id)
-            views.append(policies.SchedulerView(
-                queue_id=q.id, name=q.name, weight=int(weights.get(str(q.id), q.weight)),
-                reachable=bool(st and st.ok), in_flight=len(mine),
-                running=sum(1 for j in mine if j.status is JobStatus.RUNNING),
-                foreign_active=len(st.foreign) if st and st.ok else 0))
+    def snapshot(self, jobs, queues, nodes, statuses, mode, tick: Tick, blocked=None) -> policies.Snapshot:
+        """This cycle's snapshot (policies.snapshot_of: the same builder the service uses for why and dry runs).
+        ``blocked``: jobs waiting for their dependencies (Reason per job id)."""
+        active: dict[int, tuple[int, int]] = {}
+        for j in jobs:
+            if j.status in ACTIVE_STATES:
+                n, r = active.get(j.queue_id, (0, 0))
+                active[j.queue_id] = (n + 1, r + (j.status is JobStatus.RUNNING))
         qids = {q.id for q in queues}
-        pending = tuple(policies.PendingJob(j.id, j.queue_id, j.id) for j in jobs
-                        if j.status is JobStatus.TO_BE_QUEUED and j.queue_id in qids
-                        and self.recovery.retry_at.get(j.id, 0.0) <= tick.mono)
-        return policies.Snapshot(
-            policy=Policy(mode["policy"]), schedulers=tuple(views), pending=pending,
-            node_ids=tuple(n.id for n in nodes), high_priority=mode.get("high_priority"),
-            usage=dict(self.queue_usage), max_dispatch=self.config.poller.max_dispatch_per_cycle)
+        pending = [(j.id, j.queue_id) for j in jobs
+                   if j.status is JobStatus.TO_BE_QUEUED and j.queue_id in qids
+                   and self.recovery.retry_at.get(j.id, 0.0) <= tick.mono]
+        return policies.snapshot_of(
+            mode=mode, queues=queues, active=active,
+            foreign={qid: len(st.foreign) for qid, st in statuses.items() if st and st.ok},
+            reachable={qid: bool(st and st.ok) for qid, st in statuses.items()},
+            pending=pending, blocked=blocked, usage=self.queue_usage, node_ids=[n.id for n in nodes],
+            max_dispatch=self.config.poller.max_dispatch_per_cycle)
 
     def record_waiting(self, waiting: dict[int, str], jobs: dict[int, Job], tick: Tick) -> None:
-        """Why each job still waits in our queue (a note, not an event): the policy's reason, or the backoff of
-        a dispatch that did not reach its scheduler."""
-        notes = dict(waiting)
+        """Why each job still waits in our queue: the policy's reason (its stable text; an event when it
+        changes), or the backoff of a dispatch that did not reach its scheduler (a note only: it counts down)."""
+        notes = {jid: (why, True) for jid, why in waiting.items()}
         for jid, at in self.recovery.retry_at.items():
             job = jobs.get(jid)
             if job is not None and job.status is JobStatus.TO_BE_QUEUED and at > tick.mono:
                 notes[jid] = (f"waiting: dispatch attempt {job.attempts} of {self.config.poller.max_attempts} did "
-                              f"not reach its scheduler; next attempt in {at - tick.mono:.0f} s")
-        notes = {jid: why for jid, why in notes.items() if jid in jobs and jobs[jid].reason != why
+                              f"not reach its scheduler; next attempt in {at - tick.mono:.0f} s", False)
+        notes = {jid: n for jid, n in notes.items() if jid in jobs and jobs[jid].reason != n[0]
                  and jobs[jid].status is JobStatus.TO_BE_QUEUED}
         if not notes:
             return
+        now = tick.iso
         with self.lease.fenced():
-            for jid, why in notes.items():
-                lifecycle.note(self.repo, jobs[jid], why)
+            for jid, (why, event) in notes.items():
+                lifecycle.note(self.repo, jobs[jid], why, actor=ACTOR if event else None, now=now)
 
     # -- record -------------------------------------------------------------------------------
     def record_cycle(self, report: CycleReport, tick: Tick) -> None:

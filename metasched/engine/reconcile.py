@@ -64,12 +64,20 @@ def reconcile(jobs: list[Job], qmap: dict[int, Queue], statuses: dict[int, Queue
             plan.changes.append(Change(job, new, f"adopted {q.name} job {nj.native_id} after an interrupted dispatch",
                                        scheduler_job_id=nj.native_id, started_at=nj.start_time))
             adopted = dataclasses.replace(job, status=new, scheduler_job_id=nj.native_id)
+            if job.array_spec:
+                continue        # its tasks are followed one by one from the next cycle (engine/arrays.py)
             if nj.state in (NativeState.FINISHED, NativeState.ERROR):
                 plan.questions.append(Question(adopted, by_tag=False))   # already over: how did it end?
             elif job.cancel_requested:
                 plan.cancels.append(adopted)
             continue
         nj = st.listed(job)
+        if job.array_spec:
+            # an array in its scheduler: its tasks are followed one by one (engine/arrays.py); the array itself
+            # ends with them, and a cancel of the whole array is one native cancel
+            if job.cancel_requested and nj is not None and nj.state in (NativeState.PENDING, NativeState.RUNNING):
+                plan.cancels.append(job)
+            continue
         if nj is None or nj.state is NativeState.FINISHED:
             plan.questions.append(Question(job, by_tag=False))
         elif nj.state is NativeState.ERROR:
@@ -104,6 +112,13 @@ def resolve(questions: list[Question], answers: list[Result], *, qmap: dict[int,
                 found = None
                 if backend.parse_final_by_tag is not None and res is not None:
                     found = backend.parse_final_by_tag(job, res.rc, res.stdout, res.stderr)
+                if found is not None and job.array_spec:
+                    # an array that reached its scheduler: adopted; its tasks' ends are asked one by one
+                    recovery.forget([job.id])
+                    what = f"job {found[0]}" if found[0] else "array, already over,"
+                    changes.append(Change(job, JobStatus.QUEUED, f"adopted {q.name} {what} after an interrupted "
+                                          f"dispatch", scheduler_job_id=found[0]))
+                    continue
                 if found is not None:
                     native, fs = found
                     recovery.forget([job.id])

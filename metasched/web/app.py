@@ -29,6 +29,7 @@ STATUS_OF = [
     (E.NotFound, falcon.HTTP_404), (E.Conflict, falcon.HTTP_409), (E.Unavailable, falcon.HTTP_503),
 ]
 ID = "id"   # a job, queue, node or token id in a path: see IdConverter
+TASK = "task"   # an array task's index in a path: see TaskConverter
 
 
 class IdConverter(falcon.routing.BaseConverter):
@@ -43,6 +44,12 @@ class IdConverter(falcon.routing.BaseConverter):
             return None
         n = int(value)
         return n if n <= 9223372036854775807 else None
+
+
+class TaskConverter(IdConverter):
+    """An array task's index, 0..999999999, in plain ASCII digits without a leading zero (as IdConverter)."""
+
+    _RE = re.compile(r"0|[1-9][0-9]{0,8}")
 
 
 def _dumps(media) -> bytes:
@@ -182,7 +189,11 @@ class ModeResource(Base):
         resp.media = V.mode(self.svc.get_mode(req.context.caller))
 
     def on_put(self, req, resp):
-        resp.media = V.mode(self.svc.set_mode(req.context.caller, read_body(req, S.MODE_PUT)))
+        params = _query(req, {"dry_run"})
+        if _bool_param(params, "dry_run"):
+            resp.media = V.dry_run(self.svc.dry_run_mode(req.context.caller, read_body(req, S.MODE_PUT)))
+        else:
+            resp.media = V.mode(self.svc.set_mode(req.context.caller, read_body(req, S.MODE_PUT)))
 
 
 class NodesResource(Base):
@@ -216,22 +227,15 @@ class JobsResource(Base):
         self.page_limit = page_limit
 
     def on_post(self, req, resp):
-        job = self.svc.submit_job(req.context.caller, read_body(req, S.JOB_SUBMIT))
+        shown = self.svc.submit_job(req.context.caller, read_body(req, S.JOB_SUBMIT))
         resp.status = falcon.HTTP_201
-        resp.location = f"/jobs/{job.id}"
-        resp.media = V.job(job)
+        resp.location = f"/jobs/{shown.job.id}"
+        resp.media = V.job(*shown)
 
     def on_get(self, req, resp):
         params = _query(req, {"status", "queue", "owner", "after", "before", "limit", "order", "since", "until",
                               "include"})
-        statuses = None
-        if params.get("status"):
-            statuses = []
-            for s in params["status"].split(","):
-                try:
-                    statuses.append(JobStatus(s.strip().upper()))
-                except ValueError:
-                    raise E.Invalid(f"status: {s!r} is not one of {', '.join(S.STATUSES)}", field="status") from None
+        statuses = _statuses(params)
         order = params.get("order", "oldest")
         if order not in ("oldest", "newest"):
             raise E.Invalid(f"order: expected oldest or newest, got {order!r}", field="order")
@@ -256,12 +260,12 @@ class JobsResource(Base):
                                     owner=params.get("owner") or None, after=after, limit=limit,
                                     newest=order == "newest", before=before, history=history,
                                     include_metrics=metrics)
-        item = (lambda j: V.job(j, result.metrics.get(j.id))) if metrics else V.job
+        item = (lambda x: V.job(x.job, x.tasks, result.metrics.get(x.job.id))) if metrics else (lambda x: V.job(*x))
         if history is not None:
-            resp.media = V.page(result, item, "/jobs", dict(params, limit=str(limit)), cursor=V.history_cursor,
-                                cursor_param="before")
-        else:
             resp.media = V.page(result, item, "/jobs", dict(params, limit=str(limit)),
+                                cursor=lambda x: V.history_cursor(x.job), cursor_param="before")
+        else:
+            resp.media = V.page(result, item, "/jobs", dict(params, limit=str(limit)), cursor=lambda x: x.job.id,
                                 cursor_param="before" if order == "newest" else "after")
 
 
@@ -287,22 +291,22 @@ class JobResource(Base):
         resp.media = V.job_detail(self.svc.job_detail(req.context.caller, job_id, include_metrics=metrics))
 
     def on_patch(self, req, resp, job_id):
-        resp.media = V.job(self.svc.edit_job(req.context.caller, job_id, read_body(req, S.JOB_PATCH)))
+        resp.media = V.job(*self.svc.edit_job(req.context.caller, job_id, read_body(req, S.JOB_PATCH)))
 
     def on_delete(self, req, resp, job_id):
-        job = self.svc.cancel_job(req.context.caller, job_id)
-        resp.status = falcon.HTTP_200 if job.status is JobStatus.CANCELLED else falcon.HTTP_202
-        resp.media = V.job(job)
+        shown = self.svc.cancel_job(req.context.caller, job_id)
+        resp.status = falcon.HTTP_200 if shown.job.status is JobStatus.CANCELLED else falcon.HTTP_202
+        resp.media = V.job(*shown)
 
 
 class JobHoldResource(Base):
     def on_post(self, req, resp, job_id):
-        resp.media = V.job(self.svc.hold_job(req.context.caller, job_id))
+        resp.media = V.job(*self.svc.hold_job(req.context.caller, job_id))
 
 
 class JobReleaseResource(Base):
     def on_post(self, req, resp, job_id):
-        resp.media = V.job(self.svc.release_job(req.context.caller, job_id))
+        resp.media = V.job(*self.svc.release_job(req.context.caller, job_id))
 
 
 class JobOutputResource(Base):
@@ -310,14 +314,15 @@ class JobOutputResource(Base):
     at a time (offset: where to start, negative from the end; length: the most bytes)."""
 
     def on_get(self, req, resp, job_id):
-        params = _query(req, {"stream", "offset", "length"})
+        params = _query(req, {"stream", "offset", "length", "task"})
         stream = params.get("stream", "stdout")
         if stream not in ("stdout", "stderr"):
             raise E.Invalid(f"stream: expected stdout or stderr, got {stream!r}", field="stream")
         offset = _signed_param(params, "offset", 0)
         most = self.svc.config.server.output_max_bytes
         length = _int_param(params, "length", most, 1, most)
-        chunk = self.svc.read_output(req.context.caller, job_id, stream, offset, length)
+        task = _int_param(params, "task", None, 0, 999999999) if "task" in params else None
+        chunk = self.svc.read_output(req.context.caller, job_id, stream, offset, length, task)
         resp.content_type = "application/octet-stream"
         resp.data = chunk.data
         resp.set_header("X-Output-Size", str(chunk.size))
@@ -327,7 +332,14 @@ class JobOutputResource(Base):
 
 class JobEventsResource(Base):
     def on_get(self, req, resp, job_id):
-        resp.media = V.history(self.svc.job_history(req.context.caller, job_id))
+        params = _query(req, {"task"})
+        task = _int_param(params, "task", None, 0) if "task" in params else None
+        resp.media = V.history(self.svc.job_history(req.context.caller, job_id, task))
+
+
+class JobWhyResource(Base):
+    def on_get(self, req, resp, job_id, task=None):
+        resp.media = V.why(self.svc.why(req.context.caller, job_id, task))
 
 
 class EventsResource(Base):
@@ -405,6 +417,37 @@ class UsageResource(Base):
         report = self.svc.usage_report(req.context.caller, since=since, until=until,
                                        group_by=params.get("group_by", "user"), owner=params.get("owner") or None)
         resp.media = V.usage(report)
+
+
+class TasksResource(Base):
+    def on_get(self, req, resp, job_id):
+        params = _query(req, {"status", "after", "limit"})
+        statuses = _statuses(params)
+        after = _int_param(params, "after", 0, 0)
+        limit = _int_param(params, "limit", self.page_limit, 1, 1000)
+        result = self.svc.list_tasks(req.context.caller, job_id, statuses=statuses, after=after, limit=limit)
+        resp.media = V.page(result, V.task, f"/jobs/{job_id}/tasks", dict(params, limit=str(limit)),
+                            cursor=lambda t: t.task)
+
+
+class TaskResource(Base):
+    def on_get(self, req, resp, job_id, task):
+        resp.media = V.task(self.svc.get_task(req.context.caller, job_id, task))
+
+    def on_delete(self, req, resp, job_id, task):
+        t = self.svc.cancel_task(req.context.caller, job_id, task)
+        resp.status = falcon.HTTP_200 if t.status is JobStatus.CANCELLED else falcon.HTTP_202
+        resp.media = V.task(t)
+
+
+class TaskHoldResource(Base):
+    def on_post(self, req, resp, job_id, task):
+        resp.media = V.task(self.svc.hold_task(req.context.caller, job_id, task))
+
+
+class TaskReleaseResource(Base):
+    def on_post(self, req, resp, job_id, task):
+        resp.media = V.task(self.svc.release_task(req.context.caller, job_id, task))
 
 
 class TokensResource(Base):
@@ -509,6 +552,27 @@ def _include(params: dict) -> bool:
     return True
 
 
+def _statuses(params: dict) -> list[JobStatus] | None:
+    if not params.get("status"):
+        return None
+    statuses = []
+    for s in params["status"].split(","):
+        try:
+            statuses.append(JobStatus(s.strip().upper()))
+        except ValueError:
+            raise E.Invalid(f"status: {s!r} is not one of {', '.join(S.STATUSES)}", field="status") from None
+    return statuses
+
+
+def _bool_param(params: dict, name: str) -> bool:
+    v = params.get(name)
+    if v is None:
+        return False
+    if v.lower() not in ("true", "false", "1", "0"):
+        raise E.Invalid(f"{name}: expected true or false, got {v!r}", field=name)
+    return v.lower() in ("true", "1")
+
+
 def _int_param(params: dict, name: str, default: int, lo: int, hi: int | None = None) -> int:
     if name not in params:
         return default
@@ -541,6 +605,12 @@ def routes(services: Services) -> list[tuple[str, object]]:
         (f"/jobs/{{job_id:{ID}}}/metrics", JobMetricsResource(services)),
         (f"/cluster/nodes/{{node_id:{ID}}}/metrics", NodeMetricsResource(services)),
         ("/usage", UsageResource(services)),
+        (f"/jobs/{{job_id:{ID}}}/why", JobWhyResource(services)),
+        (f"/jobs/{{job_id:{ID}}}/tasks", TasksResource(services, page)),
+        (f"/jobs/{{job_id:{ID}}}/tasks/{{task:{TASK}}}", TaskResource(services)),
+        (f"/jobs/{{job_id:{ID}}}/tasks/{{task:{TASK}}}/hold", TaskHoldResource(services)),
+        (f"/jobs/{{job_id:{ID}}}/tasks/{{task:{TASK}}}/release", TaskReleaseResource(services)),
+        (f"/jobs/{{job_id:{ID}}}/tasks/{{task:{TASK}}}/why", JobWhyResource(services)),
         ("/foreign-jobs", ForeignJobsResource(services, page)),
         ("/events", EventsResource(services, page)),
         ("/events/stream", EventStreamResource(services, EventHub(services))),
@@ -554,6 +624,7 @@ def create_app(services: Services, extra_routes: list[tuple[str, object]] | None
     app = falcon.App(middleware=[BodyLimitMiddleware(services.config.server.max_body_bytes),
                                  IdentityMiddleware(services)])
     app.router_options.converters["id"] = IdConverter
+    app.router_options.converters["task"] = TaskConverter
     json_handler = falcon.media.JSONHandler(dumps=_dumps)
     app.resp_options.media_handlers.update({falcon.MEDIA_JSON: json_handler})
     app.req_options.strip_url_path_trailing_slash = True

@@ -45,6 +45,7 @@ WINDOW = [_query("since", TIME_PARAM, "samples taken at or after this"),
           _query("until", TIME_PARAM, "samples taken before this"),
           _query("after", {"type": "integer", "minimum": 0}, "cursor, from a next link"),
           _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size")]
+TASK_ID = JOB_ID + [{"name": "task", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}]
 WRITE_ERRORS = (400, 401, 404, 409, 413, 415)
 
 PATHS = {
@@ -53,8 +54,13 @@ PATHS = {
                            errors=())},
     "/cluster/mode": {
         "get": _op("The cluster policy and weights", {"200": _resp("Mode")}),
-        "put": _op("Change the policy (admins); recorded as an event, survives restarts",
-                   {"200": _resp("Mode")}, errors=(400, 401, 403, 413, 415), body="ModePut"),
+        "put": _op("Change the policy (admins); recorded as an event, survives restarts. With dry_run=true: what "
+                   "the proposed mode would dispatch now and the CPU shares per node under it, changing nothing",
+                   {"200": {"description": "the mode in force (a dry run: DryRun)", "content": {"application/json": {
+                       "schema": {"oneOf": [{"$ref": "#/components/schemas/Mode"},
+                                            {"$ref": "#/components/schemas/DryRun"}]}}}}},
+                   errors=(400, 401, 403, 413, 415), body="ModePut",
+                   params=[_query("dry_run", {"type": "boolean"}, "true: answer what it would do, change nothing")]),
     },
     "/cluster/nodes": {"get": _op("Nodes and their liveness", {"200": _resp("NodeList")})},
     "/cluster/nodes/master": {"get": _op("The master (frontend) node", {"200": _resp("Node")})},
@@ -89,7 +95,8 @@ PATHS = {
     "/jobs/{job_id}": {
         "get": _op("One job, with its variables and where its output goes (include=metrics: and its latest live "
                    "measurement)", {"200": _resp("JobDetail")}, errors=(400, 401, 404), params=JOB_ID + [INCLUDE]),
-        "patch": _op("Edit a job before it is dispatched", {"200": _resp("Job")}, errors=WRITE_ERRORS,
+        "patch": _op("Edit a job before it is dispatched (its dependencies too: after)", {"200": _resp("Job")},
+                     errors=WRITE_ERRORS,
                      body="JobPatch", params=JOB_ID),
         "delete": _op("Cancel: at once before dispatch (200), else a request the poller carries out (202)",
                       {"200": _resp("Job", "cancelled"), "202": _resp("Job", "cancel requested")},
@@ -99,12 +106,37 @@ PATHS = {
                                         errors=(401, 404, 409), params=JOB_ID)},
     "/jobs/{job_id}/release": {"post": _op("Release a held job", {"200": _resp("Job")},
                                            errors=(401, 404, 409), params=JOB_ID)},
-    "/jobs/{job_id}/events": {"get": _op("Every state change of a job", {"200": _resp("EventList")},
-                                         errors=(401, 404), params=JOB_ID)},
+    "/jobs/{job_id}/events": {"get": _op("Every state change of a job (of one of its tasks with task=N)",
+                                         {"200": _resp("EventList")}, errors=(400, 401, 404), params=JOB_ID + [
+                                             _query("task", {"type": "integer", "minimum": 0},
+                                                    "an array task's events instead of the job's")])},
+    "/jobs/{job_id}/why": {"get": _op("Why the job waits: the policy's own reason now, its dependencies, a hold, "
+                                      "its place in its queue; in the scheduler's queue, the scheduler's reason",
+                                      {"200": _resp("Why")}, errors=(401, 404), params=JOB_ID)},
+    "/jobs/{job_id}/tasks": {"get": _op("An array's tasks, by index, a page at a time", {"200": _resp("TaskList")},
+                                        errors=(400, 401, 404), params=JOB_ID + [
+                                            _query("status", {"type": "string"}, "comma-separated states"),
+                                            _query("after", {"type": "integer", "minimum": 0},
+                                                   "cursor: tasks with a greater index"),
+                                            _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000},
+                                                   "page size")])},
+    "/jobs/{job_id}/tasks/{task}": {
+        "get": _op("One task of an array", {"200": _resp("Task")}, errors=(401, 404), params=TASK_ID),
+        "delete": _op("Cancel one task: at once before it is in its scheduler (200), else a request the poller "
+                      "carries out (202)", {"200": _resp("Task", "cancelled"), "202": _resp("Task", "cancel requested")},
+                      errors=(401, 404, 409), params=TASK_ID),
+    },
+    "/jobs/{job_id}/tasks/{task}/hold": {"post": _op("Hold a task not started yet (in our queue or the "
+                                                     "scheduler's)", {"200": _resp("Task")},
+                                                     errors=(401, 404, 409), params=TASK_ID)},
+    "/jobs/{job_id}/tasks/{task}/release": {"post": _op("Release a held task", {"200": _resp("Task")},
+                                                        errors=(401, 404, 409), params=TASK_ID)},
+    "/jobs/{job_id}/tasks/{task}/why": {"get": _op("Why a task waits", {"200": _resp("Why")}, errors=(401, 404),
+                                                   params=TASK_ID)},
     "/jobs/{job_id}/output": {"get": _op(
-        "A job's stdout or stderr: its bytes, read as the job's owner on the scheduler's master node, a bounded "
-        "piece at a time; 404 while the file does not exist, 503 when the node does not answer within the "
-        "server's output_timeout",
+        "A job's stdout or stderr (an array's: one task's, task=N): its bytes, read as the job's owner on the "
+        "scheduler's master node, a bounded piece at a time; 404 while the file does not exist, 503 when the node "
+        "does not answer within the server's output_timeout",
         {"200": {"description": "the bytes; X-Output-Size: the file's size when read, X-Output-Offset: where they "
                                 "start, X-Output-Path: the file (percent-encoded)",
                  "headers": {h: {"schema": {"type": "integer" if h != "X-Output-Path" else "string"}}
@@ -114,7 +146,8 @@ PATHS = {
             _query("stream", {"type": "string", "enum": ["stdout", "stderr"]}, "which output (default stdout)"),
             _query("offset", {"type": "integer"}, "where to start, in bytes (default 0; negative: from the end)"),
             _query("length", {"type": "integer", "minimum": 1},
-                   "the most bytes to return (default and at most the server's output_max_bytes)")])},
+                   "the most bytes to return (default and at most the server's output_max_bytes)"),
+            _query("task", {"type": "integer", "minimum": 0}, "an array's task (required for an array)")])},
     "/jobs/{job_id}/metrics": {"get": _op(
         "A job's CPU time and memory over time, as the node agents measured it (downsampled samples, oldest "
         "first) and the latest measurement", {"200": _resp("JobMetrics")}, errors=(400, 401, 404),
@@ -171,7 +204,8 @@ COMPONENTS = {
     "JobDetail": S.JOB_DETAIL, "JobSubmit": S.JOB_SUBMIT, "JobPatch": S.JOB_PATCH, "EventList": S.EVENT_LIST, "Token": S.TOKEN,
     "TokenCreated": S.TOKEN_CREATED, "TokenCreate": S.TOKEN_CREATE, "TokenList": S.TOKEN_LIST,
     "ForeignJobList": S.FOREIGN_JOB_LIST, "JobMetrics": S.JOB_METRICS, "NodeMetrics": S.NODE_METRICS,
-    "Usage": S.USAGE, "EventPage": S.FEED_PAGE,
+    "Usage": S.USAGE, "EventPage": S.FEED_PAGE, "Task": S.TASK, "TaskList": S.TASK_LIST, "Why": S.WHY,
+    "DryRun": S.DRY_RUN,
 }
 
 

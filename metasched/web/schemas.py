@@ -91,8 +91,9 @@ EXPORT = {"oneOf": [{"type": "string", "enum": ["all", "none"]},
                          "scheduler client's, as the owner; sudo's own variables never): all, none, or these "
                          "names; left out: the scheduler's default (Slurm: all, Grid Engine: none, local: all)"}
 OUTPUT = {"type": "string", "minLength": 1, "maxLength": 4096,
-          "description": "a file path, absolute or relative to pwd; %j is the job id, %x the job name, %% a percent "
-                         "sign; left out: the scheduler's default file"}
+          "description": "a file path, absolute or relative to pwd; %j is the job id, %x the job name, %a an "
+                         "array task's index (an array's patterns must have it: each task writes its own file; a "
+                         "plain job's may not), %% a percent sign; left out: the scheduler's default file"}
 SPEC_FIELDS = {"resources": RESOURCES, "native": NATIVE, "env": ENV, "export": EXPORT, "stdout": OUTPUT,
                "stderr": OUTPUT, "join": {"type": "boolean", "description": "stderr goes into the stdout file"}}
 SPEC_PATCH = {"resources": RESOURCES_PATCH, "native": NATIVE, "env": ENV,
@@ -116,6 +117,24 @@ NOTIFY = {
                        "the webhook's signing key (default: a random one, shown with the job)"),
     },
 }
+# -- workflows (issue 16) ------------------------------------------------------------------------------
+ARRAY = {"type": "string", "minLength": 1, "maxLength": 40, "pattern": r"^[0-9]+(-[0-9]+(:[0-9]+)?)?(%[0-9]+)?$",
+         "description": "an array of tasks in one submission: FIRST[-LAST[:STEP]][%LIMIT], e.g. 1-1000:2%50 "
+                        "(tasks 1, 3, ..., 999, at most 50 running at once); each task gets "
+                        "$METASCHED_ARRAY_TASK_ID (and the scheduler's own variable)"}
+JOB_REF = {"oneOf": [{"type": "integer", "minimum": 1},
+                     {"type": "string", "minLength": 1, "maxLength": 30, "pattern": r"^[0-9]+(\.[0-9]+)?$"}],
+           "description": "a job id (12; an array: all its tasks) or one task of an array (\"12.3\")"}
+_REFS = {"type": "array", "maxItems": 100, "items": JOB_REF}
+AFTER = {
+    "type": "object", "additionalProperties": False,
+    "description": "wait for other jobs, of any queue: ok (they COMPLETED), notok (they ended ERROR or "
+                   "CANCELLED), any (they ended), started (they began running, or ended); a dependency that can "
+                   "no longer be met cancels the job, naming it (unless workflows.cancel_impossible is off)",
+    "properties": {"ok": _REFS, "notok": _REFS, "any": _REFS, "started": _REFS},
+}
+AFTER_OUT = {"type": ["object", "null"], "properties": {k: {"type": "array", "items": {"type": ["integer", "string"]}}
+                                                        for k in ("ok", "notok", "any", "started")}}
 JOB_SUBMIT = {
     "type": "object", "additionalProperties": False, "required": ["queue", "path"],
     "properties": {
@@ -124,12 +143,14 @@ JOB_SUBMIT = {
         "hold": {"type": "boolean", "description": "submit it held: not dispatched until released"},
         "owner": user_name("admins only: submit on behalf of this user (default: the caller)"),
         **SPEC_FIELDS,
+        "array": ARRAY, "after": AFTER,
     },
 }
 JOB_PATCH = {
     "type": "object", "additionalProperties": False, "minProperties": 1,
     "properties": {"queue": QUEUE_REF, "path": SCRIPT_PATH, "name": NAME, "options": ARGS, "pwd": DIRECTORY,
-                   **SPEC_PATCH},
+                   **SPEC_PATCH,
+                   "after": AFTER | {"description": "replaces the job's dependencies ({} removes them)"}},
 }
 MODE_PUT = {
     "type": "object", "additionalProperties": False, "minProperties": 1,
@@ -195,11 +216,18 @@ JOB_USAGE = {
         "pids": {"type": "integer"}, "samples": {"type": "integer"},
     },
 }
+TASK_STATES = [s for s in STATUSES if s != "DISPATCHING"]
+ARRAY_OUT = {
+    "type": ["object", "null"], "required": ["spec", "count", "limit", "tasks"],
+    "description": "null for a plain job; for an array its spec and its tasks per state",
+    "properties": {"spec": {"type": "string"}, "count": {"type": "integer"}, "limit": {"type": ["integer", "null"]},
+                   "tasks": {"type": "object", "properties": {s: {"type": "integer"} for s in TASK_STATES}}},
+}
 JOB = {
     "type": "object",
     "required": ["id", "name", "native_name", "queue", "owner", "status", "path", "options", "pwd", "scheduler_job_id",
                  "exit_code", "reason", "cancel_requested", "created_at", "submitted_at", "started_at",
-                 "finished_at", "updated_at", "accounting", "links"],
+                 "finished_at", "updated_at", "accounting", "links", "array", "after"],
     "properties": {
         "id": {"type": "integer"}, "name": {"type": "string"},
         "native_name": {"type": "string", "description": "the job's name in its scheduler: ms<id>-<token>_<name>, "
@@ -214,7 +242,8 @@ JOB = {
         "created_at": {"type": "string"}, "submitted_at": TIME, "started_at": TIME, "finished_at": TIME,
         "updated_at": {"type": "string"},
         "links": {"type": "object", "properties": {"self": {"type": "string"}, "events": {"type": "string"},
-                                                   "output": {"type": "string"}, "metrics": {"type": "string"}}},
+                                                   "output": {"type": "string"}, "metrics": {"type": "string"},
+                                                   "why": {"type": "string"}, "tasks": {"type": "string"}}},
         # -- what the job asks for (issue 14) --
         "resources": {"type": "object", "description": "what was asked for (memory in bytes per node, walltime in "
                                                        "seconds); {}: the scheduler's defaults",
@@ -229,6 +258,77 @@ JOB = {
         # -- what the job used (issue 15) --
         "accounting": ACCOUNTING,
         "metrics": JOB_USAGE | {"description": "with include=metrics: " + JOB_USAGE["description"]},
+        # -- workflows (issue 16) --
+        "array": ARRAY_OUT, "after": AFTER_OUT,
+    },
+}
+TASK = {
+    "type": "object",
+    "required": ["id", "job", "task", "status", "native_id", "exit_code", "reason", "cancel_requested", "started_at",
+                 "finished_at", "updated_at"],
+    "properties": {
+        "id": {"type": "string", "description": "JOB.TASK"}, "job": {"type": "integer"}, "task": {"type": "integer"},
+        "status": {"type": "string", "enum": TASK_STATES},
+        "native_id": {"type": ["string", "null"], "description": "the task in its scheduler"},
+        "exit_code": {"type": ["integer", "null"]}, "reason": {"type": ["string", "null"]},
+        "cancel_requested": {"type": "boolean"}, "started_at": TIME, "finished_at": TIME,
+        "updated_at": {"type": "string"},
+    },
+}
+TASK_LIST = {
+    "type": "object", "required": ["items", "next"],
+    "properties": {"items": {"type": "array", "items": TASK}, "next": {"type": ["string", "null"]}},
+}
+REASON = {"type": "object", "required": ["code", "text", "detail"],
+          "properties": {"code": {"type": "string"}, "text": {"type": "string"}, "detail": {"type": "string"}}}
+WHY = {
+    "type": "object", "required": ["job", "task", "status", "where", "summary", "reasons", "position", "ahead",
+                                   "ahead_yours", "scheduler_reason", "since"],
+    "properties": {
+        "job": {"type": "integer"}, "task": {"type": ["integer", "null"]},
+        "status": {"type": "string", "enum": STATUSES},
+        "where": {"type": "string", "enum": ["metasched", "dispatching", "scheduler", "running", "ended"],
+                  "description": "metasched: waiting in our queue; scheduler: in the scheduler's queue"},
+        "summary": {"type": "string", "description": "one line for people"},
+        "reasons": {"type": "array", "items": REASON,
+                    "description": "what keeps it waiting now: the policy's own reason, dependencies, a hold, a "
+                                   "throttle (code, the recorded text, and the detail of the moment)"},
+        "position": {"type": ["integer", "null"], "description": "its place among the jobs waiting in its queue "
+                                                                 "(1: next)"},
+        "ahead": {"type": ["integer", "null"], "description": "jobs waiting ahead of it in its queue"},
+        "ahead_yours": {"type": "array", "items": {"type": "integer"}, "description": "those that are yours"},
+        "scheduler_reason": {"type": ["string", "null"],
+                             "description": "the scheduler's own pending reason (squeue %r, qstat -j scheduling "
+                                            "info), as the poller last read it"},
+        "since": TIME | {"description": "when its current reason was first recorded"},
+        "tasks": {"type": ["object", "null"]},
+    },
+}
+DRY_RUN = {
+    "type": "object", "required": ["dry_run", "mode", "dispatch", "waiting", "shares", "nodes", "current"],
+    "description": "what the proposed mode would do now; nothing was changed",
+    "properties": {
+        "dry_run": {"type": "boolean", "enum": [True]},
+        "mode": {"$ref": "#/components/schemas/Mode"},
+        "dispatch": {"type": "array", "description": "the jobs it would dispatch at the next cycle, in order",
+                     "items": {"type": "object", "required": ["id", "queue", "owner", "name"],
+                               "properties": {"id": {"type": "integer"}, "queue": {"type": "integer"},
+                                              "owner": {"type": "string"}, "name": {"type": "string"}}}},
+        "waiting": {"type": "object", "additionalProperties": {"type": "integer"},
+                    "description": "why the other waiting jobs would wait: reason -> number of jobs"},
+        "shares": {"type": "array", "items": {"type": "object", "required": ["queue_id", "name", "share"],
+                                              "properties": {"queue_id": {"type": "integer"},
+                                                             "name": {"type": "string"},
+                                                             "share": {"type": "number"}}}},
+        "nodes": {"type": "array", "description": "the CPU shares per node under the proposed mode",
+                  "items": {"type": "object", "required": ["node_id", "address", "shares"],
+                            "properties": {"node_id": {"type": "integer"}, "address": {"type": "string"},
+                                           "shares": {"type": "object",
+                                                      "additionalProperties": {"type": "number"}}}}},
+        "current": {"type": "object", "required": ["dispatch", "shares"],
+                    "description": "the same under the mode in force, for comparison",
+                    "properties": {"dispatch": {"type": "array", "items": {"type": "integer"}},
+                                   "shares": {"type": "object", "additionalProperties": {"type": "number"}}}},
     },
 }
 JOB["required"] += ["resources", "native", "env_names", "export", "stdout", "stderr", "join"]
@@ -252,10 +352,11 @@ JOB_LIST = {
     "properties": {"items": {"type": "array", "items": JOB}, "next": {"type": ["string", "null"]}},
 }
 EVENT = {
-    "type": "object", "required": ["id", "at", "old_status", "new_status", "actor", "reason"],
+    "type": "object", "required": ["id", "at", "old_status", "new_status", "actor", "reason", "task"],
     "properties": {"id": {"type": "integer"}, "at": {"type": "string"},
                    "old_status": {"type": ["string", "null"]}, "new_status": {"type": "string"},
-                   "actor": {"type": "string"}, "reason": {"type": ["string", "null"]}},
+                   "actor": {"type": "string"}, "reason": {"type": ["string", "null"]},
+                   "task": {"type": ["integer", "null"], "description": "an array task's event (null: the job's)"}},
 }
 DELIVERY = {
     "type": "object", "required": ["channel", "hook", "address", "state", "attempts", "last_error", "next_attempt_at",

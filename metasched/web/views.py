@@ -7,18 +7,27 @@ from __future__ import annotations
 
 import urllib.parse
 
-from ..backends.base import tag
-from ..model import (ACCOUNTING_FIELDS, Accounting, ClusterEvent, ForeignJob, Job, JobEvent, JobSample, JobUsage, Node,
-                     Token)
-from ..services import (JobDetail, JobMetrics, Mode, NodeMetrics, Page, QueueSummary, ShareUsage, Status, UsageGroup,
-                        UsageReport)
+from ..backends.base import TASK_SLOT, tag
+from ..model import (ACCOUNTING_FIELDS, Accounting, ArraySpec, ArrayTask, ClusterEvent, ForeignJob, Job, JobEvent,
+                     JobSample, JobUsage, Node, Token)
+from ..services import (DryRun, JobDetail, JobMetrics, Mode, NodeMetrics, Page, QueueSummary, ShareUsage, Status,
+                        UsageGroup, UsageReport, Why)
 
 _NOT_GIVEN = object()
 
 
-def job(j: Job, metrics=_NOT_GIVEN) -> dict:
-    """A job; with ``metrics`` (its latest JobUsage or None: include=metrics), its live measurement too."""
+def job(j: Job, tasks: dict[str, int] | None = None, metrics=_NOT_GIVEN) -> dict:
+    """A job; ``tasks``: an array's tasks per state (services.Shown gives both: ``job(*shown)``); with
+    ``metrics`` (its latest JobUsage or None: include=metrics), its live measurement too."""
     spec = j.spec
+    links = {"self": f"/jobs/{j.id}", "events": f"/jobs/{j.id}/events", "output": f"/jobs/{j.id}/output",
+             "metrics": f"/jobs/{j.id}/metrics", "why": f"/jobs/{j.id}/why"}
+    array = None
+    if j.array_spec:
+        a = ArraySpec.parse(j.array_spec, internal=True)
+        array = {"spec": str(ArraySpec(a.first, a.last, a.step, a.limit)), "count": a.count,
+                 "limit": a.limit, "tasks": dict(tasks or {})}
+        links["tasks"] = f"/jobs/{j.id}/tasks"
     out = {
         "id": j.id, "name": j.name, "native_name": tag(j), "queue": j.queue_id, "owner": j.owner,
         "status": j.status.value,
@@ -26,14 +35,15 @@ def job(j: Job, metrics=_NOT_GIVEN) -> dict:
         "exit_code": j.exit_code, "reason": j.reason, "cancel_requested": j.cancel_requested,
         "created_at": j.created_at, "submitted_at": j.submitted_at, "started_at": j.started_at,
         "finished_at": j.finished_at, "updated_at": j.updated_at,
-        "links": {"self": f"/jobs/{j.id}", "events": f"/jobs/{j.id}/events", "output": f"/jobs/{j.id}/output",
-                  "metrics": f"/jobs/{j.id}/metrics"},
+        "links": links,
         # -- what the job asks for (issue 14); the variables' values only in job_detail --
         "resources": spec.resources.asked(), "native": list(spec.native), "env_names": [k for k, _ in spec.env],
         "export": spec.export if not isinstance(spec.export, tuple) else list(spec.export),
         "stdout": spec.stdout, "stderr": spec.stderr, "join": spec.join,
         # -- what the job used (issue 15) --
         "accounting": accounting(j.accounting),
+        # -- workflows (issue 16) --
+        "array": array, "after": after(j.depends_on),
     }
     if metrics is not _NOT_GIVEN:
         out["metrics"] = job_usage(metrics)
@@ -105,11 +115,12 @@ def usage(r: UsageReport) -> dict:
 
 
 def job_detail(d: JobDetail) -> dict:
-    """GET /jobs/{id}: the job, its variables, where its output goes (resolved) and, with include=metrics, its
-    latest live measurement."""
-    out = job(d.job, d.metrics) if d.include_metrics else job(d.job)
+    """GET /jobs/{id}: the job, its variables, where its output goes (resolved; an array's tasks' files, with
+    %a where a task's index goes) and, with include=metrics, its latest live measurement."""
+    out = job(d.job, d.tasks, d.metrics) if d.include_metrics else job(d.job, d.tasks)
     out["env"] = dict(d.job.spec.env)
-    out["outputs"] = {"stdout": d.outputs.stdout, "stderr": d.outputs.stderr, "join": d.outputs.joined}
+    out["outputs"] = {"stdout": _shown_path(d.outputs.stdout), "stderr": _shown_path(d.outputs.stderr),
+                      "join": d.outputs.joined}
     out["notify"] = notify(d.notify)
     return out
 
@@ -146,9 +157,71 @@ def event_page(p, base: str, limit: int) -> dict:
     return {"items": [event_doc(e) for e in p.items], "next": nxt, "last_id": p.last_id}
 
 
+def _shown_path(path: str | None) -> str | None:
+    return path.replace(TASK_SLOT, "%a") if path is not None else None
+
+
+def after(deps) -> dict | None:
+    """A job's dependencies as submitted: {"ok": [12, "13.2"], ...} (None: none)."""
+    if not deps:
+        return None
+    out: dict[str, list] = {}
+    for d in deps:
+        out.setdefault(d.kind, []).append(d.job_id if d.task is None else d.target)
+    return out
+
+
+def task(t: ArrayTask) -> dict:
+    return {"id": t.ref, "job": t.job_id, "task": t.task, "status": t.status.value, "native_id": t.native_id,
+            "exit_code": t.exit_code, "reason": t.reason, "cancel_requested": t.cancel_requested,
+            "started_at": t.started_at, "finished_at": t.finished_at, "updated_at": t.updated_at}
+
+
+def why(w: Why) -> dict:
+    reasons = [{"code": r.code, "text": r.text, "detail": r.detail or r.text} for r in w.reasons]
+    return {"job": w.job.id, "task": w.task.task if w.task else None,
+            "status": (w.task or w.job).status.value, "where": w.where, "summary": why_summary(w),
+            "reasons": reasons, "position": w.position, "ahead": w.ahead, "ahead_yours": list(w.ahead_yours),
+            "scheduler_reason": w.scheduler_reason, "since": w.since, "tasks": w.tasks}
+
+
+def why_summary(w: Why) -> str:
+    """One line: what it is, where, and the first reason."""
+    what = f"task {w.task.ref}" if w.task else f"job {w.job.id}"
+    status = (w.task or w.job).status.value
+    first = (w.reasons[0].detail or w.reasons[0].text) if w.reasons else None
+    if w.where == "metasched":
+        place = f"; {w.position} in its queue ({w.ahead} ahead)" if w.position is not None else ""
+        return f"{what} waits in metasched's queue: {first or 'nothing holds it back'}{place}"
+    if w.where == "scheduler":
+        native = f": {w.scheduler_reason}" if w.scheduler_reason else " (no reason reported yet)"
+        extra = f"; {first}" if first else ""
+        return f"{what} waits in its scheduler's queue{native}{extra}"
+    if w.where == "dispatching":
+        return f"{what} is being submitted to its scheduler: {first or ''}".rstrip(": ")
+    if w.where == "running":
+        return f"{what} is RUNNING" + (f"; {first}" if first else "")
+    return f"{what} ended {status}"
+
+
+def dry_run(d: DryRun) -> dict:
+    names = {q.id: q.name for q in d.mode.queues}
+    return {"dry_run": True, "mode": mode(d.mode),
+            "dispatch": [{"id": x["id"], "queue": x["queue_id"], "owner": x["owner"], "name": x["name"]}
+                         for x in d.dispatch],
+            "waiting": dict(d.waiting),
+            "shares": [{"queue_id": qid, "name": names.get(qid, str(qid)), "share": round(v, 2)}
+                       for qid, v in d.shares.items()],
+            "nodes": [{"node_id": n.id, "address": f"{n.address}:{n.port}",
+                       "shares": {names.get(q, str(q)): round(v, 2) for q, v in d.node_shares.get(n.id, {}).items()}}
+                      for n in d.nodes],
+            "current": {"dispatch": list(d.current_dispatch),
+                        "shares": {names.get(q, str(q)): round(v, 2) for q, v in d.current_shares.items()}}}
+
+
 def event(e: JobEvent) -> dict:
     return {"id": e.id, "at": e.at, "old_status": e.old_status, "new_status": e.new_status, "actor": e.actor,
-            "reason": e.reason}
+            "reason": e.reason, "task": e.task}
 
 
 def foreign_job(f: ForeignJob) -> dict:

@@ -23,8 +23,8 @@ import pytest
 
 from .conftest import as_user, cli_argv, user_env
 
-COMMANDS = ["submit", "jobs", "show", "output", "events", "cancel", "hold", "release", "edit", "queues", "nodes", "mode",
-            "watch", "token", "history", "usage", "top"]
+COMMANDS = ["submit", "jobs", "show", "output", "events", "why", "cancel", "hold", "release", "edit", "queues", "nodes",
+            "mode", "watch", "token", "history", "usage", "top"]
 
 
 def one_line(text: str) -> str:

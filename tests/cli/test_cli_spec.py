@@ -122,7 +122,8 @@ def test_every_option_of_the_help_is_accepted(cli):
         assert opt in ("--help", "--json", "--queue", "--name", "--pwd", "--hold", "--parsable", "--no-check",
                        "--nodes", "--tasks", "--cores", "--mem", "--time", "--gpus", "--partition", "--account",
                        "--native", "--export", "--env", "--output", "--error", "--join", "--mail-type",
-                       "--mail-user", "--notify-url"), opt
+                       "--mail-user", "--notify-url", "--array", "--after-ok", "--after-notok", "--after-any",
+                       "--after-started"), opt
 
 
 def test_submit_asks_to_be_told_like_sbatch(cli, as_json):

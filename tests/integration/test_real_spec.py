@@ -150,3 +150,44 @@ def test_a_pwd_the_owner_cannot_write_is_refused_at_dispatch_saying_so(srv, user
     assert (done["status"], done["reason"]) == (
         "ERROR", f"scheduler refused: metasched: cannot write pwd {ro} (the job's output goes there)"), done
     assert not done["scheduler_job_id"]
+
+
+# -- arrays (issue 16) asking for things (issue 14): each task gets them, and writes the files %a names -------
+
+TASK_PROBE = r"""
+printf 'task=%s setting=[%s]\n' "$METASCHED_ARRAY_TASK_ID" "$MY_SETTING"
+if [ -n "${JOB_ID-}" ]; then qstat -j "$JOB_ID" | grep -E '^hard resource_list:'; fi
+if [ -n "${SLURM_JOB_ID-}" ]; then scontrol show job "$SLURM_JOB_ID" | tr ' ' '\n' | grep -E '^TimeLimit='; fi
+echo "err $METASCHED_ARRAY_TASK_ID" >&2
+"""
+
+
+@pytest.mark.parametrize("queue", QUEUES)
+def test_an_arrays_tasks_each_get_what_it_asks_for_and_write_the_files_its_patterns_name(srv, users, dirs, queue):
+    alice = users["alice"]
+    home = dirs["alice"]
+    mkdir_owned(home / "out", alice)
+    script(home / "task.sh", TASK_PROBE, alice)
+    r = cli(srv, "alice", "submit", "--parsable", "-q", queue, "--array", "1-3", "--time", "0:02:00",
+            "--output", "out/%x-%j.%a.out", "--error", "out/%a.err", "task.sh", cwd=home)
+    assert r.returncode == 0, r.stderr
+    jid = int(r.stdout)
+    done = wait_job(srv, "alice", jid, FINAL, timeout=180)
+    assert done["status"] == "COMPLETED", (done["reason"], done)
+    detail = srv.as_user("alice", "GET", f"/jobs/{jid}").json()
+    assert detail["outputs"]["stdout"] == str(home / "out" / f"task.sh-{jid}.%a.out")
+    for t in (1, 2, 3):
+        out = home / "out" / f"task.sh-{jid}.{t}.out"
+        lines = out.read_text().splitlines()
+        assert lines[0] == f"task={t} setting=[{VALUE}]", lines
+        if queue == "SGE":
+            assert any(x.startswith("hard resource_list:") and "h_rt=120" in x for x in lines), lines
+        else:
+            assert "TimeLimit=00:02:00" in lines, lines
+        assert (home / "out" / f"{t}.err").read_text() == f"err {t}\n"
+        assert pwd.getpwuid(out.stat().st_uid).pw_name == "alice"
+        got = srv.as_user("alice", "GET", f"/jobs/{jid}/output?task={t}")
+        assert got.status == 200 and got.body == out.read_bytes(), got
+    r = cli(srv, "alice", "output", f"{jid}.2", "--stderr", cwd=home)
+    assert (r.returncode, r.stdout) == (0, "err 2\n"), r.stderr
+    assert not list(home.rglob("CANARY"))

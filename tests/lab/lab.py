@@ -721,6 +721,9 @@ class Slurm:
             "JobCompType=jobcomp/filetxt",
             f"JobCompLoc={self.jobcomp}",
             "MinJobAge=300",
+            # arrays of up to 100,000 tasks (the default allows indices up to 1000 and 10,000 jobs in all)
+            "MaxArraySize=100001",
+            "MaxJobCount=300000",
             "MpiDefault=none",
             "ReturnToService=2",
             "SchedulerType=sched/builtin",

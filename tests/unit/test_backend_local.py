@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from metasched.backends import get_backend
-from metasched.backends.base import NativeState, SubmitRefused, command_line, parse_batch
+from metasched.backends.base import TASK_SLOT, NativeState, SubmitRefused, command_line, parse_batch
 from metasched.backends.base import tag
 from metasched.backends.local import ARGS_PREFIX, LocalBackend, exit_file, legacy_exit_file, output_files
 from metasched.model import Job, JobStatus
@@ -35,9 +35,10 @@ def workdir():
     shutil.rmtree(d, ignore_errors=True)
     # the exit files of this test's jobs, in their owners' private ~/.metasched: only those (every other file
     # there may be a job's of a service running beside the tests, whose end it records)
-    for j in MADE:
-        f = Path(os.path.expanduser(f"~{j.owner}")) / exit_file(j)[2:]
-        f.unlink(missing_ok=True)
+    for j in MADE:            # its exit file, and an array's task exit files and control file
+        private = Path(os.path.expanduser(f"~{j.owner}")) / Path(exit_file(j)[2:]).parent
+        for f in private.glob(f"{tag(j)}.*"):
+            f.unlink(missing_ok=True)
     MADE.clear()
 
 
@@ -280,10 +281,10 @@ def test_forget_removes_the_exit_file_and_nothing_else(workdir):
 
 def test_status_parser_ignores_other_processes_and_non_leaders():
     b = LocalBackend()
-    out = (f"  101   101 alice{' ' * 59} Sat Nov 28 00:03:17 2026 {ARGS_PREFIX}5 /h/.metasched/ms5_x.exit /h/job.sh a b\n"
-           f"  102   101 alice{' ' * 59} Sat Nov 28 00:03:17 2026 /h/job.sh a b\n"
-           f"  103   103 bob{' ' * 61} Sat Nov  8 00:03:17 2026 {ARGS_PREFIX}6 /h/.metasched/ms6_y.exit /h/y\n"
-           f"  104   104 root{' ' * 60} Sat Nov 28 00:03:17 2026 sshd: /usr/sbin/sshd -D\n")
+    out = (f"  101   101   101 alice{' ' * 59} Sat Nov 28 00:03:17 2026 {ARGS_PREFIX}5 /h/.metasched/ms5_x.exit /h/job.sh a b\n"
+           f"  102   101   101 alice{' ' * 59} Sat Nov 28 00:03:17 2026 /h/job.sh a b\n"
+           f"  103   103   103 bob{' ' * 61} Sat Nov  8 00:03:17 2026 {ARGS_PREFIX}6 /h/.metasched/ms6_y.exit /h/y\n"
+           f"  104   104   104 root{' ' * 60} Sat Nov 28 00:03:17 2026 sshd: /usr/sbin/sshd -D\n")
     jobs = b.parse_status(0, out, "")
     assert [(j.native_id, j.our_id, j.owner) for j in jobs] == [("101", 5, "alice"), ("103", 6, "bob")]
     assert jobs[1].start_time == "2026-11-08T00:03:17Z"
@@ -679,3 +680,97 @@ def test_the_spec_the_local_scheduler_cannot_honour():
         assert b.spec_problem(dataclasses.replace(j, spec=spec))[0] == field
     assert b.spec_problem(dataclasses.replace(j, spec=JobSpec(resources=Resources(
         nodes=1, tasks=2, cores_per_task=1, memory=1, walltime=1)))) is None
+
+
+# -- arrays (issue 16): the supervisor, on the launcher of issue 21 with what the array asks for (issue 14) --------
+
+from metasched.backends.base import parse_batch as _parse_batch  # noqa: E402
+
+
+def array_job(d: Path, body: str, jid: int, array: str, owner: str | None = None, **spec) -> Job:
+    j = spec_job(d, body, jid, **spec)
+    return dataclasses.replace(j, array_spec=array, token="qwerty", **({"owner": owner} if owner else {}))
+
+
+def task_ends(b, j, tasks, control=None, run_as=None, want=None, timeout=20.0) -> dict:
+    """Ask the supervisor's files how the tasks ended (one helper call, as the poller does) until ``want`` of
+    them did (default: all)."""
+    end = time.monotonic() + timeout
+    while True:
+        (covered, (who, entry)), = b.task_final_entries(j, tasks, control or {})
+        p = run(b.final_batch_argv([entry], run_as))
+        (rc, out, err), = _parse_batch(p.stdout, 1)
+        ends = b.parse_task_finals(j, covered, rc, out, err)
+        if len(ends) >= (len(tasks) if want is None else want) or time.monotonic() > end:
+            return ends
+        time.sleep(0.1)
+
+
+def private_files(owner_home: str, j: Job) -> list[str]:
+    d = Path(owner_home) / ".metasched"
+    return sorted(f.name for f in d.iterdir() if f.name.startswith(tag(j) + ".")) if d.exists() else []
+
+
+def test_an_array_runs_each_task_with_what_it_asks_for_in_files_of_its_own(workdir):
+    """Each task: $METASCHED_ARRAY_TASK_ID, the array's variables and walltime (RUNNER), its own output files from
+    the %a pattern, created owner-only; exit statuses beside the array's in ~/.metasched, never in the pwd; the
+    throttle holds; forget removes them all."""
+    b = backend()
+    body = ('echo "task $METASCHED_ARRAY_TASK_ID $MINE"; echo err >&2\n'
+            '[ "$METASCHED_ARRAY_TASK_ID" = 3 ] && sleep 30\nexit $((METASCHED_ARRAY_TASK_ID % 2))\n')
+    j = submit(b, array_job(workdir, body, 91, "1-5%2", env=(("MINE", "a b"),), stdout="out/%x.%a.txt",
+                            resources=Resources(walltime=2)))
+    (workdir / "out").mkdir()         # made after the launch: a task's directory is the task's business
+    ends = task_ends(b, j, [1, 2, 3, 4, 5])
+    assert {t: (fs.status, fs.exit_code) for t, fs in ends.items()} == {
+        1: ("ERROR", 1), 2: ("COMPLETED", 0), 3: ("ERROR", LIMIT_STATUS["walltime"]), 4: ("COMPLETED", 0),
+        5: ("ERROR", 1)}
+    assert ends[3].reason.startswith("walltime exceeded") and all(fs.started_at for fs in ends.values())
+    for t in (1, 2, 4, 5):
+        out = workdir / "out" / f"hello.{t}.txt"
+        assert out.read_text() == f"task {t} a b\n" and out.stat().st_mode & 0o777 == 0o600
+        assert Path(output_files(j, t)[1]).read_text() == "err\n"
+    assert b.output_files(j).stdout == f"{workdir}/out/hello.{TASK_SLOT}.txt"
+    assert not [f for f in os.listdir(workdir) if f.endswith(".exit") or f.endswith(".ctl")]
+    assert wait_final(b, j).status == "COMPLETED"                 # the supervisor itself ended well
+    home = os.path.expanduser("~")
+    assert set(private_files(home, j)) == {f"{tag(j)}.{t}.exit" for t in range(1, 6)} | {f"{tag(j)}.ctl",
+                                                                                        f"{tag(j)}.exit"}
+    (_, entry), = [b.forget_entry(j)]
+    run(b.final_batch_argv([entry], None))
+    assert private_files(home, j) == [] and not Path(os.path.expanduser("~/.metasched") + f"/{tag(j)}.exit").exists()
+
+
+def test_a_held_array_waits_for_its_control_file_then_holds_and_skips_what_it_says(workdir):
+    b = backend()
+    j = submit(b, array_job(workdir, 'echo "$METASCHED_ARRAY_TASK_ID" >> ran\n', 92, "1-4/held"))
+    time.sleep(0.6)
+    assert not (workdir / "ran").exists()                         # nothing before the poller says what is held
+    ends = task_ends(b, j, [1, 2, 3, 4], {"hold": [2], "skip": [3]}, want=3)
+    assert {t: fs.status for t, fs in ends.items()} == {1: "COMPLETED", 3: "CANCELLED", 4: "COMPLETED"}
+    assert ends[3].reason == "cancelled before it started"
+    time.sleep(0.3)
+    assert sorted((workdir / "ran").read_text().split()) == ["1", "4"]
+    ends = task_ends(b, j, [2], {"skip": [3]})
+    assert ends[2].status == "COMPLETED" and sorted((workdir / "ran").read_text().split()) == ["1", "2", "4"]
+
+
+def test_an_array_tasks_file_someone_else_made_stops_that_task_alone(scratch):
+    """In a 1777 pwd bob plants task 2's output file: task 2 is refused saying why (its exit status says so, the
+    array's stderr too), bob's file is not written, the other tasks run."""
+    d, s, alice = scratch
+    j = dataclasses.replace(make_job(d, s, jid=93, name="victim", owner="alice"), array_spec="1-3", token="qwerty")
+    planted = output_files(j, 2)[0]
+    as_bob("sh", "-c", f"umask 0; : > {planted}")
+    b, r = _launch_as_alice(j)
+    j = dataclasses.replace(j, scheduler_job_id=b.parse_submit(j, r.returncode, r.stdout, r.stderr))
+    ends = task_ends(b, j, [1, 2, 3], run_as="alice")
+    assert (ends[1].status, ends[3].status) == ("COMPLETED", "COMPLETED")
+    assert ends[2].status == "ERROR" and "exists and is another user's file" in ends[2].reason, ends[2]
+    assert Path(planted).read_text() == "" and os.stat(planted).st_uid != alice.pw_uid
+    for t in (1, 3):
+        st = os.lstat(output_files(j, t)[0])
+        assert (st.st_uid, st.st_mode & 0o777) == (alice.pw_uid, 0o600)
+    assert f"task 2: the job's output file {planted}" in Path(f"{d}/{tag(j)}.e93").read_text()
+    assert private_files(alice.pw_dir, j)                       # alice's own directory, not the pwd
+    run(b.final_batch_argv([b.forget_entry(j)[1]], "alice"))

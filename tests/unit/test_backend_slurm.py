@@ -41,7 +41,9 @@ def test_parse_submit_real_and_cluster_suffix_and_refusal():
 
 
 def test_status_argv_is_one_fixed_format_call():
-    assert SlurmBackend().status_argv() == ["squeue", "-h", "-a", "-t", "all", "-o", "%i|%u|%T|%P|%S|%r|%j"]
+    # SLURM_BITSTR_LEN=0: an array's pending tasks are printed in full, never cut at 64 characters
+    assert SlurmBackend().status_argv() == ["env", "SLURM_BITSTR_LEN=0", "squeue", "-h", "-a", "-t", "all", "-o",
+                                            "%i|%u|%T|%P|%S|%r|%j"]
     assert SQUEUE_FORMAT.endswith("%j")   # the name last: it may contain the separator
 
 

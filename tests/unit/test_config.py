@@ -46,7 +46,8 @@ def test_shipped_configs_load():
 SECTIONS = {"poller": C.PollerConfig, "ssh": C.SshConfig, "auth": C.AuthConfig,
             "enforcement": C.EnforcementConfig, "server": C.ServerConfig, "retention": C.RetentionConfig,
             "metrics": C.MetricsConfig,
-            "events": C.EventsConfig}
+            "events": C.EventsConfig,
+            "workflows": C.WorkflowsConfig}
 LISTS = {"nodes": C.NodeConfig, "schedulers": C.SchedulerConfig}
 
 

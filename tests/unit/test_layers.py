@@ -15,6 +15,7 @@ ALLOWED: dict[str, set[str]] = {
     "transport": set(),
     "node_agent": set(),                    # sent to the nodes and run there: the standard library only
     "policies": {"model"},
+    "dependencies": {"model"},
     "backends": {"model"},
     "enforcement": {"model", "backends"},
     "config": {"model", "errors", "backends"},
@@ -22,9 +23,10 @@ ALLOWED: dict[str, set[str]] = {
     "db": {"model", "errors"},
     "lifecycle": {"model", "db"},
     "events": {"model", "errors", "config"},
-    "services": {"model", "errors", "config", "identity", "db", "lifecycle", "backends", "events"},
-    "engine": {"model", "errors", "config", "db", "lifecycle", "backends", "policies", "enforcement",
-               "transport", "events"},
+    "services": {"model", "errors", "config", "identity", "db", "lifecycle", "backends", "events", "policies",
+                 "dependencies"},
+    "engine": {"model", "errors", "config", "db", "lifecycle", "backends", "policies", "dependencies",
+               "enforcement", "transport", "events"},
     "web": {"model", "errors", "identity", "services", "backends", "events"},
     "metrics": {"model", "services", "web"},
     "cli": {"model"},                       # the CLI speaks HTTP: nothing of the service

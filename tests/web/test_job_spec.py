@@ -25,6 +25,7 @@ SPEC_CONFIG = {**BASE_CONFIG, "server": {"max_body_bytes": 256 * 1024}, "schedul
     {"name": "Slurm", "master": 0, "weight": 30, "options": {"native_forbid": ["--qos"]}},
     {"name": "plain-sge", "master": 0, "weight": 10, "type": "sge"},
     {"name": "local", "master": 0, "weight": 20, "type": "local"},
+    {"name": "Spark", "master": 0, "weight": 10, "type": "spark"},
 ]}
 
 
@@ -346,3 +347,47 @@ def test_a_master_node_that_does_not_answer_in_time_is_a_503_not_a_stuck_worker(
         for c in accepted:
             c.close()
         silent.close()
+
+
+# -- arrays (issue 16) with what they ask for: each task's, with %a in its output patterns -------------------
+
+def test_an_arrays_output_patterns_need_the_task_index_and_show_it(alice):
+    job = post(alice, queue="Slurm", array="1-4", stdout="logs/%x-%j.%a.out", env={"A": "1"},
+               resources={"walltime": 60})
+    assert (job["array"]["count"], job["stdout"], job["resources"]) == (4, "logs/%x-%j.%a.out", {"walltime": 60})
+    detail = alice.get(f"/jobs/{job['id']}").json
+    assert detail["outputs"]["stdout"] == f"/home/alice/logs/run.sh-{job['id']}.%a.out"
+    assert detail["array"]["tasks"]["TO_BE_QUEUED"] == 4 and detail["env"] == {"A": "1"}
+    err = post(alice, 400, queue="Slurm", array="1-4", stdout="one-file.out")
+    assert err["field"] == "stdout" and "put %a" in err["description"]
+    err = post(alice, 400, queue="Slurm", stderr="e.%a")
+    assert err["field"] == "stderr" and "this job is not an array" in err["description"]
+    err = alice.patch_json(f"/jobs/{job['id']}", {"stderr": "no-index.err"}, status=400).json
+    assert err["field"] == "stderr"
+    assert alice.patch_json(f"/jobs/{job['id']}", {"stderr": "e/%a.err"}).json["stderr"] == "e/%a.err"
+
+
+def test_an_array_asks_its_scheduler_for_what_it_can_honour_per_task(alice):
+    err = post(alice, 400, queue="plain-sge", array="1-3", resources={"memory": "1G"})
+    assert err["field"] == "resources.memory"
+    err = post(alice, 400, queue="Slurm", array="1-3", native=["--array=1-9"])
+    assert err["field"] == "native[0]" and "give it in `array`" in err["description"]
+    assert post(alice, queue="local", array="1-3", resources={"cores_per_task": 1, "walltime": "1m"})["array"]
+    err = post(alice, 400, queue="Spark", array="1-3")
+    assert err["field"] == "array" and "Spark has no job arrays" in err["description"]
+    assert post(alice, queue="Spark")["array"] is None              # a plain application is fine
+
+
+def test_each_task_of_an_array_has_its_output_read_with_task(services, alice, reading, users, alice_dir):
+    job = dispatched(services, alice, pwd=str(alice_dir), array="1-3", stdout="out-%a.txt")
+    me = reading(users["alice"])
+    url = f"/jobs/{job['id']}/output"
+    err = me.get(url, status=400).json
+    assert err["field"] == "task" and "give ?task=N" in err["description"]
+    write_as(alice_dir / "out-2.txt", b"task two\n")
+    r = me.get(url + "?task=2")
+    assert r.body == b"task two\n" and r.headers["X-Output-Path"] == str(alice_dir / "out-2.txt")
+    assert "out-3.txt does not exist" in me.get(url + "?task=3", status=404).json["description"]
+    assert me.get(url + "?task=9", status=404).json["description"] == f"task {job['id']}.9 not found"
+    plain = dispatched(services, alice, pwd=str(alice_dir))
+    assert me.get(f"/jobs/{plain['id']}/output?task=1", status=404).json["description"].startswith("task ")
