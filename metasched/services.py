@@ -822,8 +822,8 @@ class Services:
         check = _field_checker(queue.type)
         problem = check(path, pwd, list(options)) if check else None
         if problem is None and array is not None:
-            check = _array_checker(queue.type.value)
-            problem = check(pwd) if check else ("array", f"{queue.type.value} queues take no arrays")
+            check = _array_checker(queue.type)
+            problem = check(pwd) if check else ("array", f"{queue.type} queues take no arrays")
         if problem:
             field, reason = problem
             value = {"path": path, "pwd": pwd, "options": options, "array": str(array)}.get(field)

@@ -110,6 +110,9 @@ class Backend:
     OPTIONS: tuple[str, ...] = ("recovery_grace",)   # the option keys this backend reads (the config checks)
     status_commands: tuple[str, ...] = ()
     sudo_commands: tuple[str, ...] = ()
+    # the backend starts an array's tasks itself (the local launcher's supervisor), and the poller learns their
+    # ends from its files; otherwise the scheduler runs the array and lists its tasks
+    supervises_arrays = False
     starts_on_submit = False    # True when the job runs as soon as it is submitted (no native queue)
 
     def __init__(self, options: dict | None = None):

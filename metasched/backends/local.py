@@ -792,6 +792,7 @@ class LocalBackend(Backend):
     sudo_commands = ("sh", "python3")
     OPTIONS = ('grace', 'final_as_owner', 'tz', 'python', 'recovery_grace')
     starts_on_submit = True     # the launcher starts the job at once: RUNNING, not QUEUED
+    supervises_arrays = True    # an array's tasks are started by the launcher's supervisor
     mark = JOB_MARK             # $0 of the wrapper: <mark><marker> (the Spark backend's drivers use another)
 
     @property

@@ -467,22 +467,6 @@ class GridEngineBackend(Backend):
         return ProcessMatcher(roots_by_comm=("sge_shepherd",), exclude_comm=("sge_execd", "sge_qmaster"),
                               job_ids="sge_shepherd")
 
-
-_MEM = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)B?\s*$")
-_MEM_FACTOR = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
-
-
-def qacct_bytes(text: str | None, rusage_kb: bool = False) -> int | None:
-    """A qacct memory field as bytes. qacct prints sizes with decimal prefixes ('3.523MB' = 3,523,000 bytes).
-    ru_maxrss is getrusage's, which Linux gives in kilobytes, and qacct prints that number as if it were
-    bytes ('4.477KB' is 4,477 KiB): ``rusage_kb`` converts it (checked against jobs of known size on the lab's
-    Grid Engine, tests/integration/test_accounting_lab.py)."""
-    m = _MEM.match(text or "")
-    if not m:
-        return None
-    value = float(m.group(1)) * _MEM_FACTOR[m.group(2)]
-    return int(round(value * 1024 if rusage_kb else value))
-
     # -- arrays ---------------------------------------------------------------------------------
     supports_arrays = True
 
@@ -550,6 +534,22 @@ def qacct_bytes(text: str | None, rusage_kb: bool = False) -> int | None:
             out[i] = "; ".join(dict.fromkeys(m for m in msgs if m)) or (
                 "no scheduling info (Grid Engine's schedd_job_info is off)" if not msgs and not info else "; ".join(info))
         return out
+
+
+_MEM = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)B?\s*$")
+_MEM_FACTOR = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
+
+
+def qacct_bytes(text: str | None, rusage_kb: bool = False) -> int | None:
+    """A qacct memory field as bytes. qacct prints sizes with decimal prefixes ('3.523MB' = 3,523,000 bytes).
+    ru_maxrss is getrusage's, which Linux gives in kilobytes, and qacct prints that number as if it were
+    bytes ('4.477KB' is 4,477 KiB): ``rusage_kb`` converts it (checked against jobs of known size on the lab's
+    Grid Engine, tests/integration/test_accounting_lab.py)."""
+    m = _MEM.match(text or "")
+    if not m:
+        return None
+    value = float(m.group(1)) * _MEM_FACTOR[m.group(2)]
+    return int(round(value * 1024 if rusage_kb else value))
 
 
 def _native_id(job: Job) -> str:

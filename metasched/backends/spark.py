@@ -157,6 +157,7 @@ class SparkBackend(LocalBackend):
                "python", "recovery_grace", "native_forbid")
     mark = MARK
     scheduler_name = "Spark"
+    supervises_arrays = False   # Spark has no arrays (refused at submit)
     # cores_per_task: --executor-cores; memory: --executor-memory (per executor, one per worker node here);
     # tasks: --total-executor-cores = tasks x cores_per_task; walltime: the driver is stopped by the launcher's
     # runner, as a local job is (its executors end with it)

@@ -13,7 +13,7 @@ import sqlite3
 
 from ..model import (ACCOUNTING_FIELDS, NO_SPEC, Accounting, ArrayTask, ClusterEvent, Delivery, Dependency,
                      FeedEvent, ForeignJob, Job, JobEvent, JobNotify, JobSample, JobSpec, JobStatus, JobUsage,
-                     LeaseRecord, Node, PollCycle, Queue, SchedulerType, Setting, ShareSample, Token)
+                     LeaseRecord, Node, PollCycle, Queue, Setting, ShareSample, Token)
 from .core import Database
 
 
@@ -496,25 +496,6 @@ class Repository:
     def queue_cpu_totals(self) -> dict[int, float]:
         return {r["queue_id"]: r["cpu_seconds"] for r in self._all(self.q.queue_cpu_totals)}
 
-def _feed_event(r: sqlite3.Row) -> FeedEvent:
-    return FeedEvent(id=r["id"], kind=r["kind"], at=r["at"] or "", actor=r["actor"] or "", job_id=r["job_id"],
-                     owner=r["owner"], job_name=r["job_name"], queue_id=r["queue_id"], old_status=r["old_status"],
-                     new_status=r["new_status"], reason=r["reason"], exit_code=r["exit_code"],
-                     cluster_kind=r["cluster_kind"], detail=json.loads(r["detail"]) if r["detail"] else None)
-
-
-def _notify(r: sqlite3.Row) -> JobNotify:
-    return JobNotify(job_id=r["job_id"], on=tuple(json.loads(r["on_what"])), email=r["email"], webhook=r["webhook"],
-                     secret=r["secret"])
-
-
-def _delivery(r: sqlite3.Row) -> Delivery:
-    return Delivery(id=r["id"], event_id=r["event_id"], job_id=r["job_id"], channel=r["channel"], hook=r["hook"],
-                    address=r["address"], body=json.loads(r["body"]), state=r["state"], attempts=r["attempts"],
-                    created_at=r["created_at"], next_at=r["next_at"], last_error=r["last_error"],
-                    delivered_at=r["delivered_at"], secret=r["secret"])
-
-
     # -- workflows: array tasks, dependencies (sql/workflows.sql) ---------------------------------
     def insert_array_task(self, *, job_id: int, tasks, status: JobStatus, now: str) -> None:
         """Every task of a new array (one executemany)."""
@@ -585,6 +566,25 @@ def _delivery(r: sqlite3.Row) -> Delivery:
         return [dict(id=r["id"], queue_id=r["queue_id"], owner=r["owner"], name=r["name"],
                      depends_on=depends_from_json(r["depends_on"]), reason=r["reason"])
                 for r in self._all(self.q.list_pending_jobs)]
+
+
+def _feed_event(r: sqlite3.Row) -> FeedEvent:
+    return FeedEvent(id=r["id"], kind=r["kind"], at=r["at"] or "", actor=r["actor"] or "", job_id=r["job_id"],
+                     owner=r["owner"], job_name=r["job_name"], queue_id=r["queue_id"], old_status=r["old_status"],
+                     new_status=r["new_status"], reason=r["reason"], exit_code=r["exit_code"],
+                     cluster_kind=r["cluster_kind"], detail=json.loads(r["detail"]) if r["detail"] else None)
+
+
+def _notify(r: sqlite3.Row) -> JobNotify:
+    return JobNotify(job_id=r["job_id"], on=tuple(json.loads(r["on_what"])), email=r["email"], webhook=r["webhook"],
+                     secret=r["secret"])
+
+
+def _delivery(r: sqlite3.Row) -> Delivery:
+    return Delivery(id=r["id"], event_id=r["event_id"], job_id=r["job_id"], channel=r["channel"], hook=r["hook"],
+                    address=r["address"], body=json.loads(r["body"]), state=r["state"], attempts=r["attempts"],
+                    created_at=r["created_at"], next_at=r["next_at"], last_error=r["last_error"],
+                    delivered_at=r["delivered_at"], secret=r["secret"])
 
 
 def _task(r: sqlite3.Row) -> ArrayTask:

@@ -531,7 +531,9 @@ class Engine:
         by_job: dict[int, dict[int, object]] = {}
         for t in open_tasks:
             by_job.setdefault(t.job_id, {})[t.task] = t
-        aplan = arrays_mod.plan(arrays, {jid: list(ts.values()) for jid, ts in by_job.items()}, qmap, statuses)
+        supervised = {qid for qid, b in backends.items() if b.supervises_arrays}
+        aplan = arrays_mod.plan(arrays, {jid: list(ts.values()) for jid, ts in by_job.items()}, qmap, statuses,
+                                supervised)
         items, meta = [], []
         for job in arrays:
             ask = aplan.ask.get(job.id)
@@ -568,7 +570,7 @@ class Engine:
             changes += arrays_mod.resolve(job, q, asked, ends, unseen_since=self.task_unseen, mono=tick.mono,
                                           grace=backend.recovery_grace(), cancelled_by=self.task_cancelled_by)
         updated = self.apply_tasks(arrays, changes, report)
-        local = {j.id for j in arrays if qmap[j.queue_id].type.value == "local"}
+        local = {j.id for j in arrays if j.queue_id in supervised}
         for c in changes:
             if c.new.final and c.task.job_id in local:
                 self.task_forget.setdefault(c.task.job_id, []).append(c.task.task)

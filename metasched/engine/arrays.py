@@ -49,8 +49,9 @@ def dispatched(job: Job) -> bool:
 
 
 def plan(arrays: list[Job], tasks: dict[int, list[ArrayTask]], qmap: dict[int, Queue],
-         statuses: dict[int, QueueStatus]) -> ArrayPlan:
-    """What the status calls say about the tasks of the arrays in their schedulers."""
+         statuses: dict[int, QueueStatus], supervised: set[int] = frozenset()) -> ArrayPlan:
+    """What the status calls say about the tasks of the arrays in their schedulers. ``supervised``: the queues
+    whose backend starts an array's tasks itself (Backend.supervises_arrays: the local launcher's supervisor)."""
     out = ArrayPlan()
     for job in arrays:
         q = qmap.get(job.queue_id)
@@ -59,7 +60,7 @@ def plan(arrays: list[Job], tasks: dict[int, list[ArrayTask]], qmap: dict[int, Q
             continue                         # cannot tell this cycle; never guess
         nj = st.listed(job)
         mine = tasks.get(job.id, [])
-        if q.type.value == "local":
+        if q.id in supervised:
             _local(job, mine, nj, out)
         else:
             _native(job, q, mine, nj, out)

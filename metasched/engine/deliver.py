@@ -133,7 +133,7 @@ class Deliverer:
         b = self._backends.get(queue.id)
         if b is None:
             opts = next((s.options for s in self.config.schedulers if s.name.lower() == queue.name.lower()), {})
-            b = self._backends[queue.id] = get_backend(queue.type.value, opts)
+            b = self._backends[queue.id] = get_backend(queue.type, opts)
         return b
 
     def record(self, lease: Lease, now: float) -> int:

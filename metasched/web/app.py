@@ -420,6 +420,10 @@ class UsageResource(Base):
 
 
 class TasksResource(Base):
+    def __init__(self, services: Services, page_limit: int):
+        super().__init__(services)
+        self.page_limit = page_limit
+
     def on_get(self, req, resp, job_id):
         params = _query(req, {"status", "after", "limit"})
         statuses = _statuses(params)

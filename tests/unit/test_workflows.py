@@ -9,7 +9,7 @@ from metasched import policies
 from metasched.backends.base import FinalState, NativeJob, NativeState, NativeTask, PendingRun
 from metasched.engine import arrays as A
 from metasched.engine.values import QueueStatus
-from metasched.model import (ArraySpec, ArrayTask, Dependency, Job, JobStatus, Policy, Queue, Reason, SchedulerType,
+from metasched.model import (ArraySpec, ArrayTask, Dependency, Job, JobStatus, Policy, Queue, Reason,
                              compress, runs_text)
 
 S = JobStatus
@@ -125,8 +125,8 @@ def test_reasons_carry_the_numbers_of_the_moment_in_their_detail():
 
 
 def test_one_snapshot_builder_for_the_poller_and_the_service():
-    queues = [Queue(1, "SGE", SchedulerType.SGE, 1, 60, 0, unreachable_since="t0"),
-              Queue(2, "Slurm", SchedulerType.SLURM, 1, 40, 1)]
+    queues = [Queue(1, "SGE", "sge", 1, 60, 0, unreachable_since="t0"),
+              Queue(2, "Slurm", "slurm", 1, 40, 1)]
     snap = policies.snapshot_of(mode={"policy": "shared", "weights": {"1": 70}}, queues=queues,
                                 active={2: (3, 1)}, foreign={1: 2}, reachable={1: False, 2: True},
                                 pending=[(5, 1), (6, 2)], blocked={6: Reason("dependency", "w")}, node_ids=[1],
@@ -139,8 +139,8 @@ def test_one_snapshot_builder_for_the_poller_and_the_service():
 
 # -- the array plan (engine/arrays.py) -----------------------------------------------------------------
 
-SGE = Queue(1, "SGE", SchedulerType.SGE, 1, 50, 0)
-LOCAL = Queue(2, "local", SchedulerType.LOCAL, 1, 50, 1)
+SGE = Queue(1, "SGE", "sge", 1, 50, 0)
+LOCAL = Queue(2, "local", "local", 1, 50, 1)
 
 
 def array(qid=1, status=S.RUNNING, spec="1-8", cancel=False) -> Job:
@@ -194,7 +194,7 @@ def test_the_local_supervisor_gets_its_control_file_and_one_question():
     job = array(qid=2, spec="1-6")
     mine = [task(1, S.RUNNING), task(2, S.HELD), task(4, cancel=True), task(5)]
     nj = native(tasks=[NativeTask(1, NativeState.RUNNING, "4242"), NativeTask(3, NativeState.RUNNING, "4243")])
-    p = A.plan([job], {7: mine}, {2: LOCAL}, status_with(nj))
+    p = A.plan([job], {7: mine}, {2: LOCAL}, status_with(nj), supervised={2})
     assert p.control == {7: {"hold": [2], "skip": [3, 4, 6]}}
     assert p.ask == {7: [2, 4, 5]}
     assert p.actions == [(job, "cancel", {3: "4243"})]     # 3 is over here but runs: stopped
