@@ -13,7 +13,7 @@ import tempfile
 import pytest
 
 from metasched import preflight
-from metasched.backends import get_backend
+from metasched.backends import BACKENDS, get_backend
 from metasched.config import ServerConfig
 from metasched.model import Job, JobSpec, JobStatus
 
@@ -58,7 +58,7 @@ def test_sudoers_lets_owners_commands_run_as_anyone_but_root_and_only_the_agent_
     owner_cmds = [c for a in as_users.group(1).split(",") for c in aliases[a.strip()]]
     assert all(c.startswith("/") for c in owner_cmds), "sudoers needs absolute command paths"
     # every command preflight (and the backends) run after `sudo -u <owner>` is allowed
-    needed = {c for cmds in preflight.SUDO_COMMANDS.values() for c in cmds}
+    needed = {c for cls in BACKENDS.values() for c in cls.sudo_commands}
     assert needed <= {os.path.basename(c) for c in owner_cmds}
     # the node agent: the fixed path the installer writes, and nothing else as root
     assert aliases[as_root.group(1)] == ["/usr/local/libexec/metasched-node-agent"]
@@ -66,7 +66,7 @@ def test_sudoers_lets_owners_commands_run_as_anyone_but_root_and_only_the_agent_
                      read(INSTALLER), re.M)
 
 
-@pytest.mark.parametrize("kind", sorted(preflight.SUDO_COMMANDS))
+@pytest.mark.parametrize("kind", sorted(BACKENDS))
 def test_every_command_a_backend_runs_as_the_owner_is_one_preflight_checks(kind):
     """What the sudoers rule must allow is what the backends really run after `sudo -n -u <owner> --`
     (single and batched submits, final-state questions, cancels): preflight checks exactly that list."""
@@ -85,7 +85,7 @@ def test_every_command_a_backend_runs_as_the_owner_is_one_preflight_checks(kind)
         run_as, entry = backend.final_entry(j)
         argvs.append(backend.final_batch_argv([entry, entry], run_as))
     as_owner = {argv[5] for argv in argvs if argv[:5] == ["sudo", "-n", "-u", "alice", "--"]}
-    assert as_owner and as_owner <= set(preflight.SUDO_COMMANDS[kind]), as_owner
+    assert as_owner and as_owner <= set(BACKENDS[kind].sudo_commands), as_owner
 
 
 # -- systemd unit ----------------------------------------------------------------------------------
