@@ -12,7 +12,6 @@ import tempfile
 
 import pytest
 
-from metasched import preflight
 from metasched.backends import BACKENDS, get_backend
 from metasched.config import ServerConfig
 from metasched.model import Job, JobSpec, JobStatus
