@@ -52,8 +52,9 @@ def create(repo: Repository, *, name, queue_id, owner, status: JobStatus, path, 
 
 def transition(repo: Repository, job: Job, new: JobStatus, *, actor: str, reason: str, now: str,
                scheduler_job_id: str | None = None, exit_code: int | None = None, started_at: str | None = None,
-               attempt: bool = False) -> Job | None:
+               attempt: int = 0) -> Job | None:
     """Move ``job`` (as the caller read it) to ``new``; None when the job changed since that read.
+    ``attempt`` is added to the job's count of dispatch attempts (1: a new one; -1: one that does not count).
 
     A job whose cancel was requested never goes back to our queue: it is cancelled instead."""
     if new is JobStatus.TO_BE_QUEUED and job.cancel_requested:
@@ -62,7 +63,7 @@ def transition(repo: Repository, job: Job, new: JobStatus, *, actor: str, reason
         raise IllegalTransition(job, new)
     updated = repo.update_job(id=job.id, version=job.version, status=new, reason=reason, now=now,
                               scheduler_job_id=scheduler_job_id, exit_code=exit_code, started_at=started_at,
-                              attempt=int(attempt))
+                              attempt=attempt)
     if updated is not None:
         repo.insert_job_event(job_id=job.id, old_status=job.status, new_status=new, actor=actor, reason=reason,
                               now=now)

@@ -508,7 +508,7 @@ class Engine:
                                                  started_at=c.started_at, accounting=c.accounting)
                     else:
                         new = lifecycle.transition(self.repo, updated.get(job.id, job), c.new, actor=ACTOR,
-                                                   reason=c.reason, now=now)
+                                                   reason=c.reason, now=now, attempt=c.attempt)
                 except lifecycle.IllegalTransition as exc:
                     log.warning("%s (%s)", exc, c.reason)
                     report.job_error("refused transition", job.id, str(exc))

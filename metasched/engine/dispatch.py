@@ -87,7 +87,7 @@ class Dispatcher:
             for job in jobs:
                 q = qmap[job.queue_id]
                 fresh = lifecycle.transition(self.repo, job, JobStatus.DISPATCHING, actor=ACTOR,
-                                             reason=f"dispatching to {q.name}", now=now, attempt=True)
+                                             reason=f"dispatching to {q.name}", now=now, attempt=1)
                 if fresh is not None:
                     marked.append(fresh)
         return marked

@@ -9,7 +9,9 @@ Rules:
   node was raised this cycle: no earlier attempt can land any more. Then it is adopted when the scheduler
   lists or remembers it under its tag (id + token + owner), else, once the backend's recovery grace has
   passed without a trace, dispatched again — unless a cancel was requested (then it is CANCELLED: it never
-  ran) or it has had poller.max_attempts attempts (then ERROR with the last reason).
+  ran) or it has had poller.max_attempts attempts whose failure a poller saw (then ERROR with the last
+  reason). An attempt no poller saw end (the poller that made it was killed or paused past its lease) is the
+  service's fault, not the job's: it is dispatched again without counting.
 """
 from __future__ import annotations
 
@@ -181,9 +183,16 @@ def _never_arrived(job: Job, q: Queue, backend: Backend, recovery: Recovery, mon
         return Change(job, None, f"interrupted dispatch, not found in {q.name}: waiting up to {grace:g} s for "
                                  f"its accounting before dispatching it again")
     recovery.unseen_since.pop(job.id, None)
-    last = recovery.problem.pop(job.id, None) or job.reason or "no answer"
+    problem = recovery.problem.pop(job.id, None)
     if job.cancel_requested:
         return Change(job, JobStatus.CANCELLED, f"{cancelled_by(job)} (it never reached {q.name})", fact=False)
+    if problem is None:
+        # No poller saw this attempt end (the one that made it was killed, paused past its lease, or
+        # restarted): it is the service's fault, not the job's, and does not count against max_attempts.
+        return Change(job, JobStatus.TO_BE_QUEUED, f"the poller that dispatched it stopped before the answer; "
+                                                   f"it never reached {q.name}: dispatching again", fact=False,
+                      attempt=-1)
+    last = problem
     if job.attempts >= max_attempts:
         return Change(job, JobStatus.ERROR, f"gave up after {job.attempts} dispatch attempts; the last: {last}",
                       fact=False)

@@ -53,6 +53,7 @@ class Change:
     scheduler_job_id: str | None = None
     fact: bool = True
     accounting: Accounting | None = None     # with a final state: what the scheduler reported the job used
+    attempt: int = 0                         # with a decision: added to the job's count of dispatch attempts
 
 
 @dataclass(frozen=True)
