@@ -32,7 +32,7 @@ demo:
 test:
 	bash tests/lab/setup-machine.sh
 	@$(MAKE) -s install
-	cd tests/.. && $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	cd tests/.. && $(PY) -m pytest -q -p no:cacheprovider --durations=30 $(PYTEST_ARGS)
 
 unit: install
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/web
