@@ -814,6 +814,28 @@ def check_args(mode: str, job: Job, files: "OutputFiles") -> list[str]:
     return [mode, job.path, job.pwd, str(len(dirs)), *dirs]
 
 
+class CheckedClientSubmit:
+    """A submit through the scheduler's own client (qsub, sbatch), preceded by ms_check unless check_paths is
+    false; an array goes through its batch line. The backend provides ``_check`` (ms_check's arguments, or
+    none), ``_client_argv`` and ``_array_line``."""
+
+    batch_preamble = CHECK_FUNCTION
+
+    def submit_argv(self, job: Job, run_as: str | None) -> list[str]:
+        if job.array_spec:
+            return as_user(["sh", "-c", f"{CHECK_FUNCTION}; {self.batch_line(job)}"], run_as)
+        check = self._check(job)
+        argv = self._client_argv(job)
+        return as_user(["sh", "-c", CHECK_SCRIPT, "sh", *check, *argv] if check else argv, run_as)
+
+    def batch_line(self, job: Job):
+        check = self._check(job)
+        if job.array_spec:
+            line = self._array_line(job)
+            return command_line(["ms_check", *check, "sh", "-c", line]) if check else line
+        return command_line((["ms_check", *check] if check else []) + self._client_argv(job))
+
+
 # -- accounting helpers (issue 15) -------------------------------------------------------------------
 
 _NUMBER = re.compile(r"^\s*(-?\d+(?:\.\d+)?)")

@@ -44,7 +44,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import replace
 
 from ..model import Accounting, ArraySpec, compress, Job
-from .base import (CHECK_FUNCTION, CHECK_SCRIPT, TASK_ID_VAR, TASK_SLOT, as_user, Backend, check_args, client_argv,
+from .base import (CheckedClientSubmit, TASK_ID_VAR, TASK_SLOT, as_user, Backend, check_args, client_argv,
                    command_line, custom_outputs, export_names, FinalState, first_line, is_tag_of, leading_number,
                    local_to_utc_iso, memory_text, native_problem, NativeJob, NativeProblem, NativeState, NativeTask,
                    OutputFiles, parse_sge_native, parse_task_runs, path_reason, PendingRun, ProcessMatcher,
@@ -103,7 +103,7 @@ SCRIPT_SHELL = ('f() { while [ $# -gt 1 ]; do [ "$1" = -S ] && i=$2; shift; done
 _PRIORITY = {NativeState.RUNNING: 3, NativeState.PENDING: 2, NativeState.ERROR: 1, NativeState.FINISHED: 0}
 
 
-class GridEngineBackend(Backend):
+class GridEngineBackend(CheckedClientSubmit, Backend):
     type = "sge"
     inferred_from = r"grid\s*engine|\bsge\b|\bsoge\b|\buge\b"
     status_commands = ("qsub", "qstat", "qacct", "qdel")
@@ -225,26 +225,10 @@ class GridEngineBackend(Backend):
         return None
 
     # -- submit -------------------------------------------------------------------------------
-    batch_preamble = CHECK_FUNCTION
-
     def _check(self, job: Job) -> list[str]:
         if not self.options.get("check_paths", True):
             return []
         return check_args("exec" if self.options.get("binary") else "read", job, self.output_files(job))
-
-    def submit_argv(self, job: Job, run_as: str | None) -> list[str]:
-        if job.array_spec:
-            return as_user(["sh", "-c", f"{CHECK_FUNCTION}; {self.batch_line(job)}"], run_as)
-        check = self._check(job)
-        argv = self._client_argv(job)
-        return as_user(["sh", "-c", CHECK_SCRIPT, "sh", *check, *argv] if check else argv, run_as)
-
-    def batch_line(self, job: Job):
-        check = self._check(job)
-        if job.array_spec:
-            line = self._array_line(job)
-            return command_line(["ms_check", *check, "sh", "-c", line]) if check else line
-        return command_line((["ms_check", *check] if check else []) + self._client_argv(job))
 
     def _client_argv(self, job: Job) -> list[str]:
         reason = path_reason(job)

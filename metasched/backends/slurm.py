@@ -37,7 +37,7 @@ import re
 from dataclasses import replace
 
 from ..model import Accounting, ArraySpec, Job
-from .base import (CHECK_FUNCTION, CHECK_SCRIPT, RUN_SCRIPT, TASK_SLOT, as_user, Backend, check_args, client_argv,
+from .base import (CheckedClientSubmit, RUN_SCRIPT, TASK_SLOT, as_user, Backend, check_args, client_argv,
                    command_line, control_character_reason, custom_outputs, duration_seconds, export_names,
                    FinalState, first_line, hms, iso_seconds_between, local_to_utc_iso, memory_text, native_problem,
                    NativeJob, NativeProblem, NativeState, NativeTask, OutputFiles, parse_getopt_native,
@@ -102,7 +102,7 @@ def _native_state(state: str) -> NativeState:
     return NativeState.PENDING   # PENDING_STATES and anything new: not over
 
 
-class SlurmBackend(Backend):
+class SlurmBackend(CheckedClientSubmit, Backend):
     type = "slurm"
     inferred_from = r"slurm"
     status_commands = ("sbatch", "squeue", "scontrol", "scancel")
@@ -183,26 +183,10 @@ class SlurmBackend(Backend):
                            joined=job.spec.join)
 
     # -- submit -------------------------------------------------------------------------------
-    batch_preamble = CHECK_FUNCTION
-
     def _check(self, job: Job) -> list[str]:
         if not self.options.get("check_paths", True):
             return []
         return check_args("read", job, self.output_files(job))
-
-    def submit_argv(self, job: Job, run_as: str | None) -> list[str]:
-        if job.array_spec:
-            return as_user(["sh", "-c", f"{CHECK_FUNCTION}; {self.batch_line(job)}"], run_as)
-        check = self._check(job)
-        argv = self._client_argv(job)
-        return as_user(["sh", "-c", CHECK_SCRIPT, "sh", *check, *argv] if check else argv, run_as)
-
-    def batch_line(self, job: Job):
-        check = self._check(job)
-        if job.array_spec:
-            line = self._array_line(job)
-            return command_line(["ms_check", *check, "sh", "-c", line]) if check else line
-        return command_line((["ms_check", *check] if check else []) + self._client_argv(job))
 
     def _client_argv(self, job: Job) -> list[str]:
         reason = path_reason(job)
