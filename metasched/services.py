@@ -1028,33 +1028,27 @@ class Services:
     def hold_job(self, caller: Caller, job_id: int) -> Shown:
         """Before dispatch: the job (or array) is held in our queue. An array in its scheduler's queue: every
         task still waiting there is held (the poller holds them in the scheduler)."""
-        self.require(caller)
-        now = self.now()
-        with self.db.write():
-            job = self._visible_job(caller, job_id)
-            if job.array_spec and job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
-                lifecycle.move_tasks(self.repo, job, [JobStatus.QUEUED], JobStatus.HELD, actor=caller.user,
-                                     reason=f"held by {caller.user}", now=now)
-            elif job.status is not JobStatus.HELD:
-                if job.status is not JobStatus.TO_BE_QUEUED:
-                    raise JobStateConflict(job.id, job.status.value, "hold (only jobs not yet dispatched)")
-                job = self._transition(job, JobStatus.HELD, caller.user, f"held by {caller.user}", now)
-            shown = self._shown([job])[0]
-        self._notify()
-        return shown
+        return self._hold_or_release(caller, job_id, hold=True)
 
     def release_job(self, caller: Caller, job_id: int) -> Shown:
+        return self._hold_or_release(caller, job_id, hold=False)
+
+    def _hold_or_release(self, caller: Caller, job_id: int, *, hold: bool) -> Shown:
+        waiting, held, queued = JobStatus.TO_BE_QUEUED, JobStatus.HELD, JobStatus.QUEUED
+        old, new, tasks_from, tasks_to, verb, only = (
+            (waiting, held, queued, held, "held", "hold (only jobs not yet dispatched)") if hold else
+            (held, waiting, held, queued, "released", "release (only held jobs)"))
         self.require(caller)
         now = self.now()
         with self.db.write():
             job = self._visible_job(caller, job_id)
             if job.array_spec and job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
-                lifecycle.move_tasks(self.repo, job, [JobStatus.HELD], JobStatus.QUEUED, actor=caller.user,
-                                     reason=f"released by {caller.user}", now=now)
-            elif job.status is not JobStatus.TO_BE_QUEUED:
-                if job.status is not JobStatus.HELD:
-                    raise JobStateConflict(job.id, job.status.value, "release (only held jobs)")
-                job = self._transition(job, JobStatus.TO_BE_QUEUED, caller.user, f"released by {caller.user}", now)
+                lifecycle.move_tasks(self.repo, job, [tasks_from], tasks_to, actor=caller.user,
+                                     reason=f"{verb} by {caller.user}", now=now)
+            elif job.status is not new:
+                if job.status is not old:
+                    raise JobStateConflict(job.id, job.status.value, only)
+                job = self._transition(job, new, caller.user, f"{verb} by {caller.user}", now)
             shown = self._shown([job])[0]
         self._notify()
         return shown
