@@ -17,6 +17,14 @@ def reasons(sc, srv, job_id) -> list[str]:
     return [e["reason"] or "" for e in sc.events(srv, job_id)]
 
 
+def _descends(table, pid: int, ancestor: int) -> bool:
+    while pid > 1 and pid in table:
+        pid = int(table[pid][1])
+        if pid == ancestor:
+            return True
+    return False
+
+
 def dispatching(srv) -> list[int]:
     return [j["id"] for j in srv.root("GET", "/jobs?status=DISPATCHING&limit=1000").json()["items"]]
 
@@ -50,6 +58,32 @@ def test_a_submit_that_always_times_out_ends_in_error_after_bounded_attempts(sce
     assert [(e["old_status"], e["new_status"]) for e in events].count(("TO_BE_QUEUED", "DISPATCHING")) == 3
     assert len(events) < 20, events               # no event storm while it retried
     assert sc.runs() == {}
+
+
+def test_a_dispatch_cut_short_by_the_holders_death_is_not_counted_against_max_attempts(scenario):
+    """The holder is killed in the middle of the job's only allowed attempt: the job did nothing wrong, so it is
+    dispatched again and runs, once (CI, 2026-12-01: such jobs ended "gave up after 3 dispatch attempts")."""
+    sc = scenario
+    sc.launcher("before 3")           # the holder dies while the job's round trip waits to start it
+    srv = sc.start(workers=2, poller={"max_attempts": 1}, ssh={"command_timeout": 30})
+    holder = sc.holder_pid(srv)
+    job = sc.submit(srv, "k1", seconds=1)
+    sc.wait("the job being dispatched", lambda: job["id"] in dispatching(srv))
+    # the holder dies, and its round trip with it (as a remote command does when its SSH connection drops)
+    os.kill(holder, signal.SIGSTOP)
+    table = proc_table()
+    session = [pid for pid in table if pid != holder and _descends(table, pid, holder)]
+    os.kill(holder, signal.SIGKILL)
+    for pid in session:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    done = sc.wait_final(srv, [job["id"]], 90)[job["id"]]
+    why = reasons(sc, srv, job["id"])
+    assert (done["status"], done["exit_code"]) == ("COMPLETED", 0), (done, why)
+    assert sc.runs() == {"k1": 1}
+    assert any("the poller that dispatched it stopped before the answer" in r for r in why), why
 
 
 # 2. a cancel request wins: over a submit that never gets through, and over the recovery of a crash ------
