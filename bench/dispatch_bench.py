@@ -41,13 +41,14 @@ from tests.server.conftest import UnixHTTPConnection, http_request, start_server
 USER = "alice"
 
 
-def job_dir(base: pathlib.Path) -> tuple[pathlib.Path, str]:
+def job_dir(base: pathlib.Path, body: str = "true") -> tuple[pathlib.Path, str]:
+    """A directory of USER's with an executable script t.sh running ``body``: (the directory, the script)."""
     pw = pwd.getpwnam(USER)
     d = base / USER
     d.mkdir()
     os.chown(d, pw.pw_uid, pw.pw_gid)
     script = d / "t.sh"
-    script.write_text("#!/bin/sh\ntrue\n")
+    script.write_text(f"#!/bin/sh\n{body}\n")
     os.chmod(script, 0o755)
     os.chown(script, pw.pw_uid, pw.pw_gid)
     return d, str(script)

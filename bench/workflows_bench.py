@@ -36,23 +36,12 @@ import xml.etree.ElementTree as ET
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from bench.dispatch_bench import job_dir  # noqa: E402
 from tests.lab.fixtures import LAB_LOCK  # noqa: E402
 from tests.lab.lab import Lab, ssh_exec  # noqa: E402
 from tests.server.conftest import UnixHTTPConnection, http_request, start_server  # noqa: E402
 
 USER = "alice"
-
-
-def job_dir(base: pathlib.Path) -> tuple[pathlib.Path, str]:
-    pw = pwd.getpwnam(USER)
-    d = base / USER
-    d.mkdir()
-    os.chown(d, pw.pw_uid, pw.pw_gid)
-    script = d / "t.sh"
-    script.write_text("#!/bin/sh\nsleep 3600\n")
-    os.chmod(script, 0o755)
-    os.chown(script, pw.pw_uid, pw.pw_gid)
-    return d, str(script)
 
 
 def sge(lab: Lab, *args: str) -> str:
@@ -206,7 +195,7 @@ def main() -> None:
     os.chmod(base, 0o755)
     rows, cycle = [], {}
     try:
-        d, script = job_dir(base)
+        d, script = job_dir(base, "sleep 3600")
         for kind in ("sge", "slurm"):
             rows.append((kind, raw(lab, kind, d, script, n)))
             clean(lab)
