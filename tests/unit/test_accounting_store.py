@@ -8,11 +8,12 @@ import pytest
 
 from metasched import config as cfgmod
 from metasched import lifecycle
-from metasched.db.core import SCHEMA_VERSION, Database, _split_statements, migrations
+from metasched.db.core import SCHEMA_VERSION, Database, migrations
 from metasched.db.repository import Repository
 from metasched.identity import Authority
 from metasched.model import NO_SPEC, Accounting, JobStatus
 from metasched.services import Services
+from tests.unit.old_versions import database_at_version
 
 CONFIG = {"policy": {"name": "shared"}, "nodes": [{"ip": "10.0.0.1"}],
           "schedulers": [{"name": "SGE", "master": 0, "weight": 100}]}
@@ -26,13 +27,7 @@ def test_migration_versions_are_contiguous():
 
 def test_a_version_3_database_migrates_to_the_latest_and_keeps_its_jobs(tmp_path):
     path = str(tmp_path / "v3.sqlite3")
-    conn = sqlite3.connect(path, isolation_level=None)
-    for version, _, text in migrations():
-        if version > 3:
-            break
-        for stmt in _split_statements(text):
-            conn.execute(stmt)
-        conn.execute(f"PRAGMA user_version = {version}")
+    conn = database_at_version(path, 3)
     conn.execute("INSERT INTO nodes (address, port, position) VALUES ('10.0.0.1', 22, 0)")
     conn.execute("INSERT INTO queues (name, type, master_node_id, weight, position, created_at) "
                  "VALUES ('SGE', 'sge', 1, 100, 0, 'now')")

@@ -8,11 +8,12 @@ import pytest
 
 from metasched import config as cfgmod
 from metasched import lifecycle
-from metasched.db.core import SCHEMA_VERSION, Database, _split_statements, migrations
+from metasched.db.core import SCHEMA_VERSION, Database, migrations
 from metasched.db.repository import Repository
 from metasched.identity import Authority
 from metasched.model import NO_SPEC, ArraySpec, Dependency, JobStatus
 from metasched.services import Services
+from tests.unit.old_versions import database_at_version
 
 CONFIG = {"policy": {"name": "shared"}, "nodes": [{"ip": "10.0.0.1"}],
           "schedulers": [{"name": "SGE", "master": 0, "weight": 60}, {"name": "Slurm", "master": 0, "weight": 40}]}
@@ -25,14 +26,7 @@ def test_a_version_3_database_goes_through_4_5_and_6_to_7_and_on(tmp_path):
     versions = [v for v, _, _ in migrations()]
     assert versions == list(range(1, SCHEMA_VERSION + 1)) and SCHEMA_VERSION >= 7
     path = str(tmp_path / "v3.sqlite3")
-    conn = sqlite3.connect(path, isolation_level=None)
-    for version, _, text in migrations():
-        if version <= 3:
-            conn.execute("BEGIN")
-            for stmt in _split_statements(text):
-                conn.execute(stmt)
-            conn.execute(f"PRAGMA user_version = {version}")
-            conn.execute("COMMIT")
+    conn = database_at_version(path, 3)
     conn.execute("INSERT INTO nodes (address, port, position) VALUES ('n', 22, 0)")
     conn.execute("INSERT INTO queues (name, type, master_node_id, weight, position, created_at) "
                  "VALUES ('SGE', 'sge', 1, 50, 0, 'x')")
@@ -64,14 +58,7 @@ def test_migration_7_on_a_version_5_database_keeps_the_spec_column_and_the_spark
     """0007 only adds (columns, a table, a trigger, a view): jobs.spec, with its values and its JSON check, and the
     queues 0004 rebuilt (any backend's type, spark's too) are as they were."""
     path = str(tmp_path / "v5.sqlite3")
-    conn = sqlite3.connect(path, isolation_level=None)
-    for version, _, text in migrations():
-        if version <= 5:
-            conn.execute("BEGIN")
-            for stmt in _split_statements(text):
-                conn.execute(stmt)
-            conn.execute(f"PRAGMA user_version = {version}")
-            conn.execute("COMMIT")
+    conn = database_at_version(path, 5)
     conn.execute("INSERT INTO nodes (address, port, position) VALUES ('n', 22, 0)")
     conn.execute("INSERT INTO queues (name, type, master_node_id, weight, position, created_at) "
                  "VALUES ('Spark', 'spark', 1, 50, 0, 'x')")

@@ -8,8 +8,9 @@ import pytest
 
 from metasched import config as C
 from metasched import events as EV
-from metasched.db.core import Database, _split_statements, migrations
+from metasched.db.core import Database
 from metasched.db.repository import Repository
+from tests.unit.old_versions import migrate_to
 from metasched.model import FeedEvent, JobNotify
 
 BASE = {"policy": {"name": "shared"}, "nodes": [{"ip": "10.0.0.1"}],
@@ -141,12 +142,7 @@ def test_a_database_of_version_5_migrates_across_the_gap_to_8(tmp_path):
     """Versions 6 and 7 are on other branches: a database at 5 gets 8 (the runner applies every migration above
     its user_version in order), and its history becomes the event log without being delivered again."""
     d = Database(str(tmp_path / "gap.sqlite3"))
-    conn = d.conn
-    for version, _, text in migrations():
-        if version <= 5:
-            for stmt in _split_statements(text):
-                conn.execute(stmt)
-            conn.execute(f"PRAGMA user_version = {version}")
+    conn = migrate_to(d.conn, 5)
     conn.execute("INSERT INTO nodes (id, address, port) VALUES (1, 'n', 22)")
     conn.execute("INSERT INTO queues (id, name, type, master_node_id, weight, created_at) VALUES (1, 'q', 'local', 1, 1, 't')")
     conn.execute("INSERT INTO jobs (id, name, queue_id, owner, status, path, pwd, created_at, updated_at) "

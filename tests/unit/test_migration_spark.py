@@ -6,20 +6,12 @@ import sqlite3
 
 import pytest
 
-from metasched.db.core import SCHEMA_VERSION, Database, _split_statements, migrations
+from metasched.db.core import SCHEMA_VERSION, Database
+from tests.unit import old_versions
 
 
 def migrate_to(db: Database, upto: int) -> None:
-    conn = db.conn
-    for version, _, text in migrations():
-        if version > upto:
-            break
-        conn.execute("BEGIN IMMEDIATE")
-        for stmt in _split_statements(text):
-            conn.execute(stmt)
-        conn.execute(f"PRAGMA user_version = {version}")
-        conn.execute("COMMIT")
-
+    old_versions.migrate_to(db.conn, upto)
 
 def test_a_populated_database_gains_the_spark_type_and_keeps_its_rows(tmp_path):
     db = Database(str(tmp_path / "v3.sqlite3"))
