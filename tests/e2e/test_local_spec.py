@@ -7,14 +7,12 @@ from __future__ import annotations
 import os
 import pathlib
 import pwd
-import shutil
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
-from tests.server.conftest import REPO, wait_job
+from tests.server.conftest import REPO, own_directory, wait_job
 
 CONFIG = {
     "policy": {"name": "shared"},
@@ -33,13 +31,8 @@ def srv(server_factory):
 @pytest.fixture
 def home(users):
     """A directory of alice's own, reachable by her (not under root's 0700 tmp_path)."""
-    base = pathlib.Path(tempfile.mkdtemp(prefix="metasched-spec-"))
-    os.chmod(base, 0o755)
-    d = base / "alice"
-    d.mkdir()
-    os.chown(d, users["alice"].pw_uid, users["alice"].pw_gid)
-    yield d
-    shutil.rmtree(base, ignore_errors=True)
+    with own_directory(users["alice"], "metasched-spec-") as d:
+        yield d
 
 
 def cli(srv, user, *args, cwd, extra_env=None, **kw):

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import os
 import pathlib
-import re
-import shutil
-import tempfile
 import threading
 import time
 
 import pytest
 
-from tests.server.conftest import proc_table, wait_job, wait_until
+from tests.server.conftest import own_directory, proc_table, wait_job, wait_until
 
 CONFIG = {
     "policy": {"name": "shared"},
@@ -41,13 +38,8 @@ def every_cycle_completes(srv):
 
 @pytest.fixture
 def home(users):
-    base = pathlib.Path(tempfile.mkdtemp(prefix="metasched-wf-"))
-    os.chmod(base, 0o755)
-    d = base / "alice"
-    d.mkdir()
-    os.chown(d, users["alice"].pw_uid, users["alice"].pw_gid)
-    yield d
-    shutil.rmtree(base, ignore_errors=True)
+    with own_directory(users["alice"], "metasched-wf-") as d:
+        yield d
 
 
 def script(path: pathlib.Path, text: str, owner) -> str:

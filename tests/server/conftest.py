@@ -11,9 +11,11 @@ interpreter under /root is not readable by them, so nothing may be imported afte
 """
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
+import pathlib
 import pwd
 import shutil
 import signal
@@ -327,6 +329,21 @@ def wait_until(what: str, fn, timeout: float = 30.0, interval: float = 0.2):
             return last
         time.sleep(interval)
     raise AssertionError(f"{what}: not seen within {timeout} s (last: {last!r})")
+
+
+@contextlib.contextmanager
+def own_directory(pw: pwd.struct_passwd, prefix: str):
+    """A directory of the user's own (``<tmp>/<user>``, its parent world-readable: not under root's 0700
+    tmp_path, so that the user's jobs can reach it), removed afterwards."""
+    base = pathlib.Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(base, 0o755)
+    d = base / pw.pw_name
+    d.mkdir()
+    os.chown(d, pw.pw_uid, pw.pw_gid)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def proc_table() -> dict[int, list[str]]:

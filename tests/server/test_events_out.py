@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import os
 import pathlib
-import shutil
-import tempfile
 
 import pytest
 
-from .conftest import BASE_CONFIG
+
+from .conftest import BASE_CONFIG, own_directory
 from .receivers import MailReceiver, WebhookReceiver, wait_for
 
 SITE_SECRET = "site-secret-0123456789"
@@ -43,13 +42,8 @@ def srv(server_factory, hooks, smtp):
 
 @pytest.fixture(scope="module")
 def home(users):
-    base = pathlib.Path(tempfile.mkdtemp(prefix="metasched-events-"))
-    os.chmod(base, 0o755)
-    d = base / "alice"
-    d.mkdir()
-    os.chown(d, users["alice"].pw_uid, users["alice"].pw_gid)
-    yield d
-    shutil.rmtree(base, ignore_errors=True)
+    with own_directory(users["alice"], "metasched-events-") as d:
+        yield d
 
 
 def script(d: pathlib.Path, name: str, text: str, owner) -> str:
