@@ -12,7 +12,7 @@ from metasched.web.openapi import build_document
 
 from metasched.web.app import ID
 
-from .conftest import DOCUMENT, check, doc_template
+from .conftest import BASE_CONFIG, DOCUMENT, check, doc_template
 
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}
 
@@ -51,6 +51,22 @@ def test_every_route_and_method_is_documented(app):
     assert not missing, f"routes missing from the OpenAPI document: {sorted(missing)}"
     extra = doc_operations(build_document()) - ops
     assert not extra, f"documented but not served: {sorted(extra)}"
+
+
+def _served_operations(app) -> set[tuple[str, str]]:
+    return doc_operations(webtest.TestApp(app).get("/openapi.json").json)
+
+
+def test_the_service_documents_exactly_what_it_serves(tmp_path):
+    """The app a worker runs (runner.make_app: the API and /metrics): every route and method it serves is in the
+    document it serves, and the document names nothing else."""
+    from metasched import config as cfgmod
+    from metasched.runner import make_app
+    cfg = cfgmod.parse(dict(BASE_CONFIG, server=dict(BASE_CONFIG["server"], database=str(tmp_path / "db.sqlite3"))))
+    app = make_app(cfg, start_poller=False)
+    served = app_operations(app)
+    assert {("/metrics", "get"), ("/openapi.json", "get"), ("/jobs/{job_id}", "patch")} <= served
+    assert _served_operations(app) == served
 
 
 def test_route_check_fails_when_a_route_is_missing(app):
