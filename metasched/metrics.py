@@ -18,7 +18,7 @@ import math
 from . import __version__
 from .model import JobStatus
 from .services import Services
-from .web import openapi
+from .web.routes import Route
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -193,17 +193,13 @@ class MetricsResource:
         resp.text = render(collect(self.svc))
 
 
-openapi.register("/metrics", {"get": {
+# The routes this module serves: runner.make_app passes them to web.app.create_app beside the API's.
+ROUTES = (Route("/metrics", MetricsResource, {"get": {
     "summary": "Prometheus metrics (text format 0.0.4); readable without identity: counts only",
     "security": [],
     "responses": {"200": {"description": "Prometheus text exposition format",
                           "content": {"text/plain": {"schema": {"type": "string"}}}}},
-}})
+}}),)
 
 
-def metrics_routes(services: Services) -> list[tuple[str, object]]:
-    """The routes runner.make_app adds to the app."""
-    return [("/metrics", MetricsResource(services))]
-
-
-__all__ = ["metrics_routes", "collect", "render", "Family", "CONTENT_TYPE"]
+__all__ = ["ROUTES", "collect", "render", "Family", "CONTENT_TYPE"]

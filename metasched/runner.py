@@ -111,6 +111,7 @@ def make_app(cfg: Config, start_poller: bool = True):
     """Build one worker's app (and start its poller thread)."""
     from .db.core import Database
     from .identity import Authority
+    from .metrics import ROUTES as METRICS_ROUTES
     from .services import Services
     from .web.app import create_app
     db = Database(cfg.server.database)
@@ -121,15 +122,9 @@ def make_app(cfg: Config, start_poller: bool = True):
         poller = PollerThread.for_config(cfg)
         services.on_new_work = poller.wake
         poller.start()
-    extra = []
-    try:
-        from .metrics import metrics_routes
-        extra = metrics_routes(services)
-    except ImportError:
-        pass
     global _worker_poller
     _worker_poller = poller   # falcon.App has __slots__: the worker's poller is kept here, one per process
-    return create_app(services, extra)
+    return create_app(services, METRICS_ROUTES)
 
 
 def binds(cfg: Config) -> list[str]:

@@ -1,7 +1,8 @@
-"""The Falcon app: factory, identity middleware, resources, error mapping.
+"""The Falcon app: factory, identity middleware, resources, the route table, error mapping.
 
 Resources are thin: parse input, call one Services method, set resp.media/status/location. Domain
-errors are mapped to HTTP once, in ``_handle_domain_error``; resources never catch exceptions.
+errors are mapped to HTTP once, in ``_handle_domain_error``; resources never catch exceptions. Every route
+is one entry of ``ROUTES`` (see web/routes.py): its template, its resource and its OpenAPI operations.
 """
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from .. import __version__, errors as E
 from ..identity import ANONYMOUS, peer_uid
 from ..model import JobStatus
 from ..services import History, Services, days_before, utc_text
+from . import openapi as O
 from . import schemas as S
 from . import views as V
+from .routes import ID, TASK, Route
 from .stream import EventHub
 from .validation import BAD_TEXT, TEXT_RULE, check_text, parse_body, validate
 
@@ -28,8 +31,6 @@ STATUS_OF = [
     (E.Invalid, falcon.HTTP_400), (E.Unauthenticated, falcon.HTTP_401), (E.Forbidden, falcon.HTTP_403),
     (E.NotFound, falcon.HTTP_404), (E.Conflict, falcon.HTTP_409), (E.Unavailable, falcon.HTTP_503),
 ]
-ID = "id"   # a job, queue, node or token id in a path: see IdConverter
-TASK = "task"   # an array task's index in a path: see TaskConverter
 
 
 class IdConverter(falcon.routing.BaseConverter):
@@ -175,6 +176,7 @@ def read_body(req, schema: dict, optional: bool = False) -> dict:
 class Base:
     def __init__(self, services: Services):
         self.svc = services
+        self.page_limit = services.config.server.page_limit    # a listing's page size when none is asked
 
 
 class RootResource(Base):
@@ -222,10 +224,6 @@ class QueueResource(Base):
 
 
 class JobsResource(Base):
-    def __init__(self, services: Services, page_limit: int):
-        super().__init__(services)
-        self.page_limit = page_limit
-
     def on_post(self, req, resp):
         shown = self.svc.submit_job(req.context.caller, read_body(req, S.JOB_SUBMIT))
         resp.status = falcon.HTTP_201
@@ -271,10 +269,6 @@ class JobsResource(Base):
 
 class ForeignJobsResource(Base):
     """Jobs submitted directly to the schedulers (plain qsub / sbatch): seen, counted, never touched."""
-
-    def __init__(self, services: Services, page_limit: int):
-        super().__init__(services)
-        self.page_limit = page_limit
 
     def on_get(self, req, resp):
         params = _query(req, {"queue", "owner", "after", "limit"})
@@ -345,10 +339,6 @@ class JobWhyResource(Base):
 class EventsResource(Base):
     """The event log, a page at a time: your jobs' events (admins: everyone's) and the cluster's."""
 
-    def __init__(self, services: Services, page_limit: int):
-        super().__init__(services)
-        self.page_limit = page_limit
-
     def on_get(self, req, resp):
         params = _query(req, {"after", "limit"})
         after = _int_param(params, "after", 0, 0)
@@ -359,9 +349,9 @@ class EventsResource(Base):
 class EventStreamResource(Base):
     """The event log as server-sent events (see web/stream.py); resumes after Last-Event-ID (or ?after=)."""
 
-    def __init__(self, services: Services, hub):
+    def __init__(self, services: Services):
         super().__init__(services)
-        self.hub = hub
+        self.hub = EventHub(services)     # one per app: its streams share the probe of the database
 
     def on_get(self, req, resp):
         from .stream import EventStream
@@ -420,10 +410,6 @@ class UsageResource(Base):
 
 
 class TasksResource(Base):
-    def __init__(self, services: Services, page_limit: int):
-        super().__init__(services)
-        self.page_limit = page_limit
-
     def on_get(self, req, resp, job_id):
         params = _query(req, {"status", "after", "limit"})
         statuses = _statuses(params)
@@ -589,42 +575,46 @@ def _int_param(params: dict, name: str, default: int, lo: int, hi: int | None = 
 
 # -- factory ------------------------------------------------------------------------------------
 
-def routes(services: Services) -> list[tuple[str, object]]:
-    page = services.config.server.page_limit
-    return [
-        ("/", RootResource(services)),
-        ("/status", RootResource(services)),
-        ("/cluster/mode", ModeResource(services)),
-        ("/cluster/nodes", NodesResource(services)),
-        ("/cluster/nodes/master", MasterNodeResource(services)),
-        (f"/cluster/nodes/{{node_id:{ID}}}", NodeResource(services)),
-        ("/queues", QueuesResource(services)),
-        (f"/queues/{{queue_id:{ID}}}", QueueResource(services)),
-        ("/jobs", JobsResource(services, page)),
-        (f"/jobs/{{job_id:{ID}}}", JobResource(services)),
-        (f"/jobs/{{job_id:{ID}}}/hold", JobHoldResource(services)),
-        (f"/jobs/{{job_id:{ID}}}/release", JobReleaseResource(services)),
-        (f"/jobs/{{job_id:{ID}}}/events", JobEventsResource(services)),
-        (f"/jobs/{{job_id:{ID}}}/output", JobOutputResource(services)),
-        (f"/jobs/{{job_id:{ID}}}/metrics", JobMetricsResource(services)),
-        (f"/cluster/nodes/{{node_id:{ID}}}/metrics", NodeMetricsResource(services)),
-        ("/usage", UsageResource(services)),
-        (f"/jobs/{{job_id:{ID}}}/why", JobWhyResource(services)),
-        (f"/jobs/{{job_id:{ID}}}/tasks", TasksResource(services, page)),
-        (f"/jobs/{{job_id:{ID}}}/tasks/{{task:{TASK}}}", TaskResource(services)),
-        (f"/jobs/{{job_id:{ID}}}/tasks/{{task:{TASK}}}/hold", TaskHoldResource(services)),
-        (f"/jobs/{{job_id:{ID}}}/tasks/{{task:{TASK}}}/release", TaskReleaseResource(services)),
-        (f"/jobs/{{job_id:{ID}}}/tasks/{{task:{TASK}}}/why", JobWhyResource(services)),
-        ("/foreign-jobs", ForeignJobsResource(services, page)),
-        ("/events", EventsResource(services, page)),
-        ("/events/stream", EventStreamResource(services, EventHub(services))),
-        ("/tokens", TokensResource(services)),
-        (f"/tokens/{{token_id:{ID}}}", TokenResource(services)),
-    ]
+# The route table: every route of the API, in the order of the OpenAPI document. A route: its Falcon template
+# (ID, TASK: IdConverter's and TaskConverter's names), its resource (made with the app's Services), its OpenAPI
+# operations by method (openapi.py). A route that is not part of the API (an HTML page) is
+# Route(template, resource, api=False). create_app adds the document's own route, /openapi.json.
+ROUTES: tuple[Route, ...] = (
+    Route("/", RootResource, O.ROOT),
+    Route("/status", RootResource, O.STATUS),
+    Route("/cluster/mode", ModeResource, O.MODE),
+    Route("/cluster/nodes", NodesResource, O.NODES),
+    Route("/cluster/nodes/master", MasterNodeResource, O.MASTER_NODE),
+    Route(f"/cluster/nodes/{{node_id:{ID}}}", NodeResource, O.NODE),
+    Route("/queues", QueuesResource, O.QUEUES),
+    Route(f"/queues/{{queue_id:{ID}}}", QueueResource, O.QUEUE),
+    Route("/jobs", JobsResource, O.JOBS),
+    Route(f"/jobs/{{job_id:{ID}}}", JobResource, O.JOB),
+    Route(f"/jobs/{{job_id:{ID}}}/hold", JobHoldResource, O.JOB_HOLD),
+    Route(f"/jobs/{{job_id:{ID}}}/release", JobReleaseResource, O.JOB_RELEASE),
+    Route(f"/jobs/{{job_id:{ID}}}/events", JobEventsResource, O.JOB_EVENTS),
+    Route(f"/jobs/{{job_id:{ID}}}/why", JobWhyResource, O.JOB_WHY),
+    Route(f"/jobs/{{job_id:{ID}}}/tasks", TasksResource, O.TASKS),
+    Route(f"/jobs/{{job_id:{ID}}}/tasks/{{task:{TASK}}}", TaskResource, O.TASK),
+    Route(f"/jobs/{{job_id:{ID}}}/tasks/{{task:{TASK}}}/hold", TaskHoldResource, O.TASK_HOLD),
+    Route(f"/jobs/{{job_id:{ID}}}/tasks/{{task:{TASK}}}/release", TaskReleaseResource, O.TASK_RELEASE),
+    Route(f"/jobs/{{job_id:{ID}}}/tasks/{{task:{TASK}}}/why", JobWhyResource, O.TASK_WHY),
+    Route(f"/jobs/{{job_id:{ID}}}/output", JobOutputResource, O.JOB_OUTPUT),
+    Route(f"/jobs/{{job_id:{ID}}}/metrics", JobMetricsResource, O.JOB_METRICS),
+    Route(f"/cluster/nodes/{{node_id:{ID}}}/metrics", NodeMetricsResource, O.NODE_METRICS),
+    Route("/usage", UsageResource, O.USAGE),
+    Route("/foreign-jobs", ForeignJobsResource, O.FOREIGN_JOBS),
+    Route("/events", EventsResource, O.EVENTS),
+    Route("/events/stream", EventStreamResource, O.EVENT_STREAM),
+    Route("/tokens", TokensResource, O.TOKENS),
+    Route(f"/tokens/{{token_id:{ID}}}", TokenResource, O.TOKEN),
+)
 
 
-def create_app(services: Services, extra_routes: list[tuple[str, object]] | None = None) -> falcon.App:
-    from .openapi import build_document
+def create_app(services: Services, extra_routes: tuple[Route, ...] | list[Route] = ()) -> falcon.App:
+    """The app serving ROUTES and extra_routes (the composition root's: metrics.ROUTES), and at /openapi.json the
+    document of exactly those routes."""
+    table = (*ROUTES, *extra_routes)
     app = falcon.App(middleware=[BodyLimitMiddleware(services.config.server.max_body_bytes),
                                  IdentityMiddleware(services)])
     app.router_options.converters["id"] = IdConverter
@@ -634,9 +624,9 @@ def create_app(services: Services, extra_routes: list[tuple[str, object]] | None
     app.req_options.strip_url_path_trailing_slash = True
     app.req_options.auto_parse_qs_csv = False
     app.resp_options.secure_cookies_by_default = True
-    for template, resource in routes(services) + list(extra_routes or []):
-        app.add_route(template, resource)
-    app.add_route("/openapi.json", OpenApiResource(build_document()))
+    for route in table:
+        app.add_route(route.template, route.resource(services))
+    app.add_route(O.DOCUMENT_PATH, OpenApiResource(O.build_document(table)))
     app.add_error_handler(Exception, _handle_unexpected)
     app.add_error_handler(E.MetaschedError, _handle_domain_error)
     app.set_error_serializer(_serialize_http_error)

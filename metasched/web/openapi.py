@@ -1,5 +1,6 @@
-"""The OpenAPI 3.1 document of every route. Its request schemas are the ones the API enforces (schemas.py);
-a test fails when a route of the app is missing here, and the web tests validate real responses against it."""
+"""The OpenAPI 3.1 document of an app's routes: the operations of each route (the route table, web.app.ROUTES,
+pairs them with its template and resource) and what every operation shares. Its request schemas are the ones
+the API enforces (schemas.py); the web tests validate real responses against it."""
 from __future__ import annotations
 
 import json
@@ -48,155 +49,185 @@ WINDOW = [_query("since", TIME_PARAM, "samples taken at or after this"),
 TASK_ID = JOB_ID + [{"name": "task", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}]
 WRITE_ERRORS = (400, 401, 404, 409, 413, 415)
 
-PATHS = {
-    "/": {"get": _op("Service, version, who you are", {"200": _resp("Status")}, errors=())},
-    "/status": {"get": _op("Service, version, who you are, the poller's last cycle", {"200": _resp("Status")},
-                           errors=())},
-    "/cluster/mode": {
-        "get": _op("The cluster policy and weights", {"200": _resp("Mode")}),
-        "put": _op("Change the policy (admins); recorded as an event, survives restarts. With dry_run=true: what "
-                   "the proposed mode would dispatch now and the CPU shares per node under it, changing nothing",
-                   {"200": {"description": "the mode in force (a dry run: DryRun)", "content": {"application/json": {
-                       "schema": {"oneOf": [{"$ref": "#/components/schemas/Mode"},
-                                            {"$ref": "#/components/schemas/DryRun"}]}}}}},
-                   errors=(400, 401, 403, 413, 415), body="ModePut",
-                   params=[_query("dry_run", {"type": "boolean"}, "true: answer what it would do, change nothing")]),
-    },
-    "/cluster/nodes": {"get": _op("Nodes and their liveness", {"200": _resp("NodeList")})},
-    "/cluster/nodes/master": {"get": _op("The master (frontend) node", {"200": _resp("Node")})},
-    "/cluster/nodes/{node_id}": {"get": _op("One node", {"200": _resp("Node")}, errors=(401, 404),
-                                            params=[_path_param("node_id")])},
-    "/queues": {"get": _op("One queue per scheduler, with job counts per state (ours, and foreign_jobs: those "
-                           "submitted to the scheduler directly)", {"200": _resp("QueueList")})},
-    "/queues/{queue_id}": {"get": _op("One queue", {"200": _resp("Queue")}, errors=(401, 404),
-                                      params=[_path_param("queue_id")])},
-    "/jobs": {
-        "post": _op("Submit a job", {"201": _resp("Job", "created; Location names it")},
-                    errors=(400, 401, 403, 413, 415), body="JobSubmit"),
-        "get": _op("List jobs (yours; admins: everyone's), oldest first (or newest first), a page at a time. With "
-                   "since or until: the history, jobs that ended in that window, newest end first",
-                   {"200": _resp("JobList")}, errors=(400, 401, 403), params=[
-                       _query("status", {"type": "string"}, "comma-separated states"),
-                       _query("queue", {"type": "string"}, "queue id or name (empty: any)"),
-                       _query("owner", {"type": "string"}, "admins only (empty: anyone's)"),
-                       _query("order", {"type": "string", "enum": ["oldest", "newest"]}, "oldest first (default) "
-                              "or newest first"),
-                       _query("after", {"type": "integer", "minimum": 0}, "cursor: list ids greater than this"),
-                       _query("before", {"oneOf": [
-                           {"type": "integer", "minimum": 1},
-                           {"type": "string", "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+Z,[0-9]+$"}]},
-                           "cursor of order=newest: list ids smaller than this; with since or until, the history's "
-                           "cursor (<finished_at>,<id>), from a next link"),
-                       _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size"),
-                       _query("since", TIME_PARAM, "history: jobs that ended (finished_at) at or after this"),
-                       _query("until", TIME_PARAM, "history: jobs that ended before this"),
-                       INCLUDE]),
-    },
-    "/jobs/{job_id}": {
-        "get": _op("One job, with its variables and where its output goes (include=metrics: and its latest live "
-                   "measurement)", {"200": _resp("JobDetail")}, errors=(400, 401, 404), params=JOB_ID + [INCLUDE]),
-        "patch": _op("Edit a job before it is dispatched (its dependencies too: after)", {"200": _resp("Job")},
-                     errors=WRITE_ERRORS,
-                     body="JobPatch", params=JOB_ID),
-        "delete": _op("Cancel: at once before dispatch (200), else a request the poller carries out (202)",
-                      {"200": _resp("Job", "cancelled"), "202": _resp("Job", "cancel requested")},
-                      errors=(401, 404, 409), params=JOB_ID),
-    },
-    "/jobs/{job_id}/hold": {"post": _op("Hold a job not yet dispatched", {"200": _resp("Job")},
-                                        errors=(401, 404, 409), params=JOB_ID)},
-    "/jobs/{job_id}/release": {"post": _op("Release a held job", {"200": _resp("Job")},
-                                           errors=(401, 404, 409), params=JOB_ID)},
-    "/jobs/{job_id}/events": {"get": _op("Every state change of a job (of one of its tasks with task=N)",
-                                         {"200": _resp("EventList")}, errors=(400, 401, 404), params=JOB_ID + [
-                                             _query("task", {"type": "integer", "minimum": 0},
-                                                    "an array task's events instead of the job's")])},
-    "/jobs/{job_id}/why": {"get": _op("Why the job waits: the policy's own reason now, its dependencies, a hold, "
-                                      "its place in its queue; in the scheduler's queue, the scheduler's reason",
-                                      {"200": _resp("Why")}, errors=(401, 404), params=JOB_ID)},
-    "/jobs/{job_id}/tasks": {"get": _op("An array's tasks, by index, a page at a time", {"200": _resp("TaskList")},
-                                        errors=(400, 401, 404), params=JOB_ID + [
-                                            _query("status", {"type": "string"}, "comma-separated states"),
-                                            _query("after", {"type": "integer", "minimum": 0},
-                                                   "cursor: tasks with a greater index"),
-                                            _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000},
-                                                   "page size")])},
-    "/jobs/{job_id}/tasks/{task}": {
-        "get": _op("One task of an array", {"200": _resp("Task")}, errors=(401, 404), params=TASK_ID),
-        "delete": _op("Cancel one task: at once before it is in its scheduler (200), else a request the poller "
-                      "carries out (202)", {"200": _resp("Task", "cancelled"), "202": _resp("Task", "cancel requested")},
-                      errors=(401, 404, 409), params=TASK_ID),
-    },
-    "/jobs/{job_id}/tasks/{task}/hold": {"post": _op("Hold a task not started yet (in our queue or the "
-                                                     "scheduler's)", {"200": _resp("Task")},
-                                                     errors=(401, 404, 409), params=TASK_ID)},
-    "/jobs/{job_id}/tasks/{task}/release": {"post": _op("Release a held task", {"200": _resp("Task")},
-                                                        errors=(401, 404, 409), params=TASK_ID)},
-    "/jobs/{job_id}/tasks/{task}/why": {"get": _op("Why a task waits", {"200": _resp("Why")}, errors=(401, 404),
-                                                   params=TASK_ID)},
-    "/jobs/{job_id}/output": {"get": _op(
-        "A job's stdout or stderr (an array's: one task's, task=N): its bytes, read as the job's owner on the "
-        "scheduler's master node, a bounded piece at a time; 404 while the file does not exist, 503 when the node "
-        "does not answer within the server's output_timeout",
-        {"200": {"description": "the bytes; X-Output-Size: the file's size when read, X-Output-Offset: where they "
-                                "start, X-Output-Path: the file (percent-encoded)",
-                 "headers": {h: {"schema": {"type": "integer" if h != "X-Output-Path" else "string"}}
-                             for h in ("X-Output-Size", "X-Output-Offset", "X-Output-Path")},
-                 "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
-        errors=(400, 401, 403, 404, 503), params=JOB_ID + [
-            _query("stream", {"type": "string", "enum": ["stdout", "stderr"]}, "which output (default stdout)"),
-            _query("offset", {"type": "integer"}, "where to start, in bytes (default 0; negative: from the end)"),
-            _query("length", {"type": "integer", "minimum": 1},
-                   "the most bytes to return (default and at most the server's output_max_bytes)"),
-            _query("task", {"type": "integer", "minimum": 0}, "an array's task (required for an array)")])},
-    "/jobs/{job_id}/metrics": {"get": _op(
-        "A job's CPU time and memory over time, as the node agents measured it (downsampled samples, oldest "
-        "first) and the latest measurement", {"200": _resp("JobMetrics")}, errors=(400, 401, 404),
-        params=JOB_ID + WINDOW)},
-    "/cluster/nodes/{node_id}/metrics": {"get": _op(
-        "A node's cpu %, memory %, disk % and load over time (samples, oldest first) and its latest figures",
-        {"200": _resp("NodeMetrics")}, errors=(400, 401, 404), params=[_path_param("node_id")] + WINDOW)},
-    "/usage": {"get": _op(
-        "What the jobs that ended in [since, until) used, per user or per queue (yours; admins: everyone's): "
-        "jobs, CPU-hours, wall-hours, wait p50/p95, failure rate; and per node and scheduler the CPU share it "
-        "had next to the share the policy targeted", {"200": _resp("Usage")}, errors=(400, 401, 403), params=[
-            _query("since", TIME_PARAM, "default: a day before until"),
-            _query("until", TIME_PARAM, "default: now"),
-            _query("group_by", {"type": "string", "enum": ["user", "queue"]}, "default user"),
-            _query("owner", {"type": "string"}, "admins: one user's jobs only")])},
-    "/foreign-jobs": {
-        "get": _op("Jobs submitted directly to the schedulers (yours; admins: everyone's), oldest first, a page "
-                   "at a time; metasched only observes them", {"200": _resp("ForeignJobList")},
-                   errors=(400, 401, 403), params=[
-                       _query("queue", {"type": "string"}, "queue id or name (empty: any)"),
-                       _query("owner", {"type": "string"}, "admins only (empty: anyone's)"),
-                       _query("after", {"type": "integer", "minimum": 0}, "cursor: list ids greater than this"),
-                       _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size")]),
-    },
-    "/events": {"get": _op(
-        "The event log after a cursor, oldest first, a page at a time: your jobs' events (admins: everyone's) and "
-        "the cluster's (mode changes, nodes down and back)", {"200": _resp("EventPage")}, errors=(400, 401), params=[
-            _query("after", {"type": "integer", "minimum": 0}, "cursor: events with ids greater than this"),
-            _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size")])},
-    "/events/stream": {"get": _op(
-        "The same events as server-sent events (id: the event id, event: job or cluster, data: the event as JSON), "
-        "kept open; a comment every events.stream_heartbeat seconds when idle. Resumes after the Last-Event-ID "
-        "header (or ?after=); without either it starts with the next event",
-        {"200": {"description": "text/event-stream",
-                 "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
-        errors=(400, 401), params=[
-            _query("after", {"type": "integer", "minimum": 0}, "start after this event id (Last-Event-ID wins)"),
-            {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"},
-             "description": "the last event id received: the stream continues after it"}])},
-    "/tokens": {
-        "post": _op("Create a bearer token (for yourself; admins for anyone)",
-                    {"201": _resp("TokenCreated")}, errors=(400, 401, 403, 413, 415), body="TokenCreate",
-                    body_required=False),
-        "get": _op("Your tokens (admins: all)", {"200": _resp("TokenList")}),
-    },
-    "/tokens/{token_id}": {"delete": _op("Revoke a token", {"200": _resp("Token")}, errors=(401, 404),
-                                         params=[_path_param("token_id")])},
-    "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+# The OpenAPI operations of each route, by method; web.app.ROUTES pairs each with its URI template and
+# resource, and build_document makes the document's paths from that table.
+ROOT = {"get": _op("Service, version, who you are", {"200": _resp("Status")}, errors=())}
+
+STATUS = {"get": _op("Service, version, who you are, the poller's last cycle", {"200": _resp("Status")},
+                     errors=())}
+
+MODE = {
+    "get": _op("The cluster policy and weights", {"200": _resp("Mode")}),
+    "put": _op("Change the policy (admins); recorded as an event, survives restarts. With dry_run=true: what "
+               "the proposed mode would dispatch now and the CPU shares per node under it, changing nothing",
+               {"200": {"description": "the mode in force (a dry run: DryRun)", "content": {"application/json": {
+                   "schema": {"oneOf": [{"$ref": "#/components/schemas/Mode"},
+                                        {"$ref": "#/components/schemas/DryRun"}]}}}}},
+               errors=(400, 401, 403, 413, 415), body="ModePut",
+               params=[_query("dry_run", {"type": "boolean"}, "true: answer what it would do, change nothing")]),
 }
+
+NODES = {"get": _op("Nodes and their liveness", {"200": _resp("NodeList")})}
+
+MASTER_NODE = {"get": _op("The master (frontend) node", {"200": _resp("Node")})}
+
+NODE = {"get": _op("One node", {"200": _resp("Node")}, errors=(401, 404),
+                   params=[_path_param("node_id")])}
+
+QUEUES = {"get": _op("One queue per scheduler, with job counts per state (ours, and foreign_jobs: those "
+                     "submitted to the scheduler directly)", {"200": _resp("QueueList")})}
+
+QUEUE = {"get": _op("One queue", {"200": _resp("Queue")}, errors=(401, 404),
+                    params=[_path_param("queue_id")])}
+
+JOBS = {
+    "post": _op("Submit a job", {"201": _resp("Job", "created; Location names it")},
+                errors=(400, 401, 403, 413, 415), body="JobSubmit"),
+    "get": _op("List jobs (yours; admins: everyone's), oldest first (or newest first), a page at a time. With "
+               "since or until: the history, jobs that ended in that window, newest end first",
+               {"200": _resp("JobList")}, errors=(400, 401, 403), params=[
+                   _query("status", {"type": "string"}, "comma-separated states"),
+                   _query("queue", {"type": "string"}, "queue id or name (empty: any)"),
+                   _query("owner", {"type": "string"}, "admins only (empty: anyone's)"),
+                   _query("order", {"type": "string", "enum": ["oldest", "newest"]}, "oldest first (default) "
+                          "or newest first"),
+                   _query("after", {"type": "integer", "minimum": 0}, "cursor: list ids greater than this"),
+                   _query("before", {"oneOf": [
+                       {"type": "integer", "minimum": 1},
+                       {"type": "string", "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+Z,[0-9]+$"}]},
+                       "cursor of order=newest: list ids smaller than this; with since or until, the history's "
+                       "cursor (<finished_at>,<id>), from a next link"),
+                   _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size"),
+                   _query("since", TIME_PARAM, "history: jobs that ended (finished_at) at or after this"),
+                   _query("until", TIME_PARAM, "history: jobs that ended before this"),
+                   INCLUDE]),
+}
+
+JOB = {
+    "get": _op("One job, with its variables and where its output goes (include=metrics: and its latest live "
+               "measurement)", {"200": _resp("JobDetail")}, errors=(400, 401, 404), params=JOB_ID + [INCLUDE]),
+    "patch": _op("Edit a job before it is dispatched (its dependencies too: after)", {"200": _resp("Job")},
+                 errors=WRITE_ERRORS,
+                 body="JobPatch", params=JOB_ID),
+    "delete": _op("Cancel: at once before dispatch (200), else a request the poller carries out (202)",
+                  {"200": _resp("Job", "cancelled"), "202": _resp("Job", "cancel requested")},
+                  errors=(401, 404, 409), params=JOB_ID),
+}
+
+JOB_HOLD = {"post": _op("Hold a job not yet dispatched", {"200": _resp("Job")},
+                        errors=(401, 404, 409), params=JOB_ID)}
+
+JOB_RELEASE = {"post": _op("Release a held job", {"200": _resp("Job")},
+                           errors=(401, 404, 409), params=JOB_ID)}
+
+JOB_EVENTS = {"get": _op("Every state change of a job (of one of its tasks with task=N)",
+                         {"200": _resp("EventList")}, errors=(400, 401, 404), params=JOB_ID + [
+                             _query("task", {"type": "integer", "minimum": 0},
+                                    "an array task's events instead of the job's")])}
+
+JOB_WHY = {"get": _op("Why the job waits: the policy's own reason now, its dependencies, a hold, "
+                      "its place in its queue; in the scheduler's queue, the scheduler's reason",
+                      {"200": _resp("Why")}, errors=(401, 404), params=JOB_ID)}
+
+TASKS = {"get": _op("An array's tasks, by index, a page at a time", {"200": _resp("TaskList")},
+                    errors=(400, 401, 404), params=JOB_ID + [
+                        _query("status", {"type": "string"}, "comma-separated states"),
+                        _query("after", {"type": "integer", "minimum": 0},
+                               "cursor: tasks with a greater index"),
+                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000},
+                               "page size")])}
+
+TASK = {
+    "get": _op("One task of an array", {"200": _resp("Task")}, errors=(401, 404), params=TASK_ID),
+    "delete": _op("Cancel one task: at once before it is in its scheduler (200), else a request the poller "
+                  "carries out (202)", {"200": _resp("Task", "cancelled"), "202": _resp("Task", "cancel requested")},
+                  errors=(401, 404, 409), params=TASK_ID),
+}
+
+TASK_HOLD = {"post": _op("Hold a task not started yet (in our queue or the "
+                         "scheduler's)", {"200": _resp("Task")},
+                         errors=(401, 404, 409), params=TASK_ID)}
+
+TASK_RELEASE = {"post": _op("Release a held task", {"200": _resp("Task")},
+                            errors=(401, 404, 409), params=TASK_ID)}
+
+TASK_WHY = {"get": _op("Why a task waits", {"200": _resp("Why")}, errors=(401, 404),
+                       params=TASK_ID)}
+
+JOB_OUTPUT = {"get": _op(
+    "A job's stdout or stderr (an array's: one task's, task=N): its bytes, read as the job's owner on the "
+    "scheduler's master node, a bounded piece at a time; 404 while the file does not exist, 503 when the node "
+    "does not answer within the server's output_timeout",
+    {"200": {"description": "the bytes; X-Output-Size: the file's size when read, X-Output-Offset: where they "
+                            "start, X-Output-Path: the file (percent-encoded)",
+             "headers": {h: {"schema": {"type": "integer" if h != "X-Output-Path" else "string"}}
+                         for h in ("X-Output-Size", "X-Output-Offset", "X-Output-Path")},
+             "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
+    errors=(400, 401, 403, 404, 503), params=JOB_ID + [
+        _query("stream", {"type": "string", "enum": ["stdout", "stderr"]}, "which output (default stdout)"),
+        _query("offset", {"type": "integer"}, "where to start, in bytes (default 0; negative: from the end)"),
+        _query("length", {"type": "integer", "minimum": 1},
+               "the most bytes to return (default and at most the server's output_max_bytes)"),
+        _query("task", {"type": "integer", "minimum": 0}, "an array's task (required for an array)")])}
+
+JOB_METRICS = {"get": _op(
+    "A job's CPU time and memory over time, as the node agents measured it (downsampled samples, oldest "
+    "first) and the latest measurement", {"200": _resp("JobMetrics")}, errors=(400, 401, 404),
+    params=JOB_ID + WINDOW)}
+
+NODE_METRICS = {"get": _op(
+    "A node's cpu %, memory %, disk % and load over time (samples, oldest first) and its latest figures",
+    {"200": _resp("NodeMetrics")}, errors=(400, 401, 404), params=[_path_param("node_id")] + WINDOW)}
+
+USAGE = {"get": _op(
+    "What the jobs that ended in [since, until) used, per user or per queue (yours; admins: everyone's): "
+    "jobs, CPU-hours, wall-hours, wait p50/p95, failure rate; and per node and scheduler the CPU share it "
+    "had next to the share the policy targeted", {"200": _resp("Usage")}, errors=(400, 401, 403), params=[
+        _query("since", TIME_PARAM, "default: a day before until"),
+        _query("until", TIME_PARAM, "default: now"),
+        _query("group_by", {"type": "string", "enum": ["user", "queue"]}, "default user"),
+        _query("owner", {"type": "string"}, "admins: one user's jobs only")])}
+
+FOREIGN_JOBS = {
+    "get": _op("Jobs submitted directly to the schedulers (yours; admins: everyone's), oldest first, a page "
+               "at a time; metasched only observes them", {"200": _resp("ForeignJobList")},
+               errors=(400, 401, 403), params=[
+                   _query("queue", {"type": "string"}, "queue id or name (empty: any)"),
+                   _query("owner", {"type": "string"}, "admins only (empty: anyone's)"),
+                   _query("after", {"type": "integer", "minimum": 0}, "cursor: list ids greater than this"),
+                   _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size")]),
+}
+
+EVENTS = {"get": _op(
+    "The event log after a cursor, oldest first, a page at a time: your jobs' events (admins: everyone's) and "
+    "the cluster's (mode changes, nodes down and back)", {"200": _resp("EventPage")}, errors=(400, 401), params=[
+        _query("after", {"type": "integer", "minimum": 0}, "cursor: events with ids greater than this"),
+        _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size")])}
+
+EVENT_STREAM = {"get": _op(
+    "The same events as server-sent events (id: the event id, event: job or cluster, data: the event as JSON), "
+    "kept open; a comment every events.stream_heartbeat seconds when idle. Resumes after the Last-Event-ID "
+    "header (or ?after=); without either it starts with the next event",
+    {"200": {"description": "text/event-stream",
+             "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+    errors=(400, 401), params=[
+        _query("after", {"type": "integer", "minimum": 0}, "start after this event id (Last-Event-ID wins)"),
+        {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"},
+         "description": "the last event id received: the stream continues after it"}])}
+
+TOKENS = {
+    "post": _op("Create a bearer token (for yourself; admins for anyone)",
+                {"201": _resp("TokenCreated")}, errors=(400, 401, 403, 413, 415), body="TokenCreate",
+                body_required=False),
+    "get": _op("Your tokens (admins: all)", {"200": _resp("TokenList")}),
+}
+
+TOKEN = {"delete": _op("Revoke a token", {"200": _resp("Token")}, errors=(401, 404),
+                       params=[_path_param("token_id")])}
+
+# The document's own route: create_app serves it beside the table's routes, and every document names it.
+DOCUMENT_PATH = "/openapi.json"
+DOCUMENT = {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}}
 
 COMPONENTS = {
     "Error": S.ERROR, "Status": S.STATUS, "Mode": S.MODE, "ModePut": S.MODE_PUT, "Node": S.NODE,
@@ -207,12 +238,6 @@ COMPONENTS = {
     "Usage": S.USAGE, "EventPage": S.FEED_PAGE, "Task": S.TASK, "TaskList": S.TASK_LIST, "Why": S.WHY,
     "DryRun": S.DRY_RUN,
 }
-
-
-def register(path: str, operations: dict, components: dict | None = None) -> None:
-    """Other modules (e.g. metrics) add their routes to the document."""
-    PATHS[path] = operations
-    COMPONENTS.update(components or {})
 
 
 def _before(description: str) -> dict:
@@ -271,15 +296,31 @@ def _with_common_errors(paths: dict) -> dict:
     return out
 
 
-def build_document() -> dict:
-    """A fresh copy each time (a JSON round trip: faster than deepcopy, and proves it serializes): callers
-    may change theirs without changing what the app serves."""
+def _paths_of(routes) -> dict:
+    """The document's paths: each API route's operations (web.routes.Route) under its OpenAPI path, in the
+    table's order, and the document's own. A route with api=False is left out; two routes with one path are an
+    error (Falcon's ``{job_id:id}`` and ``{job_id:int}`` would be one path), the document's own path included."""
+    paths, seen = {}, {DOCUMENT_PATH}
+    for route in routes:
+        if route.path in seen:
+            raise ValueError(f"route {route.template}: {route.path} is in the route table twice")
+        seen.add(route.path)
+        if route.api:
+            paths[route.path] = route.operations
+    paths[DOCUMENT_PATH] = DOCUMENT
+    return paths
+
+
+def build_document(routes) -> dict:
+    """The document of an app serving these routes (web.routes.Route entries: web.app.ROUTES and what the
+    composition root adds). A fresh copy each time (a JSON round trip: faster than deepcopy, and proves it
+    serializes): callers may change theirs without changing what the app serves."""
     return json.loads(json.dumps({
         "openapi": "3.1.0",
         "info": {"title": "metasched", "version": __version__,
                  "description": "One queue in front of the schedulers of a hybrid cluster. Identity: the unix "
                                 "socket's peer credentials, or Authorization: Bearer <token>."},
-        "paths": _with_common_errors(PATHS),
+        "paths": _with_common_errors(_paths_of(routes)),
         "components": {
             "schemas": COMPONENTS,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

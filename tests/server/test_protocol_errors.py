@@ -10,11 +10,13 @@ import socket
 import jsonschema
 import pytest
 
+from metasched.metrics import ROUTES as METRICS_ROUTES
+from metasched.web.app import ROUTES
 from metasched.web.openapi import build_document
 
 from .conftest import BASE_CONFIG, UnixHTTPConnection
 
-DOC = build_document()
+DOC = build_document((*ROUTES, *METRICS_ROUTES))     # what the service serves (runner.make_app)
 
 
 def _raw(srv, data: bytes, tcp: bool = False, timeout: float = 30) -> bytes:

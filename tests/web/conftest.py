@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import re
 import subprocess
 
 import jsonschema
@@ -22,8 +21,9 @@ from metasched import config as cfgmod
 from metasched.db.core import Database
 from metasched.identity import Authority
 from metasched.services import Services
-from metasched.web.app import create_app
+from metasched.web.app import ROUTES, create_app
 from metasched.web.openapi import build_document
+from metasched.web.routes import openapi_path
 
 BASE_CONFIG = {
     "policy": {"name": "shared"},
@@ -62,13 +62,7 @@ def users() -> dict[str, int]:
 
 # -- the response check -----------------------------------------------------------------------------
 
-DOCUMENT = build_document()
-_TEMPLATE_PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
-
-
-def doc_template(falcon_template: str) -> str:
-    """Falcon's ``/jobs/{job_id:int(min=1)}`` as the document writes it: ``/jobs/{job_id}``."""
-    return _TEMPLATE_PARAM.sub(r"{\1}", falcon_template)
+DOCUMENT = build_document(ROUTES)     # what create_app(services) serves
 
 
 def _validate(body, schema: dict, what: str) -> None:
@@ -85,7 +79,7 @@ def check(app, resp) -> None:
     found = app._router.find(path.rstrip("/") or "/")   # the app strips a trailing slash too
     op = None
     if found is not None and found[3] is not None:
-        template = doc_template(found[3])
+        template = openapi_path(found[3])
         assert template in DOCUMENT["paths"], f"{what}: route {template} is not in the OpenAPI document"
         op = DOCUMENT["paths"][template].get(method)
     if op is None:   # no route, or a method the route does not have: Falcon's own 404 / 405
