@@ -23,7 +23,7 @@ from .db.repository import Repository
 from .errors import (Conflict, Forbidden, Invalid, JobStateConflict, NoOutput, NotFound, Unauthenticated,
                      Unavailable)
 from .identity import Authority, Caller, hash_secret, new_secret
-from .model import (ACTIVE_STATES, DEPENDENCY_KINDS, FINAL_STATES, NO_SPEC, RESOURCE_FIELDS, UNDISPATCHED_STATES,
+from .model import (ACTIVE_STATES, DEPENDENCY_KINDS, FINAL_STATES, NO_SPEC, UNDISPATCHED_STATES,
                     ArraySpec, ArrayTask, can_transition, ClusterEvent, Delivery, Dependency, FeedEvent, Job,
                     JobEvent, JobNotify, JobSample, JobSpec, JobStatus, JobUsage, LeaseRecord, Node, Policy,
                     PollCycle, Queue, Resources, Token)
