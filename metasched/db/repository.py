@@ -8,6 +8,7 @@ reads a column by name.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import operator
 import sqlite3
@@ -44,8 +45,7 @@ def rows_to_jobs(rows: list[sqlite3.Row]) -> list[Job]:
     if not rows:
         return []
     keys = rows[0].keys()
-    fields = operator.itemgetter(*(keys.index(f) for f in _JOB_FIELDS))
-    src_i = keys.index("acct_sources") if "acct_sources" in keys else None
+    fields, src_i = _job_layout(tuple(keys))
     specs: dict[str, JobSpec] = {"{}": NO_SPEC}
     out = []
     for r in rows:
@@ -64,6 +64,14 @@ def rows_to_jobs(rows: list[sqlite3.Row]) -> list[Job]:
         v.insert(_ACCT_I, None if src_i is None or r[src_i] is None else _accounting(r, keys))
         out.append(Job(*v))
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _job_layout(keys: tuple[str, ...]) -> tuple[operator.itemgetter, int | None]:
+    """Where a result set's columns (its column names, in order) hold Job's fields, and acct_sources: found
+    once per column list (a function of the schema, never of the data), not once per query."""
+    return (operator.itemgetter(*(keys.index(f) for f in _JOB_FIELDS)),
+            keys.index("acct_sources") if "acct_sources" in keys else None)
 
 
 def _spec_json(spec: JobSpec) -> str:
