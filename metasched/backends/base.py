@@ -13,6 +13,7 @@ the batched status lets the next poller adopt a job it may have submitted instea
 from __future__ import annotations
 
 import enum
+import functools
 import re
 import shlex
 from dataclasses import dataclass
@@ -296,7 +297,14 @@ def tag_stem(job: Job) -> str:
 def tag(job: Job, max_len: int = 64) -> str:
     """Native job name carrying our id and token: ms<id>-<token>_<sanitised name>. Safe for every scheduler."""
     stem = tag_stem(job) + "_"
-    return stem + _UNSAFE_NAME.sub("_", job.name)[: max(0, max_len - len(stem))]
+    return stem + _safe_name(job.name)[: max(0, max_len - len(stem))]
+
+
+@functools.lru_cache(maxsize=4096)
+def _safe_name(name: str) -> str:
+    """A name with what schedulers refuse replaced by _ (a pure function of the name: remembered, since every
+    job of a page is shown with its tag, and a user's jobs often share a name)."""
+    return _UNSAFE_NAME.sub("_", name)
 
 
 _TAG_RE = re.compile(rf"^{TAG_PREFIX}(\d+)(?:-([a-z]{{6}}))?_")

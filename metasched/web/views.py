@@ -5,6 +5,7 @@ and the tests all read this shape); a listing's page and its ``next`` link are b
 """
 from __future__ import annotations
 
+import functools
 import urllib.parse
 
 from ..backends.base import TASK_SLOT, tag
@@ -18,16 +19,20 @@ _NOT_GIVEN = object()
 
 def job(j: Job, tasks: dict[str, int] | None = None, metrics=_NOT_GIVEN) -> dict:
     """A job; ``tasks``: an array's tasks per state (services.Shown gives both: ``job(*shown)``); with
-    ``metrics`` (its latest JobUsage or None: include=metrics), its live measurement too."""
+    ``metrics`` (its latest JobUsage or None: include=metrics), its live measurement too.
+
+    A page of jobs calls this once per job: what depends only on an immutable value is found once (a spec's
+    resources, a tag's sanitised name, an array spec's parts), and what is empty is not built twice."""
     spec = j.spec
-    links = {"self": f"/jobs/{j.id}", "events": f"/jobs/{j.id}/events", "output": f"/jobs/{j.id}/output",
-             "metrics": f"/jobs/{j.id}/metrics", "why": f"/jobs/{j.id}/why"}
+    base = f"/jobs/{j.id}"
+    links = {"self": base, "events": base + "/events", "output": base + "/output", "metrics": base + "/metrics",
+             "why": base + "/why"}
     array = None
     if j.array_spec:
-        a = ArraySpec.parse(j.array_spec, internal=True)
-        array = {"spec": str(ArraySpec(a.first, a.last, a.step, a.limit)), "count": a.count,
-                 "limit": a.limit, "tasks": dict(tasks or {})}
-        links["tasks"] = f"/jobs/{j.id}/tasks"
+        shown, count, limit = _array_shown(j.array_spec)
+        array = {"spec": shown, "count": count, "limit": limit, "tasks": dict(tasks or {})}
+        links["tasks"] = base + "/tasks"
+    export = spec.export
     out = {
         "id": j.id, "name": j.name, "native_name": tag(j), "queue": j.queue_id, "owner": j.owner,
         "status": j.status.value,
@@ -37,17 +42,25 @@ def job(j: Job, tasks: dict[str, int] | None = None, metrics=_NOT_GIVEN) -> dict
         "finished_at": j.finished_at, "updated_at": j.updated_at,
         "links": links,
         # -- what the job asks for (issue 14); the variables' values only in job_detail --
-        "resources": spec.resources.asked(), "native": list(spec.native), "env_names": [k for k, _ in spec.env],
-        "export": spec.export if not isinstance(spec.export, tuple) else list(spec.export),
+        "resources": spec.resources.asked(), "native": list(spec.native),
+        "env_names": [k for k, _ in spec.env] if spec.env else [],
+        "export": export if not isinstance(export, tuple) else list(export),
         "stdout": spec.stdout, "stderr": spec.stderr, "join": spec.join,
         # -- what the job used (issue 15) --
-        "accounting": accounting(j.accounting),
+        "accounting": accounting(j.accounting) if j.accounting is not None else None,
         # -- workflows (issue 16) --
-        "array": array, "after": after(j.depends_on),
+        "array": array, "after": after(j.depends_on) if j.depends_on else None,
     }
     if metrics is not _NOT_GIVEN:
         out["metrics"] = job_usage(metrics)
     return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _array_shown(array_spec: str) -> tuple[str, int, int | None]:
+    """A stored array spec as users see it (without the poller's /held), its task count and its limit."""
+    a = ArraySpec.parse(array_spec, internal=True)
+    return str(ArraySpec(a.first, a.last, a.step, a.limit)), a.count, a.limit
 
 
 def accounting(a: Accounting | None) -> dict | None:

@@ -69,3 +69,27 @@ def test_a_turn_held_elsewhere_too_long_is_unavailable(tmp_path):
         os.close(fd)
     with db.write() as conn:         # its turn came back
         conn.execute("INSERT INTO t VALUES (1)")
+
+
+def test_a_forked_child_never_uses_its_parents_connection_or_turn(tmp_path):
+    """The process id that decides it is kept by an at-fork hook (db.core._PID), not asked on every statement."""
+    from metasched.db import core
+    db = _db(tmp_path)
+    parent_conn = db.conn
+    with db.write() as conn:                 # the parent's turn exists, and its connection is open
+        conn.execute("INSERT INTO t VALUES (0)")
+    parent_turns = set(core._TURNS.values())
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            if db.conn is not parent_conn:
+                with db.write() as conn:
+                    conn.execute("INSERT INTO t VALUES (1)")
+                if not parent_turns & {t for k, t in core._TURNS.items() if k[0] == os.getpid()}:
+                    code = 0
+        finally:
+            os._exit(code)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert db.conn is parent_conn
+    assert [r[0] for r in db.conn.execute("SELECT x FROM t ORDER BY x")] == [0, 1]
