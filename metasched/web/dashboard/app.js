@@ -10,7 +10,7 @@
 const STATES = ["TO_BE_QUEUED", "HELD", "DISPATCHING", "QUEUED", "RUNNING", "COMPLETED", "ERROR", "CANCELLED"];
 const FINAL = new Set(["COMPLETED", "ERROR", "CANCELLED"]);
 const WAITING = new Set(["TO_BE_QUEUED", "HELD", "DISPATCHING", "QUEUED"]);
-const SYMBOL = {TO_BE_QUEUED: "…", HELD: "⏸", DISPATCHING: "→", QUEUED: "⋯", RUNNING: "▶", COMPLETED: "✓",
+const SYMBOL = {TO_BE_QUEUED: "…", HELD: "‖", DISPATCHING: "→", QUEUED: "⋯", RUNNING: "▶", COMPLETED: "✓",
                 ERROR: "✗", CANCELLED: "⊘"};
 const OUTPUT_TAIL = 16384;        // bytes of stdout/stderr shown (the end of the file)
 
@@ -103,7 +103,7 @@ function table(columns, rows, opts) {
     for (const c of columns) {
       const v = c.cell(r);
       const empty = v === null || v === undefined || v === "";
-      tr.append(h("td", {"data-label": c.label, class: empty ? "empty" : null}, empty ? "" : v));
+      tr.append(h("td", {"data-label": c.label, class: empty ? "empty" : null}, empty ? "" : h("span", {}, v)));
     }
     body.append(tr);
     if (opts && opts.after) append(body, [opts.after(r, columns.length)]);
@@ -368,8 +368,7 @@ async function overviewView(view) {
       h("p", {class: "legend"}, "solid: CPU %, dashed: memory %"));
   }
 
-  view.append(h("h1", {}, "Overview"), h("div", {class: "grid"}, modePanel, queuePanel),
-              nodePanel, shares, history, h("section", {class: "panel"}, h("h2", {}, "Recent events"), eventsList));
+  view.append(h("h1", {}, "Overview"), modePanel, queuePanel, nodePanel, shares, history, h("section", {class: "panel"}, h("h2", {}, "Recent events"), eventsList));
   subscribe((kind, ev) => {
     if (eventsList.firstChild && eventsList.firstChild.classList.contains("muted")) eventsList.firstChild.remove();
     addEvent(ev, true);
@@ -754,7 +753,7 @@ async function adminView(view) {
   }
   since.addEventListener("change", () => loadUsage().catch((err) => usageOut.replaceChildren(message("error", err.message))));
   view.append(h("section", {class: "panel"}, h("h2", {}, "Cluster mode"), form),
-              h("section", {class: "panel"}, h("h2", {}, "Usage"), field("Window", since), usageOut));
+              h("section", {class: "panel"}, h("h2", {}, "Usage"), h("div", {class: "filters"}, field("Window", since)), usageOut));
   await loadUsage();
   view.dataset.ready = "1";
 }
@@ -806,7 +805,7 @@ async function render() {
   if (mine !== rendering) return;
   fresh.dataset.ready = "1";
   fresh.removeAttribute("aria-busy");
-  fresh.focus({preventScroll: true});
+  if (!fresh.contains(document.activeElement)) fresh.focus({preventScroll: true});   // a view may focus its form
 }
 
 window.addEventListener("hashchange", render);
