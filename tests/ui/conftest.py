@@ -110,6 +110,7 @@ class Page:
         self.expected = []         # URL parts of requests that are expected to fail (e.g. another user's job: 404)
         self.console = []
         self.failures = []
+        self.sse = []              # the data of every server-sent event the page received
         self._requests = {}
 
     # -- navigation and waiting ---------------------------------------------------------------------------
@@ -215,6 +216,8 @@ class Page:
                 self._requests[p["requestId"]] = p["request"]["url"]
             elif m["method"] == "Network.responseReceived" and p["response"]["status"] >= 400:
                 self.failures.append(f"{p['response']['status']} {p['response']['url']}")
+            elif m["method"] == "Network.eventSourceMessageReceived":
+                self.sse.append(p["data"])
             elif m["method"] == "Network.loadingFailed" and not p.get("canceled"):
                 self.failures.append(f"{p.get('errorText')} {self._requests.get(p['requestId'], '?')}")
 

@@ -71,6 +71,8 @@ def test_alice_submits_from_the_form_and_sees_it_run_and_complete_live(browser, 
     page.until(state, "the job to complete", timeout=60)
     assert "RUNNING" in seen, f"the page showed {seen}"
     assert page.d.execute_script("return window.__no_reload") == "still here"       # live, not reloaded
+    page.collect()
+    assert any(f'"job": {{"id": {job_id},' in d and '"new_status": "COMPLETED"' in d for d in page.sse), page.sse
     page.until(lambda: "hello from alice: world" in page.text("#output"), "the job's output")
     assert "Exit code\n0" in page.text("#view") or "Exit code 0" in page.text("#view")
     assert "walltime 00:05:00" in page.text("#view")
@@ -81,6 +83,23 @@ def test_alice_submits_from_the_form_and_sees_it_run_and_complete_live(browser, 
     row = page.text("#jobs-table")
     assert "from-the-form" in row and "COMPLETED" in row and "walltime 00:05:00" in row
     assert srv.as_user("alice", "GET", f"/jobs/{job_id}").json()["status"] == "COMPLETED"
+
+
+def test_the_jobs_list_follows_the_event_stream(browser, srv, tokens, workdir, users):
+    """The list asks the API again only when an event says so (its own polling runs only while the stream is down):
+    a job submitted elsewhere appears, runs and completes in the open page."""
+    path = script(workdir["alice"] / "elsewhere.sh", "sleep 1\n", users["alice"])
+    page = browser()
+    page.login(tokens["alice"])
+    page.go("/jobs")
+    page.d.execute_script("window.__no_reload = 'still here'")
+    job = submit_api(srv, "alice", {"queue": "local", "path": path, "name": "submitted-by-the-cli"})
+    page.until(lambda: "submitted-by-the-cli" in page.text("#jobs-table"), "the new job in the list")
+    page.until(lambda: "COMPLETED" in page.text(f"tr.job:has(a[href='#/jobs/{job['id']}'])"), "COMPLETED in the list")
+    assert page.d.execute_script("return window.__no_reload") == "still here"
+    assert "live" in page.text("#jobs-count")
+    page.collect()
+    assert sum(f'"job": {{"id": {job["id"]},' in d for d in page.sse) >= 3, page.sse      # submitted, running, completed
 
 
 def test_the_submit_form_shows_the_apis_validation_message(browser, tokens):

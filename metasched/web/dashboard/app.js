@@ -214,6 +214,10 @@ function startStream() {
   app.stream = es;
 }
 
+function streaming() {
+  return app.stream !== null && app.stream.readyState === EventSource.OPEN;
+}
+
 function stopStream() {
   if (app.stream) app.stream.close();
   app.stream = null;
@@ -463,7 +467,8 @@ async function jobsView(view, params) {
   nameIn.addEventListener("input", draw);
   filters.addEventListener("submit", (e) => { e.preventDefault(); reload(); });
   subscribe((kind, ev) => { if (kind === "job") { reload(); announce(`job ${ev.job.id} is ${ev.new_status}`); } });
-  every(15000, reload);      // walltimes of running jobs move on, and a missed event is caught up
+  every(5000, () => { if (!streaming()) reload(); });    // only while the event stream is down (it reconnects)
+  every(30000, draw);        // walltimes of running jobs move on
   await load();
 }
 
@@ -590,7 +595,9 @@ async function jobView(view, params) {
               outSection, metrics);
   const again = debounce(200, () => refresh().catch(() => {}));
   subscribe((kind, ev) => { if (kind === "job" && ev.job.id === id) { again(); announce(`job ${id} is ${ev.new_status}`); } });
-  every(3000, () => { if (!FINAL.has(job.status)) again(); });     // output follows while it runs
+  // the output follows while the job runs (a file's growth is no event); its state comes with the events, and is
+  // asked for only while the event stream is down
+  every(3000, () => { if (!FINAL.has(job.status)) { if (streaming()) loadOutput(); else again(); } });
   await refresh();
 }
 
