@@ -167,26 +167,30 @@ function bar(value, max, label, cls) {
            h("div", {class: "track", "aria-hidden": "true"}, fill), h("span", {class: "num"}, label || ""));
 }
 
-function chart(points, opts) {
-  // points: [[x (ms), y]]; a second series (opts.second) is drawn dashed against the same x axis
-  const W = 600, H = 140, P = 28;
-  const svg = svgEl("svg", {class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img",
-                            "aria-label": opts.label, preserveAspectRatio: "none"});
-  const all = points.concat(opts.second || []);
-  if (!all.length) return h("p", {class: "muted"}, "No samples yet.");
-  const xs = all.map((p) => p[0]), x0 = Math.min(...xs), x1 = Math.max(...xs, x0 + 1);
-  const y1 = Math.max(opts.max || 0, ...points.map((p) => p[1]), 1);
-  const line = (pts, cls, ymax) => {
-    if (!pts.length) return;
-    const d = pts.map((p, i) => `${i ? "L" : "M"}${(P + (W - 2 * P) * (p[0] - x0) / (x1 - x0)).toFixed(1)},` +
-                                  `${(H - P + (2 * P - H) * p[1] / ymax).toFixed(1)}`).join(" ");
-    svg.append(svgEl("path", {d, class: `line ${cls}`}));
-  };
-  line(points, "", y1);
-  if (opts.second) line(opts.second, "second", Math.max(...opts.second.map((p) => p[1]), 1));
-  const t = svgEl("text", {x: 4, y: 12}); t.textContent = opts.top || String(Math.round(y1)); svg.append(t);
-  const b = svgEl("text", {x: 4, y: H - 6}); b.textContent = "0"; svg.append(b);
-  return svg;
+const DASHES = [["", "solid"], ["6 3", "dashed"], ["2 3", "dotted"], ["10 3 2 3", "dash-dot"]];
+
+function chart(series, opts) {
+  // series: [{name, points: [[x (ms), y]], scale?}]; each line has its own dash pattern, named in the legend
+  // (never told apart by colour alone). y runs 0..opts.max (or the series' own largest value when scale is set).
+  const W = 600, H = 140, P = 24;
+  const all = series.flatMap((s) => s.points);
+  if (!all.length) return h("p", {class: "muted"}, opts.empty || "No samples yet.");
+  const svg = svgEl("svg", {class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": opts.label});
+  const xs = all.map((p) => p[0]);
+  const x0 = opts.from || Math.min(...xs), x1 = Math.max(opts.to || 0, ...xs, x0 + 1);
+  series.forEach((s, i) => {
+    if (!s.points.length) return;
+    const ymax = s.scale ? Math.max(...s.points.map((p) => p[1]), 1) : (opts.max || Math.max(...all.map((p) => p[1]), 1));
+    const xy = s.points.map((p) => [P + (W - 2 * P) * (p[0] - x0) / (x1 - x0), H - P + (2 * P - H) * Math.min(p[1], ymax) / ymax]);
+    const d = xy.map(([x, y], j) => `${j ? "L" : "M"}${x.toFixed(1)},${y.toFixed(1)}`).join(" ");
+    const [dash] = DASHES[i % DASHES.length];
+    svg.append(svgEl("path", Object.assign({d, class: `line l${i % 4}`}, dash ? {"stroke-dasharray": dash} : {})));
+    if (xy.length < 40) xy.forEach(([x, y]) => svg.append(svgEl("circle", {cx: x.toFixed(1), cy: y.toFixed(1), r: "2.5", class: `dot l${i % 4}`})));
+  });
+  const t = svgEl("text", {x: 4, y: 12}); t.textContent = opts.top || ""; svg.append(t);
+  const b = svgEl("text", {x: 4, y: H - 6}); b.textContent = opts.bottom || "0"; svg.append(b);
+  const legend = h("p", {class: "legend"}, series.map((s, i) => `${DASHES[i % DASHES.length][1]}: ${s.name}`).join("; "));
+  return h("figure", {class: "chart"}, svg, legend);
 }
 
 function queueName(id) {
@@ -309,6 +313,15 @@ async function loginView(view, params) {
   token.focus();
 }
 
+function clusterDetail(d) {
+  // a mode change says what changed ({changed, previous}); anything else is shown as it came
+  if (d && d.changed && typeof d.changed === "object") {
+    const prev = d.previous || {};
+    return Object.entries(d.changed).map(([k, v]) => `${k}: ${JSON.stringify(prev[k])} → ${JSON.stringify(v)}`).join("; ");
+  }
+  return h("code", {}, JSON.stringify(d));
+}
+
 async function overviewView(view) {
   document.title = "Overview · metasched";
   const hourAgo = new Date(Date.now() - 3600e3).toISOString();
@@ -322,7 +335,7 @@ async function overviewView(view) {
       ev.type === "job"
         ? [h("a", {href: `#/jobs/${ev.job.id}`}, `job ${ev.job.id}`), ` ${ev.job.name} (${ev.job.owner}): `,
            ev.old_status ? `${ev.old_status} → ` : "", stateBadge(ev.new_status), ev.reason ? ` — ${ev.reason}` : ""]
-        : [h("strong", {}, ev.kind), " ", ev.actor ? `by ${ev.actor} ` : "", h("code", {}, JSON.stringify(ev.detail))]);
+        : [h("strong", {}, ev.kind), " ", ev.actor ? `by ${ev.actor} ` : "", clusterDetail(ev.detail)]);
     if (top) eventsList.prepend(li); else eventsList.append(li);
     while (eventsList.children.length > 25) eventsList.lastChild.remove();
   };
@@ -340,7 +353,8 @@ async function overviewView(view) {
 
   const queuePanel = h("section", {class: "panel"}, h("h2", {}, "Queues"),
     table([{label: "Queue", cell: (q) => q.name}, {label: "Reachable", cell: (q) => upBadge(q.reachable)},
-           ...STATES.map((s) => ({label: s, header: h("span", {title: s}, SYMBOL[s] + " " + s.replace(/_/g, " ").toLowerCase()),
+           ...STATES.map((s) => ({label: s.replace(/_/g, " ").toLowerCase(),
+                                  header: h("span", {title: s}, SYMBOL[s] + " " + s.replace(/_/g, " ").toLowerCase()),
                                   cell: (q) => String(q.jobs[s] || 0)})),
            {label: "Foreign", cell: (q) => Object.entries(q.foreign_jobs || {}).map(([k, v]) => `${k} ${v}`).join(", ") || "0"}],
           queues.items));
@@ -362,14 +376,34 @@ async function overviewView(view) {
               usage.shares)
       : h("p", {class: "muted"}, "Nothing measured in the last hour."));
 
-  const history = h("section", {class: "panel"}, h("h2", {}, "Node CPU, last hour"));
+  // each scheduler's measured CPU share per node over the last hour: the usage report of each 5-minute window
+  const STEP = 300e3, now = Date.now();
+  const windows = Array.from({length: 12}, (_, i) => [now - 3600e3 + i * STEP, now - 3600e3 + (i + 1) * STEP]);
+  const reports = await Promise.all(windows.map(([a, b]) => get("/usage" + qs({
+    since: new Date(a).toISOString(), until: new Date(b).toISOString(), group_by: "queue"}))));
+  const lines = new Map();
+  reports.forEach((r, i) => r.shares.forEach((x) => {
+    const key = `${x.queue} on ${x.node}`;
+    if (!lines.has(key)) lines.set(key, {measured: [], target: []});
+    const mid = (windows[i][0] + windows[i][1]) / 2;
+    if (x.measured_share !== null) lines.get(key).measured.push([mid, x.measured_share]);
+    if (x.target_share !== null) lines.get(key).target.push([mid, x.target_share]);
+  }));
+  shares.append(h("h3", {}, "Over the last hour (5-minute windows)"),
+    chart(Array.from(lines.entries()).flatMap(([k, v]) => [{name: `${k}, measured`, points: v.measured},
+                                                           {name: `${k}, target`, points: v.target}]),
+          {label: "measured and target CPU share per scheduler and node over the last hour", max: 100, top: "100%",
+           from: now - 3600e3, to: now, empty: "Nothing measured in the last hour."}));
+
+  const history = h("section", {class: "panel"}, h("h2", {}, "Node CPU and memory, last hour"));
   for (const n of nodes.items) {
     const m = await get(`/cluster/nodes/${n.id}/metrics` + qs({since: hourAgo, limit: 1000}));
     const pts = m.items.filter((s) => s.cpu_percent !== null).map((s) => [new Date(s.at).getTime(), s.cpu_percent]);
     const mem = m.items.filter((s) => s.memory_percent !== null).map((s) => [new Date(s.at).getTime(), s.memory_percent]);
     history.append(h("h3", {}, `${n.ip}:${n.port}`),
-      chart(pts, {label: `CPU and memory percent of node ${n.ip} over the last hour`, max: 100, top: "100%", second: mem}),
-      h("p", {class: "legend"}, "solid: CPU %, dashed: memory %"));
+      chart([{name: "CPU %", points: pts}, {name: "memory %", points: mem}],
+            {label: `CPU and memory percent of node ${n.ip}:${n.port} over the last hour`, max: 100, top: "100%",
+             from: Date.now() - 3600e3, to: Date.now()}));
   }
 
   view.append(h("h1", {}, "Overview"), modePanel, queuePanel, nodePanel, shares, history, h("section", {class: "panel"}, h("h2", {}, "Recent events"), eventsList));
@@ -501,6 +535,45 @@ async function jobView(view, params) {
     }
   }
 
+  let editEl = null, editOf = null;
+  function edit() {     // rebuilt only when the job changed: a refresh must not wipe what is being typed
+    if (editOf !== job.updated_at) { editEl = editForm(); editOf = job.updated_at; }
+    return editEl;
+  }
+
+  function editForm() {
+    // what can change before the job is dispatched: its name, arguments, walltime and memory (PATCH /jobs/{id})
+    if (!(job.status === "TO_BE_QUEUED" || job.status === "HELD") || job.array) return null;
+    const name = h("input", {type: "text", name: "edit-name", value: job.name});
+    const args = h("textarea", {name: "edit-options", rows: "2"});
+    args.value = job.options.join("\n");
+    const wall = h("input", {type: "text", name: "edit-walltime", value: job.resources && job.resources.walltime ? duration(job.resources.walltime) : ""});
+    const out = h("div", {});
+    const form = h("form", {class: "stack", id: "edit-form", novalidate: true},
+      h("div", {class: "fields"}, field("Name", name), field("Walltime", wall, "empty: the scheduler's default")),
+      field("Arguments", args, "one per line"),
+      h("div", {class: "actions"}, h("button", {type: "submit"}, "Save changes")), out);
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const patch = {};
+      if (name.value.trim() !== job.name) patch.name = name.value.trim();
+      const opts = args.value.split("\n").filter((x) => x !== "");
+      if (JSON.stringify(opts) !== JSON.stringify(job.options)) patch.options = opts;
+      const old = job.resources && job.resources.walltime ? duration(job.resources.walltime) : "";
+      if (wall.value.trim() !== old) patch.resources = {walltime: wall.value.trim() || null};
+      if (!Object.keys(patch).length) { out.replaceChildren(message("ok", "Nothing changed.")); return; }
+      if (!window.confirm(`Save the changes to job ${id}?`)) return;
+      try {
+        job = await api("PATCH", `/jobs/${id}`, patch);
+        notice.replaceChildren(message("ok", `Saved: job ${id} changed.`));
+        await refresh();
+      } catch (err) {
+        out.replaceChildren(message("error", err.message));
+      }
+    });
+    return h("details", {class: "panel", id: "edit"}, h("summary", {}, "Edit (until it is dispatched)"), form);
+  }
+
   function drawHead() {
     const buttons = [];
     if (!FINAL.has(job.status) && !job.cancel_requested)
@@ -513,7 +586,7 @@ async function jobView(view, params) {
       buttons.push(h("button", {type: "button", id: "release",
         onclick: () => act("Released", `Release job ${id}?`, "POST", `/jobs/${id}/release`)}, "Release"));
     head.replaceChildren(h("h1", {}, `Job ${id}: ${job.name} `, stateBadge(job.status)),
-                         h("div", {class: "actions"}, buttons), notice);
+                         h("div", {class: "actions"}, buttons), notice, edit());
     const a = job.accounting || {};
     facts.replaceChildren(h("h2", {}, "Details"), h("dl", {class: "facts"}, [
       ["State", [stateBadge(job.status), job.cancel_requested && !FINAL.has(job.status) ? " cancel requested" : ""]],
@@ -579,8 +652,10 @@ async function jobView(view, params) {
       m.latest ? h("p", {}, `Latest: CPU ${pct(m.latest.cpu_percent)} (100% = one core), memory ${bytes(m.latest.rss_bytes)}, ` +
                             `peak ${bytes(m.max_rss_bytes)}, ${m.latest.pids} process${m.latest.pids === 1 ? "" : "es"}.`)
                : h("p", {class: "muted"}, "Not measured (yet): the node agents measure running jobs each poll cycle."),
-      m.items.length ? [chart(cpu, {label: `CPU percent of job ${id} over time`, max: 100, second: rss}),
-                        h("p", {class: "legend"}, "solid: CPU % (100 = one core), dashed: resident memory")] : null);
+      m.items.length ? chart([{name: "CPU % (100 = one core)", points: cpu},
+                              {name: `resident memory (0..${bytes(Math.max(...rss.map((p) => p[1]), 0))})`, points: rss, scale: true}],
+                             {label: `CPU and memory of job ${id} over time`, max: Math.max(100, ...cpu.map((p) => p[1])),
+                              top: `${Math.round(Math.max(100, ...cpu.map((p) => p[1])))}%`}) : null);
   }
 
   async function refresh() {
