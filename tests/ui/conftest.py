@@ -222,8 +222,11 @@ class Page:
                 self.failures.append(f"{p.get('errorText')} {self._requests.get(p['requestId'], '?')}")
 
     def problems(self) -> list[str]:
+        """What went wrong, except the expected failures and ERR_NETWORK_CHANGED: Chromium aborts the requests in
+        flight (an open event stream, which reconnects by itself) whenever an interface of the machine changes, and
+        other tests on this machine make and remove network namespaces, veths and bridges at any moment."""
         self.collect()
-        ok = lambda line: any(x in line for x in self.expected)  # noqa: E731
+        ok = lambda line: "net::ERR_NETWORK_CHANGED" in line or any(x in line for x in self.expected)  # noqa: E731
         return [f"console: {c}" for c in self.console if not ok(c)] + \
                [f"request: {f}" for f in self.failures if not ok(f)]
 
@@ -236,8 +239,11 @@ def browser(srv):
     from selenium.webdriver.chrome.service import Service
     made: list[Page] = []
 
-    def make() -> Page:
+    def make(base: str | None = None, headers: dict | None = None) -> Page:
+        """base: where the service is (default: its TCP port); headers: added by the browser to every request
+        (what an SSO module in front of nginx would vouch for)."""
         opts = webdriver.ChromeOptions()
+        opts.accept_insecure_certs = True       # nginx's certificate in tests/deploy is self-signed
         opts.binary_location = CHROMIUM
         for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                     "--window-size=1280,900", "--no-first-run", "--disable-extensions",
@@ -246,7 +252,10 @@ def browser(srv):
             opts.add_argument(arg)
         opts.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
         driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-        page = Page(driver, f"http://127.0.0.1:{srv.port}")
+        if headers:
+            driver.execute_cdp_cmd("Network.enable", {})
+            driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": headers})
+        page = Page(driver, base or f"http://127.0.0.1:{srv.port}")
         made.append(page)
         return page
 

@@ -665,7 +665,8 @@ async function jobView(view, params) {
     view.dataset.ready = "1";
   }
 
-  const outSection = h("section", {class: "panel"}, h("h2", {}, "Output"), field("Stream", streamSel), outInfo, outPre);
+  const outSection = h("section", {class: "panel"}, h("h2", {}, "Output"), h("div", {class: "filters"}, field("Stream", streamSel)),
+                       outInfo, outPre);
   view.append(head, h("div", {class: "grid"}, facts, h("div", {}, why, h("section", {class: "panel"}, h("h2", {}, "Events"), timeline))),
               outSection, metrics);
   const again = debounce(200, () => refresh().catch(() => {}));
