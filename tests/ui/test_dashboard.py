@@ -181,6 +181,9 @@ def test_alice_sees_none_of_bobs_jobs_and_bobs_job_is_a_404_page(browser, srv, t
     admin.go("/jobs")
     both = admin.text("#jobs-table")
     assert "bobs-secret" in both and "alices-own" in both
+    admin.select("sort", "name:asc")                        # sorting works at any width (not only by headers)
+    names = [td.text for td in admin.all("#jobs-table tr.job td[data-label=Name]")]
+    assert names == sorted(names, key=str.lower) or names == sorted(names), names
     admin.fill("owner", "bob\n", form="form.filters")
     admin.until(lambda: "alices-own" not in admin.text("#jobs-table"), "the user filter")
     assert "bobs-secret" in admin.text("#jobs-table")

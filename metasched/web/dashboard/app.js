@@ -428,17 +428,24 @@ async function jobsView(view, params) {
   queueSel.value = f.queue;
   const nameIn = h("input", {type: "text", name: "name", value: f.name, placeholder: "part of the name"});
   const ownerIn = h("input", {type: "text", name: "owner", value: f.owner, placeholder: "user name"});
+  // sorting: the column headers' buttons, or this list (the only way on a narrow screen, where rows are cards)
+  const SORTS = [["id", "ID"], ["name", "name"], ["owner", "user"], ["queue", "queue"], ["status", "state"],
+                 ["created_at", "submitted"], ["started_at", "started"], ["finished_at", "ended"]];
+  const sortSel = h("select", {name: "sort"}, SORTS.filter(([k]) => k !== "owner" || app.me.admin).flatMap(([k, t]) => [
+    h("option", {value: `${k}:desc`}, `${t}, descending`), h("option", {value: `${k}:asc`}, `${t}, ascending`)]));
+  sortSel.value = "id:desc";
+  sortSel.addEventListener("change", () => { const [key, dir] = sortSel.value.split(":"); sort = {key, desc: dir === "desc"}; draw(); });
   const filters = h("form", {class: "filters", role: "search", "aria-label": "Filter jobs"},
     field("State", stateSel), field("Queue", queueSel), field("Name contains", nameIn),
-    app.me.admin ? field("User", ownerIn) : null);
+    app.me.admin ? field("User", ownerIn) : null, field("Sort by", sortSel));
   const holder = h("div", {id: "jobs-table", "aria-live": "off"});
   const count = h("p", {class: "muted", id: "jobs-count"});
   view.append(h("h1", {}, app.me.admin ? "Jobs (everyone's)" : "Your jobs"), filters, count, holder);
-  let jobs = [];
+  let jobs = [], more = false;
   const open = new Set();
 
   const sortButton = (label, key) => h("button", {type: "button", class: "sort", "aria-label": `Sort by ${label}`,
-    onclick: () => { sort = {key, desc: sort.key === key ? !sort.desc : false}; draw(); }},
+    onclick: () => { sort = {key, desc: sort.key === key ? !sort.desc : false}; sortSel.value = `${key}:${sort.desc ? "desc" : "asc"}`; draw(); }},
     label, sort.key === key ? (sort.desc ? " ▼" : " ▲") : "");
   const value = (j, key) => key === "queue" ? queueName(j.queue) : j[key] === null ? "" : j[key];
 
@@ -463,7 +470,8 @@ async function jobsView(view, params) {
       const c = typeof x === "number" && typeof y === "number" ? x - y : String(x).localeCompare(String(y));
       return sort.desc ? -c : c;
     });
-    count.textContent = `${shown.length} job${shown.length === 1 ? "" : "s"}, newest first unless sorted otherwise; updated live.`;
+    count.textContent = `${shown.length} job${shown.length === 1 ? "" : "s"}` +
+      (more ? ` of the newest ${jobs.length} (narrow the filters to see older ones)` : "") + "; updated live.";
     const cols = [
       {label: "ID", header: sortButton("ID", "id"), cell: (j) => h("a", {href: `#/jobs/${j.id}`, class: "job-link"}, String(j.id))},
       {label: "Name", header: sortButton("Name", "name"), cell: (j) => [j.name, j.array ? [" ", h("button", {
@@ -492,6 +500,7 @@ async function jobsView(view, params) {
     const page = await get("/jobs" + qs({order: "newest", limit: 1000, status: stateSel.value, queue: queueSel.value,
                                          owner: app.me.admin ? ownerIn.value.trim() : ""}));
     jobs = page.items;
+    more = Boolean(page.next);
     draw();
   }
   const reload = debounce(250, () => load().catch((err) => holder.replaceChildren(message("error", err.message))));
