@@ -14,14 +14,12 @@ import base64
 import json
 import os
 import pathlib
-import shutil
 import struct
-import tempfile
 import time
 
 import pytest
 
-from tests.server.conftest import pytest_runtest_makereport, server_factory, users  # noqa: F401
+from tests.server.conftest import own_directory, pytest_runtest_makereport, server_factory, users  # noqa: F401
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -65,18 +63,10 @@ def tokens(srv):
 
 
 @pytest.fixture
-def workdir(users):
-    """A directory per user, owned by that user (the jobs' scripts and output files live there)."""
-    base = pathlib.Path(tempfile.mkdtemp(prefix="metasched-ui-"))
-    os.chmod(base, 0o755)
-    dirs = {}
-    for name, pw in users.items():
-        d = base / name
-        d.mkdir()
-        os.chown(d, pw.pw_uid, pw.pw_gid)
-        dirs[name] = d
-    yield dirs
-    shutil.rmtree(base, ignore_errors=True)
+def home(users):
+    """A directory of alice's own (the jobs' scripts and output files live there)."""
+    with own_directory(users["alice"], "metasched-ui-") as d:
+        yield d
 
 
 def script(path: pathlib.Path, text: str, owner) -> str:

@@ -55,8 +55,8 @@ def test_a_bad_token_shows_the_apis_message_and_logs_nobody_in(browser):
     assert not page.d.get_cookies()
 
 
-def test_alice_submits_from_the_form_and_sees_it_run_and_complete_live(browser, srv, tokens, workdir, users):
-    path = script(workdir["alice"] / "hello.sh", 'sleep 2\necho "hello from $(id -un): $1"\n', users["alice"])
+def test_alice_submits_from_the_form_and_sees_it_run_and_complete_live(browser, srv, tokens, home, users):
+    path = script(home / "hello.sh", 'sleep 2\necho "hello from $(id -un): $1"\n', users["alice"])
     page = browser()
     page.login(tokens["alice"])
     page.go("/submit")
@@ -92,10 +92,10 @@ def test_alice_submits_from_the_form_and_sees_it_run_and_complete_live(browser, 
     assert srv.as_user("alice", "GET", f"/jobs/{job_id}").json()["status"] == "COMPLETED"
 
 
-def test_the_jobs_list_follows_the_event_stream(browser, srv, tokens, workdir, users):
+def test_the_jobs_list_follows_the_event_stream(browser, srv, tokens, home, users):
     """The list asks the API again only when an event says so (its own polling runs only while the stream is down):
     a job submitted elsewhere appears, runs and completes in the open page."""
-    path = script(workdir["alice"] / "elsewhere.sh", "sleep 1\n", users["alice"])
+    path = script(home / "elsewhere.sh", "sleep 1\n", users["alice"])
     page = browser()
     page.login(tokens["alice"])
     page.go("/jobs")
@@ -123,8 +123,8 @@ def test_the_submit_form_shows_the_apis_validation_message(browser, tokens):
     assert page.d.switch_to.active_element.get_attribute("name") == "path"          # focus goes to the field
 
 
-def test_alice_cancels_another_job_after_confirming(browser, srv, tokens, workdir, users):
-    path = script(workdir["alice"] / "long.sh", "sleep 300\n", users["alice"])
+def test_alice_cancels_another_job_after_confirming(browser, srv, tokens, home, users):
+    path = script(home / "long.sh", "sleep 300\n", users["alice"])
     job = submit_api(srv, "alice", {"queue": "local", "path": path, "name": "to-cancel"})
     wait_job(srv, "alice", job["id"], {"RUNNING"}, 30)
     page = browser()
@@ -138,8 +138,8 @@ def test_alice_cancels_another_job_after_confirming(browser, srv, tokens, workdi
     assert wait_job(srv, "alice", job["id"], {"CANCELLED"}, 5)["status"] == "CANCELLED"
 
 
-def test_alice_edits_a_held_job_and_releases_it(browser, srv, tokens, workdir, users):
-    path = script(workdir["alice"] / "held.sh", 'echo "args: $*"\n', users["alice"])
+def test_alice_edits_a_held_job_and_releases_it(browser, srv, tokens, home, users):
+    path = script(home / "held.sh", 'echo "args: $*"\n', users["alice"])
     job = submit_api(srv, "alice", {"queue": "local", "path": path, "name": "held-one", "hold": True})
     page = browser()
     page.login(tokens["alice"])
@@ -242,8 +242,8 @@ def test_the_dashboard_works_from_the_keyboard(browser, tokens):
 
 
 @pytest.mark.parametrize("width", [1280, 390])
-def test_every_page_is_photographed_and_fits_the_width(browser, srv, tokens, artifacts, width, workdir, users):
-    path = script(workdir["alice"] / "shot.sh", "echo screenshot\n", users["alice"])
+def test_every_page_is_photographed_and_fits_the_width(browser, srv, tokens, artifacts, width, home, users):
+    path = script(home / "shot.sh", "echo screenshot\n", users["alice"])
     job = submit_api(srv, "alice", {"queue": "local", "path": path, "name": "for-the-screenshot",
                                     "resources": {"cores_per_task": 1, "memory": "64M"}})
     wait_job(srv, "alice", job["id"], {"COMPLETED"}, 30)

@@ -21,8 +21,8 @@ def sso(srv, nginx_factory):  # noqa: F811
     return nginx_factory(srv.socket_path, sso_variable="$http_x_sso_user")
 
 
-def test_behind_the_sso_site_alice_needs_no_login_and_follows_her_job_live(browser, srv, sso, workdir, users):
-    path = script(workdir["alice"] / "sso.sh", 'sleep 1\necho "via the site: $(id -un)"\n', users["alice"])
+def test_behind_the_sso_site_alice_needs_no_login_and_follows_her_job_live(browser, srv, sso, home, users):
+    path = script(home / "sso.sh", 'sleep 1\necho "via the site: $(id -un)"\n', users["alice"])
     page = browser(base=f"https://127.0.0.1:{sso.https_port}", headers={"X-SSO-User": "alice"})
     page.expect_failure("/output?stream=")      # asked for while the job starts: "no file yet" (test_dashboard.py)
     page.open("/")
