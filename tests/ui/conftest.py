@@ -147,6 +147,18 @@ class Page:
         except Exception:  # noqa: BLE001
             return ""
 
+    def click(self, selector: str) -> None:
+        """Click it, finding it again when the page redrew it in between (a live update replaces a job's buttons)."""
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        def once():
+            try:
+                self.css(selector).click()
+                return True
+            except StaleElementReferenceException:
+                return False
+        self.until(once, f"a click on {selector}")
+
     def fill(self, name: str, value: str, form: str = "form") -> None:
         el = self.css(f"{form} [name='{name}']")
         el.clear()

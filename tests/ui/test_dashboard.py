@@ -38,7 +38,7 @@ def test_login_sets_an_httponly_strict_cookie_and_no_token_in_the_page(browser, 
     assert page.d.execute_script("return document.cookie") == ""           # scripts cannot read it
     assert tokens["alice"] not in page.d.current_url and tokens["alice"] not in page.d.page_source
     assert "alice" in page.text("#who")
-    page.css("#logout").click()
+    page.click("#logout")
     page.until(lambda: page.d.execute_script("return location.hash") == "#/login", "the login page after logout")
     page.ready()
     assert "metasched_session" not in {c["name"] for c in page.d.get_cookies()}
@@ -49,7 +49,7 @@ def test_a_bad_token_shows_the_apis_message_and_logs_nobody_in(browser):
     page.expect_failure("/ui/login")           # the 401 is the point of this test
     page.open("/login")
     page.fill("token", "mst_not-a-token")
-    page.css("#login-form button[type=submit]").click()
+    page.click("#login-form button[type=submit]")
     page.until(lambda: "invalid, expired or revoked token" in page.text("#login-form"), "the login error")
     assert page.css("[name=token]").get_attribute("aria-invalid") == "true"
     assert not page.d.get_cookies()
@@ -64,7 +64,7 @@ def test_alice_submits_from_the_form_and_sees_it_run_and_complete_live(browser, 
     page.fill("name", "from-the-form")
     page.fill("options", "world")
     page.fill("resources.walltime", "00:05:00")
-    page.css("#submit-form button[type=submit]").click()
+    page.click("#submit-form button[type=submit]")
     page.until(lambda: page.d.execute_script("return location.hash").startswith("#/jobs/"), "the job's page")
     page.ready()
     job_id = int(page.d.execute_script("return location.hash").rsplit("/", 1)[1])
@@ -115,7 +115,7 @@ def test_the_submit_form_shows_the_apis_validation_message(browser, tokens):
     page.login(tokens["alice"])
     page.go("/submit")
     page.fill("path", "relative/job.sh")
-    page.css("#submit-form button[type=submit]").click()
+    page.click("#submit-form button[type=submit]")
     page.until(lambda: page.all("#submit-result .message.error"), "the error message")
     shown = page.text("#submit-result")
     assert "path" in shown and "absolute" in shown, shown
@@ -132,7 +132,7 @@ def test_alice_cancels_another_job_after_confirming(browser, srv, tokens, home, 
     page.login(tokens["alice"])
     page.go(f"/jobs/{job['id']}")
     page.until(lambda: "RUNNING" in badge(page), "RUNNING")
-    page.css("#cancel").click()
+    page.click("#cancel")
     page.accept_confirm(f"Cancel job {job['id']}")
     page.until(lambda: "CANCELLED" in badge(page), "the job to be cancelled", timeout=60)
     assert wait_job(srv, "alice", job["id"], {"CANCELLED"}, 5)["status"] == "CANCELLED"
@@ -146,14 +146,14 @@ def test_alice_edits_a_held_job_and_releases_it(browser, srv, tokens, home, user
     page.go(f"/jobs/{job['id']}")
     assert "HELD" in badge(page)
     assert "held" in page.text("#why").lower()                    # why it waits, while it waits
-    page.css("#edit summary").click()
+    page.click("#edit summary")
     page.fill("edit-name", "renamed")
     page.fill("edit-options", "one\ntwo words")
-    page.css("#edit-form button[type=submit]").click()
+    page.click("#edit-form button[type=submit]")
     page.accept_confirm(f"Save the changes to job {job['id']}")
     page.until(lambda: "renamed" in page.text("#view h1"), "the new name")
     output_may_not_exist_yet(page)
-    page.css("#release").click()
+    page.click("#release")
     page.accept_confirm(f"Release job {job['id']}")
     page.until(lambda: "COMPLETED" in badge(page), "the released job to complete", timeout=60)
     page.until(lambda: "args: one two words" in page.text("#output"), "its output")
@@ -199,11 +199,11 @@ def test_an_admin_changes_the_mode_after_a_dry_run_preview(browser, srv, tokens)
     page.go("/admin")
     page.select("policy", target)
     assert not page.css("#apply").is_enabled()          # nothing to apply before a preview
-    page.css("#preview-button").click()
+    page.click("#preview-button")
     page.until(lambda: f"Preview: {target}" in page.text("#preview"), "the preview")
     assert srv.root("GET", "/cluster/mode").json()["policy"] == before     # a preview changes nothing
     assert "Proposed share" in page.text("#preview")
-    page.css("#apply").click()
+    page.click("#apply")
     page.accept_confirm(f"Change the cluster mode to {target}")
     page.until(lambda: f"The cluster mode is now {target}" in page.text("#mode-result"), "the change")
     assert srv.root("GET", "/cluster/mode").json()["policy"] == target
@@ -258,7 +258,7 @@ def test_every_page_is_photographed_and_fits_the_width(browser, srv, tokens, art
     for name, fragment in views.items():
         page.go(fragment)
         if name == "jobs":           # an array is one row that expands into its tasks
-            page.css(".expand").click()
+            page.click(".expand")
             page.until(lambda: page.all("tr.task td table"), "the array's tasks")
         if name == "job":
             page.until(lambda: "screenshot" in page.text("#output"), "the output")

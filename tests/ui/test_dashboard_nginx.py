@@ -31,7 +31,7 @@ def test_behind_the_sso_site_alice_needs_no_login_and_follows_her_job_live(brows
     assert not page.all("#logout")
     page.go("/submit")
     page.fill("path", path)
-    page.css("#submit-form button[type=submit]").click()
+    page.click("#submit-form button[type=submit]")
     page.until(lambda: page.d.execute_script("return location.hash").startswith("#/jobs/"), "the job's page")
     page.ready()
     page.until(lambda: "COMPLETED" in page.text("#view h1 .state"), "the job to complete", timeout=60)
