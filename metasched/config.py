@@ -81,6 +81,7 @@ class AuthConfig:
     proxy_user: str | None = None   # the peer (nginx) allowed to name the user in proxy_header
     proxy_header: str = "X-Remote-User"
     token_lifetime_days: float = 30.0
+    session_hours: float = 12.0     # a dashboard login's session cookie lasts this long (at most the token's life)
     min_uid: int = 1000             # job owners must be ordinary users (Grid Engine's min_uid)
 
 
@@ -405,6 +406,7 @@ def parse(raw: Any, source: str = "<memory>", overrides: dict | None = None) -> 
         "proxy_user": lambda v, p: _str(v, p, allow_none=True),
         "proxy_header": _str,
         "token_lifetime_days": _num,
+        "session_hours": _num,
         "min_uid": lambda v, p: _int(v, p, 1, 2**31),
     })
     enforcement = _section(raw, "enforcement", EnforcementConfig, {

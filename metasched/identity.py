@@ -5,9 +5,11 @@ Order of evidence for one request:
    never a fall-through to another method).
 2. The configured trusted proxy (e.g. nginx's user) on the unix socket: the user named in the proxy
    header. From any other peer that header is ignored.
-3. The unix socket peer's uid as the kernel reports it (SO_PEERCRED): that user. The proxy user itself
+3. The dashboard's session cookie (web/session.py): the user of the token the session was opened with; a
+   request of it that changes something needs the session's CSRF header. A session that ended is no identity.
+4. The unix socket peer's uid as the kernel reports it (SO_PEERCRED): that user. The proxy user itself
    never gets an identity this way (it speaks for others, not for itself).
-Nothing else: a TCP client without a token is anonymous.
+Nothing else: a TCP client without a token or a session is anonymous.
 """
 from __future__ import annotations
 

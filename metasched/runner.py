@@ -114,6 +114,7 @@ def make_app(cfg: Config, start_poller: bool = True):
     from .metrics import ROUTES as METRICS_ROUTES
     from .services import Services
     from .web.app import create_app
+    from .web.ui import ROUTES as DASHBOARD_ROUTES
     db = Database(cfg.server.database)
     services = Services(db, cfg, Authority(cfg.auth), remote=NodeTransports(cfg))
     poller = None
@@ -124,7 +125,7 @@ def make_app(cfg: Config, start_poller: bool = True):
         poller.start()
     global _worker_poller
     _worker_poller = poller   # falcon.App has __slots__: the worker's poller is kept here, one per process
-    return create_app(services, METRICS_ROUTES)
+    return create_app(services, (*METRICS_ROUTES, *DASHBOARD_ROUTES))
 
 
 def binds(cfg: Config) -> list[str]:

@@ -1286,6 +1286,33 @@ class Services:
         with self.db.read():
             return self.repo.list_tokens(None if caller.is_admin else caller.user)
 
+    # -- the dashboard's sessions (web/ui.py) --------------------------------------------------
+    SESSION_DESCRIPTION = "dashboard session"
+
+    def open_session(self, secret: str) -> tuple[Caller, NewToken]:
+        """A dashboard login: a valid token buys a session, itself a token of the same user (listed by
+        GET /tokens as a 'dashboard session', revoked at logout) that ends after auth.session_hours or
+        with the token it was opened with, whichever comes first. A bad token is a 401 and opens nothing."""
+        now = self.now()
+        with self.db.write():
+            row = self.repo.find_token(secret_hash=hash_secret(secret), now=now)
+            if row is None:
+                raise Unauthenticated("invalid, expired or revoked token")
+            ends = format_time(parse_time(now) + _dt.timedelta(hours=self.config.auth.session_hours))
+            session = new_secret()
+            token = self.repo.insert_token(user=row.user, secret_hash=hash_secret(session),
+                                           description=self.SESSION_DESCRIPTION, created_by=row.user, now=now,
+                                           expires_at=min(ends, row.expires_at))
+        return self.authority.caller(row.user, "session"), NewToken(token, session)
+
+    def close_session(self, secret: str) -> None:
+        """Logout: the session's token is revoked (an unknown or ended one: nothing to do)."""
+        now = self.now()
+        with self.db.write():
+            row = self.repo.find_token(secret_hash=hash_secret(secret), now=now)
+            if row is not None:
+                self.repo.revoke_token(id=row.id, now=now)
+
     def revoke_token(self, caller: Caller, token_id: int) -> Token:
         self.require(caller)
         now = self.now()

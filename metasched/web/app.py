@@ -22,6 +22,7 @@ from . import openapi as O
 from . import schemas as S
 from . import views as V
 from .routes import ID, TASK, Route
+from .session import SAFE_METHODS, refuse_cross_site, session_caller
 from .stream import EventHub
 from .validation import BAD_TEXT, TEXT_RULE, check_text, parse_body, validate
 
@@ -122,14 +123,20 @@ class IdentityMiddleware:
             return
         sock = req.env.get("gunicorn.socket")
         uid = peer_uid(sock) if sock is not None else req.env.get("metasched.test_peer_uid")
-        if uid is None:
+        proxy = uid is not None and self.authority.proxy_uid is not None and uid == self.authority.proxy_uid
+        user = req.get_header(self.header) if proxy else None
+        if user:
+            if not self.authority.is_known_user(user):
+                raise E.Unauthenticated(f"{self.header}: unknown user {user!r}")
+            if req.method not in SAFE_METHODS:
+                refuse_cross_site(req)      # the browser's SSO login is ambient authority too
+            req.context.caller = self.authority.caller(user, "proxy")
             return
-        if self.authority.proxy_uid is not None and uid == self.authority.proxy_uid:
-            user = req.get_header(self.header)
-            if user:
-                if not self.authority.is_known_user(user):
-                    raise E.Unauthenticated(f"{self.header}: unknown user {user!r}")
-                req.context.caller = self.authority.caller(user, "proxy")
+        session = session_caller(self.services, req)     # the dashboard's cookie, CSRF-checked (web/session.py)
+        if session is not None:
+            req.context.caller = session
+            return
+        if uid is None or proxy:
             return
         caller = self.authority.socket_caller(uid)
         if caller is not None:

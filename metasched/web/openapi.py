@@ -240,6 +240,10 @@ COMPONENTS = {
 }
 
 
+_CSRF = dict(_ERR, description="forbidden; also a request authenticated by the dashboard's session cookie without "
+                                "its X-CSRF-Token header, or one another site made with this browser's login")
+
+
 def _before(description: str) -> dict:
     return dict(_ERR, description=f"answered by the server before the API sees the request: {description}")
 
@@ -288,6 +292,8 @@ def _with_common_errors(paths: dict) -> dict:
             responses = dict(op["responses"])
             for code in common:
                 responses.setdefault(str(code), _BAD_TOKEN if code == 401 else _ERR)
+            if method != "get":       # a dashboard session's request without its CSRF header (web/session.py)
+                responses.setdefault("403", _CSRF)
             for code, resp in {**_SERVER_ERRORS, **(_BODY_ERRORS if body else {})}.items():
                 responses.setdefault(code, resp)
             if (method, path) == ("post", "/jobs"):

@@ -48,18 +48,21 @@ def adapt_site(text: str, *, socket_path: str, https_port: int, http_port: int, 
     """The real site with only paths and ports replaced (IPv6 listeners dropped: loopback v4 only).
 
     sso_variable: the trusted-proxy variant an admin makes by replacing the clearing line of
-    ``location /`` with ``proxy_set_header X-Remote-User <variable>;`` as the site's comment says."""
+    ``location /`` with ``proxy_set_header X-Remote-User <variable>;`` as the site's comment says, and the same
+    line of ``location = /events/stream`` ("name the user here too"; /metrics keeps clearing it)."""
     text = _sub_once(rf"^(\s*server\s+unix:){re.escape(SOCKET_IN_SITE)};", rf"\g<1>{socket_path};", text)
     text = _sub_once(r"^\s*listen\s+\[::\]:\d+.*\n", "", text, count=2)
     text = _sub_once(r"^(\s*listen\s+)80;", rf"\g<1>127.0.0.1:{http_port};", text)
     text = _sub_once(r"^(\s*listen\s+)443(\s+ssl)", rf"\g<1>127.0.0.1:{https_port}\g<2>", text)
     text = _sub_once(r"^(\s*ssl_certificate\s+)\S+;", rf"\g<1>{cert};", text)
     text = _sub_once(r"^(\s*ssl_certificate_key\s+)\S+;", rf"\g<1>{key};", text)
-    if sso_variable:
-        head, sep, tail = text.partition("location / {")
-        assert sep, "deploy/nginx/metasched.conf has no `location / {` block"
-        tail = _sub_once(r'^(\s*proxy_set_header\s+X-Remote-User\s+)"";', rf"\g<1>{sso_variable};", tail)
-        text = head + sep + tail
+    for block in ("location = /events/stream {", "location / {") if sso_variable else ():
+        head, sep, tail = text.partition(block)
+        assert sep, f"deploy/nginx/metasched.conf has no `{block}` block"
+        body, end, rest = tail.partition("\n    }\n")
+        assert end, f"deploy/nginx/metasched.conf: `{block}` does not end with a `    }}` line"
+        body = _sub_once(r'^(\s*proxy_set_header\s+X-Remote-User\s+)"";', rf"\g<1>{sso_variable};", body)
+        text = head + sep + body + end + rest
     return text
 
 

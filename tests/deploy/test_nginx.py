@@ -170,3 +170,32 @@ def test_the_event_stream_passes_each_event_at_once_through_nginx(web, backend, 
 def test_the_stream_is_refused_through_nginx_without_a_token(web):
     r = web.request("GET", "/events/stream")
     assert r.status == 401
+
+
+# -- the dashboard through nginx (issue 19) -------------------------------------------------------------------
+
+def test_the_dashboards_login_through_nginx_is_a_secure_cookie_with_csrf(web, alice_token):
+    page = web.request("GET", "/ui/")
+    assert page.status == 200 and "default-src 'none'" in page.headers["content-security-policy"], page
+    r = post_json(web, "/ui/login", {"token": alice_token})
+    assert r.status == 200, r
+    cookie = r.headers["set-cookie"]
+    assert all(a in cookie for a in ("Secure", "HttpOnly", "SameSite=Strict")), cookie      # TLS: Secure
+    session, csrf = {"Cookie": cookie.split(";")[0]}, r.json()["csrf"]
+    st = web.request("GET", "/status", headers=session).json()
+    assert (st["user"], st["authenticated_by"]) == ("alice", "session")
+    refused = post_json(web, "/jobs", dict(JOB, name="via-dashboard"), session)
+    assert refused.status == 403 and "X-CSRF-Token" in refused.json()["description"], refused
+    r = post_json(web, "/jobs", dict(JOB, name="via-dashboard"), dict(session, **{"X-CSRF-Token": csrf}))
+    assert r.status == 201 and r.json()["owner"] == "alice", r
+
+
+def test_in_sso_mode_the_dashboard_needs_no_login(sso_web):
+    s = sso_web.request("GET", "/ui/session", headers={"X-SSO-User": "bob"}).json()
+    assert (s["user"], s["authenticated_by"], s["csrf"]) == ("bob", "proxy", None)
+    same = post_json(sso_web, "/jobs", dict(JOB, name="bob-dashboard"), {"X-SSO-User": "bob",
+                                                                          "Sec-Fetch-Site": "same-origin"})
+    assert same.status == 201, same
+    # a page of another site, sent with the browser's SSO login, changes nothing
+    other = post_json(sso_web, "/jobs", dict(JOB, name="csrf"), {"X-SSO-User": "bob", "Sec-Fetch-Site": "cross-site"})
+    assert other.status == 403, other

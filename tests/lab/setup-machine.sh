@@ -1,16 +1,16 @@
 #!/bin/sh
 # Provision this machine for metasched's integration lab (run as root, Debian 12).
 #
-# Installs Grid Engine, Slurm, munge, sshd, sudo, nginx and Java (for Spark; pyspark itself is in the
-# package's test extra), creates the service user, the spark user and the test job owners, and writes the
-# sudoers rule. It never starts a daemon: the pytest fixtures start them and record their pids, so nothing
-# runs that the tests do not own. Idempotent; when everything is already in place it changes nothing and
-# returns in well under a second.
+# Installs Grid Engine, Slurm, munge, sshd, sudo, nginx, Chromium and its driver (the dashboard's tests in
+# tests/ui) and Java (for Spark; pyspark itself is in the package's test extra), creates the service user,
+# the spark user and the test job owners, and writes the sudoers rule. It never starts a daemon: the pytest
+# fixtures start them and record their pids, so nothing runs that the tests do not own. Idempotent; when
+# everything is already in place it changes nothing and returns in well under a second.
 set -eu
 
 PACKAGES="gridengine-master gridengine-exec gridengine-client gridengine-common slurm-wlm munge
 openssh-server sudo nginx iproute2 procps util-linux debconf-utils python3-venv gcc libc6-dev
-openjdk-17-jre-headless"
+openjdk-17-jre-headless chromium chromium-driver"
 SERVICE_USER=metascheduler
 # Runs the lab's Spark Master and Worker: executors run as the Worker's user, so never root.
 SPARK_USER=spark

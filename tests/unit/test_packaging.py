@@ -35,6 +35,8 @@ def test_wheel_holds_every_module_and_sql_file(wheel):
         assert f"metasched/{py.relative_to(REPO / 'metasched')}" in names, py
     for sql in (REPO / "sql").glob("*.sql"):
         assert f"metasched/sql/{sql.name}" in names, sql
+    for asset in ("index.html", "app.js", "app.css"):           # the dashboard (issue 19), served from the package
+        assert f"metasched/web/dashboard/{asset}" in names, asset
 
 
 def test_installed_copy_works_from_another_directory(wheel, tmp_path):

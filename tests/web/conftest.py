@@ -72,16 +72,20 @@ def _validate(body, schema: dict, what: str) -> None:
         f"{'/'.join(map(str, e.path)) or '(root)'}: {e.message}" for e in errors[:5])
 
 
-def check(app, resp) -> None:
-    """Fail unless the response's status is documented for its operation and its body matches."""
+def check(app, resp, document: dict = DOCUMENT, pages: frozenset = frozenset()) -> None:
+    """Fail unless the response's status is documented for its operation and its body matches. ``document``: the
+    app's (create_app(services) serves DOCUMENT); ``pages``: its routes outside the API (api=False), unchecked."""
     path, method, code = resp.request.path_info, resp.request.method.lower(), resp.status_int
     what = f"{method.upper()} {path} -> {code}"
     found = app._router.find(path.rstrip("/") or "/")   # the app strips a trailing slash too
     op = None
     if found is not None and found[3] is not None:
         template = openapi_path(found[3])
-        assert template in DOCUMENT["paths"], f"{what}: route {template} is not in the OpenAPI document"
-        op = DOCUMENT["paths"][template].get(method)
+        if template in pages:
+            assert code < 500, f"{what}: a page failed"
+            return
+        assert template in document["paths"], f"{what}: route {template} is not in the OpenAPI document"
+        op = document["paths"][template].get(method)
     if op is None:   # no route, or a method the route does not have: Falcon's own 404 / 405
         assert code in (404, 405), f"{what}: undocumented operation"
         schema = {"$ref": "#/components/schemas/Error"}
@@ -112,9 +116,12 @@ class Client:
     _METHODS = {"get", "post", "put", "patch", "delete", "head", "options", "post_json", "put_json",
                 "patch_json", "delete_json", "request"}
 
-    def __init__(self, app, uid, headers: dict | None = None):
+    def __init__(self, app, uid, headers: dict | None = None, routes=()):
+        """routes: what the app serves beside ROUTES (create_app's extra_routes): checked against their document."""
         env = {} if uid is None else {"metasched.test_peer_uid": uid}
         self.app = app
+        self.document = build_document((*ROUTES, *routes)) if routes else DOCUMENT
+        self.pages = frozenset(openapi_path(r.template) for r in routes if not r.api)
         self.t = webtest.TestApp(app, extra_environ=env)
         self.headers = dict(headers or {})
 
@@ -127,7 +134,7 @@ class Client:
             if self.headers and name != "request":
                 kw["headers"] = {**self.headers, **(kw.get("headers") or {})}
             resp = fn(*args, **kw)
-            check(self.app, resp)
+            check(self.app, resp, self.document, self.pages)
             return resp
         return call
 

@@ -13,6 +13,7 @@ from metasched.metrics import ROUTES as METRICS_ROUTES
 from metasched.web.app import ROUTES, create_app
 from metasched.web.openapi import build_document
 from metasched.web.routes import HTTP_METHODS, ID, TASK, Route, openapi_path
+from metasched.web.ui import ROUTES as UI_ROUTES
 
 from .conftest import BASE_CONFIG, DOCUMENT, check
 
@@ -58,15 +59,19 @@ def _served_operations(app) -> set[tuple[str, str]]:
 
 
 def test_the_service_documents_exactly_what_it_serves(tmp_path):
-    """The app a worker runs (runner.make_app: the API and /metrics): every route and method it serves is in the
-    document it serves, and the document names nothing else."""
+    """The app a worker runs (runner.make_app: the API, /metrics and the dashboard): every route and method it serves
+    is in the document it serves, except the dashboard's page and files (api=False), and the document names nothing
+    else."""
     from metasched import config as cfgmod
     from metasched.runner import make_app
     cfg = cfgmod.parse(dict(BASE_CONFIG, server=dict(BASE_CONFIG["server"], database=str(tmp_path / "db.sqlite3"))))
     app = make_app(cfg, start_poller=False)
     served = app_operations(app)
-    assert {("/metrics", "get"), ("/openapi.json", "get"), ("/jobs/{job_id}", "patch")} <= served
-    assert _served_operations(app) == served
+    assert {("/metrics", "get"), ("/openapi.json", "get"), ("/jobs/{job_id}", "patch"), ("/ui/login", "post"),
+            ("/ui", "get")} <= served
+    pages = {(r.path, "get") for r in UI_ROUTES if not r.api}
+    assert pages == {("/ui", "get"), ("/ui/static/{name}", "get")}
+    assert _served_operations(app) == served - pages
 
 
 def test_an_app_documents_only_its_own_routes(services):
@@ -80,7 +85,8 @@ def test_an_app_documents_only_its_own_routes(services):
     assert "/metrics" in build_document((*ROUTES, *METRICS_ROUTES))["paths"]
 
 
-@pytest.mark.parametrize("route", [*ROUTES, *METRICS_ROUTES], ids=lambda r: r.template)
+@pytest.mark.parametrize("route", [*ROUTES, *METRICS_ROUTES, *(r for r in UI_ROUTES if r.api)],
+                         ids=lambda r: r.template)
 def test_each_route_documents_the_methods_its_resource_answers(services, route):
     """An operation without its on_* responder, or a responder without its operation, fails here by name."""
     answers = {m.lower() for m in falcon.routing.map_http_methods(route.resource(services))}
