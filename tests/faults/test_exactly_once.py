@@ -64,8 +64,8 @@ def test_a_dispatch_cut_short_by_the_holders_death_is_not_counted_against_max_at
     """The holder is killed in the middle of the job's only allowed attempt: the job did nothing wrong, so it is
     dispatched again and runs, once (CI, 2026-12-01: such jobs ended "gave up after 3 dispatch attempts")."""
     sc = scenario
-    sc.launcher("before 3")           # the holder dies while the job's round trip waits to start it
-    srv = sc.start(workers=2, poller={"max_attempts": 1}, ssh={"command_timeout": 30})
+    sc.launcher("before 30")          # the holder dies while the job's round trip waits to start it
+    srv = sc.start(workers=2, poller={"max_attempts": 1}, ssh={"command_timeout": 60})
     holder = sc.holder_pid(srv)
     job = sc.submit(srv, "k1", seconds=1)
     sc.wait("the job being dispatched", lambda: job["id"] in dispatching(srv))
@@ -79,6 +79,7 @@ def test_a_dispatch_cut_short_by_the_holders_death_is_not_counted_against_max_at
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    sc.launcher("")                   # killed in its wait, before anything started; the next attempt is quick
     done = sc.wait_final(srv, [job["id"]], 90)[job["id"]]
     why = reasons(sc, srv, job["id"])
     assert (done["status"], done["exit_code"]) == ("COMPLETED", 0), (done, why)
