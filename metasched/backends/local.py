@@ -17,6 +17,13 @@ Design (why):
   traps TERM (with a no-op handler, which children do not inherit) so that a cancel lets it record the
   job's status. The exit file survives a restart of the service; it is removed once the job's final state
   is committed (forget_entry), so the directory does not fill up with one file per job.
+- Right before it spawns the job, the launcher leaves an empty ``<tag>.started`` next to the exit file
+  (removed with it). A dispatch whose answer no poller saw is looked up by its tag once the fence is raised
+  (engine/fence.py: no launcher of it still runs): no process, no exit file and no trace means it never
+  started (it is submitted again); the trace without the rest means the job was started and killed before
+  it could record its status (SIGKILL of its wrapper, a reboot): it ends in ERROR, never started a second
+  time. (A launcher killed between the trace and the spawn, a few microseconds, also ends the job in ERROR:
+  the safe side.)
 - The exit file is ``~owner/.metasched/<tag>.exit`` on the node: a directory the launcher creates mode
   0700 and trusts only when it is the owner's own directory, not a symlink, in a home no one else may
   write. Not the job's pwd: in a world-writable pwd (a 1777 scratch directory) another user could
@@ -155,7 +162,8 @@ def output(f):
 # The helper, run as the owner (a short ``python3 -I -S``: no site, no user paths, only built-in modules),
 # ONE per round trip whatever the number of jobs: the per-job work of a round trip costs no new process.
 # - launch: checks the script, creates the output files (see the module docstring; mode 0600, never a file
-#   someone else made), removes a stale exit file, starts WRAP with ``posix_spawn(setsid=True)``, the output
+#   someone else made), removes a stale exit file, leaves the trace ``<tag>.started`` next to it (so that a
+#   job whose wrapper is killed before it writes its status is never taken for one that never started), starts WRAP with ``posix_spawn(setsid=True)``, the output
 #   files as its stdout and stderr: glibc spawns with CLONE_VFORK, so when the call returns the job is
 #   already its own session and group leader (a cancel right after the submit finds the group) and its
 #   pid is the native id. No ``setsid`` binary, no shell per job, no polling of /proc: about four times
@@ -165,7 +173,7 @@ def output(f):
 #   the caller), else whether its group leader still runs our wrapper for this job (/proc/<pgid>/cmdline,
 #   what ``ps -o args`` prints), else the exit file again (it may have ended meanwhile): prints
 #   "exit <status>" (and the exit file's rusage line when it has one), "running" or "gone" (by tag: the exit
-#   file or "gone"). The leader still runs our wrapper when its command line starts with one of the record's
+#   file, else "started" when the launch's trace <tag>.started is there, else "gone"). The leader still runs our wrapper when its command line starts with one of the record's
 #   prefixes, or with WRITER and the job's exit file (the wrapper's rusage writer, exec'd in its place).
 # An exit file "~/DIR/NAME" is in the caller's home, in a private DIR (launch creates it and checks it is
 # theirs, see private(); final and forget only look).
@@ -288,6 +296,8 @@ def launch(jid, pwd_, out, err, ext, opts, script, *args):
                 continue
             fds.append(output(f))
             made.append(f)
+        mark_started(ext)
+        made.append(started(ext))
         pid = os.posix_spawn("/bin/sh", ["sh", "-c", wrap, mark + jid, ext, *cmd],
                              job_env(o), setsid=True, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
                              file_actions=[(os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, fds[0], 1),
@@ -330,6 +340,13 @@ def status(ext, single=False, size=64):
         os.close(fd)
 def ended(ext, old):
     return status(ext) or status(old, True)
+def started(ext):
+    return (ext[:-5] if ext.endswith(".exit") else ext) + ".started"
+def mark_started(ext):
+    try:
+        os.close(os.open(started(ext), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+    except OSError as e:
+        raise Refused("cannot create %s (the trace that the job was started): %s" % (started(ext), e.strerror))
 def forget(f):
     try:
         st = os.lstat(f)
@@ -419,7 +436,7 @@ def final(kind, ext, old, *rest):
         return tasks(resolve(ext), *rest)
     if kind == "forget_array":
         ext = resolve(ext)
-        for f in [ext, old] + array_files(os.path.dirname(ext), rest[0]):
+        for f in [ext, started(ext), old] + array_files(os.path.dirname(ext), rest[0]):
             forget(f)
         return 0, "forgotten\n", ""
     pgid, prefix, old_prefix, files = (rest[0], rest[1], rest[2], rest[3:]) if kind == "pgid" else (
@@ -437,11 +454,12 @@ def cmdline(pid):
 def final_status(kind, ext, old, pgid, prefix, old_prefix):
     if kind == "forget":
         forget(ext)
+        forget(started(ext))
         forget(old)
         return 0, "forgotten\n", ""
     v = ended(ext, old)
     if v or kind == "tag":
-        return 0, v or "gone\n", ""
+        return 0, v or ("started\n" if mine(started(ext)) else "gone\n"), ""
     args = cmdline(pgid)
     for _ in range(5):
         # while the wrapper execs its rusage writer the kernel shows an empty command line for an instant:
@@ -927,8 +945,9 @@ class LocalBackend(Backend):
     def forget_entry(self, job: Job):
         if job.array_spec:          # an array adopted by its exit file has no native id, but has files
             return self._asker(job), ["4", "forget_array", exit_file(job), legacy_exit_file(job), tag(job)]
-        if job.scheduler_job_id is None:
+        if job.scheduler_job_id is None and not job.attempts:
             return None                     # never started: no exit file
+        # (a job ended by its tag, with no native id, may have left its exit file and its started trace)
         return self._asker(job), ["3", "forget", exit_file(job), legacy_exit_file(job)]
 
     def parse_final(self, job: Job, rc: int, stdout: str, stderr: str) -> FinalState | None:
@@ -991,6 +1010,14 @@ class LocalBackend(Backend):
         line = first_line(stdout)
         if line == "gone":
             return None                      # it never started: the engine submits it again
+        if line == "started":
+            # the launcher left its trace and spawned it, and it ended without an exit status (its wrapper was
+            # killed, the node restarted): it ran, or may have. Submitting it again could run it twice.
+            if job.cancel_requested:
+                return None, FinalState("CANCELLED", None, "cancelled")
+            return None, FinalState("ERROR", None, "the job was started but ended without recording an exit "
+                                                   "status (killed with its wrapper, or the node restarted) "
+                                                   "before its start was recorded: not started again")
         fs = self.parse_final(job, rc, stdout, stderr)
         if fs is None or not line.startswith("exit "):
             # an exit file being written, or sudo/sh failed: never take that for "not found"

@@ -4,6 +4,7 @@ poller keeps cycling. See conftest.py for the faults."""
 from __future__ import annotations
 
 import os
+import pathlib
 import random
 import signal
 import time
@@ -85,6 +86,41 @@ def test_a_dispatch_cut_short_by_the_holders_death_is_not_counted_against_max_at
     assert (done["status"], done["exit_code"]) == ("COMPLETED", 0), (done, why)
     assert sc.runs() == {"k1": 1}
     assert any("the poller that dispatched it stopped before the answer" in r for r in why), why
+
+
+def test_a_job_killed_with_the_holder_before_its_start_was_recorded_is_not_started_again(scenario):
+    """The job has started (its launch answered, the answer not yet recorded) when the holder, its round trip and
+    the job's own wrapper are killed: no process and no exit file are left. It ran, so it ends in ERROR and is
+    never started a second time (before the launcher's trace, the lookup by tag found nothing and it ran twice)."""
+    sc = scenario
+    sc.launcher("after 30")           # the job starts; its round trip then waits before it answers
+    srv = sc.start(workers=2, ssh={"command_timeout": 60})
+    holder = sc.holder_pid(srv)
+    job = sc.submit(srv, "k2", seconds=30)
+    job_pid = sc.wait("the job running", lambda: next((int(line.split()[1]) for line in (
+        sc.ran.read_text().splitlines() if sc.ran.exists() else []) if line.startswith("k2 ")), None))
+    assert sc.get(srv, job["id"])["status"] == "DISPATCHING"
+    private = pathlib.Path(sc.users["alice"].pw_dir) / ".metasched"
+    files = [private / (job["native_name"] + end) for end in (".exit", ".started")]
+    assert files[1].exists(), "the launcher left no trace of the start"
+    os.kill(holder, signal.SIGSTOP)
+    table = proc_table()
+    doomed = [pid for pid in table if pid != holder and _descends(table, pid, holder)]
+    os.killpg(os.getpgid(job_pid), signal.SIGKILL)      # the job's wrapper and its script, before any status
+    os.kill(holder, signal.SIGKILL)
+    for pid in doomed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    sc.launcher("")
+    done = sc.wait_final(srv, [job["id"]], 90)[job["id"]]
+    why = reasons(sc, srv, job["id"])
+    time.sleep(3)                     # a second start would have come by now (the poller cycles every second)
+    assert sc.runs() == {"k2": 1}, (sc.runs(), why)
+    assert done["status"] == "ERROR", (done, why)
+    assert "started but ended without recording an exit status" in done["reason"], done
+    sc.wait("the job's exit status and trace forgotten", lambda: not any(f.exists() for f in files), 20)
 
 
 # 2. a cancel request wins: over a submit that never gets through, and over the recovery of a crash ------

@@ -239,6 +239,42 @@ def test_each_mistake_is_refused_at_launch_with_its_own_reason(workdir):
             b.parse_submit(j, r.returncode, r.stdout, r.stderr)
 
 
+def test_a_job_killed_before_its_status_is_found_by_its_trace_and_never_taken_for_unstarted(workdir):
+    """The lookup by tag of an interrupted dispatch: a job never launched is "gone" (it may be submitted again);
+    one launched and killed with its wrapper (no exit file) is "started": ERROR, never started twice. A refused
+    launch leaves no trace; forget removes it with the exit file."""
+    b = backend()
+    never = make_job(workdir, script(workdir, "exit 0\n"), jid=61)
+    p = run(b.final_argv(never))
+    assert p.stdout.strip() == "gone" and b.parse_final_by_tag(never, p.returncode, p.stdout, p.stderr) is None
+    j = make_job(workdir, script(workdir, "sleep 60\n", "long.sh"), jid=62, attempts=1)
+    pgid = int(submit(b, j).scheduler_job_id)
+    trace = Path(str(exit_path(j))[:-5] + ".started")
+    assert trace.exists() and trace.stat().st_mode & 0o777 == 0o600
+    os.killpg(pgid, signal.SIGKILL)
+    wait_until_gone(pgid)
+    p = run(b.final_argv(j))                    # asked by tag: j has no native id yet
+    assert p.stdout.strip() == "started", p
+    native, fs = b.parse_final_by_tag(j, p.returncode, p.stdout, p.stderr)
+    assert native is None and fs.status == "ERROR" and "started but ended without recording" in fs.reason
+    assert b.parse_final_by_tag(dataclasses.replace(j, cancel_requested=True), 0, p.stdout, "")[1].status == \
+        "CANCELLED"
+    assert b.forget_entry(j) is not None and b.forget_entry(dataclasses.replace(j, attempts=0)) is None
+    run(b.final_batch_argv([b.forget_entry(j)[1]], None))
+    assert not trace.exists()
+    refused = make_job(workdir, workdir / "nosuch.sh", jid=63)
+    with pytest.raises(SubmitRefused):
+        submit(b, refused)
+    assert not Path(str(exit_path(refused))[:-5] + ".started").exists()
+
+
+def wait_until_gone(pid: int, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and os.path.exists(f"/proc/{pid}"):
+        time.sleep(0.02)
+    assert not os.path.exists(f"/proc/{pid}"), f"process {pid} still there"
+
+
 def exit_path(j: Job) -> Path:
     """The job's exit file as the launcher (running as this process's user) names it."""
     return Path(os.path.expanduser(exit_file(j)))
@@ -735,7 +771,8 @@ def test_an_array_runs_each_task_with_what_it_asks_for_in_files_of_its_own(workd
     assert wait_final(b, j).status == "COMPLETED"                 # the supervisor itself ended well
     home = os.path.expanduser("~")
     assert set(private_files(home, j)) == {f"{tag(j)}.{t}.exit" for t in range(1, 6)} | {f"{tag(j)}.ctl",
-                                                                                        f"{tag(j)}.exit"}
+                                                                                        f"{tag(j)}.exit",
+                                                                                        f"{tag(j)}.started"}
     (_, entry), = [b.forget_entry(j)]
     run(b.final_batch_argv([entry], None))
     assert private_files(home, j) == [] and not Path(os.path.expanduser("~/.metasched") + f"/{tag(j)}.exit").exists()
