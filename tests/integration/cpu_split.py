@@ -11,6 +11,7 @@ import contextlib
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -260,9 +261,30 @@ def in_group(pid: int, group: str) -> bool:
 
 
 def stop_and_wait(srv, busy: Busy, timeout: float = 60) -> None:
+    """Stop the jobs (their stop file), wait until each ended, and end by pid whatever of their trees is left: the
+    safety sleeper ``( sleep N; : > stop ) &`` outlives a Slurm job, whose batch script exits without it (Slurm's
+    linuxproc tracking follows a job's processes by their parents, and the sleeper's parent is gone), and it would
+    run for the safety timeout (an hour in the bench)."""
+    kids = children_of()
+    left = {p: start_ticks(p) for shell in busy.pids if pid_alive(shell) for p in tree(shell, kids)}
     busy.stop()
-    for job in busy.jobs:
-        wait_job(srv, busy.user, job["id"], {"COMPLETED", "ERROR", "CANCELLED"}, timeout=timeout)
+    try:
+        for job in busy.jobs:
+            wait_job(srv, busy.user, job["id"], {"COMPLETED", "ERROR", "CANCELLED"}, timeout=timeout)
+    finally:
+        end_processes(left)
+
+
+def end_processes(procs: dict[int, int | None]) -> list[int]:
+    """SIGKILL each process of ``procs`` (pid -> its start time) that still runs, by pid, never a pid the kernel has
+    given to another process since (its start time differs). Returns the pids ended."""
+    ended = []
+    for pid, start in procs.items():
+        if start is not None and pid_alive(pid) and start_ticks(pid) == start:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                ended.append(pid)
+    return ended
 
 
 def remove_tree(path: pathlib.Path) -> None:
