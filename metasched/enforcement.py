@@ -238,16 +238,42 @@ class Feedback:
     min_cores: float = 0.05
 
 
+class FeedbackState(dict):
+    """group -> log correction, and ``basis``: the split of the busy groups it was learnt for (group -> percent of
+    their targets' sum). The correction a split needs depends on that split (90/10 needs more than 50/30/20), so it
+    is learnt again from nothing when the busy groups change or one's share of their targets moves by more than
+    ``RESET_POINTS`` since the basis (an admin's new weights; the dynamic policy's slow drift keeps it)."""
+    basis: dict = {}
+
+
+RESET_POINTS = 5.0
+
+
+def _basis(targets: dict[str, float], live: list[str]) -> dict[str, float]:
+    tsum = sum(targets[g] for g in live)
+    return {g: 100.0 * targets[g] / tsum for g in live} if tsum else {}
+
+
+def _same_basis(old: dict[str, float], new: dict[str, float]) -> bool:
+    return set(old) == set(new) and all(abs(old[g] - new[g]) <= RESET_POINTS for g in new)
+
+
 def feedback_weights(targets: dict[str, float], measured: dict[str, float], busy: set[str],
-                     state: dict[str, float], fb: Feedback = Feedback()) -> tuple[dict[str, float], dict[str, float]]:
+                     state: dict[str, float], fb: Feedback = Feedback()) -> tuple[dict[str, float], FeedbackState]:
     """One bounded correction step. targets: group -> the policy's percent; measured: group -> percent of the
     CPU the groups used over the last cycle; busy: the groups that had work and used CPU in it; state: group ->
     log correction, as returned by the previous call ({} at first). Only the busy groups' relative split is
-    corrected (it needs two of them); the correction of a group that is not busy fades by one step per cycle.
+    corrected (it needs two of them); the correction of a group that is not busy fades by one step per cycle;
+    a new split of the busy groups starts from no correction (FeedbackState).
     Returns (group -> percent to write, summing like the targets; the new state)."""
     lim = math.log(fb.bound)
-    new = {g: state.get(g, 0.0) for g in targets}
     live = [g for g in targets if g in busy and targets[g] > 0]
+    basis = getattr(state, "basis", {})
+    if len(live) >= 2:
+        now = _basis(targets, live)
+        if not _same_basis(basis, now):
+            state, basis = {}, now
+    new = {g: state.get(g, 0.0) for g in targets}
     tsum, msum = sum(targets[g] for g in live), sum(max(0.0, measured.get(g, 0.0)) for g in live)
     if len(live) >= 2 and msum > 0:
         for g in live:
@@ -261,7 +287,8 @@ def feedback_weights(targets: dict[str, float], measured: dict[str, float], busy
     for g in targets:
         if g not in live:
             new[g] = math.copysign(max(0.0, abs(new[g]) - fb.step), new[g])
-    state = {g: v for g, v in new.items() if v}
+    state = FeedbackState((g, v) for g, v in new.items() if v)
+    state.basis = basis if state else {}
     return corrected(targets, state), state
 
 
@@ -276,14 +303,14 @@ def corrected(targets: dict[str, float], state: dict[str, float]) -> dict[str, f
 
 
 def feedback_step(targets: dict[str, float], report: AgentReport, step_usec: dict[str, int], seconds: float,
-                  state: dict[str, float], fb: Feedback = Feedback()) -> tuple[dict[str, float], dict[str, float]]:
+                  state: dict[str, float], fb: Feedback = Feedback()) -> tuple[dict[str, float], FeedbackState]:
     """feedback_weights from one node's cycle: its agent's report (mechanism, pids per group) and its groups'
     CPU over the last few seconds (UsageWindow.recent). Only cgroups are corrected: renice cannot shift CPU
     between groups, and /proc-summed usage is not cumulative."""
     if not report.ok or not (report.mechanism or "").startswith("cgroup") or seconds <= 0:
-        return dict(targets), {}
+        return dict(targets), FeedbackState()
     if any(g.get("usage_source") != "cgroup" for g in report.groups.values()):
-        return dict(targets), {}
+        return dict(targets), FeedbackState()
     total = sum(step_usec.get(g, 0) for g in targets)
     measured = {g: 100.0 * step_usec.get(g, 0) / total for g in targets} if total else {}
     busy = {g for g in targets if (report.groups.get(g) or {}).get("pids")

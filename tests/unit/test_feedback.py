@@ -55,6 +55,40 @@ def test_no_correction_without_two_busy_groups_and_old_corrections_fade():
     assert (written, state) == (targets, {})
 
 
+def wound_up(targets, measured, cycles=60):
+    state = {}
+    for _ in range(cycles):
+        written, state = feedback_weights(targets, measured, set(targets), state)
+    return written, state
+
+
+def test_new_weights_are_learnt_from_no_correction_not_from_the_last_splits():
+    """90/10 stuck at 80/20 winds the weights up to their bound; when the admin asks for 50/30/20, the first
+    weights written are the new targets moved by one step, not 90/10's wound-up correction carried over (main
+    wrote 81/10/9 for 50/30/20 that way)."""
+    written, state = wound_up({"a": 90.0, "b": 10.0, "c": 0.0}, {"a": 80.0, "b": 20.0, "c": 0.0})
+    assert written["a"] > 95 and state["a"] > 0                  # wound up
+    targets = {"a": 50.0, "b": 30.0, "c": 20.0}
+    written, state = feedback_weights(targets, {"a": 50.0, "b": 30.0, "c": 20.0}, set(targets), state)
+    assert written == targets and not state                     # on target: nothing to correct, nothing carried
+    _, state = wound_up({"a": 70.0, "b": 30.0}, {"a": 80.0, "b": 20.0})
+    written, _ = feedback_weights({"a": 40.0, "b": 60.0}, {"a": 45.0, "b": 55.0}, {"a", "b"}, state)
+    assert 37.0 < written["a"] < 40.0                           # one step from the new targets, the right way
+
+
+def test_a_slow_drift_of_the_targets_keeps_what_was_learnt_and_a_new_set_of_busy_groups_does_not():
+    targets, measured = {"a": 70.0, "b": 30.0, "c": 30.0}, {"a": 80.0, "b": 20.0, "c": 0.0}
+    _, state = wound_up({"a": 70.0, "b": 30.0}, {"a": 80.0, "b": 20.0})
+    for k in range(8):                                          # the dynamic policy moves a's target by 0.5 a cycle
+        drift = {"a": 70.0 - 0.5 * k, "b": 30.0 + 0.5 * k}
+        prev = dict(state)
+        _, state = feedback_weights(drift, {"a": 80.0, "b": 20.0}, {"a", "b"}, state)
+        assert state["a"] <= prev["a"] + 1e-9 and state["a"] < -0.5     # still corrected, never started over
+    _, state = wound_up({"a": 70.0, "b": 30.0}, {"a": 80.0, "b": 20.0})
+    written, state = feedback_weights(targets, measured, {"a", "b", "c"}, state)
+    assert abs(state.get("a", 0.0)) <= FB.step + 1e-9           # c joined: learnt again, one step at most
+
+
 def test_within_the_deadband_nothing_moves():
     targets = {"a": 50.0, "b": 50.0}
     assert feedback_weights(targets, {"a": 50.8, "b": 49.2}, {"a", "b"}, {}) == (targets, {})
