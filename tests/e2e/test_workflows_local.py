@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.server.conftest import own_directory, proc_table, wait_job, wait_until
+from tests.server.conftest import own_directory, owned_script as script, proc_table, wait_job, wait_until
 
 CONFIG = {
     "policy": {"name": "shared"},
@@ -40,13 +40,6 @@ def every_cycle_completes(srv):
 def home(users):
     with own_directory(users["alice"], "metasched-wf-") as d:
         yield d
-
-
-def script(path: pathlib.Path, text: str, owner) -> str:
-    path.write_text("#!/bin/sh\n" + text)
-    os.chmod(path, 0o755)
-    os.chown(path, owner.pw_uid, owner.pw_gid)
-    return str(path)
 
 
 def submit(srv, body, user="alice", status=201):

@@ -346,6 +346,14 @@ def own_directory(pw: pwd.struct_passwd, prefix: str):
         shutil.rmtree(base, ignore_errors=True)
 
 
+def owned_script(path: pathlib.Path, text: str, owner: pwd.struct_passwd) -> str:
+    """An executable ``#!/bin/sh`` script of ``owner``'s with ``text`` as its body: its path."""
+    path.write_text("#!/bin/sh\n" + text)
+    os.chmod(path, 0o755)
+    os.chown(path, owner.pw_uid, owner.pw_gid)
+    return str(path)
+
+
 def proc_table() -> dict[int, list[str]]:
     """pid -> the fields of /proc/<pid>/stat after the command name (state, ppid, pgrp, ...)."""
     out = {}

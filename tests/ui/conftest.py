@@ -20,6 +20,7 @@ import time
 import pytest
 
 from tests.server.conftest import own_directory, pytest_runtest_makereport, server_factory, users  # noqa: F401
+from tests.server.conftest import owned_script as script  # noqa: F401
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -67,13 +68,6 @@ def home(users):
     """A directory of alice's own (the jobs' scripts and output files live there)."""
     with own_directory(users["alice"], "metasched-ui-") as d:
         yield d
-
-
-def script(path: pathlib.Path, text: str, owner) -> str:
-    path.write_text("#!/bin/sh\n" + text)
-    os.chmod(path, 0o755)
-    os.chown(path, owner.pw_uid, owner.pw_gid)
-    return str(path)
 
 
 @pytest.fixture(scope="session")
