@@ -27,6 +27,7 @@ nice value is the policy's (nice), polled every 5 ms.
 Needs root and a provisioned machine (tests/lab/setup-machine.sh); starts its own lab, under the lab's lock
 (it waits for a test run that holds it). Usage:
     PYTHONPATH=$PWD python3 bench/enforcement_bench.py [--seconds 20] [--new-jobs 6] [--feedback-only]
+                                                       [--settle 25] [--workloads busy,fork]
 """
 from __future__ import annotations
 
@@ -185,11 +186,12 @@ def feedback_splits(lab, users, dirs, workload: str, feedback: bool, seconds: fl
             split = [100.0 * u / sum(used) for u in used]
             enf = srv.root("GET", "/cluster/nodes/master").json()["enforcement"]
             written = {r["name"]: r.get("written_share") for r in enf["schedulers"]}
+            capped = {r["name"]: r["cap_cores"] for r in enf["schedulers"] if r.get("cap_cores")}
             rows.append((workload, feedback, weights, split, [written.get(n) for n in ("SGE", "Slurm", "Spark")],
                          sum(used) / cs.HZ / dt))
             print(f"  {workload:<5} feedback {'on ' if feedback else 'off'} target {'/'.join(map(str, weights))}: "
                   f"achieved {'/'.join(f'{x:.1f}' for x in split)} written {written} "
-                  f"({rows[-1][-1]:.2f} cores)", flush=True)
+                  f"({rows[-1][-1]:.2f} cores)" + (f" capped (cores) {capped}" if capped else ""), flush=True)
             if job:
                 srv.as_user("alice", "DELETE", f"/jobs/{job['id']}")
                 cs.wait_job(srv, "alice", job["id"], {"COMPLETED", "ERROR", "CANCELLED"}, timeout=120)
@@ -198,6 +200,7 @@ def feedback_splits(lab, users, dirs, workload: str, feedback: bool, seconds: fl
         cs.stop_and_wait(srv, sge)
         cs.stop_and_wait(srv, slurm)
         srv.stop()
+        cs.lift_caps()                  # the server's last request may have had a cap
         remove(pathlib.Path(srv.workdir))
     return rows
 
@@ -234,6 +237,7 @@ def main() -> None:
     ap.add_argument("--feedback-only", action="store_true",
                     help="only the feedback comparison (fork-heavy and CPU-bound, with Spark)")
     ap.add_argument("--settle", type=float, default=25.0, help="seconds after each change before measuring")
+    ap.add_argument("--workloads", default="busy,fork", help="the feedback comparison's workloads (busy, fork)")
     args = ap.parse_args()
     users = {u: pwd.getpwnam(u) for u in ("alice", "bob")}
     lock = open(LAB_LOCK, "a+")        # the lab's machine-wide lock (tests/lab/fixtures.py): wait for a test run
@@ -244,7 +248,7 @@ def main() -> None:
     rows, latency, fb_rows = [], {}, []
     try:
         with cs.installed_agent():
-            for workload in ("busy", "fork"):
+            for workload in args.workloads.split(","):
                 for feedback in (False, True):
                     fb_rows += feedback_splits(lab, users, dirs, workload, feedback, args.seconds, args.settle)
             for method in () if args.feedback_only else ("cgroup",) + (() if args.no_baseline else ("nice",)):

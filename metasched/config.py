@@ -91,6 +91,7 @@ class EnforcementConfig:
     parent_group: str = "metasched"
     helper: str | None = None       # installed node helper run with sudo -n; None: sent inline
     feedback: bool = True           # correct the written weights while a busy group's measured share is off
+    feedback_caps: bool = True      # and cap a group's CPU where weights cannot, while the others take it
 
 
 @dataclass(frozen=True)
@@ -414,6 +415,7 @@ def parse(raw: Any, source: str = "<memory>", overrides: dict | None = None) -> 
         "parent_group": lambda v, p: _validate_group(_str(v, p), p),
         "helper": lambda v, p: _str(v, p, allow_none=True),
         "feedback": _bool,
+        "feedback_caps": _bool,
     })
     server = _section(raw, "server", ServerConfig, {
         "host": _str,

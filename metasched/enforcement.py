@@ -53,8 +53,10 @@ def match_for(matcher: ProcessMatcher, pgids: list[int]) -> dict:
 
 
 def build_request(groups: list[tuple[Queue, float, ProcessMatcher, list[int]]], *, method: str,
-                  parent: str, measure: bool = False, disk_paths: tuple[str, ...] = ()) -> dict:
-    """groups: (queue, target percent, its backend's matcher, process groups of its local jobs). With
+                  parent: str, measure: bool = False, disk_paths: tuple[str, ...] = (),
+                  caps: dict[str, float] | None = None) -> dict:
+    """groups: (queue, target percent, its backend's matcher, process groups of its local jobs); ``caps``: group
+    name -> the cores its CPU is capped at (feedback_caps; a group without one has its cap lifted). With
     ``measure``, the agent also reports each job's CPU time and memory and the node's figures (issue 15);
     with method "none" it still finds the trees then, to measure them, and moves nothing."""
     req = {
@@ -63,6 +65,9 @@ def build_request(groups: list[tuple[Queue, float, ProcessMatcher, list[int]]], 
             {"name": group_name(q), "weight_percent": round(max(share, 0.0), 3), "match": match_for(m, pgids)}
             for q, share, m, pgids in groups],
     }
+    for g in req["groups"]:
+        if caps and g["name"] in caps:
+            g["cap_cores"] = caps[g["name"]]
     if measure:
         req["measure"] = True
         if disk_paths:
@@ -236,6 +241,10 @@ class Feedback:
     bound: float = 4.0
     deadband: float = 1.0
     min_cores: float = 0.05
+    caps: bool = True           # enforcement.feedback_caps: see feedback_caps
+    cap_after: int = 5          # cycles a group stays over its target with its weight at the bound before a cap
+    cap_loss: float = 0.5       # caps are lifted (and not tried again) when the busy groups lost this part of what
+                                #   the caps withheld: the others did not take it
 
 
 class FeedbackState(dict):
@@ -244,6 +253,11 @@ class FeedbackState(dict):
     is learnt again from nothing when the busy groups change or one's share of their targets moves by more than
     ``RESET_POINTS`` since the basis (an admin's new weights; the dynamic policy's slow drift keeps it)."""
     basis: dict = {}
+    caps: dict = {}             # group -> cores its CPU is capped at (feedback_caps)
+    pinned: dict = {}           # group -> cycles over its target with its weight at the lower bound
+    cap_total: float = 0.0      # cores the busy groups used together when the caps were set (the most since)
+    withheld: float = 0.0       # cores the caps took from their groups when they were set
+    no_caps: bool = False       # caps were tried for this basis and freed CPU no one took: not again
 
 
 RESET_POINTS = 5.0
@@ -287,9 +301,54 @@ def feedback_weights(targets: dict[str, float], measured: dict[str, float], busy
     for g in targets:
         if g not in live:
             new[g] = math.copysign(max(0.0, abs(new[g]) - fb.step), new[g])
+    carried = state
     state = FeedbackState((g, v) for g, v in new.items() if v)
     state.basis = basis if state else {}
+    if carried is not None and getattr(carried, "basis", None) is basis:     # same basis: what the caps knew
+        state.caps, state.pinned = carried.caps, carried.pinned
+        state.cap_total, state.no_caps, state.withheld = carried.cap_total, carried.no_caps, carried.withheld
     return corrected(targets, state), state
+
+
+def feedback_caps(targets: dict[str, float], measured: dict[str, float], busy: set[str], cores: float,
+                  state: FeedbackState, fb: Feedback = Feedback()) -> FeedbackState:
+    """Where weights no longer move the split, a CPU cap. Fork-heavy jobs get CPU whatever their weight (each
+    fork, exec and exit wakes a task that waits out the running slice: at 99/1 the small group still had 22 % of
+    2 cores), so a busy group that stays over its target while its correction is at the lower bound for
+    ``cap_after`` cycles is capped at its target's part of what the busy groups use together (``cores``, the
+    most seen since). A cap is a bound, not a reservation: it is kept only while the others take the CPU it
+    frees; when the busy groups together lose ``cap_loss`` of what the caps withheld, every cap goes and none is
+    tried again for this basis. A group that is no longer busy loses its cap; a new basis (new weights, a new set of busy groups)
+    starts without caps (FeedbackState). ``measured``: percent of the CPU the groups used; ``state``: what
+    feedback_weights returned this cycle. Returns the state with its caps."""
+    if not fb.caps:
+        return state
+    lim = math.log(fb.bound)
+    live = [g for g in targets if g in busy and targets[g] > 0]
+    caps = {g: c for g, c in state.caps.items() if g in live}
+    if len(live) < 2 or not state.basis:
+        caps = {}
+    if caps and state.cap_total - cores > fb.cap_loss * state.withheld:
+        caps, state.no_caps = {}, True          # the CPU a cap freed was not taken: it only wasted it
+    tsum, msum = sum(targets[g] for g in live), sum(max(0.0, measured.get(g, 0.0)) for g in live)
+    pinned = {}
+    if len(live) >= 2 and msum > 0 and not state.no_caps:
+        total = max(cores, state.cap_total) if caps else cores
+        for g in live:
+            t, m = 100.0 * targets[g] / tsum, 100.0 * max(0.0, measured.get(g, 0.0)) / msum
+            if g not in caps and m > t + fb.deadband and state.get(g, 0.0) <= -lim + 1e-6:
+                pinned[g] = state.pinned.get(g, 0) + 1
+            if pinned.get(g, 0) >= fb.cap_after or g in caps:
+                cap = round(max(0.01, total * t / 100.0), 3)
+                if g not in caps:
+                    state.withheld += max(0.0, cores * m / 100.0 - cap)
+                caps[g] = cap
+                pinned.pop(g, None)
+        state.cap_total = total if caps else 0.0
+    if not caps:
+        state.withheld = 0.0
+    state.caps, state.pinned = caps, pinned
+    return state
 
 
 def corrected(targets: dict[str, float], state: dict[str, float]) -> dict[str, float]:
@@ -315,4 +374,6 @@ def feedback_step(targets: dict[str, float], report: AgentReport, step_usec: dic
     measured = {g: 100.0 * step_usec.get(g, 0) / total for g in targets} if total else {}
     busy = {g for g in targets if (report.groups.get(g) or {}).get("pids")
             and step_usec.get(g, 0) >= fb.min_cores * seconds * 1e6}
-    return feedback_weights(targets, measured, busy, state, fb)
+    written, new = feedback_weights(targets, measured, busy, state, fb)
+    cores = sum(step_usec.get(g, 0) for g in busy) / 1e6 / seconds
+    return written, feedback_caps(targets, measured, busy, cores, new, fb)

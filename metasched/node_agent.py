@@ -340,18 +340,47 @@ def enforce_cgroup(kind, cpu_root, acct_root, parent, groups, members, procs, dr
             gdir = os.path.join(pdir, name)
             weight = v2_weight(pct) if kind == "cgroup_v2" else v1_shares(pct, len(groups))
             moved = len(members[name] - read_pids(os.path.join(gdir, procs_name)))
+            cap = g.get("cap_cores")
             if not dry_run:
                 ensure_dir(gdir)
                 write_value(os.path.join(gdir, "cpu.weight" if kind == "cgroup_v2" else "cpu.shares"), str(weight))
+                set_cap(kind, gdir, cap, errors)
                 moved = place(os.path.join(gdir, procs_name), members[name], errors)
             now_in = read_pids(os.path.join(gdir, procs_name)) & set(procs) | (members[name] if dry_run else set())
-            out[name] = {"weight": weight, "weight_percent": pct, "pids": len(now_in), "moved": moved}
+            out[name] = {"weight": weight, "weight_percent": pct, "pids": len(now_in), "moved": moved,
+                         "cap_cores": cap}
             out[name].update(cgroup_usage(kind, gdir, acct_root, parent, name, now_in, procs, dry_run, errors))
     except OSError as e:
         if e.errno in SETUP_ERRNOS:
             raise Unavailable("cannot write %s: %s" % (e.filename or pdir, e.strerror))
         raise
     return out
+
+
+CAP_PERIOD_US = 100000
+
+
+def set_cap(kind: str, gdir: str, cap: Optional[float], errors: List[str]) -> None:
+    """The group's CPU quota: ``cap`` cores (v2 cpu.max "quota period", v1 cpu.cfs_quota_us over
+    cpu.cfs_period_us), or none (max / -1): a request without a cap lifts the one an earlier request set. Written
+    only when it differs; a cap a node cannot write (no CFS bandwidth control) is reported as an error."""
+    quota = None if cap is None else max(1000, int(round(cap * CAP_PERIOD_US)))
+    v2 = kind == "cgroup_v2"
+    path = os.path.join(gdir, "cpu.max" if v2 else "cpu.cfs_quota_us")
+    want = ("%s %d" % ("max" if quota is None else quota, CAP_PERIOD_US)) if v2 else ("-1" if quota is None else
+                                                                                     str(quota))
+    try:
+        current = read_text(path).split()   # type: Optional[List[str]]
+    except OSError:
+        current = None
+    if current == want.split() or (current is None and quota is None):
+        return
+    try:
+        if quota is not None and not v2:
+            write_value(os.path.join(gdir, "cpu.cfs_period_us"), str(CAP_PERIOD_US))
+        write_value(path, want)
+    except OSError as e:
+        errors.append("cap of %s: %s" % (os.path.basename(gdir), e.strerror or e))
 
 
 def enable_cpu(d: str) -> None:
@@ -639,6 +668,9 @@ def validate(req: Any, allow_overrides: bool) -> Dict[str, Any]:
         w = g.get("weight_percent")
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 100:
             raise RequestError("groups[%d].weight_percent: expected a number 0..100" % i)
+        c = g.get("cap_cores")
+        if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < c <= 4096):
+            raise RequestError("groups[%d].cap_cores: expected a number of cores > 0, or null" % i)
         m = g.get("match") or {}
         if not isinstance(m, dict) or not all(isinstance(p, int) and p > 1 for p in m.get("pgids") or ()):
             raise RequestError("groups[%d].match: pgids must be integers > 1" % i)

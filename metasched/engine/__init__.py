@@ -218,7 +218,8 @@ class Engine:
                                             method=self.config.enforcement.method,
                                             parent=self.config.enforcement.parent_group,
                                             measure=self.config.metrics.enabled,
-                                            disk_paths=self.config.metrics.disk_paths) for n in nodes}
+                                            disk_paths=self.config.metrics.disk_paths,
+                                            caps=getattr(self.corrections.get(n.id), "caps", None)) for n in nodes}
             obs = observe(self.fan, queues=queues, nodes=nodes, backends=backends, transports=self.transports,
                           agents=self.agents, requests=requests, deadline=deadline)
             self._progressed()
@@ -339,7 +340,8 @@ class Engine:
         if not self.config.enforcement.feedback or Policy(mode["policy"]) not in (Policy.SHARED, Policy.DYNAMIC):
             return {}
         windows = {no.node.id: self.usage.recent(no.node.id) for no in obs.nodes}
-        return feedback(obs.nodes, queues, self.shares, windows, self.corrections)
+        return feedback(obs.nodes, queues, self.shares, windows, self.corrections,
+                        enforcement.Feedback(caps=self.config.enforcement.feedback_caps))
 
     def record_foreign(self, statuses: dict[int, QueueStatus], report: CycleReport) -> None:
         """The foreign jobs of these status values (what a cycle stores; tests call it on its own)."""
@@ -386,6 +388,7 @@ class Engine:
             rows.append({"queue_id": q.id, "name": q.name, "group": g, "mechanism": agent.mechanism,
                          "target_share": round(self.shares.get(q.id, 100.0 / max(1, len(queues))), 2),
                          "written_share": applied.get("weight_percent"),
+                         "cap_cores": applied.get("cap_cores"),
                          "measured_share": round(measured[g], 2) if g in measured else None,
                          "weight": applied.get("weight"), "pids": applied.get("pids"),
                          "usage_source": applied.get("usage_source")})

@@ -126,7 +126,8 @@ def written_shares(queues: list[Queue], shares: dict[int, float],
 
 def feedback(nodes: list[NodeObservation], queues: list[Queue], shares: dict[int, float],
              windows: dict[int, tuple[float, dict[str, int]]],
-             state: dict[int, dict[str, float]]) -> dict[int, dict[str, float]]:
+             state: dict[int, dict[str, float]],
+             fb: enforcement.Feedback = enforcement.Feedback()) -> dict[int, dict[str, float]]:
     """The feedback step of every node that answered (enforcement.feedback_step): node id -> its new state,
     from the shares its agent was asked to apply this cycle and ``windows`` (node id -> seconds and CPU
     microseconds per group over the last few seconds, UsageWindow.recent). A node whose agent did not answer
@@ -140,7 +141,7 @@ def feedback(nodes: list[NodeObservation], queues: list[Queue], shares: dict[int
             new = state.get(nid, {})
         else:
             seconds, usec = windows.get(nid, (0.0, {}))
-            _, new = enforcement.feedback_step(targets, no.agent, usec, seconds, state.get(nid, {}))
+            _, new = enforcement.feedback_step(targets, no.agent, usec, seconds, state.get(nid, {}), fb)
         if new:
             out[nid] = new
     return out
@@ -148,14 +149,15 @@ def feedback(nodes: list[NodeObservation], queues: list[Queue], shares: dict[int
 
 def agent_request(node: Node, queues: list[Queue], shares: dict[int, float], matchers: dict[int, object],
                   pgids: dict[int, list[int]], *, method: str, parent: str, measure: bool = False,
-                  disk_paths: tuple[str, ...] = ()) -> dict:
+                  disk_paths: tuple[str, ...] = (), caps: dict[str, float] | None = None) -> dict:
     """What the node agent must do on this node: one group per scheduler, its share and its trees. Built from
     the jobs of the schedulers mastered on this node only: O(queues) per node, O(nodes + jobs) per cycle.
     ``measure``: and report what each job and the node use (engine/measure.py)."""
     default = 100.0 / max(1, len(queues))
     groups = [(q, shares.get(q.id, default), matchers[q.id],
                pgids.get(q.id, []) if q.master_node_id == node.id else []) for q in queues]
-    return enforcement.build_request(groups, method=method, parent=parent, measure=measure, disk_paths=disk_paths)
+    return enforcement.build_request(groups, method=method, parent=parent, measure=measure, disk_paths=disk_paths,
+                                     caps=caps)
 
 
 class _Handover:

@@ -476,6 +476,10 @@ NODE = {
                                           "description": "the percent the weight was written for: the target, "
                                                          "corrected by the feedback step while the measured share "
                                                          "of a busy group stays off its target"},
+                        "cap_cores": {"type": ["number", "null"],
+                                      "description": "the CPU its group may use (cgroup cpu quota, in cores): set "
+                                                     "by the feedback step only while a group short of its "
+                                                     "target takes the CPU the cap frees; null: no cap"},
                         "weight": {"type": ["integer", "null"],
                                    "description": "cpu.shares, cpu.weight or the nice value written"},
                         "pids": {"type": ["integer", "null"]},

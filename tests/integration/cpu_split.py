@@ -124,6 +124,7 @@ def installed_agent():
     try:
         yield AGENT
     finally:
+        lift_caps()
         if before is None:
             os.unlink(AGENT)
         else:
@@ -131,6 +132,18 @@ def installed_agent():
             pathlib.Path(tmp).write_bytes(before)
             os.chmod(tmp, 0o755)
             os.replace(tmp, AGENT)
+
+
+def lift_caps() -> list[str]:
+    """Lift every CPU quota the feedback left on the groups (the last request of a server that stopped may have had
+    a cap): another checkout's agent that knows no caps would never lift it, and the next test's jobs would run
+    throttled. Returns the groups whose cap was lifted."""
+    lifted = []
+    for f in sorted((CPU_ROOT / PARENT).glob("*/cpu.cfs_quota_us")):
+        if f.read_text().strip() != "-1":
+            f.write_text("-1")
+            lifted.append(f.parent.name)
+    return lifted
 
 
 def enforcement_config(lab, weights=(70, 30), policy: str = "shared", interval: float = 1.0,

@@ -185,3 +185,48 @@ def test_feedback_is_per_node_and_a_node_that_did_not_answer_keeps_its_state():
     down = NodeObservation(N[0], False, AgentReport(False, "unreachable"))
     assert feedback([down], Q, shares, {}, state) == {1: state[1]}
     assert feedback([NodeObservation(N[0], True, answer(mechanism="nice"))], Q, shares, windows, state) == {}
+
+
+class FlooredAgent(BiasedAgent):
+    """A node where Slurm's fork-heavy jobs get at least 22 % of the 2 cores whatever their weight, and at most
+    the CPU cap the request gives (cap_cores); Grid Engine takes what is left."""
+
+    def answer(self, line):
+        req = json.loads(line)
+        self.requests.append({g["name"]: (g["weight_percent"], g.get("cap_cores")) for g in req["groups"]})
+        w = {g["name"].split("-")[1]: g for g in req["groups"]}
+        slurm = max(0.22, w["slurm"]["weight_percent"] / (w["sge"]["weight_percent"] + w["slurm"]["weight_percent"]))
+        slurm_cores = min(2.0 * slurm, w["slurm"].get("cap_cores") or 2.0)
+        cores = {"sge": 2.0 - slurm_cores, "slurm": slurm_cores}
+        self.t += 1.0
+        groups = {}
+        for g in req["groups"]:
+            self.usage[g["name"]] = self.usage.get(g["name"], 0) + int(1e6 * cores[g["name"].split("-")[1]])
+            groups[g["name"]] = {"weight": 1, "weight_percent": g["weight_percent"], "pids": 2,
+                                 "usage_usec": self.usage[g["name"]], "usage_source": "cgroup",
+                                 "cap_cores": g.get("cap_cores")}
+        return json.dumps({"ok": True, "mechanism": "cgroup_v1", "load": [2, 2, 2], "ncpus": 2, "time": self.t,
+                           "groups": groups})
+
+
+@pytest.mark.parametrize("caps_on", [True, False])
+def test_where_weights_cannot_move_the_split_the_over_group_is_capped_and_the_view_shows_it(tmp_path, monkeypatch,
+                                                                                          caps_on):
+    cfg = cfgmod.parse({"policy": {"name": "shared"}, "nodes": [{"ip": "127.0.0.1", "transport": "local"}],
+                        "schedulers": [{"name": "SGE", "master": 0, "weight": 90},
+                                       {"name": "Slurm", "master": 0, "weight": 10}],
+                        "enforcement": {"feedback": True, "feedback_caps": caps_on}})
+    engine, node, repo, nid = engine_on(tmp_path, cfg, monkeypatch)
+    node.agent = FlooredAgent()
+    run_cycles(engine, 90)
+    last = {g.split("-")[1]: v for g, v in node.agent.requests[-1].items()}
+    with engine.db.read():
+        rows = {r["name"]: r for r in repo.get_node(nid).enforcement["schedulers"]}
+    if caps_on:
+        assert last["slurm"][1] == pytest.approx(0.2, abs=0.01) and last["sge"][1] is None   # 10 % of 2 cores
+        assert rows["Slurm"]["cap_cores"] == pytest.approx(0.2, abs=0.01) and rows["SGE"]["cap_cores"] is None
+        assert rows["Slurm"]["measured_share"] < 15.0           # over the last minute, on its way to 10
+    else:
+        assert all(cap is None for _, cap in last.values()) and rows["Slurm"]["cap_cores"] is None
+        assert rows["Slurm"]["measured_share"] > 21.0           # weights alone: stuck at the floor
+    engine.close()

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from metasched.enforcement import AgentReport, Feedback, feedback_step, feedback_weights
+from metasched.enforcement import AgentReport, Feedback, feedback_caps, feedback_step, feedback_weights
 
 FB = Feedback()
 
@@ -121,3 +121,58 @@ def test_the_feedback_measures_the_last_few_seconds_of_accounting():
     assert seconds == 5.0 and usec == {"a": 50, "b": 50}
     assert w.recent(1, 100.0) == (7.0, {"a": 70, "b": 50})     # all there is
     assert UsageWindow().recent(1) == (0.0, {})
+
+
+# -- caps: where weights no longer move the split (fork-heavy jobs at 90/10) ------------------------------------
+
+def floored(written, caps, floor=22.0, cores=1.84, a_takes=True):
+    """A node where b gets at least ``floor`` percent of the cores whatever its weight (fork-heavy wake-ups),
+    unless capped; a takes what a cap frees (or not: then the CPU is left idle). Returns (percent, cores used)."""
+    b = max(floor, 100.0 * written["b"] / (written["a"] + written["b"])) / 100.0 * cores
+    a = cores - b
+    if "b" in caps and b > caps["b"]:
+        a, b = (a + b - caps["b"] if a_takes else a), caps["b"]
+    used = a + b
+    return {"a": 100.0 * a / used, "b": 100.0 * b / used}, used
+
+
+def run_capped(targets, cycles, fb=FB, **plant):
+    written, state, caps, seen = dict(targets), {}, {}, []
+    for _ in range(cycles):
+        measured, used = floored(written, caps, **plant)
+        written, state = feedback_weights(targets, measured, {"a", "b"}, state, fb)
+        state = feedback_caps(targets, measured, {"a", "b"}, used, state, fb)
+        caps = dict(state.caps)
+        seen.append((measured, caps))
+    return seen, state
+
+
+def test_a_group_over_its_target_with_its_weight_at_the_bound_is_capped_and_the_split_follows():
+    targets = {"a": 90.0, "b": 10.0}
+    seen, state = run_capped(targets, 40)
+    first_cap = next(i for i, (_, caps) in enumerate(seen) if caps)
+    assert first_cap >= FB.cap_after                          # weights first, a cap only once they are at the bound
+    assert all(abs(m["b"] - 22.0) < 0.01 for m, _ in seen[:first_cap])    # weights alone could not move it
+    measured, caps = seen[-1]
+    assert caps == {"b": pytest.approx(0.184, abs=0.001)} and abs(measured["b"] - 10.0) <= FB.deadband
+    _, off = run_capped(targets, 40, fb=Feedback(caps=False))
+    assert not off.caps
+
+
+def test_a_cap_whose_cpu_no_one_takes_is_lifted_and_not_tried_again():
+    seen, state = run_capped({"a": 90.0, "b": 10.0}, 40, a_takes=False)
+    capped = [i for i, (_, caps) in enumerate(seen) if caps]
+    assert capped and capped[-1] < 39 and not state.caps and state.no_caps
+    assert len(capped) == 1                                   # lifted at the first cycle that showed the loss
+
+
+def test_caps_go_with_the_group_that_is_no_longer_busy_and_with_new_weights():
+    targets = {"a": 90.0, "b": 10.0}
+    _, state = run_capped(targets, 40)
+    assert state.caps
+    measured, used = floored({"a": 90.0, "b": 10.0}, state.caps)
+    _, idle = feedback_weights(targets, measured, {"a"}, state)
+    assert not feedback_caps(targets, measured, {"a"}, used, idle).caps
+    new = {"a": 50.0, "b": 50.0}
+    _, fresh = feedback_weights(new, measured, {"a", "b"}, state)
+    assert not feedback_caps(new, measured, {"a", "b"}, used, fresh).caps

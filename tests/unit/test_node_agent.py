@@ -261,6 +261,29 @@ def test_v1_writes_shares_and_mirrors_groups_into_a_separate_cpuacct_for_usage(p
     assert resp["groups"]["sge"]["usage_usec"] == 5000 and resp["groups"]["sge"]["moved"] == 0
 
 
+def test_a_cap_is_the_groups_cpu_quota_and_a_request_without_one_lifts_it(proc, tmp_path):
+    cg = make_v1(tmp_path)
+    req = request(proc, cg)
+    req["groups"][1]["cap_cores"] = 0.25
+    resp = node_agent.run(req, self_pid=SELF)
+    slurm = cg / "cpu" / "metasched" / "slurm"
+    assert resp["errors"] == [] and resp["groups"]["slurm"]["cap_cores"] == 0.25
+    assert ((slurm / "cpu.cfs_quota_us").read_text(), (slurm / "cpu.cfs_period_us").read_text()) == ("25000", "100000")
+    assert not (cg / "cpu" / "metasched" / "sge" / "cpu.cfs_quota_us").exists()     # no cap, none to lift
+    resp = node_agent.run(request(proc, cg), self_pid=SELF)
+    assert (slurm / "cpu.cfs_quota_us").read_text() == "-1" and resp["groups"]["slurm"]["cap_cores"] is None
+    v2 = make_v2(tmp_path)
+    req = request(proc, v2)
+    req["groups"][0]["cap_cores"] = 1.5
+    node_agent.run(req, self_pid=SELF)
+    assert (v2 / "metasched" / "sge" / "cpu.max").read_text() == "150000 100000"
+    node_agent.run(request(proc, v2), self_pid=SELF)
+    assert (v2 / "metasched" / "sge" / "cpu.max").read_text() == "max 100000"
+    req["groups"][0]["cap_cores"] = 0
+    with pytest.raises(node_agent.RequestError, match="cap_cores"):
+        node_agent.validate(req, True)
+
+
 def test_v1_with_comounted_cpuacct_and_only_a_tasks_file(proc, tmp_path):
     cg = make_v1(tmp_path, separate_cpuacct=False)
     (cg / "cpu" / "cgroup.procs").unlink()
