@@ -314,8 +314,8 @@ def feedback_caps(targets: dict[str, float], measured: dict[str, float], busy: s
                   state: FeedbackState, fb: Feedback = Feedback()) -> FeedbackState:
     """Where weights no longer move the split, a CPU cap. Fork-heavy jobs get CPU whatever their weight (each
     fork, exec and exit wakes a task that waits out the running slice: at 99/1 the small group still had 22 % of
-    2 cores), so a busy group that stays over its target while its correction is at the lower bound for
-    ``cap_after`` cycles is capped at its target's part of what the busy groups use together (``cores``, the
+    2 cores), so a busy group that stays over its target while the weights are spent (a busy group's correction
+    at the bound) for ``cap_after`` cycles is capped at its target's part of what the busy groups use together (``cores``, the
     most seen since). A cap is a bound, not a reservation: it is kept only while the others take the CPU it
     frees; when the busy groups together lose ``cap_loss`` of what the caps withheld, every cap goes and none is
     tried again for this basis. A group that is no longer busy loses its cap; a new basis (new weights, a new set of busy groups)
@@ -332,11 +332,14 @@ def feedback_caps(targets: dict[str, float], measured: dict[str, float], busy: s
         caps, state.no_caps = {}, True          # the CPU a cap freed was not taken: it only wasted it
     tsum, msum = sum(targets[g] for g in live), sum(max(0.0, measured.get(g, 0.0)) for g in live)
     pinned = {}
+    # the weights are spent when a busy group's correction is at the bound (with three groups, the one short of
+    # its target is raised to it while the others are held near the middle by the re-centring)
+    spent = any(abs(state.get(g, 0.0)) >= lim - 1e-6 for g in live)
     if len(live) >= 2 and msum > 0 and not state.no_caps:
         total = max(cores, state.cap_total) if caps else cores
         for g in live:
             t, m = 100.0 * targets[g] / tsum, 100.0 * max(0.0, measured.get(g, 0.0)) / msum
-            if g not in caps and m > t + fb.deadband and state.get(g, 0.0) <= -lim + 1e-6:
+            if g not in caps and m > t + fb.deadband and spent:
                 pinned[g] = state.pinned.get(g, 0) + 1
             if pinned.get(g, 0) >= fb.cap_after or g in caps:
                 cap = round(max(0.01, total * t / 100.0), 3)

@@ -176,3 +176,21 @@ def test_caps_go_with_the_group_that_is_no_longer_busy_and_with_new_weights():
     new = {"a": 50.0, "b": 50.0}
     _, fresh = feedback_weights(new, measured, {"a", "b"}, state)
     assert not feedback_caps(new, measured, {"a", "b"}, used, fresh).caps
+
+
+def test_with_three_groups_the_ones_over_their_targets_are_capped_once_the_weights_are_spent():
+    """50/30/20 where b and c keep a floor of 35 % and 25 % whatever their weights: a's weight goes to the bound
+    while b's and c's are held near the middle by the re-centring; both are capped and the split follows."""
+    targets, floors, cores = {"a": 50.0, "b": 30.0, "c": 20.0}, {"b": 35.0, "c": 25.0}, 1.85
+    written, state, caps = dict(targets), {}, {}
+    for _ in range(60):
+        w = sum(written.values())
+        use = {g: max(floors.get(g, 0.0), 100.0 * written[g] / w) / 100.0 * cores for g in ("b", "c")}
+        use = {g: min(u, caps.get(g, u)) for g, u in use.items()}
+        use["a"] = cores - use["b"] - use["c"]
+        measured = {g: 100.0 * u / cores for g, u in use.items()}
+        written, state = feedback_weights(targets, measured, set(targets), state)
+        state = feedback_caps(targets, measured, set(targets), cores, state)
+        caps = dict(state.caps)
+    assert set(caps) == {"b", "c"} and all(abs(measured[g] - targets[g]) <= FB.deadband for g in targets), \
+        (measured, caps)
