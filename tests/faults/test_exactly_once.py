@@ -26,6 +26,21 @@ def _descends(table, pid: int, ancestor: int) -> bool:
     return False
 
 
+def kill_holder_and_its_round_trip(holder: int, also=lambda: None) -> None:
+    """SIGKILL the lease holder and every process under it (its round trip, as a remote command dies when its SSH
+    connection drops); ``also`` runs while the holder is stopped, after its processes were listed."""
+    os.kill(holder, signal.SIGSTOP)
+    table = proc_table()
+    session = [pid for pid in table if pid != holder and _descends(table, pid, holder)]
+    also()
+    os.kill(holder, signal.SIGKILL)
+    for pid in session:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def dispatching(srv) -> list[int]:
     return [j["id"] for j in srv.root("GET", "/jobs?status=DISPATCHING&limit=1000").json()["items"]]
 
@@ -70,16 +85,7 @@ def test_a_dispatch_cut_short_by_the_holders_death_is_not_counted_against_max_at
     holder = sc.holder_pid(srv)
     job = sc.submit(srv, "k1", seconds=1)
     sc.wait("the job being dispatched", lambda: job["id"] in dispatching(srv))
-    # the holder dies, and its round trip with it (as a remote command does when its SSH connection drops)
-    os.kill(holder, signal.SIGSTOP)
-    table = proc_table()
-    session = [pid for pid in table if pid != holder and _descends(table, pid, holder)]
-    os.kill(holder, signal.SIGKILL)
-    for pid in session:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    kill_holder_and_its_round_trip(holder)
     sc.launcher("")                   # killed in its wait, before anything started; the next attempt is quick
     done = sc.wait_final(srv, [job["id"]], 90)[job["id"]]
     why = reasons(sc, srv, job["id"])
@@ -103,16 +109,8 @@ def test_a_job_killed_with_the_holder_before_its_start_was_recorded_is_not_start
     private = pathlib.Path(sc.users["alice"].pw_dir) / ".metasched"
     files = [private / (job["native_name"] + end) for end in (".exit", ".started")]
     assert files[1].exists(), "the launcher left no trace of the start"
-    os.kill(holder, signal.SIGSTOP)
-    table = proc_table()
-    doomed = [pid for pid in table if pid != holder and _descends(table, pid, holder)]
-    os.killpg(os.getpgid(job_pid), signal.SIGKILL)      # the job's wrapper and its script, before any status
-    os.kill(holder, signal.SIGKILL)
-    for pid in doomed:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    # the job's wrapper and its script die too, before they could record any status
+    kill_holder_and_its_round_trip(holder, also=lambda: os.killpg(os.getpgid(job_pid), signal.SIGKILL))
     sc.launcher("")
     done = sc.wait_final(srv, [job["id"]], 90)[job["id"]]
     why = reasons(sc, srv, job["id"])
