@@ -28,10 +28,22 @@ def _descends(table, pid: int, ancestor: int) -> bool:
 
 def kill_holder_and_its_round_trip(holder: int, also=lambda: None) -> None:
     """SIGKILL the lease holder and every process under it (its round trip, as a remote command dies when its SSH
-    connection drops); ``also`` runs while the holder is stopped, after its processes were listed."""
+    connection drops); ``also`` runs while they are all stopped. Each is stopped first, and the list is taken
+    again until it holds no new one: a child that forked between a listing and its kill would live on (CI: the
+    round trip's shell had just started the slow launcher, which then read the new mode and started the job)."""
     os.kill(holder, signal.SIGSTOP)
-    table = proc_table()
-    session = [pid for pid in table if pid != holder and _descends(table, pid, holder)]
+    session: list[int] = []
+    while True:
+        table = proc_table()
+        new = [pid for pid in table if pid != holder and pid not in session and _descends(table, pid, holder)]
+        if not new:
+            break
+        for pid in new:
+            try:
+                os.kill(pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                pass
+        session += new
     also()
     os.kill(holder, signal.SIGKILL)
     for pid in session:
